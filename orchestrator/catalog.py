@@ -1,0 +1,111 @@
+"""Load target catalogs (the shipped one or user files) and the org file, via the provider adapters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import ProviderError, SpecError, SpecIssue
+from orchestrator.spec import Catalog, Org, Target
+from orchestrator.spec.loader import Document, load, parse_documents, validate
+from orchestrator.spec.zones import COUNTRY_ZONE
+
+
+def _prepare_targets(targets: Any, doc: Document, loc: tuple, defaults: dict[str, Any]) -> list[SpecIssue]:
+    """Fill `zone` from the provider's own scope label (via its adapter) and file-level defaults."""
+    import providers
+
+    issues: list[SpecIssue] = []
+    if not isinstance(targets, list):
+        return issues
+    for i, raw in enumerate(targets):
+        if not isinstance(raw, dict):
+            continue
+        for key, value in defaults.items():
+            if value is not None:
+                raw.setdefault(key, value)
+        name = raw.get("provider")
+        if not isinstance(name, str):
+            continue
+        try:
+            adapter = providers.get(name)
+        except ProviderError as exc:
+            issues.append(doc.issue((*loc, i, "provider"), str(exc)))
+            continue
+        if "zone" in raw:
+            continue
+        country = raw.get("country")
+        country = country.upper() if isinstance(country, str) else None
+        if isinstance(raw.get("scope"), str):
+            try:
+                raw["zone"] = adapter.zone_for_scope(raw["scope"], country if country in COUNTRY_ZONE else None)
+            except ValueError as exc:
+                issues.append(doc.issue((*loc, i, "scope"), str(exc)))
+        elif country in COUNTRY_ZONE:
+            raw["zone"] = COUNTRY_ZONE[country]
+    return issues
+
+
+def _prepare_catalog(data: Any, doc: Document) -> list[SpecIssue]:
+    if not isinstance(data, dict):
+        return []
+    defaults = {"prices_as_of": data.get("prices_as_of"), "source": data.get("source")}
+    return _prepare_targets(data.get("targets"), doc, ("targets",), defaults)
+
+
+def _prepare_org(data: Any, doc: Document) -> list[SpecIssue]:
+    if not isinstance(data, dict):
+        return []
+    return _prepare_targets(data.get("clusters"), doc, ("clusters",), {})
+
+
+def load_catalog(path: str | Path) -> Catalog:
+    """One catalog file, validated."""
+    return load(Catalog, path, prepare=_prepare_catalog)
+
+
+def load_org(path: str | Path | None) -> Org:
+    """The org file, or an empty org (no credits, clusters or tenants) when none is given."""
+    return Org() if path is None else load(Org, path, prepare=_prepare_org)
+
+
+def shipped_catalog_files() -> list[Path]:
+    """The catalog files that ship inside the `providers` package."""
+    root = resources.files("providers") / "catalogs"
+    return sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_targets(catalog_files: Sequence[str | Path] | None, org: Org) -> tuple[Target, ...]:
+    """All targets a plan may use: the catalog files (shipped ones by default) plus the org's clusters.
+
+    Errors from every file are collected and raised together.
+    """
+    files = list(catalog_files) if catalog_files else shipped_catalog_files()
+    targets: list[Target] = []
+    issues: list[SpecIssue] = []
+    for path in files:
+        try:
+            targets.extend(load_catalog(path).targets)
+        except SpecError as exc:
+            issues.extend(exc.issues)
+    if issues:
+        raise SpecError(issues)
+    targets.extend(org.clusters)
+    _check_unique(targets, files)
+    return tuple(sorted(targets, key=lambda t: t.id))
+
+
+def _check_unique(targets: Iterable[Target], files: Sequence[str | Path]) -> None:
+    seen: set[str] = set()
+    dupes = sorted({t.id for t in targets if t.id in seen or seen.add(t.id)})  # type: ignore[func-returns-value]
+    if dupes:
+        raise SpecError([SpecIssue(", ".join(map(str, files)), None, None, "targets",
+                                   f"target id defined twice (catalog and org clusters must not clash): {', '.join(dupes)}")])
+
+
+def parse_catalog_text(text: str, name: str = "<catalog>") -> Catalog:
+    """Validate catalog YAML given as text (used by tests and tools)."""
+    (doc,) = parse_documents(text, name)
+    return validate(Catalog, doc, prepare=_prepare_catalog)

@@ -1,0 +1,87 @@
+"""Building blocks shared by every spec file: residency, operators, accelerators, prices."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from orchestrator.spec.zones import GLOBAL, normalize_country, normalize_zone
+
+
+class Frozen(BaseModel):
+    """Base of every spec model: immutable, and unknown keys are errors rather than silently ignored."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+Zone = Annotated[str, AfterValidator(normalize_zone)]
+Country = Annotated[str, AfterValidator(normalize_country)]
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")]
+TargetId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]*(/[A-Za-z0-9._-]+)*$", max_length=120)]
+Usd = Annotated[float, Field(ge=0)]
+
+
+class Residency(Frozen):
+    """Where data may be processed. Empty means unrestricted; zones and countries widen each other."""
+
+    zones: tuple[Zone, ...] = Field(default=(), description="Allowed data zones, e.g. [EU]. GLOBAL = anywhere.")
+    countries: tuple[Country, ...] = Field(default=(), description="Allowed countries (ISO 3166-1 alpha-2).")
+    sovereign: bool = Field(
+        default=False,
+        description="Require the operator's home jurisdiction to be allowed too (a US-operated EU region fails).",
+    )
+
+    @field_validator("zones", "countries")
+    @classmethod
+    def _dedupe(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(value))
+
+    @property
+    def unrestricted(self) -> bool:
+        """True when any place, GLOBAL offerings included, is allowed."""
+        return (not self.zones and not self.countries) or GLOBAL in self.zones
+
+    def describe(self) -> str:
+        """Short human form, e.g. `zones [EU], sovereign`."""
+        if self.unrestricted:
+            return "unrestricted"
+        parts = []
+        if self.zones:
+            parts.append(f"zones [{', '.join(self.zones)}]")
+        if self.countries:
+            parts.append(f"countries [{', '.join(self.countries)}]")
+        if self.sovereign:
+            parts.append("sovereign")
+        return ", ".join(parts)
+
+
+class Operator(Frozen):
+    """Who runs the target, and under which country's law that operator ultimately falls."""
+
+    name: str = Field(description="Operator name, e.g. amazon, microsoft, self.")
+    jurisdiction: Country = Field(description="Home jurisdiction of the operator (ISO country code).")
+
+
+class Accelerator(Frozen):
+    """An instance type; one replica uses one instance."""
+
+    sku: str = Field(min_length=1, description="Instance type, e.g. ml.g5.12xlarge.")
+    gpus: int = Field(ge=1, le=64, description="GPUs per instance.")
+    gpu_memory_gb: float = Field(gt=0, description="Memory per GPU in GB.")
+    usd_per_hour: Usd = Field(description="List price per instance-hour in USD.")
+    available: int | None = Field(
+        default=None, ge=0, description="Instances that may be used (shared by a fleet). Omitted = not capped."
+    )
+
+    @property
+    def total_memory_gb(self) -> float:
+        """Memory one replica can use."""
+        return self.gpus * self.gpu_memory_gb
+
+
+class ManagedModel(Frozen):
+    """A model a managed service offers, priced per token."""
+
+    name: str = Field(min_length=1, description="Model name as used in deployments.")
+    usd_per_1k_tokens: Usd = Field(description="Blended price per 1,000 tokens in USD.")

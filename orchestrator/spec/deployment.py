@@ -1,0 +1,108 @@
+"""The Deployment file: what a platform team wants to run, and under which rules."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from orchestrator.spec.common import Frozen, Name, Residency, Usd
+
+
+class Model(Frozen):
+    """The model to serve."""
+
+    name: str = Field(min_length=1, description="Model name; managed targets match it by this name.")
+    gpu_memory_gb: float | None = Field(
+        default=None, gt=0, description="GPU memory one replica needs. Omit to allow managed offerings only."
+    )
+    license: str = Field(default="apache-2.0", min_length=1, description="Licence id, e.g. apache-2.0, mrl.")
+
+
+class Replicas(Frozen):
+    """Replica bounds: the plan places `min`; the router autoscales up to `max`."""
+
+    min: int = Field(default=1, ge=1, le=10_000, description="Replicas placed by the plan.")
+    max: int | None = Field(default=None, ge=1, le=10_000, description="Autoscaling ceiling; defaults to min.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Replicas:
+        if self.max is not None and self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        return self
+
+    @property
+    def ceiling(self) -> int:
+        """`max`, or `min` when no ceiling was given."""
+        return self.max if self.max is not None else self.min
+
+
+class DataSource(Frozen):
+    """Data the model reads, and where it lives; egress is charged when replicas run elsewhere."""
+
+    location: str = Field(pattern=r"^[a-z0-9-]+/[A-Za-z0-9._-]+$", description="cloud/region, e.g. aws/eu-central-1.")
+    monthly_gb: float = Field(ge=0, description="GB read per month.")
+    egress_usd_per_gb: Usd | None = Field(
+        default=None, description="Override the egress price; by default the catalog's price at `location`."
+    )
+
+
+class Traffic(Frozen):
+    """Expected load, used to price managed (per-token) offerings."""
+
+    requests_per_second: float = Field(default=0.0, ge=0)
+    tokens_per_request: float = Field(default=0.0, ge=0)
+
+
+class Budget(Frozen):
+    """Spend ceiling beyond credits; a plan over it is infeasible."""
+
+    monthly_usd: Usd
+
+
+class Placement(Frozen):
+    """How to place."""
+
+    objective: Literal["cost"] = Field(default="cost", description="What the optimiser minimises.")
+    min_targets: int = Field(default=1, ge=1, le=64, description="Distinct targets the plan must spread over.")
+
+
+class Routing(Frozen):
+    """How the router picks among this deployment's backends."""
+
+    policy: str = Field(default="cost", description="Routing policy name: cost, least_load, latency.")
+
+
+class DeploymentSpec(Frozen):
+    """The body of a Deployment."""
+
+    model: Model
+    replicas: Replicas = Replicas()
+    residency: Residency = Field(default=Residency(), description="Where this deployment's data may be processed.")
+    certifications: tuple[str, ...] = Field(default=(), description="Certifications every target must hold.")
+    data: tuple[DataSource, ...] = ()
+    traffic: Traffic = Traffic()
+    budget: Budget | None = None
+    placement: Placement = Placement()
+    routing: Routing = Routing()
+
+
+class Metadata(Frozen):
+    """Identity of a spec object."""
+
+    name: Name = Field(description="Lower-case name: letters, digits, '.', '_', '-'.")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class Deployment(Frozen):
+    """A model deployment declared by a platform team."""
+
+    api_version: Literal["sovra/v1"] = Field(alias="apiVersion")
+    kind: Literal["Deployment"]
+    metadata: Metadata
+    spec: DeploymentSpec
+
+    @property
+    def name(self) -> str:
+        """The deployment's name."""
+        return self.metadata.name

@@ -1,0 +1,1 @@
+"""Placement engine (pure) and policy packs: residency, filters, costs and the MILP optimiser."""

@@ -1,0 +1,82 @@
+"""The one residency rule: may data bound by a residency be processed at a place?
+
+The planner calls it for every target and the router for every send, so it has a fast boolean form
+(`allows`) and a form that explains every failed rule (`violations`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from orchestrator.spec.common import Residency
+from orchestrator.spec.zones import COUNTRY_ZONE, GLOBAL
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where a target or backend processes data, and whose law its operator answers to."""
+
+    zone: str
+    country: str | None
+    jurisdiction: str
+    operator: str = ""
+
+    @classmethod
+    def of(cls, target: object) -> Place:
+        """The place of anything shaped like a Target (zone, country, operator)."""
+        op = target.operator  # type: ignore[attr-defined]
+        return cls(target.zone, target.country, op.jurisdiction, op.name)  # type: ignore[attr-defined]
+
+
+def location_allowed(residency: Residency, zone: str, country: str | None) -> bool:
+    """The location rule alone (zone or country), without sovereignty."""
+    if zone == GLOBAL:
+        return False
+    if country is not None and country in residency.countries:
+        return True
+    return zone in residency.zones
+
+
+def _jurisdiction_ok(residency: Residency, jurisdiction: str) -> bool:
+    return jurisdiction in residency.countries or COUNTRY_ZONE.get(jurisdiction) in residency.zones
+
+
+def allows(residency: Residency, place: Place) -> bool:
+    """True when `place` satisfies every rule of `residency`. No allocation: safe on the request path."""
+    if residency.unrestricted:
+        return True
+    if not location_allowed(residency, place.zone, place.country):
+        return False
+    return not residency.sovereign or _jurisdiction_ok(residency, place.jurisdiction)
+
+
+def violations(residency: Residency, place: Place) -> tuple[str, ...]:
+    """Every rule `place` fails, as sentences a person can act on; empty when allowed."""
+    if residency.unrestricted:
+        return ()
+    reasons: list[str] = []
+    if not location_allowed(residency, place.zone, place.country):
+        reasons.append(_location_reason(residency, place))
+    if residency.sovereign and not _jurisdiction_ok(residency, place.jurisdiction):
+        who = f"operator {place.operator} is" if place.operator else "the operator is"
+        reasons.append(f"sovereignty: {who} under {place.jurisdiction} jurisdiction, which is not in "
+                       f"{_allowed(residency)}")
+    return tuple(reasons)
+
+
+def _location_reason(residency: Residency, place: Place) -> str:
+    if place.zone == GLOBAL:
+        return f"residency: may process anywhere (GLOBAL), but only {_allowed(residency)} is allowed"
+    parts = []
+    if residency.zones:
+        parts.append(f"zone {place.zone} is not in [{', '.join(residency.zones)}]")
+    if residency.countries:
+        if place.country is None:
+            parts.append(f"it may process anywhere in {place.zone}, not only in [{', '.join(residency.countries)}]")
+        else:
+            parts.append(f"country {place.country} is not in [{', '.join(residency.countries)}]")
+    return "residency: " + " and ".join(parts)
+
+
+def _allowed(residency: Residency) -> str:
+    return "[" + ", ".join((*residency.zones, *residency.countries)) + "]"

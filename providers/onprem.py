@@ -1,0 +1,27 @@
+"""On-prem clusters the company operates: Ray clusters and Kubernetes contexts."""
+
+from __future__ import annotations
+
+from providers.base import Provider
+
+
+class Ray(Provider):
+    """A Ray cluster; replicas become Ray Serve deployments. No address means a local Ray on this machine."""
+
+    name = "ray"
+    extra = "ray"
+    sdk_module = "ray"
+
+    def describe(self) -> str:
+        return "Ray cluster (on-prem or this machine), replicas served by Ray Serve"
+
+
+class Kubernetes(Provider):
+    """A Kubernetes context; replicas are provisioned by Pulumi."""
+
+    name = "kubernetes"
+    extra = "pulumi"
+    sdk_module = "pulumi"
+
+    def describe(self) -> str:
+        return "Kubernetes cluster (provisioned with Pulumi)"
