@@ -205,3 +205,8 @@ def test_a_small_saving_beats_the_tie_break_towards_fewer_targets():
     tgts = [target("a/cheap", price=1.0, available=1), target("b/dear", price=1.05)]
     d = only(solve([deployment(replicas=2)], tgts))
     assert {p.target: p.replicas for p in d.placements} == {"a/cheap": 1, "b/dear": 1}
+    # Same with min_targets 2: three targets (730 + 744.60 + 766.50) beat two (730 + 2 × 766.50) by $21.90.
+    tgts3 = [target("a/cheap", price=1.0, available=1), target("b/cheap", price=1.02, available=1),
+             target("c/dear", price=1.05)]
+    d3 = only(solve([deployment(replicas=3, min_targets=2)], tgts3))
+    assert {p.target: p.replicas for p in d3.placements} == {"a/cheap": 1, "b/cheap": 1, "c/dear": 1}
