@@ -40,7 +40,7 @@ class Replicas(Frozen):
 class DataSource(Frozen):
     """Data the model reads, and where it lives; egress is charged when replicas run elsewhere."""
 
-    location: str = Field(pattern=r"^[a-z0-9-]+/[A-Za-z0-9._-]+$", description="cloud/region, e.g. aws/eu-central-1.")
+    location: str = Field(pattern=r"^[a-z0-9-]+/[A-Za-z0-9._-]+$", description="cloud/region, e.g. aws/eu-central-1")
     monthly_gb: float = Field(ge=0, description="GB read per month.")
     egress_usd_per_gb: Usd | None = Field(
         default=None, description="Override the egress price; by default the catalog's price at `location`."
@@ -90,7 +90,8 @@ class DeploymentSpec(Frozen):
 class Metadata(Frozen):
     """Identity of a spec object."""
 
-    name: Name = Field(description="Lower-case name: letters, digits, '.', '_', '-'.")
+    name: Name = Field(description="lower-case letters, digits, '.', '_' and '-', starting and ending with a "
+                       "letter or digit, at most 63 characters (e.g. support-assistant)")
     labels: dict[str, str] = Field(default_factory=dict)
 
 

@@ -98,7 +98,7 @@ def validate(model: type[M], doc: Document, *, prepare: Callable[[Any, Document]
         result = model.model_validate(doc.data)
     except ValidationError as exc:
         issues += [doc.issue(tuple(err["loc"]), _explain(model, err, doc.data)) for err in exc.errors()]
-        raise SpecError(issues) from None
+        raise SpecError(sorted(issues, key=lambda i: (i.line or 0, i.column or 0))) from None
     if issues:
         raise SpecError(issues)
     return result
@@ -128,6 +128,9 @@ def _explain(model: type[BaseModel], err: Mapping[str, Any], data: Any) -> str:
         return f"unknown key; {hint}valid keys: {', '.join(allowed)}"
     if kind == "missing":
         return "required field is missing"
+    if kind == "string_pattern_mismatch":
+        described = _describe(model, loc)
+        return f"{err.get('input')!r} is not valid here" + (f": {described}" if described else f" ({msg})")
     if kind.startswith(("date_", "datetime_")):
         return f"{msg}; expected a date like 2027-06-30 (got {err.get('input')!r})"
     if msg.startswith("Value error, "):
@@ -136,6 +139,19 @@ def _explain(model: type[BaseModel], err: Mapping[str, Any], data: Any) -> str:
     if kind not in ("value_error", "assertion_error") and not isinstance(got, (dict, list)):
         return f"{msg} (got {got!r})"
     return msg
+
+
+def _describe(model: type[BaseModel], loc: Loc) -> str | None:
+    """The description of the field at `loc`, which says what a valid value looks like."""
+    parent: Any = model
+    for part in loc[:-1]:
+        parent = _field_type(parent, part)
+    parent = _unwrap(parent)
+    if isinstance(parent, type) and issubclass(parent, BaseModel):
+        for name, field in parent.model_fields.items():
+            if loc[-1] in (name, field.alias):
+                return field.description
+    return None
 
 
 def _allowed_keys(model: type[BaseModel], loc: Loc) -> list[str]:
