@@ -1,0 +1,72 @@
+"""The request-side residency gate: the tenant's bound, narrowed (never widened) by `X-Sovra-Residency`.
+
+Every send of a payload asks `RequestResidency.permits(backend)`, which calls the planner's residency function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from orchestrator.router.errors import InvalidResidency, ResidencyWidening
+from orchestrator.spec.common import Residency
+from orchestrator.spec.zones import COUNTRY_ZONE, GLOBAL, ZONES
+from policies.residency import Place, allows
+
+
+def parse_header(value: str) -> Residency:
+    """`EU`, `FR,DE` or `EU,CH` -> a Residency; unknown names are a 400 that lists what is valid."""
+    zones: list[str] = []
+    countries: list[str] = []
+    for raw in value.split(","):
+        token = raw.strip().upper()
+        if not token:
+            continue
+        if token in ZONES:
+            zones.append(token)
+        elif token in COUNTRY_ZONE:
+            countries.append(token)
+        else:
+            raise InvalidResidency(
+                f"X-Sovra-Residency: unknown zone or country {raw.strip()!r}; use zones "
+                f"({', '.join(sorted(ZONES))}) or ISO country codes such as FR, DE")
+    if not zones and not countries:
+        raise InvalidResidency("X-Sovra-Residency is empty; give zones or countries, e.g. 'EU' or 'FR,DE'")
+    return Residency(zones=tuple(zones), countries=tuple(countries))
+
+
+def _within(bound: Residency, narrow: Residency) -> list[str]:
+    """Names in `narrow` that `bound` does not allow (empty when `narrow` only narrows)."""
+    if bound.unrestricted:
+        return []
+    wider = [z for z in narrow.zones if z == GLOBAL or z not in bound.zones]
+    wider += [c for c in narrow.countries if c not in bound.countries and COUNTRY_ZONE[c] not in bound.zones]
+    return wider
+
+
+@dataclass(frozen=True)
+class RequestResidency:
+    """The residency one request is bound by: the tenant's, intersected with the header's."""
+
+    tenant: Residency
+    header: Residency | None = None
+
+    @classmethod
+    def build(cls, tenant: Residency, header_value: str | None) -> RequestResidency:
+        """Parse and check the header against the tenant's bound: 400 if unknown, 403 if it tries to widen."""
+        if header_value is None:
+            return cls(tenant)
+        header = parse_header(header_value)
+        wider = _within(tenant, header)
+        if wider:
+            raise ResidencyWidening(
+                f"X-Sovra-Residency may only narrow your tenant's residency ({tenant.describe()}); "
+                f"{', '.join(wider)} is outside it")
+        return cls(tenant, Residency(zones=header.zones, countries=header.countries, sovereign=tenant.sovereign))
+
+    def permits(self, place: Place) -> bool:
+        """May this request's payload be processed at `place`? The one check before every send."""
+        return allows(self.tenant, place) and (self.header is None or allows(self.header, place))
+
+    def describe(self) -> str:
+        """For error messages and the audit trail."""
+        return self.tenant.describe() if self.header is None else self.header.describe()

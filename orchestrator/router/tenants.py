@@ -1,0 +1,45 @@
+"""API keys -> tenants. Keys are stored as sha256 digests and compared in constant time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from orchestrator.router.errors import Unauthorized
+from orchestrator.spec.common import Residency
+from orchestrator.spec.org import Tenant
+
+OPEN_TENANT = Tenant(name="open", key_sha256="0" * 64, residency=Residency())
+
+
+@dataclass(frozen=True)
+class TenantDirectory:
+    """Resolves `Authorization: Bearer <key>`; with no tenants configured the router runs open."""
+
+    tenants: tuple[Tenant, ...]
+
+    @classmethod
+    def of(cls, tenants: Sequence[Tenant]) -> TenantDirectory:
+        return cls(tuple(tenants))
+
+    @property
+    def open(self) -> bool:
+        """True when no keys are configured: every request is accepted, with no residency bound."""
+        return not self.tenants
+
+    def authenticate(self, authorization: str | None) -> Tenant:
+        """The tenant owning the bearer key, or 401. Every tenant's digest is compared, so timing leaks nothing."""
+        if self.open:
+            return OPEN_TENANT
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+        digest = hashlib.sha256(authorization[7:].strip().encode()).hexdigest()
+        found: Tenant | None = None
+        for tenant in self.tenants:
+            if hmac.compare_digest(digest, tenant.key_sha256):
+                found = tenant
+        if found is None:
+            raise Unauthorized("invalid API key")
+        return found
