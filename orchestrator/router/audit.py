@@ -39,14 +39,12 @@ class AuditLog:
     def __init__(self, path: str | Path, *, max_bytes: int = 50_000_000, backups: int = 10):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._logger = logging.getLogger(f"sovra.audit.{self.path.resolve()}")
-        self._logger.propagate = False
-        self._logger.setLevel(logging.INFO)
-        if not self._logger.handlers:
-            handler = logging.handlers.RotatingFileHandler(self.path, maxBytes=max_bytes, backupCount=backups,
-                                                           encoding="utf-8")
-            handler.setFormatter(logging.Formatter("%(message)s"))
-            self._logger.addHandler(handler)
+        # A private Logger outside logging's global tree: audit lines go to this file only, never to app logs.
+        self._logger = logging.Logger("sovra.audit", logging.INFO)
+        handler = logging.handlers.RotatingFileHandler(self.path, maxBytes=max_bytes, backupCount=backups,
+                                                       encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        self._logger.addHandler(handler)
 
     def write(self, record: AuditRecord) -> None:
         self._logger.info(json.dumps(asdict(record), separators=(",", ":")))

@@ -1,0 +1,92 @@
+"""A deterministic OpenAI-compatible backend for routing tests (never a product default), and a uvicorn runner."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+
+@dataclass
+class FakeBackend:
+    """Answers `served-by <name>`; records every payload it received; can be switched to fail."""
+
+    name: str
+    received: list[dict] = field(default_factory=list)
+    failing: bool = False
+    delay_s: float = 0.0
+
+    def app(self) -> Starlette:
+        async def chat(request: Request):
+            body = await request.json()
+            self.received.append(body)
+            if self.failing:
+                return JSONResponse({"error": {"message": "down", "type": "api_error"}}, status_code=503)
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            text = f"served-by {self.name}"
+            usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+            if body.get("stream"):
+                async def events():
+                    for i, word in enumerate(text.split()):
+                        chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
+                                 "choices": [{"index": 0, "delta": {"content": (" " if i else "") + word},
+                                              "finish_reason": None}]}
+                        yield f"data: {json.dumps(chunk)}\n\n"
+                    end = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
+                           "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": usage}
+                    yield f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n"
+                return StreamingResponse(events(), media_type="text/event-stream")
+            return JSONResponse({"id": "c1", "object": "chat.completion", "created": int(time.time()),
+                                 "model": body["model"], "usage": usage,
+                                 "choices": [{"index": 0, "finish_reason": "stop",
+                                              "message": {"role": "assistant", "content": text}}]})
+
+        async def embeddings(request: Request):
+            body = await request.json()
+            self.received.append(body)
+            if self.failing:
+                return JSONResponse({"error": {"message": "down"}}, status_code=503)
+            inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            return JSONResponse({"object": "list", "model": body["model"],
+                                 "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)},
+                                 "data": [{"object": "embedding", "index": i,
+                                           "embedding": [float(len(s)), 1.0, 0.0]} for i, s in enumerate(inputs)]})
+
+        return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
+                                 Route("/v1/embeddings", embeddings, methods=["POST"])])
+
+
+class ServerThread:
+    """Serve an ASGI app on 127.0.0.1 (a free port) in a background thread."""
+
+    def __init__(self, app, port: int = 0):
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                                    lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.time() + 10
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.01)
+        return self
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.servers[0].sockets[0].getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

@@ -1,0 +1,172 @@
+"""The router over real HTTP (uvicorn on 127.0.0.1) with the official openai client, backends EU and US."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import httpx
+import openai
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from orchestrator.router.app import RouterState, create_app
+from orchestrator.router.audit import AuditLog, read
+from orchestrator.router.backends import Backend, RoutingTable
+from orchestrator.router.clients import HttpClient
+from orchestrator.router.dispatch import Dispatcher
+from orchestrator.router.tenants import TenantDirectory
+from orchestrator.spec import Residency
+from orchestrator.spec.org import Tenant
+from policies.residency import Place
+from tests.fakes.openai_backend import FakeBackend, ServerThread
+
+EU_KEY, US_KEY, ANY_KEY = "sk-test-eu", "sk-test-us", "sk-test-any"
+
+
+def sha(k: str) -> str:
+    return hashlib.sha256(k.encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    fakes = {"paris": FakeBackend("onprem-paris"), "frankfurt": FakeBackend("aws-sagemaker/eu-central-1"),
+             "virginia": FakeBackend("aws-sagemaker/us-east-1")}
+    places = {"paris": Place("EU", "FR", "FR", "self"), "frankfurt": Place("EU", "DE", "US", "amazon"),
+              "virginia": Place("US", "US", "US", "amazon")}
+    servers = {k: ServerThread(f.app()).__enter__() for k, f in fakes.items()}
+    backends = [Backend(id=f"m@{fakes[k].name}", model="m", target=fakes[k].name, place=places[k],
+                        cost={"virginia": 0.1, "paris": 1.0, "frankfurt": 2.0}[k], kind="http", address=servers[k].url)
+                for k in fakes]
+    audit_path = tmp_path_factory.mktemp("audit") / "audit.jsonl"
+    tenants = TenantDirectory.of([
+        Tenant(name="eu-bank", key_sha256=sha(EU_KEY), residency=Residency(zones=("EU",))),
+        Tenant(name="us-retail", key_sha256=sha(US_KEY), residency=Residency(zones=("US",))),
+        Tenant(name="global", key_sha256=sha(ANY_KEY), residency=Residency())])
+    state = RouterState(Dispatcher(RoutingTable.of(backends), backoff_s=0.0), tenants, {"http": HttpClient()},
+                        AuditLog(audit_path))
+    router = ServerThread(create_app(state)).__enter__()
+    yield {"url": router.url, "fakes": fakes, "state": state, "audit": audit_path}
+    router.__exit__()
+    for s in servers.values():
+        s.__exit__()
+    # invariant: the EU tenant's payloads never reached the US backend
+    assert not [b for b in fakes["virginia"].received if "eu-secret" in json.dumps(b)]
+
+
+def client(stack, key=EU_KEY, **headers) -> openai.OpenAI:
+    return openai.OpenAI(base_url=stack["url"] + "/v1", api_key=key, default_headers=headers or None, max_retries=0)
+
+
+def test_openai_client_chat_answers_with_target_headers(stack):
+    raw = client(stack).chat.completions.with_raw_response.create(
+        model="m", messages=[{"role": "user", "content": "eu-secret hello"}])
+    answer = raw.parse()
+    assert answer.choices[0].message.content == "served-by onprem-paris"  # cheapest allowed (US is cheaper)
+    assert raw.headers["X-Sovra-Target"] == "onprem-paris" and raw.headers["X-Sovra-Zone"] == "EU"
+
+
+def test_openai_client_streaming_chat(stack):
+    chunks = list(client(stack).chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "eu-secret stream"}], stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "served-by onprem-paris"
+
+
+def test_openai_client_embeddings_and_models(stack):
+    emb = client(stack).embeddings.create(model="m", input=["abc", "de"])
+    assert [d.embedding[0] for d in emb.data] == [3.0, 2.0]
+    assert [m.id for m in client(stack).models.list()] == ["m"]
+
+
+def test_us_tenant_goes_to_the_us_backend(stack):
+    raw = client(stack, US_KEY).chat.completions.with_raw_response.create(
+        model="m", messages=[{"role": "user", "content": "hi"}])
+    assert raw.headers["X-Sovra-Target"] == "aws-sagemaker/us-east-1"
+
+
+def test_errors_are_openai_style(stack):
+    with pytest.raises(openai.AuthenticationError) as e401:
+        client(stack, "sk-wrong").chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+    assert e401.value.status_code == 401 and e401.value.body["code"] == "invalid_api_key"
+    with pytest.raises(openai.NotFoundError):
+        client(stack).chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.PermissionDeniedError) as e403:
+        client(stack, **{"X-Sovra-Residency": "US"}).chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "eu-secret widen"}])
+    assert e403.value.body["code"] == "residency_not_allowed"
+    with pytest.raises(openai.BadRequestError) as e400:
+        client(stack, **{"X-Sovra-Residency": "Narnia"}).chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "x"}])
+    assert e400.value.body["code"] == "invalid_residency"
+
+
+def test_header_narrows_to_a_country(stack):
+    raw = client(stack, **{"X-Sovra-Residency": "DE"}).chat.completions.with_raw_response.create(
+        model="m", messages=[{"role": "user", "content": "eu-secret to germany"}])
+    assert raw.headers["X-Sovra-Target"] == "aws-sagemaker/eu-central-1"
+
+
+def test_eu_tenant_with_every_eu_backend_down_gets_503_and_nothing_reaches_the_us(stack):
+    fakes = stack["fakes"]
+    before = len(fakes["virginia"].received)
+    fakes["paris"].failing = fakes["frankfurt"].failing = True
+    try:
+        with pytest.raises(openai.InternalServerError) as exc:
+            client(stack).chat.completions.create(model="m", messages=[{"role": "user", "content": "eu-secret 503"}])
+        assert exc.value.status_code == 503 and exc.value.body["code"] == "no_allowed_backend"
+        assert exc.value.response.headers["X-Sovra-Target"] == "none"
+    finally:
+        fakes["paris"].failing = fakes["frankfurt"].failing = False
+        stack["state"].dispatcher.breaker._states.clear()
+    assert len(fakes["virginia"].received) == before
+
+
+def test_audit_has_one_line_per_request_with_target_and_no_payload(stack):
+    n_before = len(list(read(stack["audit"])))
+    client(stack).chat.completions.create(model="m", messages=[{"role": "user", "content": "eu-secret audit"}])
+    records = list(read(stack["audit"]))
+    assert len(records) == n_before + 1
+    last = records[-1]
+    assert last["tenant"] == "eu-bank" and last["target"] == "onprem-paris" and last["zone"] == "EU"
+    text = stack["audit"].read_text()
+    assert "eu-secret" not in text and EU_KEY not in text
+
+
+def test_metrics_and_healthz(stack):
+    m = httpx.get(stack["url"] + "/metrics")
+    assert m.status_code == 200 and "sovra_requests_total" in m.text
+    h = httpx.get(stack["url"] + "/healthz").json()
+    assert h["status"] == "ok" and h["backends"] == 3
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                           lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
+                           max_leaves=8)
+bodies = st.one_of(
+    st.binary(max_size=64),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries({"model": st.one_of(st.just("m"), st.text(max_size=5), st.integers()),
+                           "messages": st.one_of(json_values, st.lists(st.fixed_dictionaries(
+                               {"role": st.sampled_from(["user", "system", "robot", 3]),
+                                "content": json_values}), max_size=2)),
+                           "stream": st.one_of(st.booleans(), json_values)},
+                          optional={"max_tokens": json_values, "input": json_values}
+                          ).map(lambda d: json.dumps(d).encode()))
+header_values = st.one_of(st.none(), st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=12),
+                          st.sampled_from(["EU", "US", "FR,DE", "GLOBAL", ",", "eu , fr"]))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=bodies, residency=header_values, path=st.sampled_from(["/v1/chat/completions", "/v1/embeddings"]))
+def test_fuzzed_requests_get_json_4xx_never_500(stack, body, residency, path):
+    headers = {"Authorization": f"Bearer {EU_KEY}", "Content-Type": "application/json"}
+    if residency is not None:
+        headers["X-Sovra-Residency"] = residency
+    r = httpx.post(stack["url"] + path, content=body, headers=headers, timeout=10)
+    assert r.status_code < 500 or r.json()["error"]["code"] == "no_allowed_backend", r.text
+    assert "X-Sovra-Target" in r.headers
+    if r.status_code >= 400:
+        assert set(r.json()["error"]) >= {"message", "type", "code"}
+    else:
+        assert r.headers["X-Sovra-Zone"] == "EU"
