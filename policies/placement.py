@@ -84,7 +84,7 @@ def plan_fleet(
 
     solvable = [d for d in deployments if d.name not in structural]
     model_cands = {
-        d.name: _prune(d, evaluated[d.name][0], by_id, {tid for dn, tid in require if dn == d.name})
+        d.name: _prune(d, evaluated[d.name][0], by_id, {tid for dn, tid in require if dn == d.name}, options)
         if options.prune_dominated else evaluated[d.name][0]
         for d in solvable
     }
@@ -118,22 +118,27 @@ def plan_fleet(
     return FleetPlan(tuple(plans), dict(caps), stats, relax if blamed else ())
 
 
-def _prune(d: Deployment, cands: list[Candidate], by_id: dict[str, Target], required: set[str]) -> list[Candidate]:
-    """Drop uncapped replica candidates that at least `min_targets` others on the same cloud beat on both price and
-    egress: an optimal plan never needs them (swapping to an unused dominator is never worse), so the MILP stays small.
+def _prune(d: Deployment, cands: list[Candidate], by_id: dict[str, Target], required: set[str],
+           options: SolveOptions) -> list[Candidate]:
+    """Drop candidates an optimal plan never needs, so the MILP stays small.
+
+    An uncapped candidate beaten on both compute price and egress by N others on the same cloud can be swapped for
+    an unused one of them at no extra cost (same cloud, so credits are no worse): N = min_targets for replica
+    targets (a plan uses at most that many *needed* targets) and N = max_managed_split for managed ones (a plan
+    never splits traffic over more).
     """
-    need = d.spec.placement.min_targets
     keep: list[Candidate] = []
-    pools: dict[str, list[Candidate]] = defaultdict(list)
+    pools: dict[tuple[str, bool], list[Candidate]] = defaultdict(list)
     for c in cands:
         t = by_id[c.target]
         capped = c.accelerator is not None and any(
             a.sku == c.accelerator and a.available is not None for a in t.accelerators)
-        if c.accelerator is None or capped or c.target in required:
+        if capped or c.target in required:
             keep.append(c)
         else:
-            pools[t.cloud].append(c)
-    for pool in pools.values():
+            pools[(t.cloud, t.managed)].append(c)
+    for (_, managed), pool in pools.items():
+        need = options.max_managed_split if managed else d.spec.placement.min_targets
         pool.sort(key=lambda c: (c.unit_usd, c.egress_if_all_usd, c.target))
         frontier: list[Candidate] = []
         for c in pool:  # sorted by price, so every earlier member is no dearer
