@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import cProfile
 import datetime as dt
+import hashlib
 import io
 import json
 import math
@@ -34,6 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import scipy  # noqa: E402
+import scipy.optimize  # noqa: E402,F401  (imported up front so the first timed solve does not pay for it)
 
 from orchestrator.spec.deployment import Deployment  # noqa: E402
 from orchestrator.spec.org import Credit, OrgPolicy  # noqa: E402
@@ -508,6 +510,7 @@ def machine() -> dict[str, Any]:
         highs = "bundled with scipy"
     return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "scipy": scipy.__version__,
             "highs": highs, "platform": platform.platform(),
+            "engine_sha256": hashlib.sha256((ROOT / "policies" / "placement.py").read_bytes()).hexdigest()[:16],
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -552,7 +555,8 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any], profile: str | No
     lines = ["# Placement benchmark", "",
              f"`.venv/bin/python bench/placement.py` — seed {SEED}, as_of {AS_OF}, time_limit_s {TIME_LIMIT_S:g}.", "",
              f"Machine: {info['nproc']} CPUs ({info['cpu']}), Python {info['python']}, SciPy {info['scipy']} "
-             f"(HiGHS {info['highs']}), {info['platform']}, {info['date']}.", "",
+             f"(HiGHS {info['highs']}), {info['platform']}, {info['date']}; policies/placement.py sha256 "
+             f"{info['engine_sha256']}.", "",
              f"Goal: {GOAL['deployments']} deployments x {GOAL['targets']} targets in <= {GOAL['seconds']:g} s "
              f"with gap <= {GOAL['gap']:.0%} (judged on the fast run).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

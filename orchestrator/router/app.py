@@ -89,13 +89,16 @@ def create_app(state: RouterState) -> Starlette:
         return JSONResponse({"object": "list", "data": data}, headers=_where(None))
 
     async def routes(request: Request) -> Response:
+        # The routing table for client-side routing: only the backends this tenant may ever reach, plus its bound.
         try:
-            state.tenants.authenticate(request.headers.get("authorization"))
+            tenant = state.tenants.authenticate(request.headers.get("authorization"))
+            bound = RequestResidency(tenant.residency)
         except RouterError as exc:
             return _error(exc)
-        table = {m: [_backend_json(b, state.policies.get(m, "cost")) for b in bs]
+        table = {m: [_backend_json(b, state.policies.get(m, "cost")) for b in bs if bound.permits(b.place)]
                  for m, bs in state.dispatcher.table.by_model.items()}
-        return JSONResponse({"models": table}, headers=_where(None))
+        return JSONResponse({"tenant": tenant.name, "residency": tenant.residency.model_dump(mode="json"),
+                             "models": table}, headers=_where(None))
 
     async def healthz(_: Request) -> Response:
         backends = [b for bs in state.dispatcher.table.by_model.values() for b in bs]

@@ -170,3 +170,61 @@ def test_fuzzed_requests_get_json_4xx_never_500(stack, body, residency, path):
         assert set(r.json()["error"]) >= {"message", "type", "code"}
     else:
         assert r.headers["X-Sovra-Zone"] == "EU"
+
+
+# -- the routing SDK ---------------------------------------------------------------------------------------------
+
+from orchestrator import sdk  # noqa: E402
+
+
+def test_sdk_proxy_mode_sync_stream_and_typed_errors(stack):
+    with sdk.Client(stack["url"], api_key=EU_KEY, residency="DE") as c:
+        a = c.chat("m", [{"role": "user", "content": "eu-secret sdk"}])
+        assert a.text == "served-by aws-sagemaker/eu-central-1" and a.target == "aws-sagemaker/eu-central-1"
+        chunks = list(c.chat_stream("m", [{"role": "user", "content": "eu-secret sdk stream"}]))
+        assert "".join(ch["choices"][0]["delta"].get("content", "") for ch in chunks if ch["choices"]) \
+            == "served-by aws-sagemaker/eu-central-1"
+        assert c.models() == ["m"]
+    with sdk.Client(stack["url"], api_key=EU_KEY, residency=["US"]) as c:
+        with pytest.raises(sdk.PermissionDeniedError):
+            c.chat("m", [{"role": "user", "content": "x"}])
+    with sdk.Client(stack["url"], api_key="sk-nope") as c:
+        with pytest.raises(sdk.AuthenticationError):
+            c.embed("m", "x")
+
+
+def test_routes_expose_only_what_the_tenant_may_reach(stack):
+    r = httpx.get(stack["url"] + "/v1/routes", headers={"Authorization": f"Bearer {EU_KEY}"}).json()
+    assert r["residency"]["zones"] == ["EU"]
+    assert {b["zone"] for b in r["models"]["m"]} == {"EU"}
+
+
+def test_sdk_direct_mode_obeys_residency_policy_and_fails_closed(stack):
+    import asyncio
+
+    fakes = stack["fakes"]
+    us_before = len(fakes["virginia"].received)
+
+    async def scenario():
+        async with sdk.AsyncClient(stack["url"], api_key=EU_KEY, mode="direct") as c:
+            a = await c.chat("m", [{"role": "user", "content": "eu-secret direct"}])
+            assert a.target == "onprem-paris"  # cost policy, within EU (US is cheaper but forbidden)
+            e = await c.embed("m", ["abc"])
+            assert e.zone == "EU"
+            chunks = [ch async for ch in c.chat_stream("m", [{"role": "user", "content": "eu-secret s"}])]
+            assert chunks
+            fakes["paris"].failing = fakes["frankfurt"].failing = True
+            try:
+                with pytest.raises(sdk.NoAllowedBackendError):
+                    await c.chat("m", [{"role": "user", "content": "eu-secret direct down"}])
+            finally:
+                fakes["paris"].failing = fakes["frankfurt"].failing = False
+        async with sdk.AsyncClient(stack["url"], api_key=EU_KEY, residency="DE", mode="direct") as c:
+            assert (await c.chat("m", [{"role": "user", "content": "eu-secret"}])).target \
+                == "aws-sagemaker/eu-central-1"
+        async with sdk.AsyncClient(stack["url"], api_key=EU_KEY, residency="US", mode="direct") as c:
+            with pytest.raises(sdk.PermissionDeniedError):
+                await c.chat("m", [{"role": "user", "content": "eu-secret widen"}])
+
+    asyncio.run(scenario())
+    assert len(fakes["virginia"].received) == us_before
