@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter, defaultdict
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -34,7 +34,9 @@ class SolveOptions:
 
     mip_rel_gap: float = 1e-7
     time_limit_s: float = 120.0
-    max_managed_split: int = 6  # most managed targets one deployment's traffic is split over
+    # Most managed targets one deployment's traffic is split over (raised to min_targets when that is larger).
+    # Splitting wider only pays by shifting spend between clouds' credit caps; 3 keeps 1,000-deployment fleets fast.
+    max_managed_split: int = 3
     prune_dominated: bool = True
 
 
@@ -71,12 +73,23 @@ def plan_fleet(
 
     evaluated: dict[str, tuple[list[Candidate], list[Rejection]]] = {}
     structural: dict[str, tuple[str, ...]] = {}
+    ordered = sorted(targets, key=lambda t: t.id)
+    # Fleets repeat the same rules (residency, model, licence...) across deployments: check each combination once
+    # per target and add the deployment's own egress afterwards.
+    memo: dict[tuple, list[Candidate | Rejection]] = {}
     for d in deployments:
         sources = filters.data_sources(d, targets)
+        spec = d.spec
+        key = (spec.residency, spec.certifications, spec.model, spec.traffic)
+        if key not in memo:
+            memo[key] = [filters.evaluate(d, t, licenses, {}) for t in ordered]
         cands: list[Candidate] = []
         rejs: list[Rejection] = []
-        for t in sorted(targets, key=lambda t: t.id):
-            (cands if isinstance(r := filters.evaluate(d, t, licenses, sources), Candidate) else rejs).append(r)
+        for t, r in zip(ordered, memo[key]):
+            if isinstance(r, Candidate):
+                cands.append(replace(r, egress_if_all_usd=costs.egress_usd_if_all(t.location, sources)))
+            else:
+                rejs.append(r)
         evaluated[d.name] = (cands, rejs)
         problems = _structural(d, cands, rejs, targets, {tid for dn, tid in require if dn == d.name})
         if problems:
@@ -138,7 +151,8 @@ def _prune(d: Deployment, cands: list[Candidate], by_id: dict[str, Target], requ
         else:
             pools[(t.cloud, t.managed)].append(c)
     for (_, managed), pool in pools.items():
-        need = options.max_managed_split if managed else d.spec.placement.min_targets
+        need = max(options.max_managed_split, d.spec.placement.min_targets) if managed \
+            else d.spec.placement.min_targets
         pool.sort(key=lambda c: (c.unit_usd, c.egress_if_all_usd, c.target))
         frontier: list[Candidate] = []
         for c in pool:  # sorted by price, so every earlier member is no dearer
@@ -196,7 +210,7 @@ def _build(
                     m.row([(v.y[j], 1.0)], lo=1.0)
 
         z: dict[int, int] = {}
-        k_max = min(len(mgd), options.max_managed_split)
+        k_max = min(len(mgd), max(need, options.max_managed_split))
         for k in range(1, k_max + 1):
             z[k] = m.var(0.0, 0, 1, integer=True)
             row = []

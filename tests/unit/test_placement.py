@@ -210,3 +210,9 @@ def test_a_small_saving_beats_the_tie_break_towards_fewer_targets():
              target("c/dear", price=1.05)]
     d3 = only(solve([deployment(replicas=3, min_targets=2)], tgts3))
     assert {p.target: p.replicas for p in d3.placements} == {"a/cheap": 1, "b/cheap": 1, "c/dear": 1}
+
+
+def test_managed_split_cap_rises_to_min_targets():
+    tgts = [target(f"api/{c}", models={"m": 0.001 * (i + 1)}) for i, c in enumerate("abcd")]
+    d = only(solve([deployment(gb=None, rps=1, tokens=100, min_targets=4)], tgts))
+    assert d.feasible and len(d.placements) == 4 and all(p.managed_share == 0.25 for p in d.placements)

@@ -13,6 +13,7 @@ from orchestrator.spec.org import OrgPolicy
 from orchestrator.spec.zones import COUNTRY_ZONE
 from policies import filters
 from policies.licenses import license_pack
+from policies.placement import SolveOptions
 from tests.factories import AS_OF, credit, deployment, solve, target
 
 COUNTRIES = ["FR", "DE", "US", "JP"]
@@ -76,7 +77,8 @@ def _months(expires: dt.date, as_of: dt.date) -> int:
 
 
 def brute_force(deps, tgts, credits, as_of=AS_OF):
-    """Enumerate every allocation; cost = compute − Σ_cloud min(cap, compute on cloud) + egress."""
+    """Enumerate every allocation (managed traffic split over at most max(max_managed_split, min_targets) targets);
+    cost = compute − Σ_cloud min(cap, compute on cloud) + egress."""
     lic = license_pack(OrgPolicy())
     by_id = {t.id: t for t in tgts}
     caps = defaultdict(float)
@@ -103,7 +105,8 @@ def brute_force(deps, tgts, credits, as_of=AS_OF):
         options = []
         allocs = [()] + [c for c in itertools.product(range(R + 1), repeat=len(reps)) if sum(c) == R] if reps else [()]
         for alloc in allocs:
-            for k in range(len(mgd) + 1):
+            split_cap = max(SolveOptions().max_managed_split, d.spec.placement.min_targets)
+            for k in range(min(len(mgd), split_cap) + 1):
                 for subset in itertools.combinations(mgd, k):
                     if not alloc and not subset:
                         continue
