@@ -52,7 +52,7 @@ def _as_of(value: str | None) -> dt.date | None:
     try:
         return dt.date.fromisoformat(value)
     except ValueError:
-        raise SpecError([_cli_issue("--as-of", f"{value!r} is not a date; expected YYYY-MM-DD, e.g. 2026-11-22")])
+        raise SpecError([_cli_issue("--as-of", f"{value!r} is not a date; expected YYYY-MM-DD, e.g. 2026-11-22")]) from None
 
 
 def _cli_issue(option: str, message: str):

@@ -85,7 +85,7 @@ def load_inputs(
     return Inputs(deployments, org, targets, as_of or dt.date.today())
 
 
-def plan(inputs: Inputs, options: SolveOptions = SolveOptions(), require: Sequence[tuple[str, str]] = ()) -> FleetPlan:
+def plan(inputs: Inputs, options: SolveOptions | None = None, require: Sequence[tuple[str, str]] = ()) -> FleetPlan:
     """Plan every deployment jointly."""
     return plan_fleet(
         inputs.deployments,
@@ -93,6 +93,6 @@ def plan(inputs: Inputs, options: SolveOptions = SolveOptions(), require: Sequen
         credits=inputs.org.credits,
         licenses=license_pack(inputs.org.policy),
         as_of=inputs.as_of,
-        options=options,
+        options=options or SolveOptions(),
         require=require,
     )
