@@ -1,0 +1,79 @@
+"""Ray Serve applications: one ModelServer app per (deployment, target), and the router ingress app.
+
+Kept free of module-level Ray imports so `orchestrator` imports stay light; Ray is imported by the functions here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+ROUTER_CONFIG_ENV = "SOVRA_ROUTER_CONFIG"
+
+
+def model_server_app(*, app_name: str, model: str, target: str, engine: str, min_replicas: int, max_replicas: int,
+                     num_cpus: float = 0.25, engine_options: dict[str, Any] | None = None):
+    """A Serve application serving `model` on `target` with autoscaling between min and max replicas."""
+    from ray import serve
+
+    from orchestrator.serving.engines import get_engine
+
+    @serve.deployment(
+        name="ModelServer",
+        ray_actor_options={"num_cpus": num_cpus},
+        autoscaling_config={"min_replicas": min_replicas, "max_replicas": max_replicas,
+                            "target_ongoing_requests": 4},
+        max_ongoing_requests=32,
+        health_check_period_s=2,
+    )
+    class ModelServer:
+        def __init__(self) -> None:
+            self.engine = get_engine(engine)(model, target, **(engine_options or {}))
+
+        async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+            return await self.engine.chat(body)
+
+        async def chat_stream(self, body: dict[str, Any]):
+            async for c in self.engine.chat_stream(body):
+                yield c
+
+        async def embed(self, body: dict[str, Any]) -> dict[str, Any]:
+            return await self.engine.embed(body)
+
+    return ModelServer.bind()
+
+
+def build_router_asgi():
+    """Builder evaluated on each router replica: reads the config file `up` wrote, builds the ASGI app."""
+    from orchestrator.router.app import RouterState, create_app
+    from orchestrator.router.audit import AuditLog
+    from orchestrator.router.backends import Backend, RoutingTable
+    from orchestrator.router.clients import HttpClient
+    from orchestrator.router.dispatch import Dispatcher
+    from orchestrator.router.tenants import TenantDirectory
+    from orchestrator.serving.ray_client import RayClient
+    from orchestrator.spec.org import Tenant
+    from policies.residency import Place
+
+    with open(os.environ[ROUTER_CONFIG_ENV], encoding="utf-8") as fh:
+        cfg = json.load(fh)
+    backends = [Backend(id=b["id"], model=b["model"], target=b["target"], cost=b["cost"], kind=b["kind"],
+                        address=b["address"], place=Place(**b["place"])) for b in cfg["backends"]]
+    tenants = TenantDirectory.of([Tenant.model_validate(t) for t in cfg["tenants"]])
+    state = RouterState(Dispatcher(RoutingTable.of(backends)), tenants,
+                        {"ray": RayClient(), "http": HttpClient()},
+                        AuditLog(cfg["audit_path"]) if cfg.get("audit_path") else None,
+                        policies=cfg.get("policies", {}))
+    return create_app(state)
+
+
+def router_app(config_path: str, *, num_cpus: float = 0.25, replicas: int = 1):
+    """The router ingress application."""
+    from ray import serve
+
+    deployment = serve.deployment(
+        name="Router", num_replicas=replicas, max_ongoing_requests=256,
+        ray_actor_options={"num_cpus": num_cpus, "runtime_env": {"env_vars": {ROUTER_CONFIG_ENV: config_path}}},
+    )(serve.ingress(build_router_asgi)())
+    return deployment.bind()

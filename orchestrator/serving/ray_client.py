@@ -1,0 +1,67 @@
+"""Reach model replicas through Ray Serve deployment handles (backend kind "ray"; address = Serve app name)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from orchestrator.router.backends import Backend
+from orchestrator.router.clients import BackendClient
+from orchestrator.router.dispatch import RetryableError
+
+
+def _retryable(exc: BaseException) -> bool:
+    from ray import exceptions as rex
+    from ray.serve import exceptions as sex
+
+    return isinstance(exc, (rex.RayActorError, rex.ActorDiedError, rex.ActorUnavailableError,
+                            sex.DeploymentUnavailableError, sex.ReplicaUnavailableError))
+
+
+class RayClient(BackendClient):
+    """One cached DeploymentHandle per Serve app."""
+
+    def __init__(self) -> None:
+        self._handles: dict[str, Any] = {}
+
+    def _handle(self, backend: Backend):
+        from ray import serve
+
+        h = self._handles.get(backend.address)
+        if h is None:
+            h = self._handles[backend.address] = serve.get_deployment_handle("ModelServer", app_name=backend.address)
+        return h
+
+    async def _call(self, backend: Backend, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return await getattr(self._handle(backend), method).remote(body)
+        except Exception as exc:
+            if _retryable(exc):
+                raise RetryableError(f"{backend.target}: {type(exc).__name__}") from exc
+            raise
+
+    async def chat(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._call(backend, "chat", body)
+
+    async def embed(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._call(backend, "embed", body)
+
+    async def chat_stream(self, backend: Backend, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        gen = self._handle(backend).options(stream=True).chat_stream.remote(body)
+        try:
+            first = await gen.__anext__()
+        except StopAsyncIteration:
+            first = None
+        except Exception as exc:
+            if _retryable(exc):
+                raise RetryableError(f"{backend.target}: {type(exc).__name__} before the first chunk") from exc
+            raise
+
+        async def rest():
+            if first is None:
+                return
+            yield first
+            async for c in gen:
+                yield c
+
+        return rest()
