@@ -23,7 +23,15 @@ T = TypeVar("T")
 
 
 class RetryableError(Exception):
-    """A failure that happened before any answer byte reached the client (connect error, 5xx before first byte)."""
+    """A failure that happened before any answer byte reached the client (connect error, 5xx before first byte).
+
+    `eject=False` marks a failure of one replica behind a backend that has others (Ray Serve tracks replica
+    health itself), so it is retried without counting against the backend's circuit breaker.
+    """
+
+    def __init__(self, message: str, *, eject: bool = True):
+        super().__init__(message)
+        self.eject = eject
 
 
 @dataclass
@@ -65,7 +73,10 @@ class Dispatcher:
         tried: set[str] = set()
         last: Exception | None = None
         for attempt in range(self.max_attempts):
-            healthy = [b for b in allowed if b.id not in tried and self.breaker.available(b.id)]
+            available = [b for b in allowed if self.breaker.available(b.id)]
+            # Untried backends first; once none is left, a tried one may be retried (a Serve app has several
+            # replicas, so the retry usually lands on a live one). Either way only allowed backends are candidates.
+            healthy = [b for b in available if b.id not in tried] or available
             if not healthy:
                 break
             free = [b for b in healthy if self.in_flight.get(b.id, 0) < self.max_in_flight]
@@ -90,12 +101,12 @@ class Dispatcher:
 
     async def _call(self, backend: Backend, call: Callable[[Backend], Awaitable[T]]) -> T:
         self.in_flight[backend.id] = self.in_flight.get(backend.id, 0) + 1
-        self.breaker.begin(backend.id)
         start = self.clock()
         try:
             result = await call(backend)
-        except RetryableError:
-            self.breaker.failure(backend.id)
+        except RetryableError as exc:
+            if exc.eject:
+                self.breaker.failure(backend.id)
             raise
         finally:
             self.in_flight[backend.id] -= 1

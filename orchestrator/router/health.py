@@ -1,4 +1,5 @@
-"""Circuit breaking: eject a backend after consecutive failures, let one request through after a cooldown.
+"""Circuit breaking: eject a backend after consecutive failures; after a cooldown, admit it again (half-open) and
+re-eject it on its first failure. Requests that fail in half-open are retryable inside the allowed set.
 
 Hand-written rather than pybreaker/aiobreaker because it must take an injected clock (tests drive time) and key
 state by backend id; it is 40 lines and has no other job.
@@ -15,7 +16,6 @@ from dataclasses import dataclass, field
 class _State:
     failures: int = 0
     opened_at: float | None = None
-    trial_in_flight: bool = False
 
 
 @dataclass
@@ -23,22 +23,16 @@ class Breaker:
     """Per-backend circuit breaker (closed -> open -> half-open -> closed)."""
 
     failures_to_open: int = 3
-    cooldown_s: float = 5.0
+    cooldown_s: float = 2.0
     clock: Callable[[], float] = time.monotonic
     _states: dict[str, _State] = field(default_factory=dict)
 
     def available(self, backend_id: str) -> bool:
-        """Closed, or open long enough that one trial request may go."""
+        """Closed, or open for at least the cooldown (half-open)."""
         s = self._states.get(backend_id)
         if s is None or s.opened_at is None:
             return True
-        return self.clock() - s.opened_at >= self.cooldown_s and not s.trial_in_flight
-
-    def begin(self, backend_id: str) -> None:
-        """Mark a trial in flight when the breaker is half-open, so only one probes at a time."""
-        s = self._states.get(backend_id)
-        if s is not None and s.opened_at is not None:
-            s.trial_in_flight = True
+        return self.clock() - s.opened_at >= self.cooldown_s
 
     def success(self, backend_id: str) -> None:
         self._states.pop(backend_id, None)
@@ -46,7 +40,6 @@ class Breaker:
     def failure(self, backend_id: str) -> None:
         s = self._states.setdefault(backend_id, _State())
         s.failures += 1
-        s.trial_in_flight = False
         if s.failures >= self.failures_to_open or s.opened_at is not None:
             s.opened_at = self.clock()
 

@@ -10,12 +10,17 @@ from orchestrator.router.clients import BackendClient
 from orchestrator.router.dispatch import RetryableError
 
 
-def _retryable(exc: BaseException) -> bool:
+def _as_retryable(exc: BaseException, backend: Backend, when: str = "") -> RetryableError | None:
+    """Ray failures that happened before an answer: a dead replica (retry, Serve picks another) or a missing app."""
     from ray import exceptions as rex
     from ray.serve import exceptions as sex
 
-    return isinstance(exc, (rex.RayActorError, rex.ActorDiedError, rex.ActorUnavailableError,
-                            sex.DeploymentUnavailableError, sex.ReplicaUnavailableError))
+    if isinstance(exc, sex.DeploymentUnavailableError):
+        return RetryableError(f"{backend.target}: app unavailable{when}", eject=True)
+    if isinstance(exc, (rex.RayActorError, rex.ActorDiedError, rex.ActorUnavailableError,
+                        sex.ReplicaUnavailableError)):
+        return RetryableError(f"{backend.target}: replica lost{when} ({type(exc).__name__})", eject=False)
+    return None
 
 
 class RayClient(BackendClient):
@@ -36,8 +41,9 @@ class RayClient(BackendClient):
         try:
             return await getattr(self._handle(backend), method).remote(body)
         except Exception as exc:
-            if _retryable(exc):
-                raise RetryableError(f"{backend.target}: {type(exc).__name__}") from exc
+            retry = _as_retryable(exc, backend)
+            if retry is not None:
+                raise retry from exc
             raise
 
     async def chat(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
@@ -53,8 +59,9 @@ class RayClient(BackendClient):
         except StopAsyncIteration:
             first = None
         except Exception as exc:
-            if _retryable(exc):
-                raise RetryableError(f"{backend.target}: {type(exc).__name__} before the first chunk") from exc
+            retry = _as_retryable(exc, backend, " before the first chunk")
+            if retry is not None:
+                raise retry from exc
             raise
 
         async def rest():

@@ -92,3 +92,46 @@ def test_us_tenant_reaches_us_and_eu_tenant_fails_closed_when_eu_is_gone(cluster
     eu = [r for r in records if r["tenant"] == "eu"]
     assert eu and all(r["zone"] in ("EU", None) for r in eu)
     assert "eu-secret" not in cluster["audit"].read_text()
+
+
+def test_replica_killed_under_load_fails_no_request(cluster):
+    import concurrent.futures as cf
+
+    from ray.util import list_named_actors
+
+    serve.run(model_server_app(app_name="sovra-m-eu", model="m", target="onprem-paris", engine="echo",
+                               min_replicas=2, max_replicas=2), name="sovra-m-eu", route_prefix=None)
+    c = client(cluster)
+    deadline = time.time() + 30
+    while True:  # the previous test ejected the EU backend: wait until traffic is admitted to it again
+        try:
+            c.chat.completions.create(model="m", messages=[{"role": "user", "content": "warm"}])
+            break
+        except openai.APIStatusError:
+            assert time.time() < deadline, "EU backend never came back"
+            time.sleep(0.5)
+
+    done_at: list[float] = []
+
+    def one(i):
+        try:
+            r = c.chat.completions.create(model="m", messages=[{"role": "user", "content": f"eu-secret {i}"}])
+            done_at.append(time.time())
+            return r.choices[0].message.content
+        except Exception as exc:  # counted, not raised: the assertion below says how many failed
+            return f"FAILED {type(exc).__name__}: {exc}"
+
+    replicas = [a for a in list_named_actors(all_namespaces=True)
+                if "sovra-m-eu" in a["name"] and "ModelServer" in a["name"]]
+    assert len(replicas) == 2
+    with cf.ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(one, i) for i in range(300)]
+        time.sleep(0.3)
+        victim = replicas[0]
+        ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=True)
+        killed_at = time.time()
+        results = [f.result() for f in futures]
+    assert sum(t > killed_at for t in done_at) >= 50, "the kill did not happen under load"
+    failed = [r for r in results if r.startswith("FAILED")]
+    assert not failed, failed[:3]
+    assert all(r == "served-by onprem-paris" for r in results)
