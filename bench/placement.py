@@ -234,7 +234,7 @@ def _repair(d: Deployment, raw: dict[str, Any], targets: list[Target]) -> Deploy
     """Fix a spec no solver could place, as its owner would: widen residency and drop certifications when nothing
     qualifies, fall back to a self-hostable model, lower min_targets to what qualifies. Keeps every fleet placeable."""
     for step in range(4):
-        sources = filters.data_sources(d, targets)
+        sources = filters.data_sources(d, filters.egress_prices(targets))
         cands = [c for t in targets if isinstance(c := filters.evaluate(d, t, LICENSES, sources), Candidate)]
         problems = placement_mod._structural(d, cands, [], targets, set())
         if not problems:

@@ -98,8 +98,10 @@ def load_targets(catalog_files: Sequence[str | Path] | None, org: Org) -> tuple[
 
 
 def _check_unique(targets: Iterable[Target], files: Sequence[str | Path]) -> None:
-    seen: set[str] = set()
-    dupes = sorted({t.id for t in targets if t.id in seen or seen.add(t.id)})  # type: ignore[func-returns-value]
+    counts: dict[str, int] = {}
+    for t in targets:
+        counts[t.id] = counts.get(t.id, 0) + 1
+    dupes = sorted(tid for tid, n in counts.items() if n > 1)
     if dupes:
         raise SpecError([SpecIssue(", ".join(map(str, files)), None, None, "targets",
                                    f"target id defined twice (catalog and org clusters must not clash): {', '.join(dupes)}")])

@@ -43,7 +43,7 @@ def explain_target(inputs: Inputs, target_id: str, deployment: str | None = None
 
     cand = next(c for c in dplan.candidates if c.target == target_id)
     placement = next((p for p in dplan.placements if p.target == target_id), None)
-    sources = filters.data_sources(dep, inputs.targets)
+    sources = filters.data_sources(dep, filters.egress_prices(inputs.targets))
     breakdown: dict[str, Any] = {}
     if cand.accelerator is not None:
         acc = next(a for a in target.accelerators if a.sku == cand.accelerator)

@@ -17,11 +17,16 @@ from policies.residency import Place, violations
 RULES = ("residency", "sovereignty", "certifications", "licence", "model", "accelerator", "capacity")
 
 
-def data_sources(deployment: Deployment, targets: Sequence[Target]) -> dict[str, tuple[float, float]]:
-    """location -> (monthly GB, egress USD/GB): the price is the deployment's override or the catalog's there."""
+def egress_prices(targets: Sequence[Target]) -> dict[str, float]:
+    """cloud/region -> egress USD/GB, from the first target there by id (computed once per plan)."""
     price_at: dict[str, float] = {}
     for t in sorted(targets, key=lambda t: t.id):
         price_at.setdefault(t.location, t.egress_usd_per_gb)
+    return price_at
+
+
+def data_sources(deployment: Deployment, price_at: Mapping[str, float]) -> dict[str, tuple[float, float]]:
+    """location -> (monthly GB, egress USD/GB): the price is the deployment's override or the catalog's there."""
     out: dict[str, tuple[float, float]] = {}
     issues = []
     for i, src in enumerate(deployment.spec.data):

@@ -77,8 +77,9 @@ def plan_fleet(
     # Fleets repeat the same rules (residency, model, licence...) across deployments: check each combination once
     # per target and add the deployment's own egress afterwards.
     memo: dict[tuple, list[Candidate | Rejection]] = {}
+    price_at = filters.egress_prices(targets)
     for d in deployments:
-        sources = filters.data_sources(d, targets)
+        sources = filters.data_sources(d, price_at)
         spec = d.spec
         key = (spec.residency, spec.certifications, spec.model, spec.traffic)
         if key not in memo:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import abc
 import difflib
+import functools
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -75,8 +76,9 @@ class LatencyPolicy(RoutingPolicy, name="latency"):
         return sorted(candidates, key=lambda c: (-1.0 if c.latency_ms is None else c.latency_ms, rng.random()))
 
 
+@functools.cache
 def get_policy(name: str) -> RoutingPolicy:
-    """The policy registered as `name`, or ValueError with a suggestion."""
+    """The policy registered as `name` (stateless, so one shared instance), or ValueError with a suggestion."""
     try:
         return _POLICIES[name]()
     except KeyError:

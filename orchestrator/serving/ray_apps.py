@@ -12,7 +12,7 @@ from typing import Any
 ROUTER_CONFIG_ENV = "SOVRA_ROUTER_CONFIG"
 
 
-def model_server_app(*, app_name: str, model: str, target: str, engine: str, min_replicas: int, max_replicas: int,
+def model_server_app(*, model: str, target: str, engine: str, min_replicas: int, max_replicas: int,
                      num_cpus: float = 0.25, engine_options: dict[str, Any] | None = None):
     """A Serve application serving `model` on `target` with autoscaling between min and max replicas."""
     from ray import serve

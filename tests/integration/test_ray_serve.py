@@ -35,7 +35,7 @@ def cluster(tmp_path_factory):
     apps = {"sovra-m-eu": ("onprem-paris", {"zone": "EU", "country": "FR", "jurisdiction": "FR", "operator": "self"}),
             "sovra-m-us": ("onprem-virginia", {"zone": "US", "country": "US", "jurisdiction": "US", "operator": "self"})}
     for name, (target, _) in apps.items():
-        serve.run(model_server_app(app_name=name, model="m", target=target, engine="echo", min_replicas=1,
+        serve.run(model_server_app(model="m", target=target, engine="echo", min_replicas=1,
                                    max_replicas=2), name=name, route_prefix=None)
     audit = tmp / "audit.jsonl"
     config = {
@@ -85,7 +85,7 @@ def test_us_tenant_reaches_us_and_eu_tenant_fails_closed_when_eu_is_gone(cluster
             client(cluster).chat.completions.create(model="m", messages=[{"role": "user", "content": "eu-secret"}])
         assert exc.value.status_code == 503 and exc.value.body["code"] == "no_allowed_backend"
     finally:
-        serve.run(model_server_app(app_name="sovra-m-eu", model="m", target="onprem-paris", engine="echo",
+        serve.run(model_server_app(model="m", target="onprem-paris", engine="echo",
                                    min_replicas=1, max_replicas=2), name="sovra-m-eu", route_prefix=None)
     time.sleep(0.5)
     records = [json.loads(line) for line in cluster["audit"].read_text().splitlines()]
@@ -99,7 +99,7 @@ def test_replica_killed_under_load_fails_no_request(cluster):
 
     from ray.util import list_named_actors
 
-    serve.run(model_server_app(app_name="sovra-m-eu", model="m", target="onprem-paris", engine="echo",
+    serve.run(model_server_app(model="m", target="onprem-paris", engine="echo",
                                min_replicas=2, max_replicas=2), name="sovra-m-eu", route_prefix=None)
     c = client(cluster)
     deadline = time.time() + 30
