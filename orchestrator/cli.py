@@ -7,7 +7,7 @@ import enum
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -38,11 +38,11 @@ class SchemaKind(str, enum.Enum):
 
 
 FilesArg = Annotated[list[Path], typer.Argument(help="Deployment YAML file(s); several are planned jointly.")]
-OrgOpt = Annotated[Optional[Path], typer.Option("--org", help="Org file: credits, clusters, tenants, policy.")]
+OrgOpt = Annotated[Path | None, typer.Option("--org", help="Org file: credits, clusters, tenants, policy.")]
 CatalogOpt = Annotated[
-    Optional[list[Path]], typer.Option("--catalog", help="Catalog file replacing the shipped one (repeatable).")
+    list[Path] | None, typer.Option("--catalog", help="Catalog file replacing the shipped one (repeatable).")
 ]
-AsOfOpt = Annotated[Optional[str], typer.Option("--as-of", help="Date credits are counted from (YYYY-MM-DD).")]
+AsOfOpt = Annotated[str | None, typer.Option("--as-of", help="Date credits are counted from (YYYY-MM-DD).")]
 OutputOpt = Annotated[Output, typer.Option("-o", "--output", help="Output format.")]
 
 
@@ -128,7 +128,7 @@ def plan(
 def explain(
     file: Annotated[Path, typer.Argument(help="Deployment YAML file.")],
     target: Annotated[str, typer.Option("--target", help="Target id to explain.")],
-    deployment: Annotated[Optional[str], typer.Option(help="Deployment name, if the file holds several.")] = None,
+    deployment: Annotated[str | None, typer.Option(help="Deployment name, if the file holds several.")] = None,
     org: OrgOpt = None,
     catalog: CatalogOpt = None,
     as_of: AsOfOpt = None,
@@ -150,11 +150,11 @@ def explain(
 
 @app.command()
 def targets(
-    zone: Annotated[Optional[str], typer.Option(help="Only targets in this zone (EU, US, APAC, GLOBAL…).")] = None,
-    provider: Annotated[Optional[str], typer.Option(help="Only this provider (aws-sagemaker, azure-ml…).")] = None,
-    country: Annotated[Optional[str], typer.Option(help="Only targets in this country (ISO code).")] = None,
+    zone: Annotated[str | None, typer.Option(help="Only targets in this zone (EU, US, APAC, GLOBAL…).")] = None,
+    provider: Annotated[str | None, typer.Option(help="Only this provider (aws-sagemaker, azure-ml…).")] = None,
+    country: Annotated[str | None, typer.Option(help="Only targets in this country (ISO code).")] = None,
     gpu_memory: Annotated[
-        Optional[float], typer.Option("--gpu-memory", help="Only targets with an instance of at least this many GB.")
+        float | None, typer.Option("--gpu-memory", help="Only targets with an instance of at least this many GB.")
     ] = None,
     org: OrgOpt = None,
     catalog: CatalogOpt = None,
@@ -173,6 +173,190 @@ def targets(
         print_targets(rows, out)
     else:
         _emit(targets_json(rows), output)
+
+PortOpt = Annotated[int | None, typer.Option(
+    "--port", help="Router HTTP port on the local Ray (default $SOVRA_ROUTER_PORT or 8000).")]
+FIRST_PROMPT = "The capital of France is"
+
+
+def _settings(port: int | None):
+    from orchestrator.deploy import Settings
+
+    return Settings() if port is None else Settings(router_port=port)
+
+
+def _say(message: str) -> None:
+    err.print(f"[dim]·[/] {message}", highlight=False)
+
+
+def _print_status(entries: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    for e in entries:
+        if not e["reachable"]:
+            out.print(f"[bold]{e['cluster']}[/]: {e.get('message', 'unreachable')}")
+            continue
+        r = e["router"]
+        router = (f"router {r['url']} {r['status']}, {'healthy' if r['healthy'] else 'NOT answering /healthz'}"
+                  if r else "no router")
+        out.print(f"[bold]{e['cluster']}[/] (dashboard {e['dashboard']}): {router}")
+        table = Table("deployment", "model", "target", "zone", "country", "replicas", "engine", "status")
+        for b in e["backends"]:
+            table.add_row(b["deployment"], b["model"], b["target"], b["zone"], b["country"] or "-",
+                          f"{b['replicas']} ({b['min']}..{b['max']})", b["engine"] or "-", b["status"])
+        out.print(table)
+
+
+def _first_request(url: str, inputs) -> None:
+    """Prove the slice works end to end: one chat through the router, answer and serving target printed."""
+    import os
+
+    from orchestrator.sdk import Client, SovraAPIError
+
+    key = os.environ.get("SOVRA_API_KEY")
+    if inputs.org.tenants and not key:
+        _say("tenants are configured: set SOVRA_API_KEY to have `up` send a first request")
+        return
+    chat_models = [d.spec.model.name for d in inputs.deployments if d.spec.model.name != "all-minilm-l6-v2"]
+    for model in chat_models[:1]:
+        try:
+            with Client(url, api_key=key, timeout=120) as client:
+                answer = client.chat(model, [{"role": "user", "content": FIRST_PROMPT}], max_tokens=32,
+                                     temperature=0)
+        except SovraAPIError as exc:
+            raise _DeployFailed(f"the first request to {model} failed: {exc}") from exc
+        out.print(f"[bold]{model}[/] answered via [bold]{answer.target}[/] (zone {answer.zone}):")
+        out.print(f"  {FIRST_PROMPT}[cyan]{answer.text}[/]", highlight=False)
+
+
+class _DeployFailed(SovraError):
+    pass
+
+
+@app.command()
+def up(
+    files: FilesArg,
+    org: OrgOpt = None,
+    catalog: CatalogOpt = None,
+    as_of: AsOfOpt = None,
+    port: PortOpt = None,
+    ray_only: Annotated[bool, typer.Option("--ray-only", help="Deploy the Ray placements, skip cloud ones.")] = False,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Send a first chat request when done.")] = True,
+) -> None:
+    """Plan, then deploy the Ray placements declaratively (idempotent) and start the router. Exit 1 on failure."""
+    from orchestrator import deploy, planning
+
+    try:
+        inputs = _inputs(files, org, catalog, as_of)
+        with err.status("planning…"):
+            result = planning.plan(inputs)
+        results = deploy.up(inputs, result, _settings(port), _say, ray_only=ray_only)
+        for r in results:
+            out.print(f"[green]up[/]: {r.cluster}: {'changed' if r.changed else 'unchanged'}; "
+                      f"router {r.router_url} (OpenAI-compatible: {r.router_url}/v1)")
+        if check and results:
+            _first_request(results[0].router_url or "", inputs)
+    except SovraError as exc:
+        _fail(exc)
+
+
+@app.command()
+def down(
+    files: FilesArg,
+    org: OrgOpt = None,
+    catalog: CatalogOpt = None,
+    port: PortOpt = None,
+    stop_ray: Annotated[bool, typer.Option("--stop-ray", help="Also stop the local Ray when nothing is left.")] = False,
+) -> None:
+    """Remove what `up` deployed for these deployments (the router too when no backend is left)."""
+    from orchestrator import deploy
+
+    try:
+        inputs = _inputs(files, org, catalog, None)
+        results = deploy.down(inputs, _settings(port), _say, stop_ray=stop_ray)
+    except SovraError as exc:
+        _fail(exc)
+    for r in results:
+        out.print(f"[green]down[/]: {r.cluster}: {'removed' if r.changed else 'nothing to remove'}; "
+                  f"left: {', '.join(sorted(r.apps)) or 'nothing'}")
+
+
+@app.command()
+def serve(
+    org: OrgOpt = None,
+    catalog: CatalogOpt = None,
+    port: PortOpt = None,
+) -> None:
+    """(Re)deploy the router on Ray Serve with the org's current tenants; models are left untouched."""
+    from orchestrator import deploy
+    from orchestrator.planning import Inputs
+
+    try:
+        from orchestrator.catalog import load_org, load_targets
+
+        org_ = load_org(org)
+        inputs = Inputs((), org_, load_targets(catalog, org_), dt.date.today())
+        results = deploy.serve(inputs, _settings(port), _say)
+    except SovraError as exc:
+        _fail(exc)
+    for r in results:
+        out.print(f"[green]serving[/]: {r.cluster}: router {r.router_url} ({'updated' if r.changed else 'unchanged'})")
+
+
+@app.command()
+def status(
+    org: OrgOpt = None,
+    catalog: CatalogOpt = None,
+    port: PortOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Deployments, backends, zones, replicas and health on each Ray cluster."""
+    from orchestrator import deploy
+    from orchestrator.catalog import load_org, load_targets
+
+    try:
+        org_ = load_org(org)
+        entries = deploy.status(load_targets(catalog, org_), _settings(port))
+    except SovraError as exc:
+        _fail(exc)
+    if output is Output.table:
+        _print_status(entries)
+    else:
+        _emit(entries, output)
+
+
+@app.command()
+def audit(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
+    model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
+    zone: Annotated[str | None, typer.Option(help="Only requests processed in this zone.")] = None,
+    status_: Annotated[int | None, typer.Option("--status", help="Only this HTTP status.")] = None,
+    since: Annotated[str | None, typer.Option(help="Only records at or after this ISO time.")] = None,
+    last: Annotated[int, typer.Option("--last", "-n", help="At most this many (newest).")] = 50,
+    file: Annotated[Path | None, typer.Option("--file", help="Audit file (default: the local router's).")] = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Show where requests were processed (the router's audit trail; never payloads)."""
+    from collections import deque
+
+    from rich.table import Table
+
+    from orchestrator.deploy import Settings
+    from orchestrator.router.audit import read
+
+    path = file or Path(Settings().audit_path)
+    if not path.exists():
+        _fail(SovraError(f"no audit trail at {path}: the router writes it once it has served a request"))
+    records = list(deque(read(path, tenant=tenant, model=model, zone=zone, status=status_, since=since), maxlen=last))
+    if output is not Output.table:
+        _emit(records, output)
+        return
+    table = Table("time", "tenant", "model", "target", "zone", "status", "outcome", "ms", "tokens in/out")
+    for r in records:
+        table.add_row(r["time"], r["tenant"], r["model"], r["target"] or "-", r["zone"] or "-", str(r["status"]),
+                      r["outcome"], f"{r['latency_ms']:.1f}", f"{r['prompt_tokens']}/{r['completion_tokens']}")
+    out.print(table)
+    out.print(f"{len(records)} record(s) from {path}")
 
 
 @app.command()

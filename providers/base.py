@@ -25,6 +25,9 @@ class Provider(abc.ABC):
     extra: ClassVar[str | None] = None
     #: top-level module of the SDK, imported lazily.
     sdk_module: ClassVar[str | None] = None
+    #: how `sovra up` provisions placements here: "ray-serve" (a declarative Serve deploy on the cluster) or
+    #: "pulumi" (a Pulumi stack).
+    provisioner: ClassVar[str] = "pulumi"
     #: provider label -> zone; labels absent here are rejected with the valid ones listed.
     scopes: ClassVar[dict[str, str]] = {}
 

@@ -11,6 +11,7 @@ class Ray(Provider):
     name = "ray"
     extra = "ray"
     sdk_module = "ray"
+    provisioner = "ray-serve"
 
     def describe(self) -> str:
         return "Ray cluster (on-prem or this machine), replicas served by Ray Serve"

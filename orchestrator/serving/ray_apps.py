@@ -41,11 +41,45 @@ def model_server_app(*, model: str, target: str, engine: str, min_replicas: int,
         async def embed(self, body: dict[str, Any]) -> dict[str, Any]:
             return await self.engine.embed(body)
 
+        async def health(self) -> dict[str, Any]:
+            """Payload-free liveness for the router's probes: answers without touching the model."""
+            return {"ok": True, "model": model, "target": target}
+
     return ModelServer.bind()
 
 
+def model_server(args: dict[str, Any]):
+    """Serve application builder named by `up`'s declarative config (`infra.serve_config.model_app`).
+
+    Autoscaling and actor resources come from the config's deployment overrides, so changing them is applied
+    in place; the defaults here only matter when the config leaves them out.
+    """
+    return model_server_app(model=args["model"], target=args["target"], engine=args["engine"],
+                            min_replicas=1, max_replicas=1, engine_options=args.get("engine_options") or {})
+
+
+def router(args: dict[str, Any]):
+    """Serve application builder for the router ingress; `args` is the routing table and tenants."""
+    from ray import serve
+
+    config = dict(args)
+
+    def build_asgi():  # Serve recognises an app *builder* by a zero-argument function
+        return build_router_state_app(config)
+
+    deployment = serve.deployment(name="Router", num_replicas=1, max_ongoing_requests=256,
+                                  ray_actor_options={"num_cpus": 0.25})(serve.ingress(build_asgi)())
+    return deployment.bind()
+
+
 def build_router_asgi():
-    """Builder evaluated on each router replica: reads the config file `up` wrote, builds the ASGI app."""
+    """Builder evaluated on each router replica: reads the config file named by the environment."""
+    with open(os.environ[ROUTER_CONFIG_ENV], encoding="utf-8") as fh:
+        return build_router_state_app(json.load(fh))
+
+
+def build_router_state_app(cfg: dict[str, Any]):
+    """The router's ASGI app for a routing table (`infra.serve_config.router_app` args)."""
     from orchestrator.router.app import RouterState, create_app
     from orchestrator.router.audit import AuditLog
     from orchestrator.router.backends import Backend, RoutingTable
@@ -56,8 +90,6 @@ def build_router_asgi():
     from orchestrator.spec.org import Tenant
     from policies.residency import Place
 
-    with open(os.environ[ROUTER_CONFIG_ENV], encoding="utf-8") as fh:
-        cfg = json.load(fh)
     backends = [Backend(id=b["id"], model=b["model"], target=b["target"], cost=b["cost"], kind=b["kind"],
                         address=b["address"], place=Place(**b["place"])) for b in cfg["backends"]]
     tenants = TenantDirectory.of([Tenant.model_validate(t) for t in cfg["tenants"]])

@@ -73,6 +73,21 @@ class Routing(Frozen):
     policy: str = Field(default="cost", description="Routing policy name: cost, least_load, latency.")
 
 
+class Serving(Frozen):
+    """How replicas on Ray targets run the model (ignored by managed cloud targets)."""
+
+    engine: str = Field(
+        default="auto",
+        description="Inference engine: auto, llama-cpp, sentence, vllm. `auto` picks the CPU engine of a model a "
+        "package ships (gemma3-270m, all-minilm-l6-v2) and vLLM on GPUs for any other model.",
+    )
+    num_cpus: float = Field(default=0.25, gt=0, le=256, description="CPUs reserved per replica (fractions allowed).")
+    num_gpus: float | None = Field(
+        default=None, ge=0, le=64, description="GPUs per replica; default: the accelerator's GPUs for vLLM, else 0.")
+    options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Engine options, e.g. model_path, n_threads, max_model_len.")
+
+
 class DeploymentSpec(Frozen):
     """The body of a Deployment."""
 
@@ -85,6 +100,7 @@ class DeploymentSpec(Frozen):
     budget: Budget | None = None
     placement: Placement = Placement()
     routing: Routing = Routing()
+    serving: Serving = Serving()
 
 
 class Metadata(Frozen):

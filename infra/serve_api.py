@@ -1,0 +1,96 @@
+"""Ray Serve's declarative REST API on a cluster's dashboard: the one way Sovra changes what a cluster serves.
+
+Declarative deploys are what make `up` idempotent: Serve derives an application's code version from its import path
+and arguments, so re-applying the same config changes nothing, and a changed replica count or autoscaling range is
+applied in place to the running replicas.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from infra.ray_cluster import ClusterError, auth_headers
+
+APPS_PATH = "/api/serve/applications/"
+
+
+@dataclass(frozen=True)
+class AppState:
+    """What Serve reports about one application."""
+
+    name: str
+    status: str
+    message: str
+    config: Mapping[str, Any] | None
+    replicas: Mapping[str, tuple[str, ...]]  # deployment -> replica states
+    replica_ids: tuple[str, ...]
+
+    @property
+    def running(self) -> int:
+        return sum(s == "RUNNING" for states in self.replicas.values() for s in states)
+
+
+class ServeApi:
+    """A thin client of `/api/serve/applications/` (GET details, PUT the whole config, DELETE all)."""
+
+    def __init__(self, dashboard: str, *, timeout_s: float = 30):
+        self.dashboard = dashboard.rstrip("/")
+        self._http = httpx.Client(base_url=self.dashboard, timeout=timeout_s, headers=auth_headers())
+
+    def _request(self, method: str, json_body: Any = None) -> dict[str, Any]:
+        try:
+            resp = self._http.request(method, APPS_PATH, json=json_body)
+        except httpx.HTTPError as exc:
+            raise ClusterError(f"cannot reach the Ray dashboard at {self.dashboard} ({exc}); is the cluster up?"
+                               ) from exc
+        if resp.status_code == 401:
+            raise ClusterError(f"the Ray dashboard at {self.dashboard} refused Sovra's token; set RAY_AUTH_TOKEN "
+                               "or RAY_AUTH_TOKEN_PATH to the cluster's token")
+        if resp.status_code >= 400:
+            raise ClusterError(f"Ray Serve rejected {method} {APPS_PATH} ({resp.status_code}): {resp.text[:2000]}")
+        return resp.json() if resp.content and method == "GET" else {}
+
+    def details(self) -> dict[str, Any]:
+        return self._request("GET")
+
+    def apps(self) -> dict[str, AppState]:
+        out: dict[str, AppState] = {}
+        for name, app in (self.details().get("applications") or {}).items():
+            replicas = {dname: tuple(r.get("state", "?") for r in (d.get("replicas") or ()))
+                        for dname, d in (app.get("deployments") or {}).items()}
+            ids = tuple(sorted(r.get("replica_id", "") for d in (app.get("deployments") or {}).values()
+                               for r in (d.get("replicas") or ())))
+            out[name] = AppState(name, app.get("status", "?"), app.get("message") or "",
+                                 app.get("deployed_app_config"), replicas, ids)
+        return out
+
+    def apply(self, config: Mapping[str, Any]) -> None:
+        """Replace the cluster's whole Serve config (applications left out are deleted by Serve)."""
+        self._request("PUT", dict(config))
+
+    def delete_all(self) -> None:
+        self._request("DELETE")
+
+    def wait(self, done: Callable[[dict[str, AppState]], bool], *, timeout_s: float, what: str,
+             progress: Callable[[dict[str, AppState]], None] = lambda _a: None, poll_s: float = 0.5
+             ) -> dict[str, AppState]:
+        """Poll until `done(apps)`; a failed app stops the wait with Serve's own message."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            apps = self.apps()
+            progress(apps)
+            if done(apps):
+                return apps
+            failed = {n: a for n, a in apps.items() if a.status in ("DEPLOY_FAILED", "UNHEALTHY")}
+            if failed:
+                raise ClusterError("Ray Serve could not deploy " + "; ".join(
+                    f"{n}: {a.status}: {a.message.strip()[-1500:]}" for n, a in sorted(failed.items())))
+            if time.monotonic() > deadline:
+                states = ", ".join(f"{n}={a.status}" for n, a in sorted(apps.items())) or "no applications"
+                raise ClusterError(f"timed out after {timeout_s:.0f} s waiting for {what} ({states})")
+            time.sleep(poll_s)

