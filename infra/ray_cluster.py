@@ -144,7 +144,7 @@ class LocalRay:
         with open(log, "wb") as fh:
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True,
-                                    env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+                                    env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"})
         rec = LocalRayRecord(proc.pid, self.gcs_port, self.dashboard_port, self.num_cpus)
         deadline = time.monotonic() + timeout_s
         while not dashboard_alive(rec.dashboard):
