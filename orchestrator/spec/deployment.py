@@ -78,8 +78,8 @@ class Serving(Frozen):
 
     engine: str = Field(
         default="auto",
-        description="Inference engine: auto, llama-cpp, sentence, vllm. `auto` picks the CPU engine of a model a "
-        "package ships (gemma3-270m, all-minilm-l6-v2) and vLLM on GPUs for any other model.",
+        description="Inference engine: auto, llama-cpp, minilm, vllm, echo (tests). `auto` picks the CPU engine "
+        "of a model a package ships (gemma3-270m, all-minilm-l6-v2) and vLLM on GPUs for any other model.",
     )
     num_cpus: float = Field(default=0.25, gt=0, le=256, description="CPUs reserved per replica (fractions allowed).")
     num_gpus: float | None = Field(
