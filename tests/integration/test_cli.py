@@ -34,7 +34,7 @@ def write(tmp_path: Path, text: str, name: str = "d.yaml") -> Path:
 def test_help_lists_the_commands(sovra):
     r = sovra("--help")
     assert r.returncode == 0
-    for cmd in ("validate", "plan", "explain", "targets", "schema"):
+    for cmd in ("validate", "plan", "explain", "targets", "up", "down", "serve", "status", "audit", "schema"):
         assert cmd in r.stdout
 
 
@@ -162,7 +162,27 @@ def test_plan_and_help_import_no_cloud_sdk():
         loaded = sorted({{m.split('.')[0] for m in sys.modules}} & set({banned!r}))
         print("LOADED=" + json.dumps(loaded), file=sys.stderr)
     """)
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
     line = [x for x in r.stderr.splitlines() if x.startswith("LOADED=")]
     assert line, r.stderr
     assert json.loads(line[0][len("LOADED="):]) == []
+
+
+def test_up_refuses_cloud_placements_before_touching_anything(sovra, tmp_path, monkeypatch):
+    monkeypatch.setenv("SOVRA_HOME", str(tmp_path / "home"))
+    r = sovra("up", "examples/procurement/deployment.yaml", "--org", "examples/procurement/org.yaml")
+    assert r.returncode == 1
+    assert "cannot provision yet" in r.stderr and "--ray-only" in r.stderr and "aws-sagemaker" in r.stderr
+    assert not (tmp_path / "home").exists()  # no Ray was started, nothing was written
+
+
+def test_audit_without_a_trail_says_where_it_looked(sovra, tmp_path):
+    r = sovra("audit", "--file", tmp_path / "none.jsonl")
+    assert r.returncode == 1 and "no audit trail at" in r.stderr and "none.jsonl" in r.stderr
+
+
+def test_status_with_no_local_ray_says_how_to_start_one(sovra, tmp_path, monkeypatch):
+    monkeypatch.setenv("SOVRA_HOME", str(tmp_path / "home"))
+    r = sovra("status", "-o", "json")
+    assert r.returncode == 0
+    assert json.loads(r.stdout)[0]["message"] == "local Ray is not running (run `sovra up`)"
