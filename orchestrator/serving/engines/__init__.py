@@ -1,0 +1,111 @@
+"""Inference engines a model replica can run, registered by name.
+
+Importing this package is light: each real engine lives in its own module, imported by `get_engine` on first use,
+and imports its heavy library (llama.cpp, torch, vLLM) only when an engine object is built.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+from orchestrator.errors import SovraError
+
+_ENGINES: dict[str, type[Engine]] = {}
+
+# Engine name -> module that registers it; imported by `get_engine` on first use.
+_MODULES: dict[str, str] = {
+    "echo": "orchestrator.serving.engines.echo",
+    "llama-cpp": "orchestrator.serving.engines.llama_cpp",
+    "minilm": "orchestrator.serving.engines.sentence",
+    "vllm": "orchestrator.serving.engines.vllm",
+}
+
+
+class EngineError(SovraError):
+    """An engine is unknown, its library is missing, or a request cannot be served by it."""
+
+
+class Engine(abc.ABC):
+    """OpenAI-shaped chat and embeddings for one model, built as `Engine(model, target, **options)`."""
+
+    name: ClassVar[str]
+
+    def __init_subclass__(cls, *, name: str, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.name = name
+        _ENGINES[name] = cls
+
+    def __init__(self, model: str, target: str, **options: Any):
+        self.model, self.target, self.options = model, target, options
+
+    @abc.abstractmethod
+    async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Answer an OpenAI chat request with a `chat.completion` object."""
+
+    @abc.abstractmethod
+    def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Answer an OpenAI chat request with `chat.completion.chunk` objects; the last carries usage."""
+
+    async def embed(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Answer an OpenAI embeddings request; engines that serve none say so."""
+        raise EngineError(f"engine {self.name!r} serves no embeddings; deploy an embeddings engine such as 'minilm'")
+
+
+def known_engines() -> list[str]:
+    """Every engine name `get_engine` accepts."""
+    return sorted(set(_MODULES) | set(_ENGINES))
+
+
+def get_engine(name: str) -> type[Engine]:
+    """The engine class registered as `name`, importing its module on first use."""
+    if name not in _ENGINES and name in _MODULES:
+        importlib.import_module(_MODULES[name])
+    try:
+        return _ENGINES[name]
+    except KeyError:
+        raise EngineError(f"unknown engine {name!r}; known: {', '.join(known_engines())}") from None
+
+
+def new_completion_id() -> str:
+    """An id in OpenAI's `chatcmpl-...` form."""
+    return "chatcmpl-" + uuid.uuid4().hex[:24]
+
+
+def token_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """OpenAI's usage block."""
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def completion(model: str, text: str, usage: dict[str, int], finish_reason: str = "stop") -> dict[str, Any]:
+    """A `chat.completion` object with one assistant choice."""
+    return {"id": new_completion_id(), "object": "chat.completion", "created": int(time.time()),
+            "model": model, "usage": usage,
+            "choices": [{"index": 0, "finish_reason": finish_reason,
+                         "message": {"role": "assistant", "content": text}}]}
+
+
+def chunk(model: str, cid: str, delta: dict[str, Any], finish: str | None = None,
+          usage: dict[str, int] | None = None) -> dict[str, Any]:
+    """A `chat.completion.chunk` object; the final one carries `finish` and `usage`."""
+    out = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    if usage:
+        out["usage"] = usage
+    return out
+
+
+def __getattr__(attr: str) -> Any:
+    """`EchoEngine` stays importable from here (public API) without this module importing echo.py at load."""
+    if attr == "EchoEngine":
+        return get_engine("echo")
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
+
+
+__all__ = ["EchoEngine", "Engine", "EngineError", "chunk", "completion", "get_engine", "known_engines",
+           "new_completion_id", "token_usage"]

@@ -1,0 +1,28 @@
+"""The echo engine: deterministic answers naming the target that served them, for routing tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from orchestrator.serving.engines import Engine, chunk, completion, new_completion_id
+
+
+class EchoEngine(Engine, name="echo"):
+    """Deterministic test engine for routing tests: answers which target served it. Never a product default."""
+
+    async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        return completion(self.model, f"served-by {self.target}", {"prompt_tokens": 1, "completion_tokens": 2,
+                                                                    "total_tokens": 3})
+
+    async def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        cid = new_completion_id()
+        for i, word in enumerate(("served-by", self.target)):
+            yield chunk(self.model, cid, {"content": (" " if i else "") + word})
+        yield chunk(self.model, cid, {}, "stop", {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3})
+
+    async def embed(self, body: dict[str, Any]) -> dict[str, Any]:
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        return {"object": "list", "model": self.model, "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)},
+                "data": [{"object": "embedding", "index": i, "embedding": [float(len(s)), 1.0]}
+                         for i, s in enumerate(inputs)]}
