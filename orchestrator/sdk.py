@@ -78,6 +78,7 @@ class AsyncClient:
         self._mode = mode
         self._http = http or httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=5.0))
         self._direct = None  # (dispatcher, gate, client, policies), built on first use
+        self._direct_lock = asyncio.Lock()  # concurrent first calls fetch the routing table once
 
     async def chat(self, model: str, messages: list[dict[str, Any]], **params: Any) -> Answer:
         body = {"model": model, "messages": messages, **params, "stream": False}
@@ -139,29 +140,34 @@ class AsyncClient:
 
     async def _routing(self):
         if self._direct is None:
-            from orchestrator.router.backends import Backend, RoutingTable
-            from orchestrator.router.clients import HttpClient
-            from orchestrator.router.dispatch import Dispatcher
-            from orchestrator.router.gate import RequestResidency
-            from policies.residency import Place
-
-            resp = await self._http.get(self._base + "/v1/routes", headers=self._headers)
-            data = resp.json()
-            if resp.status_code >= 400:
-                _raise_for(resp.status_code, data)
-            backends, policies = [], {}
-            for model, rows in data["models"].items():
-                for r in rows:
-                    if r["kind"] != "http":
-                        continue  # Ray-internal replicas are only reachable through the router
-                    policies[model] = r["policy"]
-                    backends.append(Backend(id=r["id"], model=model, target=r["target"], cost=r["cost"], kind="http",
-                                            address=r["address"], place=Place(r["zone"], r["country"],
-                                                                              r["jurisdiction"], r["operator"])))
-            header = _residency_header(self._residency).get("X-Sovra-Residency")
-            gate = RequestResidency.build(Residency.model_validate(data["residency"]), header)
-            self._direct = (Dispatcher(RoutingTable.of(backends)), gate, HttpClient(self._http), policies)
+            async with self._direct_lock:
+                if self._direct is None:
+                    self._direct = await self._fetch_routing()
         return self._direct
+
+    async def _fetch_routing(self):
+        from orchestrator.router.backends import Backend, RoutingTable
+        from orchestrator.router.clients import HttpClient
+        from orchestrator.router.dispatch import Dispatcher
+        from orchestrator.router.gate import RequestResidency
+        from policies.residency import Place
+
+        resp = await self._http.get(self._base + "/v1/routes", headers=self._headers)
+        data = resp.json()
+        if resp.status_code >= 400:
+            _raise_for(resp.status_code, data)
+        backends, policies = [], {}
+        for model, rows in data["models"].items():
+            for r in rows:
+                if r["kind"] != "http":
+                    continue  # Ray-internal replicas are only reachable through the router
+                policies[model] = r["policy"]
+                backends.append(Backend(id=r["id"], model=model, target=r["target"], cost=r["cost"], kind="http",
+                                        address=r["address"], place=Place(r["zone"], r["country"],
+                                                                          r["jurisdiction"], r["operator"])))
+        header = _residency_header(self._residency).get("X-Sovra-Residency")
+        gate = RequestResidency.build(Residency.model_validate(data["residency"]), header)
+        return Dispatcher(RoutingTable.of(backends)), gate, HttpClient(self._http), policies
 
     async def aclose(self) -> None:
         await self._http.aclose()

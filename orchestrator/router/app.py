@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -23,6 +25,7 @@ from orchestrator.router.dispatch import Dispatcher
 from orchestrator.router.errors import BadRequest, RouterError
 from orchestrator.router.gate import RequestResidency
 from orchestrator.router.metrics import RouterMetrics
+from orchestrator.router.probe import Prober
 from orchestrator.router.tenants import TenantDirectory
 
 log = logging.getLogger("sovra.router")
@@ -62,6 +65,7 @@ class RouterState:
     audit: AuditLog | None = None
     policies: Mapping[str, str] = field(default_factory=dict)  # model -> routing policy name
     metrics: RouterMetrics = field(default_factory=RouterMetrics)
+    probe: bool = True  # payload-free probes of ejected backends (orchestrator.router.probe)
 
     def client(self, backend: Backend) -> BackendClient:
         return self.clients[backend.kind]
@@ -110,7 +114,18 @@ def create_app(state: RouterState) -> Starlette:
         body, content_type = state.metrics.render()
         return Response(body, media_type=content_type, headers=_where(None))
 
-    return Starlette(routes=[
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        prober = asyncio.create_task(Prober(state.dispatcher, state.clients).run()) if state.probe else None
+        try:
+            yield
+        finally:
+            if prober is not None:
+                prober.cancel()
+            for client in state.clients.values():  # release pooled backend connections when the replica stops
+                await client.aclose()
+
+    return Starlette(lifespan=lifespan, routes=[
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),

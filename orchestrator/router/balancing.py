@@ -39,17 +39,39 @@ class RoutingPolicy(abc.ABC):
 
     @abc.abstractmethod
     def rank(self, candidates: Sequence[Candidate], rng: random.Random) -> list[Candidate]:
-        """All candidates, best first (the dispatcher fails over down this list)."""
+        """All candidates, best first."""
+
+    def choose(self, candidates: Sequence[Candidate], rng: random.Random) -> Candidate:
+        """`rank(candidates, rng)[0]`; policies override it to find the best without ranking the rest, since the
+        dispatcher sends to one backend per attempt and re-chooses after a failure."""
+        return self.rank(candidates, rng)[0]
+
+    def tiers(self, backends: Sequence[Backend]) -> list[tuple[Backend, ...]]:
+        """The part of the ranking that depends on the backends alone: groups such that every member of a group
+        ranks before every member of a later group, whatever the load. The dispatcher computes them once per
+        routing table and residency, then chooses only among the first group that has a free backend."""
+        return [tuple(backends)]
+
+
+def _p2c_first(group: Sequence[Candidate], rng: random.Random) -> Candidate:
+    """Power of two choices: of two random members, the less loaded one."""
+    if len(group) == 1:
+        return group[0]
+    a, b = rng.sample(group, 2)
+    return a if a.in_flight <= b.in_flight else b
 
 
 def _p2c(group: list[Candidate], rng: random.Random) -> list[Candidate]:
-    """Power of two choices: of two random members, the less loaded goes first; the rest follow by load."""
+    """Power of two choices first; the rest follow by load."""
     if len(group) <= 1:
         return group
-    a, b = rng.sample(group, 2)
-    first = a if a.in_flight <= b.in_flight else b
+    first = _p2c_first(group, rng)
     rest = sorted((c for c in group if c is not first), key=lambda c: c.in_flight)
     return [first, *rest]
+
+
+def _cost_key(backend: Backend) -> float:
+    return round(backend.cost, 9)
 
 
 class CostPolicy(RoutingPolicy, name="cost"):
@@ -58,8 +80,19 @@ class CostPolicy(RoutingPolicy, name="cost"):
     def rank(self, candidates: Sequence[Candidate], rng: random.Random) -> list[Candidate]:
         tiers: dict[float, list[Candidate]] = {}
         for c in candidates:
-            tiers.setdefault(round(c.backend.cost, 9), []).append(c)
+            tiers.setdefault(_cost_key(c.backend), []).append(c)
         return [c for cost in sorted(tiers) for c in _p2c(tiers[cost], rng)]
+
+    def choose(self, candidates: Sequence[Candidate], rng: random.Random) -> Candidate:
+        costs = [round(c.backend.cost, 9) for c in candidates]  # _cost_key inlined: the request path
+        cheapest = min(costs)
+        return _p2c_first([c for c, cost in zip(candidates, costs) if cost == cheapest], rng)
+
+    def tiers(self, backends: Sequence[Backend]) -> list[tuple[Backend, ...]]:
+        groups: dict[float, list[Backend]] = {}
+        for b in backends:
+            groups.setdefault(_cost_key(b), []).append(b)
+        return [tuple(groups[cost]) for cost in sorted(groups)]
 
 
 class LeastLoadPolicy(RoutingPolicy, name="least_load"):
@@ -68,12 +101,21 @@ class LeastLoadPolicy(RoutingPolicy, name="least_load"):
     def rank(self, candidates: Sequence[Candidate], rng: random.Random) -> list[Candidate]:
         return sorted(candidates, key=lambda c: (c.in_flight, rng.random()))
 
+    def choose(self, candidates: Sequence[Candidate], rng: random.Random) -> Candidate:
+        low = min(c.in_flight for c in candidates)  # then uniformly among the least loaded, as `rank` does
+        return rng.choice([c for c in candidates if c.in_flight == low])
+
 
 class LatencyPolicy(RoutingPolicy, name="latency"):
     """Lowest EWMA latency first; backends not yet measured go first so they get measured."""
 
     def rank(self, candidates: Sequence[Candidate], rng: random.Random) -> list[Candidate]:
         return sorted(candidates, key=lambda c: (-1.0 if c.latency_ms is None else c.latency_ms, rng.random()))
+
+    def choose(self, candidates: Sequence[Candidate], rng: random.Random) -> Candidate:
+        keys = [-1.0 if c.latency_ms is None else c.latency_ms for c in candidates]
+        low = min(keys)  # then uniformly among the fastest (or the unmeasured), as `rank` does
+        return rng.choice([c for c, k in zip(candidates, keys) if k == low])
 
 
 @functools.cache

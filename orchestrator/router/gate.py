@@ -5,6 +5,7 @@ Every send of a payload asks `RequestResidency.permits(backend)`, which calls th
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from orchestrator.router.errors import InvalidResidency, ResidencyWidening
@@ -53,15 +54,7 @@ class RequestResidency:
     @classmethod
     def build(cls, tenant: Residency, header_value: str | None) -> RequestResidency:
         """Parse and check the header against the tenant's bound: 400 if unknown, 403 if it tries to widen."""
-        if header_value is None:
-            return cls(tenant)
-        header = parse_header(header_value)
-        wider = _within(tenant, header)
-        if wider:
-            raise ResidencyWidening(
-                f"X-Sovra-Residency may only narrow your tenant's residency ({tenant.describe()}); "
-                f"{', '.join(wider)} is outside it")
-        return cls(tenant, Residency(zones=header.zones, countries=header.countries, sovereign=tenant.sovereign))
+        return _build(tenant, header_value)
 
     def permits(self, place: Place) -> bool:
         """May this request's payload be processed at `place`? The one check before every send."""
@@ -70,3 +63,19 @@ class RequestResidency:
     def describe(self) -> str:
         """For error messages and the audit trail."""
         return self.tenant.describe() if self.header is None else self.header.describe()
+
+
+# A pure function of two immutable values, asked on every request with the same few (tenant, header) pairs: cached,
+# so a request costs a lookup instead of building two Residency models. Refusals raise and are never cached.
+@functools.lru_cache(maxsize=1024)
+def _build(tenant: Residency, header_value: str | None) -> RequestResidency:
+    if header_value is None:
+        return RequestResidency(tenant)
+    header = parse_header(header_value)
+    wider = _within(tenant, header)
+    if wider:
+        raise ResidencyWidening(
+            f"X-Sovra-Residency may only narrow your tenant's residency ({tenant.describe()}); "
+            f"{', '.join(wider)} is outside it")
+    return RequestResidency(tenant, Residency(zones=header.zones, countries=header.countries,
+                                              sovereign=tenant.sovereign))

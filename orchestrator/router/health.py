@@ -43,6 +43,10 @@ class Breaker:
         if s.failures >= self.failures_to_open or s.opened_at is not None:
             s.opened_at = self.clock()
 
+    def any_open(self) -> bool:
+        """True while some circuit is open or half-open; when False, every backend is available."""
+        return any(s.opened_at is not None for s in self._states.values())
+
     def is_open(self, backend_id: str) -> bool:
         s = self._states.get(backend_id)
         return s is not None and s.opened_at is not None

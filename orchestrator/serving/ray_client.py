@@ -60,6 +60,10 @@ class RayClient(BackendClient):
     async def chat(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
         return await self._call(backend, "chat", body)
 
+    async def health(self, backend: Backend) -> bool:
+        """The replica's payload-free `health()`; raises (probe failed) when no replica answers."""
+        return bool((await self._handle(backend).health.remote()).get("ok"))
+
     async def embed(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
         return await self._call(backend, "embed", body)
 

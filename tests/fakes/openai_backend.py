@@ -69,8 +69,9 @@ class ServerThread:
     """Serve an ASGI app on 127.0.0.1 (a free port) in a background thread."""
 
     def __init__(self, app, port: int = 0):
+        # lifespan "auto": an app's shutdown hook (the router closes its backend connections) runs on __exit__
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                                    lifespan="off"))
+                                                    lifespan="auto"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> ServerThread:

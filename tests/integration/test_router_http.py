@@ -228,3 +228,23 @@ def test_sdk_direct_mode_obeys_residency_policy_and_fails_closed(stack):
 
     asyncio.run(scenario())
     assert len(fakes["virginia"].received) == us_before
+
+
+def test_sdk_direct_mode_fetches_the_routing_table_once_for_concurrent_first_calls(stack):
+    import asyncio
+
+    fetched = []
+
+    async def count(request: httpx.Request) -> None:
+        if request.url.path == "/v1/routes":
+            fetched.append(request.url)
+
+    async def scenario():
+        http = httpx.AsyncClient(event_hooks={"request": [count]})
+        async with sdk.AsyncClient(stack["url"], api_key=EU_KEY, mode="direct", http=http) as c:
+            answers = await asyncio.gather(*(c.chat("m", [{"role": "user", "content": "eu-secret at once"}])
+                                             for _ in range(8)))
+        assert {a.zone for a in answers} == {"EU"}
+
+    asyncio.run(scenario())
+    assert len(fetched) == 1
