@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 from orchestrator.router.backends import Backend
 from orchestrator.router.clients import BackendClient
 from orchestrator.router.dispatch import RetryableError
-from orchestrator.router.errors import BadRequest
+from orchestrator.router.errors import BadRequest, UpstreamError
 
 
 def _as_retryable(exc: BaseException, backend: Backend, when: str = "") -> RetryableError | None:
@@ -36,8 +37,9 @@ def _raise_request_error(exc: BaseException) -> None:
 class RayClient(BackendClient):
     """One cached DeploymentHandle per Serve app."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float = 120.0) -> None:
         self._handles: dict[str, Any] = {}
+        self.timeout_s = timeout_s
 
     def _handle(self, backend: Backend):
         from ray import serve
@@ -48,8 +50,12 @@ class RayClient(BackendClient):
         return h
 
     async def _call(self, backend: Backend, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = getattr(self._handle(backend), method).remote(body)
         try:
-            return await getattr(self._handle(backend), method).remote(body)
+            return await asyncio.wait_for(response, self.timeout_s)
+        except TimeoutError as exc:  # the replica may be mid-answer: a 504-like error, never a retry elsewhere
+            response.cancel()
+            raise UpstreamError(f"{backend.target} did not answer within {self.timeout_s:.0f} s") from exc
         except Exception as exc:
             retry = _as_retryable(exc, backend)
             if retry is not None:
@@ -70,9 +76,12 @@ class RayClient(BackendClient):
     async def chat_stream(self, backend: Backend, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         gen = self._handle(backend).options(stream=True).chat_stream.remote(body)
         try:
-            first = await gen.__anext__()
+            first = await asyncio.wait_for(gen.__anext__(), self.timeout_s)
         except StopAsyncIteration:
             first = None
+        except TimeoutError as exc:
+            gen.cancel()
+            raise UpstreamError(f"{backend.target} sent no first chunk within {self.timeout_s:.0f} s") from exc
         except Exception as exc:
             retry = _as_retryable(exc, backend, " before the first chunk")
             if retry is not None:
