@@ -189,6 +189,9 @@ def test_replica_killed_under_load_fails_no_request(deployed, tmp_path):
 
 
 def test_cli_status_and_audit(deployed, sovra):
+    # after the previous test killed a replica, Serve replaces it; status reports the app UNHEALTHY until then
+    deployed["api"].wait(lambda apps: all(a.status == "RUNNING" for a in apps.values()), timeout_s=120,
+                         what="every app to be RUNNING again")
     status = sovra("status", "--org", ORG, "-o", "json")
     assert status.returncode == 0, status.stderr
     entries = json.loads(status.stdout)
