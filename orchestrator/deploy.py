@@ -93,14 +93,21 @@ def router_url(key: str, settings: Settings) -> str:
     return f"http://{host}:{_http(key, settings)[1]}"
 
 
-def _current(api: ServeApi) -> tuple[dict[str, AppState], list[dict[str, Any]]]:
+def _cluster_keys(targets: Sequence[Target], settings: Settings) -> list[str]:
+    """Every Ray cluster the targets name, plus the embedded default when it runs."""
+    keys = {cluster_key(t) for t in targets if is_ray(t)} | {LOCAL}
+    return sorted(k for k in keys if k != LOCAL or settings.local_ray().running() is not None)
+
+
+def _current(api: ServeApi) -> list[dict[str, Any]]:
+    """The configs of the cluster's Serve apps; refuses clusters with imperatively deployed apps."""
     apps = api.apps()
     imperative = sorted(n for n, a in apps.items() if a.config is None)
     if imperative:
         raise DeployError(
             f"the cluster at {api.dashboard} runs Serve applications deployed with serve.run ({', '.join(imperative)});"
             " Sovra deploys declaratively, which would delete them. Use a cluster of its own, or delete them first.")
-    return apps, [dict(a.config) for a in apps.values() if a.config]
+    return [dict(a.config) for a in apps.values() if a.config]
 
 
 def _apply(api: ServeApi, key: str, settings: Settings, apps: list[dict[str, Any]], current: list[dict[str, Any]],
@@ -159,17 +166,11 @@ def up(inputs: Inputs, plan: FleetPlan, settings: Settings, say: Say, *, ray_onl
     results = []
     for key, rps in sorted(clusters.items()):
         api = _connect(key, settings, say)
-        _, current = _current(api)
-        configs = list(current)
-        new_backends: list[dict[str, Any]] = []
-        for name in sorted({rp.deployment.name for rp in rps}):
-            mine = [rp for rp in rps if rp.deployment.name == name]
-            configs = sc.merge(configs, name, [sc.model_app(rp) for rp in mine])
-            new_backends += [sc.backend_entry(rp) for rp in mine]
-        old_router = next((a for a in current if a.get("name") == sc.ROUTER_APP), None)
-        backends = [b for b in (old_router or {}).get("args", {}).get("backends", [])
-                    if b.get("deployment") not in {rp.deployment.name for rp in rps}] + new_backends
-        configs = _with_router(configs, backends, inputs, settings, old_router)
+        current = _current(api)
+        names = {rp.deployment.name for rp in rps}
+        configs = sc.merge(current, names, [sc.model_app(rp) for rp in rps])
+        backends = sc.router_backends(sc.router_of(current), names, [sc.backend_entry(rp) for rp in rps])
+        configs = _with_router(configs, backends, inputs, settings, sc.router_of(current))
         changed = _apply(api, key, settings, configs, current, say)
         apps = _wait_ready(api, key, settings, say)
         results.append(ClusterResult(key, api.dashboard, router_url(key, settings), changed, apps))
@@ -193,23 +194,17 @@ def _with_router(configs: list[dict[str, Any]], backends: list[dict[str, Any]], 
 def down(inputs: Inputs, settings: Settings, say: Say, *, stop_ray: bool = False) -> list[ClusterResult]:
     """Remove the deployments' Serve apps from every Ray cluster that may hold them (and the router when empty)."""
     names = {d.name for d in inputs.deployments}
-    keys = sorted({cluster_key(t) for t in inputs.targets if is_ray(t)} | {LOCAL})
     results = []
-    for key in keys:
-        if key == LOCAL and settings.local_ray().running() is None:
-            continue
+    for key in _cluster_keys(inputs.targets, settings):
         try:
             api = _connect(key, settings, say)
-            _, current = _current(api)
+            current = _current(api)
         except ClusterError as exc:
             say(f"{key}: skipped ({exc})")
             continue
-        configs = list(current)
-        for name in names:
-            configs = sc.merge(configs, name, [])
-        old_router = next((a for a in current if a.get("name") == sc.ROUTER_APP), None)
-        backends = [b for b in (old_router or {}).get("args", {}).get("backends", []) if b.get("deployment") not in names]
-        configs = _with_router(configs, backends, inputs, settings, old_router)
+        old_router = sc.router_of(current)
+        configs = _with_router(sc.merge(current, names, []), sc.router_backends(old_router, names, []), inputs,
+                               settings, old_router)
         changed = False
         if not configs and current:
             api.delete_all()
@@ -224,8 +219,9 @@ def down(inputs: Inputs, settings: Settings, say: Say, *, stop_ray: bool = False
                                      apps))
     if stop_ray:
         local = settings.local_ray()
-        if local.running() is not None:
-            leftover = ServeApi(local.running().dashboard).apps()  # type: ignore[union-attr]
+        rec = local.running()
+        if rec is not None:
+            leftover = ServeApi(rec.dashboard).apps()
             if leftover:
                 say(f"local Ray kept running: it still serves {', '.join(sorted(leftover))}")
             else:
@@ -235,19 +231,16 @@ def down(inputs: Inputs, settings: Settings, say: Say, *, stop_ray: bool = False
 
 def serve(inputs: Inputs, settings: Settings, say: Say) -> list[ClusterResult]:
     """(Re)deploy only the router of each cluster, e.g. after tenants changed in org.yaml; models are untouched."""
-    keys = sorted({cluster_key(t) for t in inputs.targets if is_ray(t)} | {LOCAL})
     results = []
-    for key in keys:
-        if key == LOCAL and settings.local_ray().running() is None:
-            continue
+    for key in _cluster_keys(inputs.targets, settings):
         api = _connect(key, settings, say)
-        _, current = _current(api)
-        old_router = next((a for a in current if a.get("name") == sc.ROUTER_APP), None)
-        backends = list((old_router or {}).get("args", {}).get("backends", []))
+        current = _current(api)
+        old_router = sc.router_of(current)
+        backends = sc.router_backends(old_router, (), [])
         if not backends:
             say(f"{key}: no deployments to route to; run `sovra up` first")
             continue
-        configs = _with_router(list(current), backends, inputs, settings, old_router)
+        configs = _with_router(current, backends, inputs, settings, old_router)
         changed = _apply(api, key, settings, configs, current, say)
         apps = _wait_ready(api, key, settings, say)
         results.append(ClusterResult(key, api.dashboard, router_url(key, settings), changed, apps))

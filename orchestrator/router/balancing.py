@@ -126,7 +126,7 @@ def get_policy(name: str) -> RoutingPolicy:
     except KeyError:
         close = difflib.get_close_matches(name, _POLICIES, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown routing policy {name!r}{hint} Known: {', '.join(sorted(_POLICIES))}") from None
+        raise ValueError(f"unknown routing policy {name!r}{hint}; known: {', '.join(sorted(_POLICIES))}") from None
 
 
 def policy_names() -> tuple[str, ...]:

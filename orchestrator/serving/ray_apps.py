@@ -5,31 +5,27 @@ Kept free of module-level Ray imports so `orchestrator` imports stay light; Ray 
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
-ROUTER_CONFIG_ENV = "SOVRA_ROUTER_CONFIG"
 
+def model_server(args: dict[str, Any]):
+    """Serve application builder named by `up`'s declarative config (`infra.serve_config.model_app`).
 
-def model_server_app(*, model: str, target: str, engine: str, min_replicas: int, max_replicas: int,
-                     num_cpus: float = 0.25, engine_options: dict[str, Any] | None = None):
-    """A Serve application serving `model` on `target` with autoscaling between min and max replicas."""
+    Autoscaling and actor resources come from the config's deployment overrides, so changing them is applied
+    in place; the defaults here only matter when the config leaves them out.
+    """
     from ray import serve
 
     from orchestrator.serving.engines import get_engine
 
-    @serve.deployment(
-        name="ModelServer",
-        ray_actor_options={"num_cpus": num_cpus},
-        autoscaling_config={"min_replicas": min_replicas, "max_replicas": max_replicas,
-                            "target_ongoing_requests": 4},
-        max_ongoing_requests=32,
-        health_check_period_s=2,
-    )
+    model, target, engine = args["model"], args["target"], args["engine"]
+    engine_options = args.get("engine_options") or {}
+
+    @serve.deployment(name="ModelServer", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32,
+                      health_check_period_s=2)
     class ModelServer:
         def __init__(self) -> None:
-            self.engine = get_engine(engine)(model, target, **(engine_options or {}))
+            self.engine = get_engine(engine)(model, target, **engine_options)
 
         async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
             return await self.engine.chat(body)
@@ -48,16 +44,6 @@ def model_server_app(*, model: str, target: str, engine: str, min_replicas: int,
     return ModelServer.bind()
 
 
-def model_server(args: dict[str, Any]):
-    """Serve application builder named by `up`'s declarative config (`infra.serve_config.model_app`).
-
-    Autoscaling and actor resources come from the config's deployment overrides, so changing them is applied
-    in place; the defaults here only matter when the config leaves them out.
-    """
-    return model_server_app(model=args["model"], target=args["target"], engine=args["engine"],
-                            min_replicas=1, max_replicas=1, engine_options=args.get("engine_options") or {})
-
-
 def router(args: dict[str, Any]):
     """Serve application builder for the router ingress; `args` is the routing table and tenants."""
     from ray import serve
@@ -70,12 +56,6 @@ def router(args: dict[str, Any]):
     deployment = serve.deployment(name="Router", num_replicas=1, max_ongoing_requests=256,
                                   ray_actor_options={"num_cpus": 0.25})(serve.ingress(build_asgi)())
     return deployment.bind()
-
-
-def build_router_asgi():
-    """Builder evaluated on each router replica: reads the config file named by the environment."""
-    with open(os.environ[ROUTER_CONFIG_ENV], encoding="utf-8") as fh:
-        return build_router_state_app(json.load(fh))
 
 
 def build_router_state_app(cfg: dict[str, Any]):
@@ -98,14 +78,3 @@ def build_router_state_app(cfg: dict[str, Any]):
                         AuditLog(cfg["audit_path"]) if cfg.get("audit_path") else None,
                         policies=cfg.get("policies", {}))
     return create_app(state)
-
-
-def router_app(config_path: str, *, num_cpus: float = 0.25, replicas: int = 1):
-    """The router ingress application."""
-    from ray import serve
-
-    deployment = serve.deployment(
-        name="Router", num_replicas=replicas, max_ongoing_requests=256,
-        ray_actor_options={"num_cpus": num_cpus, "runtime_env": {"env_vars": {ROUTER_CONFIG_ENV: config_path}}},
-    )(serve.ingress(build_router_asgi)())
-    return deployment.bind()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from orchestrator.spec.common import Frozen, Name, Residency, Usd
 
@@ -71,6 +71,14 @@ class Routing(Frozen):
     """How the router picks among this deployment's backends."""
 
     policy: str = Field(default="cost", description="Routing policy name: cost, least_load, latency.")
+
+    @field_validator("policy")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        from orchestrator.router.balancing import get_policy  # the registry the router uses
+
+        get_policy(value)  # ValueError names the known policies and a did-you-mean
+        return value
 
 
 class Serving(Frozen):

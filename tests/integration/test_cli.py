@@ -86,6 +86,8 @@ def test_fleet_json_is_one_object_for_several_files(sovra, tmp_path):
     (GOOD.replace("residency: {zones: [EU]}", "residency: {zones: [EUR]}"), ":7:", "spec.residency.zones[0]",
      "valid zones"),
     (GOOD.replace("  replicas: {min: 2}", "    replicas: {min: 2}"), ":6:", "", "YAML syntax"),
+    (GOOD.replace("residency: {zones: [EU]}", "residency: {zones: [EU]}\n  routing: {policy: latncy}"), ":8:",
+     "spec.routing.policy", "did you mean 'latency'"),
 ])
 def test_bad_deployment_yaml_exits_2_with_file_line_and_field(sovra, tmp_path, text, where, field, hint):
     p = write(tmp_path, text)

