@@ -192,6 +192,8 @@ def test_cli_status_and_audit(deployed, sovra):
     # after the previous test killed a replica, Serve replaces it; status reports the app UNHEALTHY until then
     deployed["api"].wait(lambda apps: all(a.status == "RUNNING" for a in apps.values()), timeout_s=120,
                          what="every app to be RUNNING again")
+    _wait_admitted(deployed, EU_KEY, "onprem-paris")  # this test's own traffic, whatever ran before it
+    _wait_admitted(deployed, US_KEY, "onprem-virginia")
     status = sovra("status", "--org", ORG, "-o", "json")
     assert status.returncode == 0, status.stderr
     entries = json.loads(status.stdout)
