@@ -197,13 +197,18 @@ def _print_status(entries: list[dict[str, Any]]) -> None:
             out.print(f"[bold]{e['cluster']}[/]: {e.get('message', 'unreachable')}")
             continue
         r = e["router"]
-        router = (f"router {r['url']} {r['status']}, {'healthy' if r['healthy'] else 'NOT answering /healthz'}"
+        router = (f"router {r['url']} {r['status']}, {'live' if r['healthy'] else 'NOT answering /healthz'}"
                   if r else "no router")
+        ready = ((r or {}).get("ready") or {}).get("deployments", {})
         out.print(f"[bold]{e['cluster']}[/] (dashboard {e['dashboard']}): {router}")
-        table = Table("deployment", "model", "target", "zone", "country", "replicas", "engine", "status")
+        table = Table("deployment", "model", "residency", "target", "zone", "country", "replicas", "engine",
+                      "status", "ready")
         for b in e["backends"]:
-            table.add_row(b["deployment"], b["model"], b["target"], b["zone"], b["country"] or "-",
-                          f"{b['replicas']} ({b['min']}..{b['max']})", b["engine"] or "-", b["status"])
+            d = ready.get(b["deployment"])
+            ready_text = "-" if d is None else (f"yes ({d['healthy']}/{d['backends']})" if d["ready"]
+                                                else f"NO (0/{d['backends']})")
+            table.add_row(b["deployment"], b["model"], b["residency"], b["target"], b["zone"], b["country"] or "-",
+                          f"{b['replicas']} ({b['min']}..{b['max']})", b["engine"] or "-", b["status"], ready_text)
         out.print(table)
 
 
@@ -219,19 +224,20 @@ def _first_request(url: str, inputs) -> None:
         return
     from infra.serve_config import resolve_engine
 
-    chat_models = [d.spec.model.name for d in inputs.deployments if resolve_engine(d, 0)[0] != "minilm"]
-    for model in chat_models[:1]:
+    chat = [d for d in inputs.deployments if resolve_engine(d, 0)[0] != "minilm"]
+    for d in chat[:1]:  # `model` names the deployment
+        model = d.spec.model.name
         try:
             with Client(url, api_key=key, timeout_s=300) as client:
-                answer = client.chat(model, [{"role": "user", "content": FIRST_PROMPT}], max_tokens=32,
+                answer = client.chat(d.name, [{"role": "user", "content": FIRST_PROMPT}], max_tokens=32,
                                      temperature=0)
         except SovraAPIError as exc:
             from orchestrator.deploy import DeployError
 
             raise DeployError(f"the first request to {model} failed: {exc}") from exc
         out.print(f"first request: {FIRST_PROMPT}", highlight=False)
-        out.print(f"[bold]{model}[/] answered via target [bold]{answer.target}[/] (zone {answer.zone}): "
-                  f"[cyan]{answer.text.strip()}[/]", highlight=False)
+        out.print(f"[bold]{model}[/] (deployment {d.name}) answered via target [bold]{answer.target}[/] "
+                  f"(zone {answer.zone}): [cyan]{answer.text.strip()}[/]", highlight=False)
 
 
 @app.command()
@@ -333,38 +339,86 @@ def status(
         _emit(entries, output)
 
 
-@app.command()
+audit_app = typer.Typer(
+    help="Show where requests were processed: every attempt, from the router's audit trail (never payloads).",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+app.add_typer(audit_app, name="audit")
+RouterOpt = Annotated[str | None, typer.Option(
+    "--router", help="Router URL to read the trail from (default http://127.0.0.1:$SOVRA_ROUTER_PORT or 8000).")]
+AuditFileOpt = Annotated[Path | None, typer.Option(
+    "--file", help="Read this local audit file (and its rotated .N files) instead of asking the router.")]
+AdminKeyEnvOpt = Annotated[str, typer.Option(
+    "--admin-key-env", help="Environment variable holding the admin key (a key is never taken on the command line).")]
+
+
+@audit_app.callback()
 def audit(
+    ctx: typer.Context,
     tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
+    deployment: Annotated[str | None, typer.Option(help="Only this deployment.")] = None,
     model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
-    zone: Annotated[str | None, typer.Option(help="Only requests processed in this zone.")] = None,
+    zone: Annotated[str | None, typer.Option(
+        help="Only requests whose payload reached this zone in any attempt (served or not).")] = None,
     status_: Annotated[int | None, typer.Option("--status", help="Only this HTTP status.")] = None,
-    since: Annotated[str | None, typer.Option(help="Only records at or after this ISO time.")] = None,
-    last: Annotated[int, typer.Option("--last", "-n", help="At most this many (newest).")] = 50,
-    file: Annotated[Path | None, typer.Option("--file", help="Audit file (default: the local router's).")] = None,
+    since: Annotated[str | None, typer.Option(help="Only records at or after this ISO time (UTC if no offset).")] = None,
+    last: Annotated[int, typer.Option("--last", "-n", min=1, help="At most this many (newest).")] = 50,
+    router: RouterOpt = None,
+    file: AuditFileOpt = None,
+    admin_key_env: AdminKeyEnvOpt = "SOVRA_ADMIN_KEY",
     output: OutputOpt = Output.table,
 ) -> None:
-    """Show where requests were processed (the router's audit trail; never payloads)."""
-    from collections import deque
-
+    """Show where requests were processed: every attempt, from the router's audit trail (never payloads)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from rich.table import Table
 
-    from orchestrator.deploy import Settings
-    from orchestrator.router.audit import read
+    from orchestrator import audit_client as ac
 
-    path = file or Path(Settings().audit_path)
-    if not path.exists():
-        _fail(SovraError(f"no audit trail at {path}: the router writes it once it has served a request"))
-    records = list(deque(read(path, tenant=tenant, model=model, zone=zone, status=status_, since=since), maxlen=last))
+    filters = {"tenant": tenant, "deployment": deployment, "model": model, "zone": zone, "status": status_,
+               "since": since}
+    try:
+        trail = (ac.from_file(file, filters, last) if file is not None
+                 else ac.from_router(router or ac.default_router(), admin_key_env, filters, last))
+    except SovraError as exc:
+        _fail(exc)
+    torn = f"{trail.torn} torn line(s) skipped" if trail.torn else ""
     if output is not Output.table:
-        _emit(records, output)
+        _emit(trail.records, output)
+        if torn:
+            err.print(torn, highlight=False)
         return
-    table = Table("time", "tenant", "model", "target", "zone", "status", "outcome", "ms", "tokens in/out")
-    for r in records:
-        table.add_row(r["time"], r["tenant"], r["model"], r["target"] or "-", r["zone"] or "-", str(r["status"]),
-                      r["outcome"], f"{r['latency_ms']:.1f}", f"{r['prompt_tokens']}/{r['completion_tokens']}")
+    table = Table("time", "tenant", "deployment", "model", "attempts", "zone", "status", "outcome", "ms",
+                  "tokens in/out")
+    for r in trail.records:
+        table.add_row(r.get("time"), r.get("tenant"), r.get("deployment") or "-", r.get("model") or "-",
+                      ac.attempts_text(r), r.get("zone") or "-", str(r.get("status")), r.get("outcome"),
+                      f"{r.get('latency_ms', 0):.1f}", f"{r.get('prompt_tokens', 0)}/{r.get('completion_tokens', 0)}")
     out.print(table)
-    out.print(f"{len(records)} record(s) from {path}")
+    out.print(f"{len(trail.records)} record(s) from {trail.source}" + (f"; {torn}" if torn else ""), highlight=False)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    router: RouterOpt = None,
+    file: AuditFileOpt = None,
+    admin_key_env: AdminKeyEnvOpt = "SOVRA_ADMIN_KEY",
+    output: OutputOpt = Output.table,
+) -> None:
+    """Prove no audit line was removed, reordered or edited. Exit 0 intact, 1 naming the first broken record."""
+    from orchestrator import audit_client as ac
+
+    try:
+        result = (ac.verify_file(file) if file is not None
+                  else ac.verify_router(router or ac.default_router(), admin_key_env))
+    except SovraError as exc:
+        _fail(exc)
+    if output is Output.table:
+        out.print(f"{result['file']}: {result['message']}", highlight=False)
+    else:
+        _emit(result, output)
+    raise typer.Exit(0 if result["ok"] else 1)
 
 
 @app.command()

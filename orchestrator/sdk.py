@@ -16,8 +16,18 @@ import httpx
 
 from orchestrator.spec.common import Residency
 
-__all__ = ["AsyncClient", "Client", "Answer", "SovraAPIError", "AuthenticationError", "PermissionDeniedError",
-           "BadRequestError", "NotFoundError", "RateLimitError", "NoAllowedBackendError"]
+__all__ = [
+    "Answer",
+    "AsyncClient",
+    "AuthenticationError",
+    "BadRequestError",
+    "Client",
+    "NoAllowedBackendError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "SovraAPIError",
+]
 
 
 class SovraAPIError(Exception):
@@ -77,7 +87,7 @@ class AsyncClient:
         self._residency = residency
         self._mode = mode
         self._http = http or httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=5.0))
-        self._direct = None  # (dispatcher, gate, client, policies), built on first use
+        self._direct = None  # (dispatcher, gate, client), built on first use
         self._direct_lock = asyncio.Lock()  # concurrent first calls fetch the routing table once
 
     async def chat(self, model: str, messages: list[dict[str, Any]], **params: Any) -> Answer:
@@ -132,8 +142,13 @@ class AsyncClient:
         from orchestrator.router.errors import RouterError
 
         try:
-            dispatcher, gate, client, policies = await self._routing()
-            result, backend = await dispatcher.send(model, gate, lambda b: op(client, b), policies.get(model, "cost"))
+            dispatcher, gate, client = await self._routing()
+            route = dispatcher.table.resolve(model)
+            call = (lambda b: op(client, b))
+            if wrap:
+                result, backend = await dispatcher.send(route, gate, call)
+            else:
+                result, backend = await dispatcher.send_stream(route, gate, call)
         except RouterError as exc:
             raise _BY_STATUS.get(exc.status, SovraAPIError)(exc.message, status=exc.status, code=exc.code) from None
         return Answer(result, backend.target, backend.zone) if wrap else result
@@ -146,28 +161,22 @@ class AsyncClient:
         return self._direct
 
     async def _fetch_routing(self):
+        """The tenant's routing table from `/v1/routes` (already narrowed to what it may reach). Only HTTP backends
+        are reachable from outside the cluster; Ray replicas are reached only through the router."""
         from orchestrator.router.backends import Backend, RoutingTable
         from orchestrator.router.clients import HttpClient
         from orchestrator.router.dispatch import Dispatcher
         from orchestrator.router.gate import RequestResidency
-        from policies.residency import Place
 
         resp = await self._http.get(self._base + "/v1/routes", headers=self._headers)
         data = resp.json()
         if resp.status_code >= 400:
             _raise_for(resp.status_code, data)
-        backends, policies = [], {}
-        for model, rows in data["models"].items():
-            for r in rows:
-                if r["kind"] != "http":
-                    continue  # Ray-internal replicas are only reachable through the router
-                policies[model] = r["policy"]
-                backends.append(Backend(id=r["id"], model=model, target=r["target"], cost=r["cost"], kind="http",
-                                        address=r["address"], place=Place(r["zone"], r["country"],
-                                                                          r["jurisdiction"], r["operator"])))
+        backends = [Backend.from_wire(b) for d in data["deployments"].values() for b in d["backends"]
+                    if b["kind"] == "http"]
         header = _residency_header(self._residency).get("X-Sovra-Residency")
         gate = RequestResidency.build(Residency.model_validate(data["residency"]), header)
-        return Dispatcher(RoutingTable.of(backends)), gate, HttpClient(self._http), policies
+        return Dispatcher(RoutingTable.of(backends)), gate, HttpClient(self._http)
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -63,3 +63,14 @@ def credit(cloud: str, usd: float, expires: dt.date) -> Credit:
 def solve(deps, targets, credits=(), *, as_of=AS_OF, policy: OrgPolicy | None = None, **kw):
     return plan_fleet(list(deps), list(targets), credits=list(credits), licenses=license_pack(policy or OrgPolicy()),
                       as_of=as_of, options=SolveOptions(**kw.pop("options", {})), **kw)
+
+
+def backend(name: str, place, *, cost: float = 1.0, deployment: str = "m", model: str = "m",
+            residency: Any = None, policy: str = "cost", kind: str = "ray", address: str | None = None):
+    """A routing-table record: backend `name` of `deployment` at `place` (a policies.residency.Place)."""
+    from orchestrator.router.backends import Backend
+    from orchestrator.spec import Residency
+
+    return Backend(id=f"{deployment}@{name}", deployment=deployment, model=model, target=name, place=place,
+                   residency=residency if residency is not None else Residency(), policy=policy, cost=cost,
+                   kind=kind, address=address or f"sovra.{deployment}.{name}")

@@ -6,30 +6,34 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from orchestrator.router.audit import AuditLog, AuditRecord, now_iso
+from orchestrator.router.audit import AuditLog, RequestContext
 from orchestrator.router.backends import Backend
 from orchestrator.router.clients import BackendClient
 from orchestrator.router.dispatch import Dispatcher
-from orchestrator.router.errors import BadRequest, RouterError
+from orchestrator.router.errors import BadRequest, RequestTooLarge, RouterError
 from orchestrator.router.gate import RequestResidency
 from orchestrator.router.metrics import RouterMetrics
 from orchestrator.router.probe import Prober
 from orchestrator.router.tenants import TenantDirectory
+from policies.residency import allows
 
 log = logging.getLogger("sovra.router")
 MAX_BODY_BYTES = 4_000_000
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class _Message(BaseModel):
@@ -63,19 +67,23 @@ class RouterState:
     tenants: TenantDirectory
     clients: Mapping[str, BackendClient]
     audit: AuditLog | None = None
-    policies: Mapping[str, str] = field(default_factory=dict)  # model -> routing policy name
     metrics: RouterMetrics = field(default_factory=RouterMetrics)
     probe: bool = True  # payload-free probes of ejected backends (orchestrator.router.probe)
+    extra_routes: Sequence[Route] = ()  # e.g. the admin-only audit endpoints
 
     def client(self, backend: Backend) -> BackendClient:
         return self.clients[backend.kind]
+
+    def down(self, backend: Backend) -> bool:
+        """Known to have no live replica (the client's own knowledge, e.g. Ray Serve's replica states)."""
+        return self.clients[backend.kind].known_down(backend)
 
 
 def create_app(state: RouterState) -> Starlette:
     """The router's ASGI app."""
     if state.tenants.open:
         log.warning("SOVRA ROUTER IS RUNNING OPEN: no tenants are configured in org.yaml, so any caller is "
-                    "accepted with no residency bound. Configure tenants with key_sha256 to enforce residency.")
+                    "accepted with no residency bound beyond each deployment's. Sovra binds it to loopback only.")
 
     async def chat(request: Request) -> Response:
         return await _handle(state, request, "chat")
@@ -85,30 +93,38 @@ def create_app(state: RouterState) -> Starlette:
 
     async def models(request: Request) -> Response:
         try:
-            state.tenants.authenticate(request.headers.get("authorization"))
+            tenant = state.tenants.authenticate(request.headers.get("authorization"))
         except RouterError as exc:
             return _error(exc)
-        data = [{"id": m, "object": "model", "owned_by": "sovra", "created": 0}
-                for m in state.dispatcher.table.models()]
+        table = state.dispatcher.table
+        data = [{"id": name, "object": "model", "owned_by": "sovra", "created": 0,
+                 "model": table.routes[name].model}
+                for name in table.names(state.tenants.visible(tenant))]
         return JSONResponse({"object": "list", "data": data}, headers=_where(None))
 
     async def routes(request: Request) -> Response:
-        # The routing table for client-side routing: only the backends this tenant may ever reach, plus its bound.
+        # The routing table for client-side routing: only what this tenant may ever reach, plus its bound.
         try:
             tenant = state.tenants.authenticate(request.headers.get("authorization"))
-            bound = RequestResidency(tenant.residency)
         except RouterError as exc:
             return _error(exc)
-        table = {m: [_backend_json(b, state.policies.get(m, "cost")) for b in bs if bound.permits(b.place)]
-                 for m, bs in state.dispatcher.table.by_model.items()}
+        bound = RequestResidency(tenant.residency)
+        table = state.dispatcher.table
+        out = {}
+        for name in table.names(state.tenants.visible(tenant)):
+            route = table.routes[name]
+            within = bound.bound_by(route.residency)
+            out[name] = {"model": route.model, "residency": route.residency.model_dump(mode="json"),
+                         "policy": route.policy,
+                         "backends": [b.to_wire() for b in route.backends if within.permits(b.place)]}
         return JSONResponse({"tenant": tenant.name, "residency": tenant.residency.model_dump(mode="json"),
-                             "models": table}, headers=_where(None))
+                             "deployments": out}, headers=_where(None))
 
     async def healthz(_: Request) -> Response:
-        backends = [b for bs in state.dispatcher.table.by_model.values() for b in bs]
-        open_ = [b.id for b in backends if state.dispatcher.breaker.is_open(b.id)]
-        return JSONResponse({"status": "ok", "backends": len(backends), "ejected": open_,
-                             "open_mode": state.tenants.open}, headers=_where(None))
+        return JSONResponse({"status": "ok"}, headers=_where(None))
+
+    async def readyz(_: Request) -> Response:
+        return _readiness(state)
 
     async def metrics(_: Request) -> Response:
         body, content_type = state.metrics.render()
@@ -131,50 +147,114 @@ def create_app(state: RouterState) -> Starlette:
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/routes", routes, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        *state.extra_routes,
     ], exception_handlers={404: _not_found, 405: _not_allowed})
+
+
+def _readiness(state: RouterState) -> Response:
+    """Per deployment, the backends its own residency allows that are neither ejected nor known down."""
+    deployments = {}
+    for name, route in state.dispatcher.table.routes.items():
+        allowed = [b for b in route.backends if allows(route.residency, b.place)]
+        healthy = [b for b in state.dispatcher.healthy(tuple(allowed)) if not state.down(b)]
+        deployments[name] = {"ready": bool(healthy), "healthy": len(healthy), "backends": len(allowed),
+                             "down": sorted(b.target for b in allowed if b not in healthy)}
+    ready = bool(deployments) and all(d["ready"] for d in deployments.values())
+    return JSONResponse({"status": "ready" if ready else "not_ready", "deployments": deployments},
+                        status_code=200 if ready else 503, headers=_where(None))
+
+
+class _Timed:
+    """Wraps a backend call to sum the time spent waiting on backends, so the router can report its own time."""
+
+    __slots__ = ("backend_s",)
+
+    def __init__(self) -> None:
+        self.backend_s = 0.0
+
+    def wrap(self, call: Callable[[Backend], Awaitable[Any]]) -> Callable[[Backend], Awaitable[Any]]:
+        async def timed(backend: Backend) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return await call(backend)
+            finally:
+                self.backend_s += time.perf_counter() - t0
+
+        return timed
+
+    def overhead_ms(self, start: float) -> float:
+        return max(0.0, (time.perf_counter() - start - self.backend_s) * 1000)
 
 
 async def _handle(state: RouterState, request: Request, op: str) -> Response:
     start = time.perf_counter()
-    rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-    tenant_name, model, residency_text = "-", "-", "-"
+    rid = request.headers.get("x-request-id") or ""
+    rid = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex  # client text reaches the trail only if tame
+    ctx = RequestContext(request_id=rid)
+    served: list[Backend] = []
+    timer = _Timed()
+    status, outcome, usage, label = 499, "cancelled", None, "-"  # until proven otherwise: the client went away
+    streaming = False
     try:
         tenant = state.tenants.authenticate(request.headers.get("authorization"))
-        tenant_name = tenant.name
+        ctx.tenant = tenant.name
         residency = RequestResidency.build(tenant.residency, request.headers.get("x-sovra-residency"))
-        residency_text = residency.describe()
+        ctx.residency = residency.describe()
         body = await _body(request)
         parsed = _validate(ChatRequest if op == "chat" else EmbeddingRequest, body)
-        model = parsed.model
-        policy = state.policies.get(model, "cost")
+        route = state.dispatcher.table.resolve(parsed.model, state.tenants.visible(tenant))
+        ctx.deployment, ctx.model, label = route.name, route.model, route.name
+        ctx.residency = residency.bound_by(route.residency).describe()
+        observe = _observer(ctx, served)
         if op == "chat" and parsed.stream:
-            stream, backend = await state.dispatcher.send(
-                model, residency, lambda b: state.client(b).chat_stream(b, body), policy)
-            return StreamingResponse(
-                _sse(stream, lambda status, outcome, usage: _record(
-                    state, rid, tenant_name, model, backend, residency_text, status, outcome, start, usage)),
-                media_type="text/event-stream", headers=_where(backend))
+            stream, backend = await state.dispatcher.send_stream(
+                route, residency, timer.wrap(lambda b: state.client(b).chat_stream(b, body)), observe)
+            headers = _where(backend, timer.overhead_ms(start))
+            streaming = True
+            return StreamingResponse(_sse(stream, lambda s, o, u: _finish(state, ctx, served, s, o, u, start, label)),
+                                     media_type="text/event-stream", headers=headers)
         call: Callable = (lambda b: state.client(b).chat(b, body)) if op == "chat" else (
             lambda b: state.client(b).embed(b, body))
-        result, backend = await state.dispatcher.send(model, residency, call, policy)
-        _record(state, rid, tenant_name, model, backend, residency_text, 200, "ok", start, result.get("usage"))
-        return JSONResponse(result, headers=_where(backend))
+        result, backend = await state.dispatcher.send(route, residency, timer.wrap(call), observe)
+        status, outcome, usage = 200, "ok", result.get("usage")
+        overhead = timer.overhead_ms(start)
+        state.metrics.overhead(overhead / 1000)
+        return JSONResponse(result, headers=_where(backend, overhead))
     except RouterError as exc:
-        _record(state, rid, tenant_name, model, None, residency_text, exc.status, exc.code or exc.type, start, None)
+        status, outcome = exc.status, exc.code or exc.type
         return _error(exc)
     except Exception:  # never let one request take the router down; the client still gets JSON
         log.exception("request %s failed", rid)
-        _record(state, rid, tenant_name, model, None, residency_text, 500, "internal_error", start, None)
+        status, outcome = 500, "internal_error"
         return _error(RouterError("internal router error; see the router log for request id " + rid))
+    finally:  # cancellation included: every request leaves a record (a stream's record is written when it ends)
+        if not streaming:
+            _finish(state, ctx, served, status, outcome, usage, start, label)
+
+
+def _observer(ctx: RequestContext, served: list[Backend]) -> Callable[[Backend, str], None]:
+    def observe(backend: Backend, outcome: str) -> None:
+        ctx.attempt(backend.target, backend.zone, backend.place.country, outcome)
+        if outcome == "ok":
+            served.append(backend)
+
+    return observe
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise BadRequest(f"request body is over {MAX_BODY_BYTES} bytes")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise RequestTooLarge(f"request body is over {MAX_BODY_BYTES} bytes")
+    parts, size = [], 0
+    async for chunk in request.stream():  # read with the limit, never whole first
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise RequestTooLarge(f"request body is over {MAX_BODY_BYTES} bytes")
+        parts.append(chunk)
     try:
-        body = json.loads(raw)
+        body = json.loads(b"".join(parts))
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("request body is not valid JSON") from None
     if not isinstance(body, dict):
@@ -192,50 +272,56 @@ def _validate(model: type[BaseModel], body: dict[str, Any]) -> Any:
 
 
 async def _sse(stream: AsyncIterator[dict[str, Any]], done: Callable[[int, str, Any], None]) -> AsyncIterator[bytes]:
-    usage = None
+    status, outcome, usage = 499, "cancelled", None
     try:
-        async for chunk in stream:
-            usage = chunk.get("usage") or usage
-            yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
-        yield b"data: [DONE]\n\n"
-        done(200, "ok", usage)
-    except Exception as exc:  # after the first byte nothing may be retried elsewhere: tell the client, stop
-        log.warning("stream broke: %s", exc)
-        err = {"error": {"message": "the backend stream broke", "type": "api_error", "code": "stream_interrupted"}}
-        yield b"data: " + json.dumps(err).encode() + b"\n\n"
-        done(502, "stream_interrupted", usage)
+        try:
+            async for chunk in stream:
+                usage = chunk.get("usage") or usage
+                yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+            status, outcome = 200, "ok"
+            yield b"data: [DONE]\n\n"
+        except RouterError as exc:  # after the first byte nothing may be resent: tell the client, stop
+            status, outcome = exc.status, exc.code or "stream_interrupted"
+            yield b"data: " + json.dumps(exc.body()).encode() + b"\n\n"
+        except Exception as exc:
+            log.warning("stream broke: %s", exc)
+            status, outcome = 502, "stream_interrupted"
+            err = {"error": {"message": "the backend stream broke", "type": "api_error", "code": outcome}}
+            yield b"data: " + json.dumps(err).encode() + b"\n\n"
+    finally:
+        # Close the dispatcher's stream first (shielded: this may run while the response is being cancelled), so
+        # the attempt's own outcome is observed before the record is written.
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(Exception):
+                await stream.aclose()  # type: ignore[attr-defined]
+        done(status, outcome, usage)
 
 
-def _record(state: RouterState, rid: str, tenant: str, model: str, backend: Backend | None, residency: str,
-            status: int, outcome: str, start: float, usage: Any) -> None:
-    latency = (time.perf_counter() - start) * 1000
+def _finish(state: RouterState, ctx: RequestContext, served: list[Backend], status: int, outcome: str, usage: Any,
+            start: float, label: str) -> None:
+    latency = time.perf_counter() - start
     usage = usage if isinstance(usage, dict) else {}
-    state.metrics.observe(model, backend.target if backend else "none", backend.zone if backend else "none",
-                          status, latency / 1000)
+    where = served[-1] if served else None
+    state.metrics.observe(label, where.target if where else "none", where.zone if where else "none", status, latency)
     if state.audit is not None:
-        state.audit.write(AuditRecord(
-            time=now_iso(), request_id=rid, tenant=tenant, model=model,
-            target=backend.target if backend else None, zone=backend.zone if backend else None,
-            country=backend.place.country if backend else None, residency=residency, status=status,
-            outcome=outcome, latency_ms=round(latency, 3),
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0)))
+        try:
+            state.audit.write(ctx.finish(status=status, outcome=outcome, latency_ms=round(latency * 1000, 3),
+                                         prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                                         completion_tokens=int(usage.get("completion_tokens") or 0)))
+        except Exception:  # the answer is already decided; a failing disk must not turn it into a 500
+            log.exception("audit write failed for request %s", ctx.request_id)
 
 
-def _where(backend: Backend | None) -> dict[str, str]:
-    if backend is None:
-        return {"X-Sovra-Target": "none", "X-Sovra-Zone": "none"}
-    return {"X-Sovra-Target": backend.target, "X-Sovra-Zone": backend.zone}
+def _where(backend: Backend | None, overhead_ms: float | None = None) -> dict[str, str]:
+    headers = ({"X-Sovra-Target": "none", "X-Sovra-Zone": "none"} if backend is None
+               else {"X-Sovra-Target": backend.target, "X-Sovra-Zone": backend.zone})
+    if overhead_ms is not None:
+        headers["X-Sovra-Overhead-Ms"] = f"{overhead_ms:.3f}"
+    return headers
 
 
 def _error(exc: RouterError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers={**_where(None), **exc.headers})
-
-
-def _backend_json(b: Backend, policy: str) -> dict[str, Any]:
-    return {"id": b.id, "target": b.target, "zone": b.place.zone, "country": b.place.country,
-            "jurisdiction": b.place.jurisdiction, "operator": b.place.operator, "cost": b.cost, "kind": b.kind,
-            "address": b.address, "policy": policy}
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:

@@ -1,46 +1,146 @@
-"""Backends (live endpoints with their place and price) and the routing table produced by `up`."""
+"""Backends (live endpoints with their place and price) and the routing table produced by `up`, keyed by deployment.
+
+`Backend` is the one record of a backend: `up` writes it into the router's config, the router and `/v1/routes`
+read it, the SDK and `sovra status` too. It is serialised in one place (`to_wire` / `from_wire`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from orchestrator.router.errors import AmbiguousModel, ModelNotFound
+from orchestrator.spec.common import Residency
 from policies.residency import Place
 
 
-@dataclass(frozen=True, slots=True)
-class Backend:
-    """One endpoint the router may send to. `cost` is the relative price of one request there."""
+class Backend(BaseModel):
+    """One endpoint the router may send to, with its deployment's residency and routing policy.
 
-    id: str
-    model: str
-    target: str
+    `cost` is the relative price of one request there; `address` is a Serve app name (`kind` ray) or a base URL
+    (`kind` http). The deployment's residency travels with every backend so that no request to it can be routed
+    by a bound wider than the deployment's own.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(min_length=1)
+    deployment: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    target: str = Field(min_length=1)
     place: Place
-    cost: float = 0.0
-    kind: str = "ray"          # how the router reaches it: a Ray Serve handle, or "http"
-    address: str | None = None  # base URL for http backends / deployment name for ray
+    residency: Residency
+    policy: str = "cost"
+    cost: float = Field(default=0.0, ge=0)
+    kind: Literal["ray", "http"] = "ray"
+    address: str = Field(min_length=1)
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        from orchestrator.router.balancing import get_policy
+
+        get_policy(value)
+        return value
 
     @property
     def zone(self) -> str:
         return self.place.zone
 
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON form, as written into the router's Serve config and served by `/v1/routes`."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> Backend:
+        return cls.model_validate(data)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What a request's `model` resolved to: one deployment, or several sharing one residency and policy."""
+
+    name: str
+    deployments: tuple[str, ...]
+    model: str
+    residency: Residency
+    policy: str
+    backends: tuple[Backend, ...]
+
 
 @dataclass(frozen=True)
 class RoutingTable:
-    """model -> backends, immutable; `up` builds a new table rather than editing one."""
+    """deployment -> its route, immutable; `up` builds a new table rather than editing one."""
 
-    by_model: Mapping[str, tuple[Backend, ...]]
+    routes: Mapping[str, Route]
+    by_model: Mapping[str, tuple[str, ...]]  # model name -> deployments serving it
+    _resolved: dict[tuple[str, frozenset[str] | None], Route | Exception] = field(
+        default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def of(cls, backends: Iterable[Backend]) -> RoutingTable:
         grouped: dict[str, list[Backend]] = {}
         for b in backends:
-            grouped.setdefault(b.model, []).append(b)
-        return cls(MappingProxyType({m: tuple(sorted(bs, key=lambda b: b.id)) for m, bs in grouped.items()}))
+            grouped.setdefault(b.deployment, []).append(b)
+        routes: dict[str, Route] = {}
+        by_model: dict[str, list[str]] = {}
+        for name, bs in sorted(grouped.items()):
+            first = bs[0]
+            odd = [b.id for b in bs if (b.model, b.residency, b.policy) != (first.model, first.residency, first.policy)]
+            if odd:
+                raise ValueError(f"deployment {name!r}: backends {', '.join(odd)} disagree with {first.id} on model, "
+                                 "residency or policy; one deployment has one of each")
+            routes[name] = Route(name, (name,), first.model, first.residency, first.policy,
+                                 tuple(sorted(bs, key=lambda b: b.id)))
+            by_model.setdefault(first.model, []).append(name)
+        return cls(MappingProxyType(routes), MappingProxyType({m: tuple(ds) for m, ds in by_model.items()}))
 
-    def models(self) -> tuple[str, ...]:
-        return tuple(sorted(self.by_model))
+    @property
+    def backends(self) -> tuple[Backend, ...]:
+        return tuple(b for r in self.routes.values() for b in r.backends)
 
-    def get(self, model: str) -> tuple[Backend, ...] | None:
-        return self.by_model.get(model)
+    def names(self, visible: Collection[str] | None = None) -> tuple[str, ...]:
+        """The deployments a caller limited to `visible` (None = all) can address."""
+        return tuple(n for n in self.routes if visible is None or n in visible)
+
+    def resolve(self, name: str, visible: frozenset[str] | None = None) -> Route:
+        """The route for a request's `model`: a deployment's name, or a bare model name that is unambiguous.
+
+        Deployments outside `visible` do not exist for the caller (404, as for a name nobody serves). A bare model
+        name served by visible deployments that differ in residency or policy is a 400 naming them. Cached per
+        table: the answer depends only on the table, the name and the visible set.
+        """
+        key = (name, visible)
+        hit = self._resolved.get(key)
+        if hit is None:
+            try:
+                hit = self._resolve(name, visible)
+            except (ModelNotFound, AmbiguousModel) as exc:
+                hit = exc
+            if len(self._resolved) < 4096:  # bounded: names come from clients
+                self._resolved[key] = hit
+        if isinstance(hit, Exception):
+            raise type(hit)(hit.message)
+        return hit
+
+    def _resolve(self, name: str, visible: frozenset[str] | None) -> Route:
+        route = self.routes.get(name)
+        if route is not None and (visible is None or name in visible):
+            return route
+        serving = [self.routes[d] for d in self.by_model.get(name, ()) if visible is None or d in visible]
+        if not serving:
+            known = ", ".join(self.names(visible)) or "none"
+            raise ModelNotFound(f"model {name!r} is not served here; deployments you can call: {known}")
+        if len(serving) == 1:
+            return serving[0]
+        if len({(r.residency, r.policy) for r in serving}) > 1:
+            options = "; ".join(f"{r.name} ({r.residency.describe()}, policy {r.policy})" for r in serving)
+            raise AmbiguousModel(f"model {name!r} is served by deployments with different residency or routing "
+                                 f"policy: {options}. Name the deployment in `model`.")
+        first = serving[0]
+        return Route(name, tuple(r.name for r in serving), first.model, first.residency, first.policy,
+                     tuple(sorted((b for r in serving for b in r.backends), key=lambda b: b.id)))

@@ -1,7 +1,8 @@
-"""How the router reaches a backend: one client per backend kind (HTTP now; Ray Serve handles in `ray_client`).
+"""How the router reaches a backend: one client per backend kind (HTTP here; Ray Serve handles in `ray_client`).
 
-Clients turn transport failures that happen before any answer byte into RetryableError, so the dispatcher may
-fail over (inside the allowed set); anything after the first streamed byte is passed to the client as is.
+Every failure is classified once, by the transport that saw it (`_aiohttp_verdict`, `_httpx_verdict`), into the
+router's verdicts: never delivered (connect failed) may be resent elsewhere in the bound; anything after the
+connection carried the payload (dropped connection, timeout, 5xx) is never resent.
 """
 
 from __future__ import annotations
@@ -17,12 +18,16 @@ from typing import Any
 import httpx
 
 from orchestrator.router.backends import Backend
-from orchestrator.router.dispatch import RetryableError
-from orchestrator.router.errors import RouterError, UpstreamError
+from orchestrator.router.errors import AttemptFailed, Failed, NotDelivered, Refused, RouterError, TimedOut
+
+#: The longest server-sent-events line a backend may send (a chunk is one line); longer is a broken backend.
+MAX_SSE_LINE = 1_048_576
+#: The largest non-streamed answer read from a backend.
+MAX_ANSWER_BYTES = 64 * 1_048_576
 
 
 class BackendClient(abc.ABC):
-    """Invoke a backend's OpenAI-compatible operations."""
+    """Invoke a backend's OpenAI-compatible operations; failures are `errors.AttemptFailed` verdicts."""
 
     @abc.abstractmethod
     async def chat(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
@@ -30,11 +35,16 @@ class BackendClient(abc.ABC):
 
     @abc.abstractmethod
     async def chat_stream(self, backend: Backend, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Chat completion chunks; the first is fetched before this returns, so failures before it are retryable."""
+        """Chat completion chunks; the first is fetched before this returns, so a refusal (4xx) is still an HTTP
+        error to the client rather than a broken stream."""
 
     @abc.abstractmethod
     async def embed(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
         """Embeddings."""
+
+    def known_down(self, backend: Backend) -> bool:
+        """True when this client knows, without sending anything, that the backend has no live replica."""
+        return False
 
     async def health(self, backend: Backend) -> bool | None:
         """A payload-free liveness check for the prober; None when this kind of backend cannot be probed (then the
@@ -48,21 +58,19 @@ class BackendClient(abc.ABC):
 class _Upstream4xx(RouterError):
     """A backend rejected the request itself: passed through, never retried elsewhere."""
 
-    def __init__(self, status: int, body: dict[str, Any]):
-        err = body.get("error", {}) if isinstance(body, dict) else {}
-        super().__init__(str(err.get("message", "upstream rejected the request")))
-        self.status, self.type, self.code = status, err.get("type", "invalid_request_error"), err.get("code")
+    def __init__(self, status: int, body: Any):
+        err = body.get("error") if isinstance(body, dict) else None
+        if isinstance(err, dict):
+            message, kind, code = err.get("message"), err.get("type"), err.get("code")
+        else:  # `{"error": "text"}` and other shapes servers send
+            message, kind, code = err, None, None
+        super().__init__(str(message or "upstream rejected the request")[:2000])
+        self.status = status
+        self.type = str(kind or "invalid_request_error")
+        self.code = str(code) if code is not None else None
 
 
-# -- transports: one pooled HTTP/1.1 keep-alive client library behind the same four operations ---------------------
-
-
-class _Unreachable(Exception):
-    """Nothing was answered (connect failed, connection dropped before the response): safe to fail over."""
-
-
-class _TimedOut(Exception):
-    """The backend accepted the request but did not answer in time."""
+# -- transports: one pooled HTTP/1.1 keep-alive client library behind the same operations ---------------------------
 
 
 class _Streamed(abc.ABC):
@@ -71,11 +79,12 @@ class _Streamed(abc.ABC):
     status: int
 
     @abc.abstractmethod
-    async def read(self) -> bytes: ...
+    async def read(self, limit: int) -> bytes:
+        """The whole body, at most `limit` bytes (longer is a Failed verdict)."""
 
     @abc.abstractmethod
-    def lines(self) -> AsyncIterator[str]:
-        """Body lines without their line ending; transport failures surface as _Unreachable."""
+    def chunks(self) -> AsyncIterator[bytes]:
+        """Body bytes as they arrive; transport failures are verdicts."""
 
     @abc.abstractmethod
     async def aclose(self) -> None: ...
@@ -83,41 +92,43 @@ class _Streamed(abc.ABC):
 
 class _Transport(abc.ABC):
     @abc.abstractmethod
-    async def post(self, url: str, content: bytes) -> tuple[int, bytes]:
-        """Status and body of a JSON POST; raises _Unreachable or _TimedOut."""
+    async def post(self, url: str, content: bytes, *, stream: bool) -> _Streamed:
+        """A JSON POST; raises a verdict (`AttemptFailed`) when no response arrives."""
 
     @abc.abstractmethod
-    async def stream(self, url: str, content: bytes) -> _Streamed:
-        """A JSON POST whose answer is streamed; raises _Unreachable before any answer."""
+    async def get_status(self, url: str, timeout_s: float) -> int:
+        """The status of a GET (payload-free probes)."""
 
     @abc.abstractmethod
     async def aclose(self) -> None: ...
 
 
 _JSON = {"content-type": "application/json"}
-_HTTPX_UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError)
+
+
+def _httpx_verdict(exc: httpx.HTTPError) -> AttemptFailed:
+    """httpx failures -> verdicts. Only failures before the request was written are undelivered."""
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+        return NotDelivered(type(exc).__name__)
+    if isinstance(exc, httpx.TimeoutException):
+        return TimedOut(type(exc).__name__)
+    return Failed(f"{type(exc).__name__} after the request was sent")
 
 
 class _HttpxTransport(_Transport):
     def __init__(self, client: httpx.AsyncClient):
         self._client = client
 
-    async def post(self, url: str, content: bytes) -> tuple[int, bytes]:
-        try:
-            resp = await self._client.post(url, content=content, headers=_JSON)
-        except _HTTPX_UNREACHABLE as exc:
-            raise _Unreachable(type(exc).__name__) from exc
-        except httpx.TimeoutException as exc:
-            raise _TimedOut() from exc
-        return resp.status_code, resp.content
-
-    async def stream(self, url: str, content: bytes) -> _Streamed:
+    async def post(self, url: str, content: bytes, *, stream: bool) -> _Streamed:
         try:
             resp = await self._client.send(self._client.build_request("POST", url, content=content, headers=_JSON),
                                            stream=True)
-        except _HTTPX_UNREACHABLE as exc:
-            raise _Unreachable(type(exc).__name__) from exc
+        except httpx.HTTPError as exc:
+            raise _httpx_verdict(exc) from exc
         return _HttpxStreamed(resp)
+
+    async def get_status(self, url: str, timeout_s: float) -> int:
+        return (await self._client.get(url, timeout=timeout_s)).status_code
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -127,27 +138,39 @@ class _HttpxStreamed(_Streamed):
     def __init__(self, resp: httpx.Response):
         self._resp, self.status = resp, resp.status_code
 
-    async def read(self) -> bytes:
-        return await self._resp.aread()
+    async def read(self, limit: int) -> bytes:
+        return await _read_limited(self.chunks(), limit)
 
-    async def lines(self) -> AsyncIterator[str]:
+    async def chunks(self) -> AsyncIterator[bytes]:
         try:
-            async for line in self._resp.aiter_lines():
-                yield line
-        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
-            raise _Unreachable(type(exc).__name__) from exc
+            async for chunk in self._resp.aiter_raw():
+                yield chunk
+        except httpx.HTTPError as exc:
+            raise _httpx_verdict(exc) from exc
 
     async def aclose(self) -> None:
         await self._resp.aclose()
 
 
+def _aiohttp_verdict(exc: BaseException) -> AttemptFailed:
+    """aiohttp failures -> verdicts. Connecting (DNS, refused, TLS handshake, connect timeout) happens before the
+    payload is written; anything later (a read timeout included) may follow its delivery."""
+    import aiohttp
+
+    if isinstance(exc, (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError)):
+        return NotDelivered(type(exc).__name__)
+    if isinstance(exc, TimeoutError):
+        return TimedOut(type(exc).__name__)
+    return Failed(f"{type(exc).__name__} after the request was sent")
+
+
 class _AiohttpTransport(_Transport):
     """aiohttp spends several times less CPU per call than httpx (whose pool scans every connection on each
     request); on a router replica that is most of the per-request cost. The session is made on first use, on the
-    event loop that serves requests."""
+    event loop that serves requests. Only connecting is timed here; the dispatcher bounds answers and chunks."""
 
-    def __init__(self, timeout_s: float):
-        self._timeout_s = timeout_s
+    def __init__(self, connect_timeout_s: float = 2.0):
+        self._connect_timeout_s = connect_timeout_s
         self._session: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._proxies: dict[str, str] = {}
@@ -158,16 +181,17 @@ class _AiohttpTransport(_Transport):
         loop = asyncio.get_running_loop()
         if self._session is None or self._session.closed or self._loop is not loop:
             self._loop = loop
-            # Configured as the httpx client it replaces: 512 connections, 5 s keep-alive expiry (a uvicorn
-            # backend's is 5 s too), httpx's TLS trust (certifi or SSL_CERT_FILE/DIR), proxy variables read once
-            # (aiohttp's own trust_env would re-read them, and ~/.netrc, on every request).
+            # 512 connections; keep-alive expiry 4 s, below uvicorn's 5 s, so the router never writes a request into
+            # a connection the backend is closing (that failure comes after the payload left, so it is not resent);
+            # httpx's TLS trust (certifi or SSL_CERT_FILE/DIR); proxy variables read once (aiohttp's own trust_env
+            # would re-read them, and ~/.netrc, on every request).
             self._proxies = urllib.request.getproxies_environment()
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=512, limit_per_host=0, keepalive_timeout=5.0,
+                connector=aiohttp.TCPConnector(limit=512, limit_per_host=0, keepalive_timeout=4.0,
                                                ssl=httpx.create_ssl_context()),
-                timeout=aiohttp.ClientTimeout(total=None, connect=self._timeout_s, sock_connect=2.0,
-                                              sock_read=self._timeout_s),
-                cookie_jar=aiohttp.DummyCookieJar())  # a backend's cookies must not follow another tenant's call
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout_s),
+                cookie_jar=aiohttp.DummyCookieJar(),  # a backend's cookies must not follow another tenant's call
+                read_bufsize=2 ** 16, max_line_size=MAX_SSE_LINE, max_field_size=65536)
         return self._session
 
     def _proxy(self, url: str) -> str | None:
@@ -178,29 +202,21 @@ class _AiohttpTransport(_Transport):
             return None
         return self._proxies.get(parts.scheme) or self._proxies.get("all")
 
-    async def post(self, url: str, content: bytes) -> tuple[int, bytes]:
-        import aiohttp
-
-        try:
-            async with self._get().post(url, data=content, headers=_JSON, proxy=self._proxy(url)) as resp:
-                return resp.status, await resp.read()
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise _Unreachable(type(exc).__name__) from exc
-        except TimeoutError as exc:  # aiohttp.ServerTimeoutError is one too
-            raise _TimedOut() from exc
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise _Unreachable(type(exc).__name__) from exc
-
-    async def stream(self, url: str, content: bytes) -> _Streamed:
+    async def post(self, url: str, content: bytes, *, stream: bool) -> _Streamed:
         import aiohttp
 
         try:
             resp = await self._get().post(url, data=content, headers=_JSON, proxy=self._proxy(url))
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise _Unreachable(type(exc).__name__) from exc
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise _Unreachable(type(exc).__name__) from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _aiohttp_verdict(exc) from exc
         return _AiohttpStreamed(resp)
+
+    async def get_status(self, url: str, timeout_s: float) -> int:
+        import aiohttp
+
+        async with self._get().get(url, proxy=self._proxy(url),
+                                   timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+            return resp.status
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -211,35 +227,53 @@ class _AiohttpStreamed(_Streamed):
     def __init__(self, resp: Any):
         self._resp, self.status = resp, resp.status
 
-    async def read(self) -> bytes:
-        return await self._resp.read()
+    async def read(self, limit: int) -> bytes:
+        return await _read_limited(self.chunks(), limit)
 
-    async def lines(self) -> AsyncIterator[str]:
+    async def chunks(self) -> AsyncIterator[bytes]:
         import aiohttp
 
-        pending = b""  # split on whole lines before decoding, so no UTF-8 sequence is cut; no line length limit
         try:
             async for chunk in self._resp.content.iter_any():
-                *complete, pending = (pending + chunk).split(b"\n")
-                for line in complete:
-                    yield line.decode().rstrip("\r")
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise _Unreachable(type(exc).__name__) from exc
-        if pending:
-            yield pending.decode().rstrip("\r")
+                yield chunk
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _aiohttp_verdict(exc) from exc
 
     async def aclose(self) -> None:
         self._resp.release()
 
 
-def _default_transport(timeout_s: float) -> _Transport:
+async def _read_limited(chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    parts, size = [], 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise Failed(f"answer is over {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """Whole lines, split before decoding so no UTF-8 sequence is cut; a line over MAX_SSE_LINE is a Failed."""
+    pending = b""
+    async for chunk in chunks:
+        *complete, pending = (pending + chunk).split(b"\n")
+        for line in complete:
+            yield line.decode(errors="replace").rstrip("\r")
+        if len(pending) > MAX_SSE_LINE:
+            raise Failed(f"a server-sent-events line is over {MAX_SSE_LINE} bytes")
+    if pending:
+        yield pending.decode(errors="replace").rstrip("\r")
+
+
+def _default_transport() -> _Transport:
     try:
         import aiohttp  # noqa: F401  (installed with ray[serve])
     except ImportError:
         return _HttpxTransport(httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s, connect=2.0),
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128)))
-    return _AiohttpTransport(timeout_s)
+            timeout=httpx.Timeout(None, connect=2.0, pool=2.0),
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=4.0)))
+    return _AiohttpTransport()
 
 
 def _encode(body: dict[str, Any]) -> bytes:
@@ -247,84 +281,99 @@ def _encode(body: dict[str, Any]) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
+def _answer(target: str, status: int, content: bytes) -> dict[str, Any]:
+    """A backend's HTTP answer -> its JSON object, or the verdict / client error it amounts to."""
+    if status in (429, 503):  # the backend says it did not process it: another allowed backend may
+        raise Refused(f"HTTP {status}", throttled=status == 429)
+    if status >= 500:
+        raise Failed(f"HTTP {status}")
+    try:
+        data = json.loads(content)
+    except ValueError:
+        raise Failed(f"HTTP {status} with a body that is not JSON") from None
+    if status >= 400:
+        raise _Upstream4xx(status, data)
+    if not isinstance(data, dict):
+        raise Failed(f"answered a JSON {type(data).__name__}, not an object")
+    return data
+
+
 class HttpClient(BackendClient):
     """OpenAI-compatible HTTP backends over one pooled keep-alive client: the `httpx.AsyncClient` passed in (the
     SDK shares its own), else aiohttp where installed (it comes with ray[serve]), else a new httpx client."""
 
-    def __init__(self, client: httpx.AsyncClient | None = None, timeout_s: float = 120.0):
-        self._transport = _HttpxTransport(client) if client is not None else _default_transport(timeout_s)
+    def __init__(self, client: httpx.AsyncClient | None = None):
+        self._transport = _HttpxTransport(client) if client is not None else _default_transport()
 
     async def _post(self, backend: Backend, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        resp = await self._transport.post(f"{backend.address}{path}", _encode(body), stream=False)
         try:
-            status, content = await self._transport.post(f"{backend.address}{path}", _encode(body))
-        except _Unreachable as exc:
-            raise RetryableError(f"{backend.target}: {exc}") from exc
-        except _TimedOut as exc:
-            raise UpstreamError(f"{backend.target} timed out") from exc
-        return self._json(backend, status, content)
-
-    @staticmethod
-    def _json(backend: Backend, status: int, content: bytes) -> dict[str, Any]:
-        if status >= 500:
-            raise RetryableError(f"{backend.target}: HTTP {status}")
-        try:
-            data = json.loads(content)
-        except ValueError as exc:
-            raise UpstreamError(f"{backend.target} answered invalid JSON") from exc
-        if status >= 400:
-            raise _Upstream4xx(status, data)
-        return data
+            content = await resp.read(MAX_ANSWER_BYTES)
+        finally:
+            await resp.aclose()
+        return _answer(backend.target, resp.status, content)
 
     async def chat(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
         return await self._post(backend, "/v1/chat/completions", {**body, "stream": False})
 
     async def health(self, backend: Backend) -> bool:
         """`GET /v1/models`: every OpenAI-compatible server answers it, and it carries no payload."""
-        async with httpx.AsyncClient(timeout=2.0) as probe:
-            return (await probe.get(f"{backend.address}/v1/models")).status_code == 200
+        return await self._transport.get_status(f"{backend.address}/v1/models", 2.0) == 200
 
     async def embed(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
         return await self._post(backend, "/v1/embeddings", body)
 
     async def chat_stream(self, backend: Backend, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        content = _encode({**body, "stream": True})
-        try:
-            resp = await self._transport.stream(f"{backend.address}/v1/chat/completions", content)
-        except _Unreachable as exc:
-            raise RetryableError(f"{backend.target}: {exc}") from exc
+        resp = await self._transport.post(f"{backend.address}/v1/chat/completions",
+                                          _encode({**body, "stream": True}), stream=True)
         if resp.status >= 400:
-            content = await resp.read()
-            await resp.aclose()
-            self._json(backend, resp.status, content)
-        lines = resp.lines()
+            try:
+                content = await resp.read(MAX_ANSWER_BYTES)
+            finally:
+                await resp.aclose()
+            _answer(backend.target, resp.status, content)
+        events = _events(_lines(resp.chunks()))
         try:
-            first = await _next_event(lines)
-        except _Unreachable as exc:
+            first = await anext(events, None)
+        except BaseException:
             await resp.aclose()
-            raise RetryableError(f"{backend.target}: stream broke before the first chunk") from exc
-        return _rest(first, lines, resp)
+            raise
+        return _rest(first, events, resp)
 
     async def aclose(self) -> None:
         await self._transport.aclose()
 
 
-async def _next_event(lines: AsyncIterator[str]) -> dict[str, Any] | None:
+async def _events(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
+    """The JSON objects of `data:` lines, until `[DONE]`; a body with neither is not an event stream."""
+    seen = False
     async for line in lines:
         if not line.startswith("data:"):
             continue
+        seen = True
         data = line[5:].strip()
         if data == "[DONE]":
-            return None
-        return json.loads(data)
-    return None
+            return
+        try:
+            event = json.loads(data)
+        except ValueError:
+            raise Failed("a stream event is not JSON") from None
+        if not isinstance(event, dict):
+            raise Failed("a stream event is not a JSON object")
+        if "error" in event:
+            raise Failed(f"the backend reported an error mid-stream: {str(event['error'])[:500]}")
+        yield event
+    if not seen:
+        raise Failed("the answer to a streamed request held no server-sent events")
 
 
-async def _rest(first: dict[str, Any] | None, lines: AsyncIterator[str], resp: _Streamed
+async def _rest(first: dict[str, Any] | None, events: AsyncIterator[dict[str, Any]], resp: _Streamed
                 ) -> AsyncIterator[dict[str, Any]]:
     try:
-        event = first
-        while event is not None:
+        if first is None:
+            return
+        yield first
+        async for event in events:
             yield event
-            event = await _next_event(lines)
     finally:
         await resp.aclose()

@@ -1,7 +1,9 @@
-"""Send one request: filter by residency, rank by policy, fail over and retry only inside the allowed set.
+"""Send one request: filter by residency, choose by policy, fail over and retry only inside the request's bound.
 
-The residency gate runs before ranking (a policy never even sees a forbidden backend) and again immediately before
-each send, so no retry, failover or trial can reach a backend outside the request's residency.
+The bound is the tenant's residency ∩ the header's ∩ the addressed deployment's. The gate runs before choosing
+(a policy never even sees a forbidden backend) and again immediately before each send, so no retry, failover or
+trial can reach a backend outside it. Whether an attempt may be resent is decided by the transport's verdict
+(`errors.AttemptFailed`): only what was never delivered, or what the backend said it did not process, is resent.
 """
 
 from __future__ import annotations
@@ -9,49 +11,51 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from orchestrator.router.backends import Backend, RoutingTable
+from orchestrator.router.backends import Backend, Route, RoutingTable
 from orchestrator.router.balancing import Candidate, RoutingPolicy, get_policy
-from orchestrator.router.errors import ModelNotFound, NoAllowedBackend, Saturated
+from orchestrator.router.errors import (
+    AttemptFailed,
+    NoAllowedBackend,
+    RouterError,
+    Saturated,
+    TimedOut,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from orchestrator.router.gate import RequestResidency
 from orchestrator.router.health import Breaker
 
 T = TypeVar("T")
+#: Told of every attempt as it ends: (backend, outcome), outcome as in the audit trail ("ok", "not_sent", ...).
+Observer = Callable[[Backend, str], None]
+
+
+def _ignore(_b: Backend, _o: str) -> None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    """The backends one (model, residency, policy) may reach, and the same grouped in the policy's static tiers."""
+    """The backends one (route, bound) may reach, and the same grouped in the policy's static tiers."""
 
     allowed: tuple[Backend, ...]
     tiers: tuple[tuple[Backend, ...], ...]
 
 
-class RetryableError(Exception):
-    """A failure that happened before any answer byte reached the client (connect error, 5xx before first byte).
-
-    `eject=False` marks a failure of one replica behind a backend that has others (Ray Serve tracks replica
-    health itself), so it is retried without counting against the backend's circuit breaker.
-    """
-
-    def __init__(self, message: str, *, eject: bool = True):
-        super().__init__(message)
-        self.eject = eject
-
-
-_MAX_PLANS = 4096  # cached (model, residency, policy) plans per dispatcher; cleared when full
+_MAX_PLANS = 4096  # cached (route, bound) plans per dispatcher; cleared when full
 
 
 @dataclass
 class Dispatcher:
     """Owns the per-backend load and latency observations; one per router replica (single event loop).
 
-    What a request may reach depends only on the routing table, the model, the residency and the policy, so that
-    "plan" (the allowed backends, in the policy's static tiers) is computed once and reused until `table` is
-    swapped; per request only load, health and the policy's choice are evaluated.
+    What a request may reach depends only on the routing table, the route and the bound, so that "plan" (the
+    allowed backends, in the policy's static tiers) is computed once and reused until `table` is swapped; per
+    request only load, health and the policy's choice are evaluated.
     """
 
     table: RoutingTable
@@ -63,70 +67,165 @@ class Dispatcher:
     backoff_s: float = 0.02
     max_in_flight: int = 64
     ewma_alpha: float = 0.3
+    timeout_s: float = 120.0       # a whole answer, or a stream's first chunk
+    chunk_timeout_s: float = 60.0  # a stream's idle time between two chunks
     in_flight: dict[str, int] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)
-    _plans: dict[tuple[str, RequestResidency, str], _Plan] = field(default_factory=dict, init=False, repr=False,
-                                                                   compare=False)
+    _plans: dict[tuple[str, tuple[str, ...], RequestResidency], _Plan] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
     _plans_table: RoutingTable | None = field(default=None, init=False, repr=False, compare=False)
 
-    def allowed(self, model: str, residency: RequestResidency) -> list[Backend]:
-        """Backends of `model` this request may reach (404 for an unknown model)."""
-        backends = self.table.get(model)
-        if backends is None:
-            raise ModelNotFound(f"model {model!r} is not served here; available: {', '.join(self.table.models())}")
-        return [b for b in backends if residency.permits(b.place)]
-
-    def _plan(self, model: str, residency: RequestResidency, policy: str) -> _Plan:
+    def plan(self, route: Route, bound: RequestResidency) -> _Plan:
+        """The allowed backends of `route` under `bound` (which must already include the route's residency)."""
         if self._plans_table is not self.table:  # `up` swapped the table: every plan is stale
             self._plans.clear()
             self._plans_table = self.table
-        key = (model, residency, policy)
+        key = (route.name, route.deployments, bound)
         plan = self._plans.get(key)
         if plan is None:
-            allowed = tuple(self.allowed(model, residency))
-            plan = _Plan(allowed, tuple(get_policy(policy).tiers(allowed)))
+            allowed = tuple(b for b in route.backends if bound.permits(b.place))
+            plan = _Plan(allowed, tuple(get_policy(route.policy).tiers(allowed)))
             if len(self._plans) >= _MAX_PLANS:
                 self._plans.clear()
             self._plans[key] = plan
         return plan
 
-    async def send(
-        self,
-        model: str,
-        residency: RequestResidency,
-        call: Callable[[Backend], Awaitable[T]],
-        policy: str = "cost",
-    ) -> tuple[T, Backend]:
-        """Run `call` on the best allowed backend, failing over on RetryableError; fail closed when none is left."""
-        plan = self._plan(model, residency, policy)
+    def healthy(self, backends: tuple[Backend, ...]) -> list[Backend]:
+        """Those whose circuit is closed (what /readyz counts)."""
+        return [b for b in backends if not self.breaker.is_open(b.id)]
+
+    async def send(self, route: Route, residency: RequestResidency, call: Callable[[Backend], Awaitable[T]],
+                   observe: Observer = _ignore) -> tuple[T, Backend]:
+        """Run `call` on the best allowed backend; resend only undelivered attempts; fail closed when none is left."""
+        return await self._dispatch(route, residency, call, observe, stream=False)
+
+    async def send_stream(self, route: Route, residency: RequestResidency,
+                          call: Callable[[Backend], Awaitable[AsyncIterator[Any]]], observe: Observer = _ignore
+                          ) -> tuple[AsyncIterator[Any], Backend]:
+        """As `send`, for a call returning a stream: the stream stays in flight (and under the idle-chunk timeout)
+        until it ends, and its outcome is observed then."""
+        return await self._dispatch(route, residency, call, observe, stream=True)
+
+    async def _dispatch(self, route: Route, residency: RequestResidency, call: Callable[[Backend], Awaitable[Any]],
+                        observe: Observer, *, stream: bool) -> tuple[Any, Backend]:
+        bound = residency.bound_by(route.residency)
+        plan = self.plan(route, bound)
         if not plan.allowed:
             raise NoAllowedBackend(
-                f"no backend of model {model!r} is in {residency.describe()}; the request was not sent anywhere")
-        ranker = get_policy(policy)
+                f"no backend of {route.name!r} is in {bound.describe()}; the request was not sent anywhere")
+        ranker = get_policy(route.policy)
         tried: set[str] = set()
-        last: Exception | None = None
+        counted: set[str] = set()  # at most one breaker failure per request per backend
+        last: AttemptFailed | None = None
         for attempt in range(self.max_attempts):
-            backend = self._choose(model, plan, ranker, tried)
+            backend = self._choose(route, plan, ranker, tried)
             if backend is None:
                 break
-            if not residency.permits(backend.place):  # defence in depth: never send outside the gate
-                raise NoAllowedBackend(f"refused to send to {backend.target}: outside {residency.describe()}")
+            if not bound.permits(backend.place):  # defence in depth: never send outside the gate
+                raise NoAllowedBackend(f"refused to send to {backend.target}: outside {bound.describe()}")
             tried.add(backend.id)
             try:
-                return await self._call(backend, call), backend
-            except RetryableError as exc:
+                return await self._attempt(backend, call, observe, counted, stream=stream), backend
+            except AttemptFailed as exc:
+                if not exc.resend:
+                    error = UpstreamTimeout if isinstance(exc, TimedOut) else UpstreamError
+                    raise error(f"{backend.target}: {exc}; not resent, since it may have been received") from None
                 last = exc
                 if attempt + 1 < self.max_attempts:
                     await self.sleep(self.backoff_s * (2 ** attempt))
         raise NoAllowedBackend(
-            f"no healthy backend of model {model!r} is left in {residency.describe()} "
+            f"no healthy backend of {route.name!r} is left in {bound.describe()} "
             f"({len(plan.allowed)} allowed, {len(tried)} tried: {', '.join(sorted(tried)) or 'none'}); "
             f"the request was not sent outside it" + (f"; last error: {last}" if last else ""))
 
-    def _choose(self, model: str, plan: _Plan, ranker: RoutingPolicy, tried: set[str]) -> Backend | None:
-        """The policy's choice among the allowed backends whose circuit is closed, untried ones first (once none
-        is left a tried one may be retried: a Serve app has several replicas, so the retry usually lands on a
-        live one), below `max_in_flight`. None when no allowed backend is available at all."""
+    def _fail(self, backend: Backend, exc: AttemptFailed, counted: set[str]) -> None:
+        if exc.down:
+            self.breaker.trip(backend.id)
+        elif exc.counts and backend.id not in counted:
+            self.breaker.failure(backend.id)
+        else:
+            self.breaker.release(backend.id)
+        counted.add(backend.id)
+
+    async def _attempt(self, backend: Backend, call: Callable[[Backend], Awaitable[Any]], observe: Observer,
+                       counted: set[str], *, stream: bool) -> Any:
+        bid = backend.id
+        self.breaker.begin(bid)
+        self.in_flight[bid] = self.in_flight.get(bid, 0) + 1
+        start = self.clock()
+        handed_over = False
+        try:
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    result = await call(backend)
+            except TimeoutError:
+                timed_out = TimedOut(f"no answer within {self.timeout_s:g} s")
+                self._fail(backend, timed_out, counted)
+                observe(backend, timed_out.outcome)
+                raise timed_out from None
+            except AttemptFailed as exc:
+                self._fail(backend, exc, counted)
+                observe(backend, exc.outcome)
+                raise
+            except RouterError:  # the backend refused the request itself (4xx): it is healthy, nothing to resend
+                self.breaker.release(bid)
+                observe(backend, "rejected")
+                raise
+            except BaseException:  # cancelled (the client went away), or a bug: no verdict on the backend
+                self.breaker.release(bid)
+                observe(backend, "cancelled")
+                raise
+            self._observe_latency(bid, start)
+            self.breaker.success(bid)
+            if stream:
+                handed_over = True
+                return self._rest(backend, result, observe, counted)
+            observe(backend, "ok")
+            return result
+        finally:
+            if not handed_over:
+                self.in_flight[bid] -= 1
+
+    async def _rest(self, backend: Backend, stream: AsyncIterator[Any], observe: Observer, counted: set[str]
+                    ) -> AsyncIterator[Any]:
+        """The stream as the client reads it: in flight until it ends; each chunk bounded by the idle timeout."""
+        outcome = "cancelled"
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self.chunk_timeout_s):
+                        chunk = await anext(stream)
+                except StopAsyncIteration:
+                    outcome = "ok"
+                    return
+                except TimeoutError:
+                    outcome = "timeout"
+                    self._fail(backend, TimedOut("stream idle"), counted)
+                    raise UpstreamTimeout(f"{backend.target} sent nothing for {self.chunk_timeout_s:g} s") from None
+                except AttemptFailed as exc:
+                    outcome = "stream_interrupted"
+                    self._fail(backend, exc, counted)
+                    raise UpstreamError(f"{backend.target}: the stream broke ({exc})") from None
+                yield chunk
+        finally:
+            self.in_flight[backend.id] -= 1
+            close = getattr(stream, "aclose", None)
+            if close is not None:
+                try:
+                    await close()
+                except BaseException:  # closing a broken or cancelled stream must not hide the real outcome
+                    pass
+            observe(backend, outcome)
+
+    def _observe_latency(self, bid: str, start: float) -> None:
+        elapsed = (self.clock() - start) * 1000
+        prev = self.latency_ms.get(bid)
+        self.latency_ms[bid] = elapsed if prev is None else prev + self.ewma_alpha * (elapsed - prev)
+
+    def _choose(self, route: Route, plan: _Plan, ranker: RoutingPolicy, tried: set[str]) -> Backend | None:
+        """The policy's choice among the allowed backends whose circuit admits a request, untried ones first (once
+        none is left a tried one may be retried: a Serve app has several replicas, so a retry after one replica's
+        undelivered failure usually lands on a live one), below `max_in_flight`. None when none is available."""
         check = self.breaker.any_open()
         in_flight, latency, cap = self.in_flight, self.latency_ms, self.max_in_flight
         for skip in ((tried, frozenset()) if tried else (frozenset(),)):
@@ -141,22 +240,5 @@ class Dispatcher:
                 if free:
                     return ranker.choose(free, self.rng).backend
             if healthy:
-                raise Saturated(f"all {healthy} allowed backends of {model!r} are at capacity", retry_after_s=1)
+                raise Saturated(f"all {healthy} allowed backends of {route.name!r} are at capacity", retry_after_s=1)
         return None
-
-    async def _call(self, backend: Backend, call: Callable[[Backend], Awaitable[T]]) -> T:
-        self.in_flight[backend.id] = self.in_flight.get(backend.id, 0) + 1
-        start = self.clock()
-        try:
-            result = await call(backend)
-        except RetryableError as exc:
-            if exc.eject:
-                self.breaker.failure(backend.id)
-            raise
-        finally:
-            self.in_flight[backend.id] -= 1
-        elapsed = (self.clock() - start) * 1000
-        prev = self.latency_ms.get(backend.id)
-        self.latency_ms[backend.id] = elapsed if prev is None else prev + self.ewma_alpha * (elapsed - prev)
-        self.breaker.success(backend.id)
-        return result

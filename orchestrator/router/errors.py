@@ -60,3 +60,61 @@ class NoAllowedBackend(RouterError):
 
 class UpstreamError(RouterError):
     status, type, code = 502, "api_error", "upstream_error"
+
+
+class AmbiguousModel(RouterError):
+    """A bare model name served by deployments that differ in residency or policy: the client must pick one."""
+
+    status, type, code = 400, "invalid_request_error", "ambiguous_model"
+
+
+class RequestTooLarge(RouterError):
+    status, type, code = 413, "invalid_request_error", "request_too_large"
+
+
+class UpstreamTimeout(RouterError):
+    status, type, code = 504, "api_error", "upstream_timeout"
+
+
+# -- one attempt's verdict, classified once by the transport that made it ------------------------------------------
+# The dispatcher never guesses: a transport maps its library's failures onto these in one function, and the
+# dispatcher resends only what was never delivered or what the backend said it did not process.
+
+
+class AttemptFailed(Exception):
+    """One send to one backend failed. `resend` says whether another allowed backend may be tried; `outcome` is
+    what the audit trail records for the attempt; `down` says the backend is known to have no live replica."""
+
+    resend: bool = False
+    outcome: str = "failed"
+    counts: bool = True  # against the backend's circuit breaker
+
+    def __init__(self, message: str, *, down: bool = False):
+        super().__init__(message)
+        self.down = down
+
+
+class NotDelivered(AttemptFailed):
+    """The payload never left (connect refused, no live replica): safe to try another allowed backend."""
+
+    resend, outcome = True, "not_sent"
+
+
+class Refused(AttemptFailed):
+    """The backend received the request and answered that it did not process it (HTTP 503, 429)."""
+
+    resend, outcome = True, "refused"
+
+    def __init__(self, message: str, *, throttled: bool = False):
+        super().__init__(message)
+        self.counts = not throttled  # a throttled backend is busy, not broken
+
+
+class Failed(AttemptFailed):
+    """The payload may have been received (dropped connection, 5xx, engine crash): never resent anywhere."""
+
+
+class TimedOut(Failed):
+    """No answer in time after the payload left: never resent, it may still be processed."""
+
+    outcome = "timeout"

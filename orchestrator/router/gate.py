@@ -1,6 +1,7 @@
-"""The request-side residency gate: the tenant's bound, narrowed (never widened) by `X-Sovra-Residency`.
+"""The request-side residency gate: the tenant's bound, narrowed (never widened) by `X-Sovra-Residency`, and by
+the residency of the deployment the request addresses.
 
-Every send of a payload asks `RequestResidency.permits(backend)`, which calls the planner's residency function.
+Every send of a payload asks `RequestResidency.permits(place)`, which calls the planner's residency function.
 """
 
 from __future__ import annotations
@@ -46,10 +47,11 @@ def _within(bound: Residency, narrow: Residency) -> list[str]:
 
 @dataclass(frozen=True)
 class RequestResidency:
-    """The residency one request is bound by: the tenant's, intersected with the header's."""
+    """The residency one request is bound by: the tenant's ∩ the header's ∩ the addressed deployment's."""
 
     tenant: Residency
     header: Residency | None = None
+    deployment: Residency | None = None
 
     @classmethod
     def build(cls, tenant: Residency, header_value: str | None) -> RequestResidency:
@@ -58,11 +60,23 @@ class RequestResidency:
 
     def permits(self, place: Place) -> bool:
         """May this request's payload be processed at `place`? The one check before every send."""
-        return allows(self.tenant, place) and (self.header is None or allows(self.header, place))
+        return (allows(self.tenant, place) and (self.header is None or allows(self.header, place))
+                and (self.deployment is None or allows(self.deployment, place)))
+
+    def bound_by(self, deployment: Residency) -> RequestResidency:
+        """This bound intersected with a deployment's residency (cached: few distinct pairs)."""
+        return _bound(self, deployment)
 
     def describe(self) -> str:
-        """For error messages and the audit trail."""
-        return self.tenant.describe() if self.header is None else self.header.describe()
+        """For error messages and the audit trail: every restricting part, e.g. `zones [EU] ∩ countries [FR]`."""
+        parts = [r.describe() for r in (self.tenant, self.header, self.deployment)
+                 if r is not None and not r.unrestricted]
+        return " ∩ ".join(dict.fromkeys(parts)) or "unrestricted"
+
+
+@functools.lru_cache(maxsize=4096)
+def _bound(request: RequestResidency, deployment: Residency) -> RequestResidency:
+    return RequestResidency(request.tenant, request.header, deployment)
 
 
 # A pure function of two immutable values, asked on every request with the same few (tenant, header) pairs: cached,

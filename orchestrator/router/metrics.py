@@ -1,4 +1,9 @@
-"""Prometheus metrics of one router replica (own registry, so several apps in one process don't clash)."""
+"""Prometheus metrics of one router replica (own registry, so several apps in one process don't clash).
+
+Labels never take client input: `deployment` is a resolved deployment name (or "-" when none resolved), `target`
+and `zone` come from the routing table, `status` from a fixed set of codes. So a flood of bogus model names adds
+no series.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,27 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 
 
 class RouterMetrics:
-    """Requests by model/target/zone/status, and their latency."""
+    """Requests by deployment/target/zone/status, their latency, and the router's own time per request."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("sovra_requests_total", "Requests answered", ["model", "target", "zone", "status"],
-                                registry=self.registry)
-        self.latency = Histogram("sovra_request_seconds", "Request latency", ["model", "target"],
+        self.requests = Counter("sovra_requests_total", "Requests answered",
+                                ["deployment", "target", "zone", "status"], registry=self.registry)
+        self.latency = Histogram("sovra_request_seconds", "Request latency", ["deployment", "target"],
                                  registry=self.registry,
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.overhead_s = Histogram("sovra_router_overhead_seconds",
+                                    "Time a request spent in the router itself (not waiting on a backend)",
+                                    registry=self.registry,
+                                    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05))
 
-    def observe(self, model: str, target: str, zone: str, status: int, seconds: float) -> None:
-        self.requests.labels(model, target, zone, str(status)).inc()
-        self.latency.labels(model, target).observe(seconds)
+    def observe(self, deployment: str, target: str, zone: str, status: int, seconds: float) -> None:
+        code = str(status) if 100 <= status <= 599 else "other"
+        self.requests.labels(deployment, target, zone, code).inc()
+        self.latency.labels(deployment, target).observe(seconds)
+
+    def overhead(self, seconds: float) -> None:
+        self.overhead_s.observe(seconds)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -28,7 +28,7 @@ class Prober:
 
     async def probe_once(self) -> dict[str, bool]:
         breaker = self.dispatcher.breaker
-        ejected = [b for bs in self.dispatcher.table.by_model.values() for b in bs if breaker.is_open(b.id)]
+        ejected = [b for b in self.dispatcher.table.backends if breaker.is_open(b.id)]
         results: dict[str, bool] = {}
         for b, ok in zip(ejected, await asyncio.gather(*(self._probe(b) for b in ejected)), strict=True):
             if ok is None:

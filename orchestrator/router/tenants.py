@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Sequence
@@ -10,8 +11,9 @@ from dataclasses import dataclass
 from orchestrator.router.errors import Unauthorized
 from orchestrator.spec.common import Residency
 from orchestrator.spec.org import Tenant
+from orchestrator.spec.zones import GLOBAL
 
-OPEN_TENANT = Tenant(name="open", key_sha256="0" * 64, residency=Residency())
+OPEN_TENANT = Tenant(name="open", key_sha256="0" * 64, residency=Residency(zones=(GLOBAL,)))
 
 
 @dataclass(frozen=True)
@@ -43,3 +45,13 @@ class TenantDirectory:
         if found is None:
             raise Unauthorized("invalid API key")
         return found
+
+    @staticmethod
+    def visible(tenant: Tenant) -> frozenset[str] | None:
+        """The deployments `tenant` may address (None = all); others answer 404 as if they did not exist."""
+        return _visible(tenant)
+
+
+@functools.lru_cache(maxsize=1024)
+def _visible(tenant: Tenant) -> frozenset[str] | None:
+    return None if tenant.deployments is None else frozenset(tenant.deployments)

@@ -2,10 +2,10 @@
 
 from orchestrator.spec.common import Accelerator, ManagedModel, Operator, Residency
 from orchestrator.spec.deployment import Deployment
-from orchestrator.spec.org import Catalog, Cluster, Credit, Org, Tenant
+from orchestrator.spec.org import Admin, Catalog, Cluster, Credit, Org, Tenant
 from orchestrator.spec.target import Target
 
 __all__ = [
-    "Accelerator", "Catalog", "Cluster", "Credit", "Deployment", "ManagedModel", "Operator", "Org", "Residency",
+    "Accelerator", "Admin", "Catalog", "Cluster", "Credit", "Deployment", "ManagedModel", "Operator", "Org", "Residency",
     "Target", "Tenant",
 ]

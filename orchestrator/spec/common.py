@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from orchestrator.spec.zones import GLOBAL, normalize_country, normalize_zone
 
@@ -36,6 +44,15 @@ class Residency(Frozen):
     @classmethod
     def _dedupe(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _sovereign_needs_a_place(self) -> Residency:
+        # `sovereign` narrows an allowed place by its operator's law; with no place named it would silently mean
+        # "anywhere", the opposite of what whoever wrote it wanted.
+        if self.sovereign and not self.zones and not self.countries:
+            raise ValueError("sovereign: true needs the zones or countries to be sovereign to, e.g. "
+                             "{zones: [EU], sovereign: true} or {countries: [FR], sovereign: true}")
+        return self
 
     @property
     def unrestricted(self) -> bool:

@@ -127,14 +127,14 @@ def _explain(model: type[BaseModel], err: Mapping[str, Any], data: Any) -> str:
         hint = f"did you mean {close[0]!r}? " if close else ""
         return f"unknown key; {hint}valid keys: {', '.join(allowed)}"
     if kind == "missing":
-        return "required field is missing"
+        described = _describe(model, loc)
+        return "required field is missing" + (f": {described}" if described else "")
     if kind == "string_pattern_mismatch":
         described = _describe(model, loc)
         return f"{err.get('input')!r} is not valid here" + (f": {described}" if described else f" ({msg})")
     if kind.startswith(("date_", "datetime_")):
         return f"{msg}; expected a date like 2027-06-30 (got {err.get('input')!r})"
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+    msg = msg.removeprefix("Value error, ")
     got = err.get("input")
     if kind not in ("value_error", "assertion_error") and not isinstance(got, (dict, list)):
         return f"{msg} (got {got!r})"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from orchestrator.spec.common import Frozen, Name, Operator, Residency, Usd
 from orchestrator.spec.target import Target
@@ -25,6 +25,15 @@ class Cluster(Target):
     cloud: str = Field(default="onprem", min_length=1)
     region: str = Field(default="", description="Site name; defaults to the cluster id.")
     operator: Operator = Field(description="Usually {name: self, jurisdiction: <your country>}.")
+    auth_token_file: str | None = Field(
+        default=None, description="File holding the Ray token of the cluster at `address` (absolute, or relative to "
+        "the working directory; ~ expands). Default: $RAY_AUTH_TOKEN, else the file $RAY_AUTH_TOKEN_PATH. Sovra "
+        "never reads ~/.ray; the local Ray's token is Sovra's own, under $SOVRA_HOME.")
+    router_host: str = Field(
+        default="0.0.0.0", min_length=1, description="Where the router on the cluster at `address` listens (its "
+        "head node). A non-loopback host needs tenants in org.yaml: with none the router is open. Clusters sharing "
+        "an address share one router, so they must agree.")
+    router_port: int = Field(default=8000, ge=1, le=65535, description="The router's port on that cluster.")
 
     @model_validator(mode="before")
     @classmethod
@@ -33,13 +42,46 @@ class Cluster(Target):
             return {**data, "region": data["id"]}
         return data
 
+    @model_validator(mode="after")
+    def _remote_only(self) -> Cluster:
+        # The local Ray's router always listens on 127.0.0.1 (port: --port or $SOVRA_ROUTER_PORT) and its token
+        # is Sovra's own: these fields would be silently ignored there.
+        given = sorted({"auth_token_file", "router_host", "router_port"} & self.model_fields_set)
+        if given and not self.address:
+            raise ValueError(f"{', '.join(given)} apply to a cluster with an `address`; the local Ray's router "
+                             "listens on 127.0.0.1 ($SOVRA_ROUTER_PORT) and its token is Sovra's own")
+        return self
+
 
 class Tenant(Frozen):
-    """An API consumer, bound to a residency it can never widen."""
+    """An API consumer, bound to a residency it can never widen, and optionally to some deployments."""
 
     name: Name
     key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 hex digest of the tenant's API key.")
-    residency: Residency = Residency()
+    # No default: a tenant that forgot its residency must not silently become unrestricted.
+    residency: Residency = Field(
+        description="where this tenant's data may be processed, e.g. {zones: [EU]} or {countries: [FR, DE]}; "
+        "unrestricted must be spelled out as {zones: [GLOBAL]}")
+    deployments: tuple[Name, ...] | None = Field(
+        default=None, description="Deployments this tenant may call; others answer 404 as if they did not exist. "
+        "Omitted = every deployment.")
+
+    @field_validator("residency")
+    @classmethod
+    def _stated(cls, value: Residency) -> Residency:
+        if not value.zones and not value.countries:
+            raise ValueError("a tenant's residency must name zones or countries, e.g. {zones: [EU]}; "
+                             "for an unrestricted tenant write {zones: [GLOBAL]}")
+        return value
+
+
+class Admin(Frozen):
+    """Someone who may read the audit trail through the router (`sovra audit`); a tenant key never can."""
+
+    name: Name
+    key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$",
+                            description="sha256 hex digest of the admin's key (sent by `sovra audit` from "
+                                        "$SOVRA_ADMIN_KEY).")
 
 
 class LicenseRule(Frozen):
@@ -66,7 +108,23 @@ class Org(Frozen):
     credits: tuple[Credit, ...] = ()
     clusters: tuple[Cluster, ...] = ()
     tenants: tuple[Tenant, ...] = ()
+    admins: tuple[Admin, ...] = Field(
+        default=(), description="Who may read the audit trail through the router; their keys are not tenants' keys.")
     policy: OrgPolicy = OrgPolicy()
+
+    @model_validator(mode="after")
+    def _one_router_per_address(self) -> Org:
+        by_address: dict[str, list[Cluster]] = {}
+        for c in self.clusters:
+            if c.address:
+                by_address.setdefault(c.address, []).append(c)
+        for address, cs in sorted(by_address.items()):
+            seen = {(c.router_host, c.router_port, c.auth_token_file) for c in cs}
+            if len(seen) > 1:
+                raise ValueError(
+                    f"clusters {', '.join(c.id for c in cs)} share address {address} (one Ray cluster, one router) "
+                    "but differ in router_host, router_port or auth_token_file; give them the same values")
+        return self
 
     @model_validator(mode="after")
     def _unique(self) -> Org:
@@ -77,7 +135,21 @@ class Org(Frozen):
         keys = [t.key_sha256 for t in self.tenants]
         if len(set(keys)) != len(keys):
             raise ValueError("two tenants share one key_sha256; each tenant needs its own key")
+        self._unique_admins(set(keys))
         return self
+
+    def _unique_admins(self, tenant_keys: set[str]) -> None:
+        names = [a.name for a in self.admins]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate admin name: {', '.join(dupes)}")
+        keys = [a.key_sha256 for a in self.admins]
+        if len(set(keys)) != len(keys):
+            raise ValueError("two admins share one key_sha256; each admin needs its own key")
+        shared = sorted(a.name for a in self.admins if a.key_sha256 in tenant_keys)
+        if shared:
+            raise ValueError(f"admin {', '.join(shared)} uses a tenant's key_sha256: an admin key must not be "
+                             "usable to send requests, nor a tenant key to read the audit trail")
 
 
 class Catalog(Frozen):

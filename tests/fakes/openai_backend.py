@@ -23,6 +23,8 @@ class FakeBackend:
     received: list[dict] = field(default_factory=list)
     failing: bool = False
     delay_s: float = 0.0
+    chunk_gap_s: float = 0.0  # pause between streamed chunks
+    odd_error: bool = False   # answer 400 with `{"error": "text"}`, a shape some servers send
 
     def app(self) -> Starlette:
         async def chat(request: Request):
@@ -30,6 +32,8 @@ class FakeBackend:
             self.received.append(body)
             if self.failing:
                 return JSONResponse({"error": {"message": "down", "type": "api_error"}}, status_code=503)
+            if self.odd_error:
+                return JSONResponse({"error": "quota text, not an object"}, status_code=400)
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
             text = f"served-by {self.name}"
@@ -37,6 +41,8 @@ class FakeBackend:
             if body.get("stream"):
                 async def events():
                     for i, word in enumerate(text.split()):
+                        if self.chunk_gap_s:
+                            await asyncio.sleep(self.chunk_gap_s)
                         chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
                                  "choices": [{"index": 0, "delta": {"content": (" " if i else "") + word},
                                               "finish_reason": None}]}

@@ -1,5 +1,7 @@
 """HttpClient over real sockets, with both of its transports (aiohttp, the router's default; an injected httpx
-client, the SDK's): the same answers, and the same failures sorted into retryable (nothing was answered) or not."""
+client, the SDK's): the same answers, and every failure given the same verdict: never delivered (connection
+refused) may be resent; refused by the backend (503) may be resent; anything after the payload left (a hang-up, a
+torn stream, a reply that is not a JSON object, an endless SSE line) is never resent."""
 
 from __future__ import annotations
 
@@ -15,11 +17,10 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from orchestrator.router.backends import Backend
-from orchestrator.router.clients import HttpClient
-from orchestrator.router.dispatch import RetryableError
-from orchestrator.router.errors import RouterError, UpstreamError
+from orchestrator.router.clients import MAX_SSE_LINE, HttpClient
+from orchestrator.router.errors import Failed, NotDelivered, Refused, RouterError
 from policies.residency import Place
+from tests import factories
 from tests.fakes.openai_backend import FakeBackend, ServerThread
 
 pytestmark = pytest.mark.integration
@@ -60,11 +61,18 @@ def _odd_backend() -> Starlette:
 
 @pytest.fixture(scope="module")
 def servers():
-    fake, slow, failing = FakeBackend("ok"), FakeBackend("slow", delay_s=2.0), FakeBackend("down", failing=True)
+    fake, failing = FakeBackend("ok"), FakeBackend("down", failing=True)
+    odd_error = FakeBackend("odd-error", odd_error=True)
     threads = {k: ServerThread(app).__enter__()
-               for k, app in {"ok": fake.app(), "slow": slow.app(), "down": failing.app(), "odd": _odd_backend()}.items()}
+               for k, app in {"ok": fake.app(), "down": failing.app(), "odd": _odd_backend(),
+                              "odd_error": odd_error.app()}.items()}
+    endless = b"data: " + b"x" * (MAX_SSE_LINE + 10)
     raw = {"hangup": RawServer(b""),
-           "torn": RawServer(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")}
+           "torn": RawServer(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"),
+           "not_object": RawServer(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 7\r\n"
+                                   b"\r\n[1,2,3]"),
+           "endless": RawServer(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: "
+                                + str(len(endless)).encode() + b"\r\n\r\n" + endless)}
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         refused = f"http://127.0.0.1:{s.getsockname()[1]}"  # bound, never listening: connection refused
@@ -75,12 +83,12 @@ def servers():
         r.close()
 
 
-def backend(url: str) -> Backend:
-    return Backend(id="m@x", model="m", target="x", place=Place("EU", "FR", "FR", "self"), kind="http", address=url)
+def backend(url: str):
+    return factories.backend("x", Place("EU", "FR", "FR", "self"), kind="http", address=url)
 
 
-TRANSPORTS = {"aiohttp": lambda: HttpClient(timeout_s=0.5),
-              "httpx": lambda: HttpClient(httpx.AsyncClient(timeout=httpx.Timeout(0.5, connect=2.0)))}
+TRANSPORTS = {"aiohttp": lambda: HttpClient(),
+              "httpx": lambda: HttpClient(httpx.AsyncClient(timeout=httpx.Timeout(None, connect=2.0)))}
 
 
 def run(transport: str, scenario):
@@ -111,25 +119,27 @@ def test_answers_streams_and_embeddings(servers, transport):
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-@pytest.mark.parametrize("where", ["refused", "hangup", "down"])
-def test_nothing_answered_is_retryable(servers, transport, where):
+@pytest.mark.parametrize(("where", "verdict"), [("refused", NotDelivered), ("down", Refused), ("hangup", Failed),
+                                                ("torn", Failed), ("not_object", Failed), ("endless", Failed)])
+def test_each_failure_gets_one_verdict_on_every_transport(servers, transport, where, verdict):
     for op in ("chat", "chat_stream"):
-        with pytest.raises(RetryableError):
-            run(transport, lambda c, op=op: getattr(c, op)(backend(servers[where]), BODY))
+        with pytest.raises(verdict) as exc:
+            async def scenario(c, op=op):
+                result = await getattr(c, op)(backend(servers[where]), BODY)
+                if op == "chat_stream":
+                    return [chunk async for chunk in result]
+                return result
+
+            run(transport, scenario)
+        assert exc.value.resend is (verdict is not Failed)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_a_stream_torn_before_its_first_chunk_is_retryable(servers, transport):
-    with pytest.raises(RetryableError, match="before the first chunk"):
-        run(transport, lambda c: c.chat_stream(backend(servers["torn"]), BODY))
-
-
-@pytest.mark.parametrize("transport", TRANSPORTS)
-def test_a_slow_answer_is_an_upstream_timeout_and_a_4xx_is_passed_through(servers, transport):
-    with pytest.raises(UpstreamError, match="timed out"):
-        run(transport, lambda c: c.chat(backend(servers["slow"]), BODY))
+def test_a_4xx_is_passed_through_and_an_odd_error_body_keeps_its_message(servers, transport):
     with pytest.raises(RouterError) as exc:
         run(transport, lambda c: c.chat(backend(servers["odd"]), {**BODY, "messages": [
             {"role": "user", "content": "reject"}]}))
-    assert not isinstance(exc.value, RetryableError)
     assert (exc.value.status, exc.value.code, exc.value.message) == (400, "bad", "bad messages")
+    with pytest.raises(RouterError) as odd:
+        run(transport, lambda c: c.chat(backend(servers["odd_error"]), BODY))
+    assert (odd.value.status, odd.value.message) == (400, "quota text, not an object")

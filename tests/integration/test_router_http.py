@@ -8,17 +8,19 @@ import json
 import httpx
 import openai
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from orchestrator.router.app import RouterState, create_app
 from orchestrator.router.audit import AuditLog, read
-from orchestrator.router.backends import Backend, RoutingTable
+from orchestrator.router.backends import RoutingTable
 from orchestrator.router.clients import HttpClient
 from orchestrator.router.dispatch import Dispatcher
 from orchestrator.router.tenants import TenantDirectory
 from orchestrator.spec import Residency
 from orchestrator.spec.org import Tenant
 from policies.residency import Place
+from tests import factories
 from tests.fakes.openai_backend import FakeBackend, ServerThread
 
 EU_KEY, US_KEY, ANY_KEY = "sk-test-eu", "sk-test-us", "sk-test-any"
@@ -35,14 +37,23 @@ def stack(tmp_path_factory):
     places = {"paris": Place("EU", "FR", "FR", "self"), "frankfurt": Place("EU", "DE", "US", "amazon"),
               "virginia": Place("US", "US", "US", "amazon")}
     servers = {k: ServerThread(f.app()).__enter__() for k, f in fakes.items()}
-    backends = [Backend(id=f"m@{fakes[k].name}", model="m", target=fakes[k].name, place=places[k],
-                        cost={"virginia": 0.1, "paris": 1.0, "frankfurt": 2.0}[k], kind="http", address=servers[k].url)
-                for k in fakes]
+
+    def b(k, deployment="m", model="m", residency=None, cost=None):
+        return factories.backend(fakes[k].name, places[k], deployment=deployment, model=model, residency=residency,
+                                 cost=cost if cost is not None else {"virginia": 0.1, "paris": 1.0, "frankfurt": 2.0}[k],
+                                 kind="http", address=servers[k].url)
+
+    fr, eu = Residency(countries=("FR",)), Residency(zones=("EU",))
+    backends = [b(k) for k in fakes] + [
+        # `legal` (FR) shares its model with `support` (EU); its table even lists a cheaper German backend, as a
+        # model-keyed table would have: the deployment's own residency must keep every request off it.
+        b("paris", "legal", "mistral", fr), b("frankfurt", "legal", "mistral", fr, cost=0.5),
+        b("paris", "support", "mistral", eu), b("frankfurt", "support", "mistral", eu)]
     audit_path = tmp_path_factory.mktemp("audit") / "audit.jsonl"
     tenants = TenantDirectory.of([
         Tenant(name="eu-bank", key_sha256=sha(EU_KEY), residency=Residency(zones=("EU",))),
-        Tenant(name="us-retail", key_sha256=sha(US_KEY), residency=Residency(zones=("US",))),
-        Tenant(name="global", key_sha256=sha(ANY_KEY), residency=Residency())])
+        Tenant(name="us-retail", key_sha256=sha(US_KEY), residency=Residency(zones=("US",)), deployments=("m",)),
+        Tenant(name="global", key_sha256=sha(ANY_KEY), residency=Residency(zones=("GLOBAL",)))])
     state = RouterState(Dispatcher(RoutingTable.of(backends), backoff_s=0.0), tenants, {"http": HttpClient()},
                         AuditLog(audit_path))
     router = ServerThread(create_app(state)).__enter__()
@@ -52,6 +63,8 @@ def stack(tmp_path_factory):
         s.__exit__()
     # invariant: the EU tenant's payloads never reached the US backend
     assert not [b for b in fakes["virginia"].received if "eu-secret" in json.dumps(b)]
+    # invariant: nothing addressed to `legal` (FR only) ever reached Germany
+    assert not [b for b in fakes["frankfurt"].received if b.get("model") == "legal"]
 
 
 def client(stack, key=EU_KEY, **headers) -> openai.OpenAI:
@@ -76,7 +89,7 @@ def test_openai_client_streaming_chat(stack):
 def test_openai_client_embeddings_and_models(stack):
     emb = client(stack).embeddings.create(model="m", input=["abc", "de"])
     assert [d.embedding[0] for d in emb.data] == [3.0, 2.0]
-    assert [m.id for m in client(stack).models.list()] == ["m"]
+    assert [m.id for m in client(stack).models.list()] == ["legal", "m", "support"]  # deployments, by name
 
 
 def test_us_tenant_goes_to_the_us_backend(stack):
@@ -135,9 +148,8 @@ def test_audit_has_one_line_per_request_with_target_and_no_payload(stack):
 
 def test_metrics_and_healthz(stack):
     m = httpx.get(stack["url"] + "/metrics")
-    assert m.status_code == 200 and "sovra_requests_total" in m.text
-    h = httpx.get(stack["url"] + "/healthz").json()
-    assert h["status"] == "ok" and h["backends"] == 3
+    assert m.status_code == 200 and "sovra_requests_total" in m.text and "sovra_router_overhead_seconds" in m.text
+    assert httpx.get(stack["url"] + "/healthz").json() == {"status": "ok"}
 
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
@@ -174,7 +186,7 @@ def test_fuzzed_requests_get_json_4xx_never_500(stack, body, residency, path):
 
 # -- the routing SDK ---------------------------------------------------------------------------------------------
 
-from orchestrator import sdk  # noqa: E402
+from orchestrator import sdk
 
 
 def test_sdk_proxy_mode_sync_stream_and_typed_errors(stack):
@@ -184,19 +196,21 @@ def test_sdk_proxy_mode_sync_stream_and_typed_errors(stack):
         chunks = list(c.chat_stream("m", [{"role": "user", "content": "eu-secret sdk stream"}]))
         assert "".join(ch["choices"][0]["delta"].get("content", "") for ch in chunks if ch["choices"]) \
             == "served-by aws-sagemaker/eu-central-1"
-        assert c.models() == ["m"]
+        assert c.models() == ["legal", "m", "support"]
     with sdk.Client(stack["url"], api_key=EU_KEY, residency=["US"]) as c:
         with pytest.raises(sdk.PermissionDeniedError):
             c.chat("m", [{"role": "user", "content": "x"}])
-    with sdk.Client(stack["url"], api_key="sk-nope") as c:
-        with pytest.raises(sdk.AuthenticationError):
-            c.embed("m", "x")
+    with sdk.Client(stack["url"], api_key="sk-nope") as c, pytest.raises(sdk.AuthenticationError):
+        c.embed("m", "x")
 
 
 def test_routes_expose_only_what_the_tenant_may_reach(stack):
     r = httpx.get(stack["url"] + "/v1/routes", headers={"Authorization": f"Bearer {EU_KEY}"}).json()
     assert r["residency"]["zones"] == ["EU"]
-    assert {b["zone"] for b in r["models"]["m"]} == {"EU"}
+    assert {b["place"]["zone"] for b in r["deployments"]["m"]["backends"]} == {"EU"}
+    assert [b["target"] for b in r["deployments"]["legal"]["backends"]] == ["onprem-paris"]  # tenant ∩ deployment
+    us = httpx.get(stack["url"] + "/v1/routes", headers={"Authorization": f"Bearer {US_KEY}"}).json()
+    assert list(us["deployments"]) == ["m"]  # a tenant limited to `m` does not learn the others exist
 
 
 def test_sdk_direct_mode_obeys_residency_policy_and_fails_closed(stack):
@@ -248,3 +262,149 @@ def test_sdk_direct_mode_fetches_the_routing_table_once_for_concurrent_first_cal
 
     asyncio.run(scenario())
     assert len(fetched) == 1
+
+
+# -- a deployment's residency binds its requests (issue 7, item 2) -----------------------------------------------
+
+def test_a_deployment_binds_its_requests_whatever_the_tenant_allows(stack):
+    for key in (ANY_KEY, EU_KEY):
+        for _ in range(10):
+            raw = client(stack, key).chat.completions.with_raw_response.create(
+                model="legal", messages=[{"role": "user", "content": "eu-secret contract"}])
+            assert raw.headers["X-Sovra-Target"] == "onprem-paris"  # the cheaper German backend is never used
+
+
+def test_a_bare_model_name_shared_by_different_residencies_is_a_400_naming_the_deployments(stack):
+    with pytest.raises(openai.BadRequestError) as exc:
+        client(stack, ANY_KEY).chat.completions.create(model="mistral", messages=[{"role": "user", "content": "x"}])
+    assert exc.value.body["code"] == "ambiguous_model"
+    assert "legal" in exc.value.body["message"] and "support" in exc.value.body["message"]
+
+
+def test_a_tenant_limited_to_some_deployments_gets_404_for_the_others(stack):
+    with pytest.raises(openai.NotFoundError) as exc:
+        client(stack, US_KEY).chat.completions.create(model="legal", messages=[{"role": "user", "content": "x"}])
+    assert "legal" not in exc.value.body["message"].split(";")[-1]  # the list of callable deployments omits it
+    assert [m.id for m in client(stack, US_KEY).models.list()] == ["m"]
+
+
+# -- bounded everything (item 5) -------------------------------------------------------------------------------
+
+def test_bogus_model_names_add_no_metric_series(stack):
+    def series():
+        return sum(1 for line in httpx.get(stack["url"] + "/metrics").text.splitlines()
+                   if line.startswith("sovra_requests_total{"))
+
+    before = series()
+    for i in range(200):
+        r = httpx.post(stack["url"] + "/v1/chat/completions", headers={"Authorization": f"Bearer {EU_KEY}"},
+                       json={"model": f"bogus-{i}", "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 404
+    assert series() - before <= 1  # at most one new series: deployment "-", status 404
+
+
+def test_an_oversized_body_is_refused_while_reading_even_without_a_content_length(stack):
+    big = b'{"model": "m", "messages": [{"role": "user", "content": "' + b"x" * 4_100_000 + b'"}]}'
+
+    def chunks():
+        for i in range(0, len(big), 65536):
+            yield big[i:i + 65536]
+
+    headers = {"Authorization": f"Bearer {EU_KEY}", "Content-Type": "application/json"}
+    declared = httpx.post(stack["url"] + "/v1/chat/completions", content=big, headers=headers)
+    streamed = httpx.post(stack["url"] + "/v1/chat/completions", content=chunks(), headers=headers)
+    for r in (declared, streamed):
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+
+def test_an_upstream_error_that_is_not_an_object_is_passed_as_a_message_not_a_500(stack):
+    fakes = stack["fakes"]
+    fakes["paris"].odd_error = True
+    try:
+        r = httpx.post(stack["url"] + "/v1/chat/completions", headers={"Authorization": f"Bearer {EU_KEY}"},
+                       json={"model": "m", "messages": [{"role": "user", "content": "eu-secret odd"}]})
+    finally:
+        fakes["paris"].odd_error = False
+    assert r.status_code == 400 and r.json()["error"]["message"] == "quota text, not an object"
+
+
+def test_a_slow_streaming_backend_gets_the_request_once_and_the_client_a_504(stack):
+    fakes, d = stack["fakes"], stack["state"].dispatcher
+    frankfurt_before = len(fakes["frankfurt"].received)
+    fakes["paris"].delay_s, d.timeout_s = 1.0, 0.3
+    try:
+        with pytest.raises(openai.APIStatusError) as exc:
+            list(client(stack).chat.completions.create(
+                model="m", stream=True, messages=[{"role": "user", "content": "eu-secret slow stream"}]))
+    finally:
+        fakes["paris"].delay_s, d.timeout_s = 0.0, 120.0
+        d.breaker._states.clear()
+    assert exc.value.status_code == 504 and exc.value.body["code"] == "upstream_timeout"
+    assert len(fakes["frankfurt"].received) == frankfurt_before  # never resent elsewhere
+
+
+# -- readiness and the router's own time (item 7) ---------------------------------------------------------------
+
+def test_readyz_is_per_deployment_and_503_when_one_has_no_healthy_backend(stack):
+    ok = httpx.get(stack["url"] + "/readyz")
+    assert ok.status_code == 200 and ok.json()["deployments"]["legal"] == {
+        "ready": True, "healthy": 1, "backends": 1, "down": []}  # legal's own bound allows only Paris
+    breaker = stack["state"].dispatcher.breaker
+    breaker.trip("legal@onprem-paris")
+    try:
+        down = httpx.get(stack["url"] + "/readyz")
+    finally:
+        breaker._states.clear()
+    assert down.status_code == 503 and down.json()["deployments"]["legal"]["ready"] is False
+    assert down.json()["deployments"]["m"]["ready"] is True
+
+
+def test_every_answer_carries_the_routers_own_time(stack):
+    raw = client(stack).chat.completions.with_raw_response.create(
+        model="m", messages=[{"role": "user", "content": "eu-secret timing"}])
+    assert 0 <= float(raw.headers["X-Sovra-Overhead-Ms"]) < 10_000
+
+
+# -- the audit trail proves where every payload went (item 6) -----------------------------------------------------
+
+def _last_record(stack):
+    return list(read(stack["audit"]))[-1]
+
+
+def test_a_503_after_failed_attempts_records_every_backend_that_received_the_payload(stack):
+    fakes = stack["fakes"]
+    fakes["paris"].failing = fakes["frankfurt"].failing = True
+    try:
+        with pytest.raises(openai.InternalServerError):
+            client(stack).chat.completions.create(model="m", messages=[{"role": "user", "content": "eu-secret"}])
+    finally:
+        fakes["paris"].failing = fakes["frankfurt"].failing = False
+        stack["state"].dispatcher.breaker._states.clear()
+    rec = _last_record(stack)
+    assert rec["status"] == 503 and rec["deployment"] == "m"
+    assert {(a["target"], a["outcome"]) for a in rec["attempts"]} == {
+        ("onprem-paris", "refused"), ("aws-sagemaker/eu-central-1", "refused")}
+    assert all(a["zone"] == "EU" for a in rec["attempts"])
+
+
+def test_a_stream_the_client_aborts_is_recorded(stack):
+    import time
+
+    fakes = stack["fakes"]
+    fakes["paris"].chunk_gap_s = 0.5
+    try:
+        with httpx.stream("POST", stack["url"] + "/v1/chat/completions",
+                          headers={"Authorization": f"Bearer {EU_KEY}", "X-Request-Id": "abort-me"},
+                          json={"model": "m", "stream": True,
+                                "messages": [{"role": "user", "content": "eu-secret abort"}]}) as r:
+            next(r.iter_raw())
+        deadline = time.time() + 5
+        while _last_record(stack)["request_id"] != "abort-me":
+            assert time.time() < deadline, "the aborted stream was never recorded"
+            time.sleep(0.05)
+    finally:
+        fakes["paris"].chunk_gap_s = 0.0
+    rec = _last_record(stack)
+    assert rec["status"] == 499 and rec["outcome"] == "cancelled"
+    assert rec["attempts"] == [{"target": "onprem-paris", "zone": "EU", "country": "FR", "outcome": "cancelled"}]
+    assert stack["state"].dispatcher.in_flight["m@onprem-paris"] == 0

@@ -8,6 +8,7 @@ from orchestrator.router.dispatch import Dispatcher
 from orchestrator.router.health import Breaker
 from orchestrator.router.probe import Prober
 from policies.residency import Place
+from tests import factories
 
 EU = Place("EU", "FR", "FR", "self")
 
@@ -41,7 +42,7 @@ class FakeClient(BackendClient):
 
 def _setup():
     now = [0.0]
-    backends = [Backend(id=n, model="m", target=n, place=EU) for n in ("a", "b", "c")]
+    backends = [factories.backend(n, EU) for n in ("a", "b", "c")]
     d = Dispatcher(RoutingTable.of(backends), breaker=Breaker(failures_to_open=1, cooldown_s=30, clock=lambda: now[0]))
     client = FakeClient()
     return d, client, Prober(d, {"ray": client}), now
@@ -49,25 +50,25 @@ def _setup():
 
 def test_probe_readmits_a_recovered_backend_before_the_cooldown_and_only_probes_ejected_ones():
     d, client, prober, now = _setup()
-    d.breaker.failure("a")
-    d.breaker.failure("b")
-    client.healthy = {"a"}
+    d.breaker.failure("m@a")
+    d.breaker.failure("m@b")
+    client.healthy = {"m@a"}
     now[0] = 1.0  # far inside the 30 s cooldown
-    assert asyncio.run(prober.probe_once()) == {"a": True, "b": False}
-    assert sorted(client.probed) == ["a", "b"]  # "c" was never ejected, so never probed
-    assert d.breaker.available("a") and not d.breaker.available("b")
+    assert asyncio.run(prober.probe_once()) == {"m@a": True, "m@b": False}
+    assert sorted(client.probed) == ["m@a", "m@b"]  # "m@c" was never ejected, so never probed
+    assert d.breaker.available("m@a") and not d.breaker.available("m@b")
     assert client.payload_calls == 0
 
 
 def test_a_failed_probe_restarts_the_cooldown():
     d, client, prober, now = _setup()
-    d.breaker.failure("b")
+    d.breaker.failure("m@b")
     now[0] = 29.0
     asyncio.run(prober.probe_once())
     now[0] = 31.0  # the original cooldown has passed, but the failed probe at 29 s re-opened the circuit
-    assert not d.breaker.available("b")
+    assert not d.breaker.available("m@b")
     now[0] = 59.5
-    assert d.breaker.available("b")
+    assert d.breaker.available("m@b")
 
 
 def test_a_hanging_probe_counts_as_failed():
@@ -78,5 +79,5 @@ def test_a_hanging_probe_counts_as_failed():
 
     client.health = hang
     prober.timeout_s = 0.05
-    d.breaker.failure("a")
-    assert asyncio.run(prober.probe_once()) == {"a": False}
+    d.breaker.failure("m@a")
+    assert asyncio.run(prober.probe_once()) == {"m@a": False}

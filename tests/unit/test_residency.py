@@ -54,7 +54,7 @@ countries = st.sampled_from(sorted(COUNTRY_ZONE))
 places = st.builds(lambda c, j, glob: ANY if glob else Place(COUNTRY_ZONE[c], c, j, "op"),
                    countries, countries, st.booleans())
 residencies = st.builds(
-    lambda zs, cs, sov: Residency(zones=tuple(zs), countries=tuple(cs), sovereign=sov),
+    lambda zs, cs, sov: Residency(zones=tuple(zs), countries=tuple(cs), sovereign=sov and bool(zs or cs)),
     st.lists(st.sampled_from(sorted(set(COUNTRY_ZONE.values()))), max_size=3),
     st.lists(countries, max_size=3), st.booleans())
 
@@ -66,3 +66,11 @@ def test_allows_agrees_with_violations_and_with_the_written_rule(r, p):
     loc = unrestricted or (p.zone != GLOBAL and (p.zone in r.zones or p.country in r.countries))
     sov = unrestricted or not r.sovereign or (p.jurisdiction in r.countries or COUNTRY_ZONE[p.jurisdiction] in r.zones)
     assert allows(r, p) == (loc and sov)
+
+
+def test_sovereign_alone_is_refused_with_the_fix():
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"sovereign: true needs the zones or countries.*zones: \[EU\]"):
+        Residency(sovereign=True)

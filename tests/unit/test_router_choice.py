@@ -16,6 +16,7 @@ from orchestrator.router.gate import RequestResidency
 from orchestrator.router.health import Breaker
 from orchestrator.spec import Residency
 from policies.residency import Place
+from tests import factories
 
 EU, US = Residency(zones=("EU",)), Residency(zones=("US",))
 PARIS, FRANKFURT, VIRGINIA = Place("EU", "FR", "FR", "self"), Place("EU", "DE", "US", "amazon"), Place(
@@ -23,7 +24,7 @@ PARIS, FRANKFURT, VIRGINIA = Place("EU", "FR", "FR", "self"), Place("EU", "DE", 
 
 
 def backend(name: str, place: Place = PARIS, cost: float = 1.0) -> Backend:
-    return Backend(id=f"m@{name}", model="m", target=name, place=place, cost=cost)
+    return factories.backend(name, place, cost=cost)
 
 
 async def echo(b: Backend) -> str:
@@ -65,11 +66,11 @@ def test_tiers_partition_the_backends_cheapest_first(cands):
 def test_plans_follow_a_swapped_table_and_each_residency():
     d = Dispatcher(RoutingTable.of([backend("paris"), backend("virginia", VIRGINIA, cost=0.1)]))
     eu, us = RequestResidency.build(EU, None), RequestResidency.build(US, None)
-    assert asyncio.run(d.send("m", eu, echo))[0] == "paris"
-    assert asyncio.run(d.send("m", us, echo))[0] == "virginia"
+    assert asyncio.run(d.send(d.table.resolve("m"), eu, echo))[0] == "paris"
+    assert asyncio.run(d.send(d.table.resolve("m"), us, echo))[0] == "virginia"
     d.table = RoutingTable.of([backend("frankfurt", FRANKFURT)])  # what `up` does when the table changes
-    assert asyncio.run(d.send("m", eu, echo))[0] == "frankfurt"
-    assert d.allowed("m", us) == []
+    assert asyncio.run(d.send(d.table.resolve("m"), eu, echo))[0] == "frankfurt"
+    assert d.plan(d.table.resolve("m"), us.bound_by(Residency())).allowed == ()
 
 
 def test_an_open_circuit_is_skipped_until_its_cooldown_ends():
@@ -77,11 +78,11 @@ def test_an_open_circuit_is_skipped_until_its_cooldown_ends():
     d = Dispatcher(RoutingTable.of([backend("paris", cost=0.5), backend("frankfurt", FRANKFURT)]),
                    breaker=Breaker(failures_to_open=1, cooldown_s=5, clock=lambda: now[0]))
     eu = RequestResidency.build(EU, None)
-    assert asyncio.run(d.send("m", eu, echo))[0] == "paris"
+    assert asyncio.run(d.send(d.table.resolve("m"), eu, echo))[0] == "paris"
     d.breaker.failure("m@paris")
-    assert asyncio.run(d.send("m", eu, echo))[0] == "frankfurt"
+    assert asyncio.run(d.send(d.table.resolve("m"), eu, echo))[0] == "frankfurt"
     now[0] = 5.0  # half-open: the cheapest is tried again
-    assert asyncio.run(d.send("m", eu, echo))[0] == "paris"
+    assert asyncio.run(d.send(d.table.resolve("m"), eu, echo))[0] == "paris"
 
 
 def test_request_residency_is_reused_and_a_widening_header_is_refused_every_time():

@@ -10,15 +10,16 @@ from hypothesis import given, settings, strategies as st
 
 from orchestrator.router.backends import Backend, RoutingTable
 from orchestrator.router.balancing import Candidate, get_policy
-from orchestrator.router.dispatch import Dispatcher, RetryableError
-from orchestrator.router.errors import (InvalidResidency, ModelNotFound, NoAllowedBackend, ResidencyWidening,
-                                        Saturated, Unauthorized)
+from orchestrator.router.dispatch import Dispatcher
+from orchestrator.router.errors import (InvalidResidency, ModelNotFound, NoAllowedBackend, NotDelivered,
+                                        ResidencyWidening, Saturated, Unauthorized)
 from orchestrator.router.gate import RequestResidency, parse_header
 from orchestrator.router.health import Breaker
 from orchestrator.router.tenants import TenantDirectory
 from orchestrator.spec import Residency
 from orchestrator.spec.org import Tenant
 from policies.residency import Place
+from tests import factories
 
 EU = Residency(zones=("EU",))
 PLACES = {"paris": Place("EU", "FR", "FR", "self"), "frankfurt": Place("EU", "DE", "US", "amazon"),
@@ -26,8 +27,12 @@ PLACES = {"paris": Place("EU", "FR", "FR", "self"), "frankfurt": Place("EU", "DE
           "tokyo": Place("APAC", "JP", "JP", "self")}
 
 
-def backend(name, cost=1.0, model="m"):
-    return Backend(id=f"{model}@{name}", model=model, target=name, place=PLACES[name], cost=cost)
+def backend(name, cost=1.0, policy="cost"):
+    return factories.backend(name, PLACES[name], cost=cost, policy=policy)
+
+
+def route(table: RoutingTable, name: str = "m"):
+    return table.resolve(name)
 
 
 def run(coro):
@@ -77,7 +82,7 @@ def test_tenants_authenticate_by_sha256_and_reject_bad_keys():
     for bad in (None, "Bearer nope", key, "Basic abc"):
         with pytest.raises(Unauthorized):
             d.authenticate(bad)
-    assert TenantDirectory.of([]).authenticate(None).residency.unrestricted
+    assert TenantDirectory.of([]).authenticate(None).residency.unrestricted  # open mode: loopback only
 
 
 # -- policies ----------------------------------------------------------------------------------------------------
@@ -125,10 +130,10 @@ def test_eu_request_fails_over_inside_eu_then_fails_closed():
 
     async def broken(b):
         called.append(b.target)
-        raise RetryableError("connect refused")
+        raise NotDelivered("connect refused")
 
     with pytest.raises(NoAllowedBackend) as exc:
-        run(d.send("m", RequestResidency(EU), broken))
+        run(d.send(route(table), RequestResidency(EU), broken))
     assert sorted(set(called)) == ["frankfurt", "paris"] and len(called) == d.max_attempts
     assert called[0] != called[1]  # both EU backends are tried before any is retried
     assert exc.value.status == 503
@@ -136,11 +141,12 @@ def test_eu_request_fails_over_inside_eu_then_fails_closed():
 
 
 def test_unknown_model_is_404_and_saturation_is_429_with_retry_after():
-    d = Dispatcher(RoutingTable.of([backend("paris")]), max_in_flight=0)
+    table = RoutingTable.of([backend("paris")])
+    d = Dispatcher(table, max_in_flight=0)
     with pytest.raises(ModelNotFound):
-        run(d.send("nope", RequestResidency(EU), None))
+        table.resolve("nope")
     with pytest.raises(Saturated) as exc:
-        run(d.send("m", RequestResidency(EU), None))
+        run(d.send(route(table), RequestResidency(EU), None))
     assert exc.value.status == 429 and exc.value.headers["Retry-After"] == "1"
 
 
@@ -154,7 +160,7 @@ residencies = st.sampled_from([Residency(), EU, Residency(zones=("US",)), Reside
                 unique_by=lambda t: t[0]),
        st.sets(names), residencies, st.sampled_from(["cost", "least_load", "latency"]), st.integers(1, 5))
 def test_no_attempt_ever_leaves_the_allowed_set(backs, failing, tenant, policy, attempts):
-    table = RoutingTable.of([backend(n, cost=c) for n, c in backs])
+    table = RoutingTable.of([backend(n, cost=c, policy=policy) for n, c in backs])
     d = Dispatcher(table, sleep=no_sleep, max_attempts=attempts, rng=random.Random(0))
     res = RequestResidency(tenant)
     called = []
@@ -162,12 +168,12 @@ def test_no_attempt_ever_leaves_the_allowed_set(backs, failing, tenant, policy, 
     async def call(b):
         called.append(b)
         if b.target in failing:
-            raise RetryableError("down")
+            raise NotDelivered("down")
         return b.target
 
     allowed = {n for n, _ in backs if res.permits(PLACES[n])}
     try:
-        served, b = run(d.send("m", res, call, policy))
+        served, b = run(d.send(route(table), res, call))
         assert served in allowed and b.target == served
     except NoAllowedBackend:
         assert not (allowed - failing) or len(called) == attempts

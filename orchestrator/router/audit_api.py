@@ -1,0 +1,139 @@
+"""`GET /v1/audit` and `GET /v1/audit/verify`: the audit trail read through the router, wherever it runs.
+
+Only admins (org.yaml `admins`) may read it; a tenant's key gets 403. An open router (no tenants, loopback only)
+with no admins is open here too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from orchestrator.router.audit import AuditLog, Filter
+from orchestrator.router.errors import BadRequest, RouterError, Unauthorized
+from orchestrator.spec.org import Admin, Tenant
+
+MAX_LIMIT = 100_000
+_QUERY = ("tenant", "deployment", "model", "zone", "status", "since", "limit")
+_NO_TARGET = {"X-Sovra-Target": "none", "X-Sovra-Zone": "none"}
+
+
+class NotAdmin(RouterError):
+    status, type, code = 403, "permission_error", "admin_key_required"
+
+
+class NoAdmins(RouterError):
+    status, type, code = 403, "permission_error", "no_admins_configured"
+
+
+class AuditDisabled(RouterError):
+    status, type, code = 503, "service_unavailable", "audit_not_configured"
+
+
+@dataclass(frozen=True)
+class AdminGuard:
+    """Decides who may read the trail. Keys are compared as sha256 digests, every one of them, in constant time."""
+
+    admin_digests: tuple[str, ...]
+    tenant_digests: tuple[str, ...]
+    open_router: bool
+
+    @classmethod
+    def of(cls, admins: Sequence[Admin], tenants: Sequence[Tenant], *, open_router: bool) -> AdminGuard:
+        return cls(tuple(a.key_sha256 for a in admins), tuple(t.key_sha256 for t in tenants), open_router)
+
+    def check(self, authorization: str | None) -> None:
+        """Return if the caller may read the trail; raise the 401/403 to answer otherwise."""
+        if not self.admin_digests:
+            if self.open_router:
+                return
+            raise NoAdmins("no admins are configured: add `admins: [{name, key_sha256}]` to org.yaml and redeploy "
+                           "the router (`sovra serve --org org.yaml`) to read the audit trail through it")
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise Unauthorized("missing admin key: send 'Authorization: Bearer <admin key>' "
+                               "(`sovra audit` sends $SOVRA_ADMIN_KEY)")
+        digest = hashlib.sha256(authorization[7:].strip().encode()).hexdigest()
+        if _any_equal(digest, self.admin_digests):
+            return
+        if _any_equal(digest, self.tenant_digests):
+            raise NotAdmin("a tenant key cannot read the audit trail: use a key listed under `admins` in org.yaml")
+        raise Unauthorized("invalid admin key")
+
+
+def _any_equal(digest: str, digests: tuple[str, ...]) -> bool:
+    found = False
+    for known in digests:  # no early exit: the time taken says nothing about which key matched
+        found |= hmac.compare_digest(digest, known)
+    return found
+
+
+def audit_routes(log: AuditLog | None, admins: Sequence[Admin], *, open_router: bool,
+                 tenants: Sequence[Tenant] = ()) -> list[Route]:
+    """The two routes, to mount in the router app. `tenants` lets a tenant's key get 403 rather than 401."""
+    guard = AdminGuard.of(admins, tenants, open_router=open_router)
+
+    async def records(request: Request) -> Response:
+        try:
+            trail = _authorized(guard, log, request)
+            flt, limit = _query(request.query_params)
+            result = await run_in_threadpool(trail.read, flt, limit=limit)  # file I/O off the event loop
+        except RouterError as exc:
+            return _error(exc)
+        return JSONResponse({"file": str(trail.path), "torn": result.torn, "files": list(result.files),
+                             "records": list(result.records)}, headers=_NO_TARGET)
+
+    async def verify(request: Request) -> Response:
+        try:
+            trail = _authorized(guard, log, request)
+            if request.query_params:
+                raise BadRequest(f"unknown query parameter(s): {', '.join(sorted(request.query_params))}")
+            result = await run_in_threadpool(trail.verify)
+        except RouterError as exc:
+            return _error(exc)
+        return JSONResponse({"file": str(trail.path), **result.to_json()}, headers=_NO_TARGET)
+
+    return [Route("/v1/audit", records, methods=["GET"]), Route("/v1/audit/verify", verify, methods=["GET"])]
+
+
+def _authorized(guard: AdminGuard, log: AuditLog | None, request: Request) -> AuditLog:
+    guard.check(request.headers.get("authorization"))
+    if log is None:
+        raise AuditDisabled("this router writes no audit trail: it was started without an audit path")
+    return log
+
+
+def _query(params: Mapping[str, str]) -> tuple[Filter, int]:
+    unknown = sorted(set(params) - set(_QUERY))
+    if unknown:
+        raise BadRequest(f"unknown query parameter(s): {', '.join(unknown)}; known: {', '.join(_QUERY)}")
+    try:
+        status = _int(params, "status")
+        limit = _int(params, "limit") or 100
+        if not 1 <= limit <= MAX_LIMIT:
+            raise ValueError(f"limit: {limit} is not between 1 and {MAX_LIMIT}")
+        flt = Filter(tenant=params.get("tenant"), deployment=params.get("deployment"), model=params.get("model"),
+                     zone=params.get("zone"), status=status, since=params.get("since"))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    return flt, limit
+
+
+def _int(params: Mapping[str, str], name: str) -> int | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name}: {value!r} is not a whole number") from None
+
+
+def _error(exc: RouterError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers={**_NO_TARGET, **exc.headers})
