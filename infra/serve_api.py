@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from infra.ray_cluster import ClusterError, auth_headers
+from infra.ray_cluster import NODES_PATH, ClusterError, Node, alive_nodes, auth_headers
 
 APPS_PATH = "/api/serve/applications/"
 
@@ -36,23 +36,26 @@ class AppState:
 
 
 class ServeApi:
-    """A thin client of `/api/serve/applications/` (GET details, PUT the whole config, DELETE all)."""
+    """A thin client of a cluster's dashboard: `/api/serve/applications/` (GET details, PUT the whole config,
+    DELETE all) and the state API's node list. `token` comes from `infra.ray_cluster.cluster_token`."""
 
-    def __init__(self, dashboard: str, *, timeout_s: float = 30):
+    def __init__(self, dashboard: str, *, token: str | None, timeout_s: float = 30):
         self.dashboard = dashboard.rstrip("/")
-        self._http = httpx.Client(base_url=self.dashboard, timeout=timeout_s, headers=auth_headers())
+        self._http = httpx.Client(base_url=self.dashboard, timeout=timeout_s, headers=auth_headers(token))
 
-    def _request(self, method: str, json_body: Any = None) -> dict[str, Any]:
+    def _request(self, method: str, json_body: Any = None, path: str = APPS_PATH) -> dict[str, Any]:
         try:
-            resp = self._http.request(method, APPS_PATH, json=json_body)
+            resp = self._http.request(method, path, json=json_body)
         except httpx.HTTPError as exc:
             raise ClusterError(f"cannot reach the Ray dashboard at {self.dashboard} ({exc}); is the cluster up?"
                                ) from exc
-        if resp.status_code == 401:
-            raise ClusterError(f"the Ray dashboard at {self.dashboard} refused Sovra's token; set RAY_AUTH_TOKEN "
-                               "or RAY_AUTH_TOKEN_PATH to the cluster's token")
+        if resp.status_code in (401, 403):
+            raise ClusterError(f"the Ray dashboard at {self.dashboard} refused Sovra's token "
+                               f"({'none sent' if resp.status_code == 401 else 'wrong token'}); give the cluster "
+                               "`auth_token_file` in org.yaml, or set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH (the "
+                               "local Ray's token is $SOVRA_HOME/ray/auth_token)")
         if resp.status_code >= 400:
-            raise ClusterError(f"Ray Serve rejected {method} {APPS_PATH} ({resp.status_code}): {resp.text[:2000]}")
+            raise ClusterError(f"Ray rejected {method} {path} ({resp.status_code}): {resp.text[:2000]}")
         return resp.json() if resp.content and method == "GET" else {}
 
     def details(self) -> dict[str, Any]:
@@ -75,6 +78,10 @@ class ServeApi:
 
     def delete_all(self) -> None:
         self._request("DELETE")
+
+    def alive_nodes(self) -> list[Node]:
+        """The cluster's alive nodes, from the dashboard's state API (what `up` checks targets against)."""
+        return alive_nodes(self._request("GET", path=NODES_PATH))
 
     def wait(self, done: Callable[[dict[str, AppState]], bool], *, timeout_s: float, what: str,
              progress: Callable[[dict[str, AppState]], None] = lambda _a: None, poll_s: float = 0.5

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator import __version__
+from orchestrator.router.backends import Backend
 from orchestrator.serving.engines import PACKAGED_MODELS
 from orchestrator.spec import Deployment, Target
-from orchestrator.spec.org import Tenant
+from orchestrator.spec.org import Admin, Tenant
 from policies.plan import Placement
+from policies.residency import Place
 
 MODEL_IMPORT = "orchestrator.serving.ray_apps:model_server"
 ROUTER_IMPORT = "orchestrator.serving.ray_apps:router"
@@ -28,6 +30,26 @@ HOURS_PER_MONTH = 730
 
 def app_name(deployment: str, target: str) -> str:
     return f"{APP_PREFIX}{deployment}.{re.sub(r'[^A-Za-z0-9_-]+', '-', target)}"
+
+
+TARGET_RESOURCE_PREFIX = "sovra.target/"
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's own resource of the head node
+# What one replica asks of its target's resource: tiny, so the resource only says *where* (a node offers 1000).
+TARGET_RESOURCE_PER_REPLICA = 0.001
+
+
+def target_resource(target: str) -> str:
+    """The Ray custom resource that marks the nodes of a Ray target: `sovra.target/<target id>`, verbatim.
+
+    Ray 2.60 accepts any string as a resource name ('.' and '/' included, as in its own `node:<ip>`), and target
+    ids are `[A-Za-z0-9._-]` joined by '/', so no encoding is needed."""
+    return f"{TARGET_RESOURCE_PREFIX}{target}"
+
+
+def unplaced_targets(nodes: Iterable[Mapping[str, float]], targets: Iterable[str]) -> list[str]:
+    """The targets no node carries (from each alive node's resources): `up` refuses them."""
+    carried = {name for resources in nodes for name, amount in resources.items() if amount > 0}
+    return sorted(t for t in set(targets) if target_resource(t) not in carried)
 
 
 def resolve_engine(d: Deployment, gpus: int) -> tuple[str, float]:
@@ -56,7 +78,9 @@ def model_app(rp: RayPlacement) -> dict[str, Any]:
     gpus = next((a.gpus for a in t.accelerators if a.sku == p.accelerator), 0)
     engine, num_gpus = resolve_engine(d, gpus)
     ceiling = max(p.replicas, math.ceil(d.spec.replicas.ceiling * p.replicas / max(rp.total_replicas, 1)))
-    actor: dict[str, Any] = {"num_cpus": d.spec.serving.num_cpus}
+    # The target's resource pins every replica to the nodes that carry it: a replica never runs elsewhere.
+    actor: dict[str, Any] = {"num_cpus": d.spec.serving.num_cpus,
+                             "resources": {target_resource(t.id): TARGET_RESOURCE_PER_REPLICA}}
     if num_gpus:
         actor["num_gpus"] = num_gpus
     return {
@@ -75,31 +99,38 @@ def model_app(rp: RayPlacement) -> dict[str, Any]:
     }
 
 
-def backend_entry(rp: RayPlacement) -> dict[str, Any]:
-    """The router's view of `rp`: where it processes and what a replica-hour costs at list price.
+def backend_entry(rp: RayPlacement) -> Backend:
+    """The router's view of `rp`: where it processes, under which deployment residency and routing policy, and
+    what a replica-hour costs at list price.
 
     List price (not net of credits) keeps the entry stable from day to day, so `up` does not restart the router
     just because a credit moved closer to expiry.
     """
-    p, t = rp.placement, rp.target
+    d, p, t = rp.deployment, rp.placement, rp.target
     unit = p.compute_usd / p.replicas / HOURS_PER_MONTH if p.replicas else 0.0
-    return {"id": app_name(rp.deployment.name, t.id), "deployment": rp.deployment.name,
-            "model": rp.deployment.spec.model.name, "target": t.id, "cost": round(unit, 6), "kind": "ray",
-            "address": app_name(rp.deployment.name, t.id),
-            "place": {"zone": t.zone, "country": t.country, "jurisdiction": t.operator.jurisdiction,
-                      "operator": t.operator.name}}
+    name = app_name(d.name, t.id)
+    return Backend(id=name, deployment=d.name, model=d.spec.model.name, target=t.id, place=Place.of(t),
+                   residency=d.spec.residency, policy=d.spec.routing.policy, cost=round(unit, 6), kind="ray",
+                   address=name)
 
 
-def router_app(backends: Sequence[Mapping[str, Any]], *, tenants: Iterable[Tenant], policies: Mapping[str, str],
-               audit_path: str | None, num_cpus: float = 0.25, replicas: int = 1) -> dict[str, Any]:
+def router_app(backends: Sequence[Backend], *, tenants: Iterable[Tenant], audit_path: str | None,
+               admins: Iterable[Admin] = (), num_cpus: float = 0.25) -> dict[str, Any]:
+    """The router application; its arguments are the routing table, serialised by `Backend.to_wire` only.
+
+    One replica: it is the audit trail's only writer, so the hash chain never forks."""
     return {
         "name": ROUTER_APP,
         "route_prefix": "/",
         "import_path": ROUTER_IMPORT,
-        "args": {"backends": sorted(backends, key=lambda b: b["id"]),
+        "args": {"backends": [b.to_wire() for b in sorted(backends, key=lambda b: b.id)],
                  "tenants": [t.model_dump(mode="json") for t in sorted(tenants, key=lambda t: t.name)],
-                 "policies": dict(sorted(policies.items())), "audit_path": audit_path, "sovra_version": __version__},
-        "deployments": [{"name": "Router", "num_replicas": replicas, "ray_actor_options": {"num_cpus": num_cpus}}],
+                 "admins": [a.model_dump(mode="json") for a in sorted(admins, key=lambda a: a.name)],
+                 "audit_path": audit_path, "sovra_version": __version__},
+        # On the head node, beside Serve's proxy (`HeadOnly`): losing a worker node (and the targets on it) never
+        # takes the router down, and its audit trail stays on one node.
+        "deployments": [{"name": "Router", "num_replicas": 1,
+                         "ray_actor_options": {"num_cpus": num_cpus, "resources": {HEAD_NODE_RESOURCE: 0.001}}}],
     }
 
 
@@ -125,8 +156,20 @@ def merge(current: Sequence[Mapping[str, Any]], deployments: Collection[str], ne
     return kept + [dict(a) for a in new_apps]
 
 
+class StaleRouterError(ValueError):
+    """The cluster's router was deployed by a Sovra whose routing table this one cannot read."""
+
+
 def router_backends(current_router: Mapping[str, Any] | None, deployments: Collection[str],
-                    new_backends: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+                    new_backends: Sequence[Backend]) -> list[Backend]:
     """The routing table after `deployments` are (re)deployed with `new_backends` (or removed with none)."""
-    old = (current_router or {}).get("args", {}).get("backends", [])
-    return [dict(b) for b in old if b.get("deployment") not in deployments] + [dict(b) for b in new_backends]
+    old = []
+    for raw in (current_router or {}).get("args", {}).get("backends", []):
+        try:
+            old.append(Backend.from_wire(raw))
+        except ValueError as exc:
+            raise StaleRouterError(
+                f"the router on this cluster lists backend {raw.get('id')!r} in a form this Sovra cannot read "
+                f"(deployed by an earlier version?): {exc}. Run `sovra down` for its deployments, then `sovra up`."
+            ) from None
+    return [b for b in old if b.deployment not in deployments] + list(new_backends)

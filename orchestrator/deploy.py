@@ -6,9 +6,10 @@ places anything on them rather than pretending (`--ray-only` deploys the Ray par
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,20 @@ from typing import Any
 import httpx
 
 from infra import serve_config as sc
-from infra.ray_cluster import ClusterError, LocalRay, dashboard_url, sovra_home
+from infra.ray_cluster import (
+    TARGET_RESOURCE_UNITS,
+    ClusterError,
+    LocalRay,
+    cluster_token,
+    dashboard_url,
+    sovra_home,
+)
 from infra.serve_api import AppState, ServeApi
 from orchestrator.errors import SovraError
 from orchestrator.planning import Inputs
+from orchestrator.router.backends import Backend
 from orchestrator.spec import Target
+from orchestrator.spec.org import Cluster
 from policies.plan import FleetPlan
 from providers import base as providers
 
@@ -78,19 +88,83 @@ def is_ray(target_or_provider: Target | str) -> bool:
     return providers.get(name).provisioner == "ray-serve"
 
 
-def _connect(key: str, settings: Settings, say: Say) -> ServeApi:
+def _org_cluster(key: str, targets: Iterable[Target]) -> Cluster | None:
+    """The org's settings for the Ray cluster at `key` (clusters sharing an address agree on them: see `Org`)."""
+    return next((t for t in targets if isinstance(t, Cluster) and t.address == key), None)
+
+
+def _token(key: str, settings: Settings, targets: Iterable[Target]) -> str | None:
+    """The token every client of cluster `key` sends: the local Ray's own file, or the org's / environment's."""
     if key == LOCAL:
-        return ServeApi(settings.local_ray().ensure(say).dashboard)
-    return ServeApi(dashboard_url(key))
+        return cluster_token(None, home=settings.home)
+    c = _org_cluster(key, targets)
+    return cluster_token(key, token_file=c.auth_token_file if c else None)
 
 
-def _http(key: str, settings: Settings) -> tuple[str, int]:
-    return ("127.0.0.1", settings.router_port) if key == LOCAL else ("0.0.0.0", 8000)
+def _connect(key: str, settings: Settings, say: Say, targets: Iterable[Target], *,
+             local_targets: Collection[str] = ()) -> ServeApi:
+    """A client of cluster `key`; the local Ray is started (with `local_targets`' resources) if it is not running."""
+    if key == LOCAL:
+        local = settings.local_ray()
+        rec = local.ensure(say, resources=[sc.target_resource(t) for t in local_targets],
+                           serving=lambda r: ServeApi(r.dashboard, token=local.token()).apps())
+        return ServeApi(rec.dashboard, token=local.token())
+    return ServeApi(dashboard_url(key), token=_token(key, settings, targets))
 
 
-def router_url(key: str, settings: Settings) -> str:
-    host = "127.0.0.1" if key == LOCAL else (httpx.URL(dashboard_url(key)).host or "127.0.0.1")
-    return f"http://{host}:{_http(key, settings)[1]}"
+def _http(key: str, settings: Settings, targets: Iterable[Target]) -> tuple[str, int]:
+    """Where the router of cluster `key` listens: loopback for the local Ray, the org's router_host/port else."""
+    if key == LOCAL:
+        return "127.0.0.1", settings.router_port
+    c = _org_cluster(key, targets)
+    fields = Cluster.model_fields
+    return ((c.router_host, c.router_port) if c
+            else (fields["router_host"].default, fields["router_port"].default))
+
+
+def router_url(key: str, settings: Settings, targets: Iterable[Target]) -> str:
+    host, port = _http(key, settings, targets)
+    if key == LOCAL:
+        host = "127.0.0.1"
+    elif host in ("0.0.0.0", "::"):  # every interface: reach it where the dashboard is
+        host = httpx.URL(dashboard_url(key)).host or "127.0.0.1"
+    return f"http://{host}:{port}"
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def refuse_open_router(key: str, inputs: Inputs, settings: Settings) -> None:
+    """With no tenants the router accepts any caller, so it may listen on loopback only."""
+    host, port = _http(key, settings, inputs.targets)
+    if inputs.org.tenants or _loopback(host):
+        return
+    ids = sorted(t.id for t in inputs.targets if cluster_key(t) == key)
+    raise DeployError(
+        f"the org has no tenants, so the router would accept any caller, and on cluster {key} it would listen on "
+        f"{host}:{port}. Add tenants with key_sha256 to the org file, or bind the router to loopback with "
+        f"`router_host: 127.0.0.1` on cluster{'s' if len(ids) > 1 else ''} {', '.join(ids)}.")
+
+
+def check_places(api: ServeApi, key: str, targets: Iterable[str]) -> None:
+    """Refuse Ray targets whose cluster has no alive node carrying their resource: their replicas could run nowhere."""
+    missing = sc.unplaced_targets([n.resources for n in api.alive_nodes()], targets)
+    if not missing:
+        return
+    where = "the local Ray" if key == LOCAL else f"the Ray cluster at {key}"
+    flag = json.dumps({sc.target_resource(t): TARGET_RESOURCE_UNITS for t in missing})
+    fix = ("Stop it (`sovra down FILE... --stop-ray`) and run `sovra up` again: it is restarted with them."
+           if key == LOCAL else
+           f"Start (or restart) the nodes that may run {'them' if len(missing) > 1 else 'it'} with "
+           f"`ray start ... --resources '{flag}'` (merged with any --resources they already have).")
+    raise DeployError(
+        f"{where} has no alive node for target{'s' if len(missing) > 1 else ''} {', '.join(missing)}: a Ray "
+        f"target's replicas run only on nodes carrying its resource ({', '.join(map(sc.target_resource, missing))}). "
+        + fix)
 
 
 def _cluster_keys(targets: Sequence[Target], settings: Settings) -> list[str]:
@@ -111,12 +185,12 @@ def _current(api: ServeApi) -> list[dict[str, Any]]:
 
 
 def _apply(api: ServeApi, key: str, settings: Settings, apps: list[dict[str, Any]], current: list[dict[str, Any]],
-           say: Say) -> bool:
+           say: Say, targets: Iterable[Target]) -> bool:
     """PUT the config if it differs from what runs; True when something changed."""
     if _normalised(apps) == _normalised(current):
         say(f"{key}: nothing to change")
         return False
-    host, port = _http(key, settings)
+    host, port = _http(key, settings, targets)
     api.apply(sc.serve_config(apps, host=host, port=port))
     return True
 
@@ -163,32 +237,45 @@ def up(inputs: Inputs, plan: FleetPlan, settings: Settings, say: Say, *, ray_onl
             "the cloud adapters): " + "; ".join(skipped) + ". Re-run with --ray-only to deploy only the Ray part.")
     for s in skipped:
         say(f"skipped (cloud provisioning not available yet): {s}")
+    for key in sorted(clusters):  # before touching anything
+        refuse_open_router(key, inputs, settings)
+    local_targets = sorted(t.id for t in inputs.targets if is_ray(t) and cluster_key(t) == LOCAL)
+    apis = {key: _connect(key, settings, say, inputs.targets, local_targets=local_targets if key == LOCAL else ())
+            for key in sorted(clusters)}
+    for key, rps in sorted(clusters.items()):  # every cluster checked before any is changed
+        check_places(apis[key], key, [rp.target.id for rp in rps])
     results = []
     for key, rps in sorted(clusters.items()):
-        api = _connect(key, settings, say)
+        api = apis[key]
         current = _current(api)
         names = {rp.deployment.name for rp in rps}
         configs = sc.merge(current, names, [sc.model_app(rp) for rp in rps])
-        backends = sc.router_backends(sc.router_of(current), names, [sc.backend_entry(rp) for rp in rps])
-        configs = _with_router(configs, backends, inputs, settings, sc.router_of(current))
-        changed = _apply(api, key, settings, configs, current, say)
+        backends = _table(sc.router_of(current), names, [sc.backend_entry(rp) for rp in rps])
+        configs = _with_router(configs, backends, inputs, settings, key)
+        changed = _apply(api, key, settings, configs, current, say, inputs.targets)
         apps = _wait_ready(api, key, settings, say)
-        results.append(ClusterResult(key, api.dashboard, router_url(key, settings), changed, apps))
+        results.append(ClusterResult(key, api.dashboard, router_url(key, settings, inputs.targets), changed, apps))
     return results
 
 
-def _with_router(configs: list[dict[str, Any]], backends: list[dict[str, Any]], inputs: Inputs, settings: Settings,
-                 old_router: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+def _with_router(configs: list[dict[str, Any]], backends: list[Backend], inputs: Inputs, settings: Settings,
+                 key: str) -> list[dict[str, Any]]:
+    """The cluster's apps with the router rebuilt over `backends` (none: no router). A remote cluster's router
+    keeps its audit trail on its own node (`sovra audit` reads it over HTTP), the local one under $SOVRA_HOME."""
     configs = [c for c in configs if c.get("name") != sc.ROUTER_APP]
     if not backends:
         return configs
-    policies = dict((old_router or {}).get("args", {}).get("policies", {}))
-    for d in inputs.deployments:
-        if any(b["deployment"] == d.name for b in backends):
-            policies[d.spec.model.name] = d.spec.routing.policy
-    policies = {m: p for m, p in policies.items() if any(b["model"] == m for b in backends)}
-    return [*configs, sc.router_app(backends, tenants=inputs.org.tenants, policies=policies,
-                                    audit_path=settings.audit_path)]
+    refuse_open_router(key, inputs, settings)
+    return [*configs, sc.router_app(backends, tenants=inputs.org.tenants, admins=inputs.org.admins,
+                                    audit_path=settings.audit_path if key == LOCAL else None)]
+
+
+def _table(current_router: Mapping[str, Any] | None, deployments: Collection[str],
+           new: Sequence[Backend]) -> list[Backend]:
+    try:
+        return sc.router_backends(current_router, deployments, new)
+    except sc.StaleRouterError as exc:
+        raise DeployError(str(exc)) from None
 
 
 def down(inputs: Inputs, settings: Settings, say: Say, *, stop_ray: bool = False) -> list[ClusterResult]:
@@ -197,31 +284,30 @@ def down(inputs: Inputs, settings: Settings, say: Say, *, stop_ray: bool = False
     results = []
     for key in _cluster_keys(inputs.targets, settings):
         try:
-            api = _connect(key, settings, say)
+            api = _connect(key, settings, say, inputs.targets)
             current = _current(api)
         except ClusterError as exc:
             say(f"{key}: skipped ({exc})")
             continue
         old_router = sc.router_of(current)
-        configs = _with_router(sc.merge(current, names, []), sc.router_backends(old_router, names, []), inputs,
-                               settings, old_router)
+        configs = _with_router(sc.merge(current, names, []), _table(old_router, names, []), inputs, settings, key)
         changed = False
         if not configs and current:
             api.delete_all()
             changed = True
         elif configs:
-            changed = _apply(api, key, settings, configs, current, say)
+            changed = _apply(api, key, settings, configs, current, say, inputs.targets)
         wanted = {c["name"] for c in configs}
         apps = api.wait(lambda apps, wanted=wanted: set(apps) <= wanted
                         and all(a.status == "RUNNING" for a in apps.values()),
                         timeout_s=settings.timeout_s, what="the applications to be removed")
-        results.append(ClusterResult(key, api.dashboard, router_url(key, settings) if configs else None, changed,
-                                     apps))
+        results.append(ClusterResult(key, api.dashboard, router_url(key, settings, inputs.targets) if configs else None,
+                                     changed, apps))
     if stop_ray:
         local = settings.local_ray()
         rec = local.running()
         if rec is not None:
-            leftover = ServeApi(rec.dashboard).apps()
+            leftover = ServeApi(rec.dashboard, token=local.token()).apps()
             if leftover:
                 say(f"local Ray kept running: it still serves {', '.join(sorted(leftover))}")
             else:
@@ -233,17 +319,17 @@ def serve(inputs: Inputs, settings: Settings, say: Say) -> list[ClusterResult]:
     """(Re)deploy only the router of each cluster, e.g. after tenants changed in org.yaml; models are untouched."""
     results = []
     for key in _cluster_keys(inputs.targets, settings):
-        api = _connect(key, settings, say)
+        api = _connect(key, settings, say, inputs.targets)
         current = _current(api)
         old_router = sc.router_of(current)
-        backends = sc.router_backends(old_router, (), [])
+        backends = _table(old_router, (), [])
         if not backends:
             say(f"{key}: no deployments to route to; run `sovra up` first")
             continue
-        configs = _with_router(current, backends, inputs, settings, old_router)
-        changed = _apply(api, key, settings, configs, current, say)
+        configs = _with_router(current, backends, inputs, settings, key)
+        changed = _apply(api, key, settings, configs, current, say, inputs.targets)
         apps = _wait_ready(api, key, settings, say)
-        results.append(ClusterResult(key, api.dashboard, router_url(key, settings), changed, apps))
+        results.append(ClusterResult(key, api.dashboard, router_url(key, settings, inputs.targets), changed, apps))
     return results
 
 
@@ -263,33 +349,36 @@ def status(targets: Sequence[Target], settings: Settings) -> list[dict[str, Any]
         else:
             dash = dashboard_url(key)
         try:
-            apps = ServeApi(dash, timeout_s=5).apps()
+            apps = ServeApi(dash, token=_token(key, settings, targets), timeout_s=5).apps()
         except ClusterError as exc:
             entry["message"] = str(exc)
             out.append(entry)
             continue
         entry.update(reachable=True, dashboard=dash)
         router = apps.get(sc.ROUTER_APP)
-        backends = (router.config or {}).get("args", {}).get("backends", []) if router else []
-        for b in backends:
-            a = apps.get(b["id"])
+        for b in _table(router.config if router else None, (), []):
+            a = apps.get(b.address)
             auto = ((a.config or {}).get("deployments") or [{}])[0].get("autoscaling_config", {}) if a else {}
             entry["backends"].append({
-                "deployment": b["deployment"], "model": b["model"], "target": b["target"],
-                "zone": b["place"]["zone"], "country": b["place"]["country"],
+                "deployment": b.deployment, "model": b.model, "target": b.target, "zone": b.zone,
+                "country": b.place.country, "residency": b.residency.describe(), "policy": b.policy,
                 "replicas": a.running if a else 0, "min": auto.get("min_replicas"), "max": auto.get("max_replicas"),
                 "status": a.status if a else "MISSING",
                 "engine": ((a.config or {}).get("args") or {}).get("engine") if a else None})
         if router:
-            url = router_url(key, settings)
+            url = router_url(key, settings, targets)
+            live, ready = _probe_router(url)
             entry["router"] = {"url": url, "status": router.status, "replicas": router.running,
-                               "healthy": _healthz(url)}
+                               "healthy": live, "ready": ready}
         out.append(entry)
     return out
 
 
-def _healthz(url: str) -> bool:
+def _probe_router(url: str) -> tuple[bool, dict[str, Any] | None]:
+    """(answers /healthz, the /readyz body: per deployment its healthy allowed backends)."""
     try:
-        return httpx.get(f"{url}/healthz", timeout=3).status_code == 200
-    except httpx.HTTPError:
-        return False
+        live = httpx.get(f"{url}/healthz", timeout=3).status_code == 200
+        ready = httpx.get(f"{url}/readyz", timeout=3).json()
+    except (httpx.HTTPError, ValueError):
+        return False, None
+    return live, ready

@@ -1,15 +1,25 @@
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-# Sovra's local Ray runs with Ray's token authentication; a driver in this process must know before Ray is imported.
-os.environ.setdefault("RAY_AUTH_MODE", "token")
-
 ROOT = Path(__file__).resolve().parents[2]
 SOVRA = Path(sys.executable).with_name("sovra")
+# Org files whose local Ray targets the tests deploy to the session's local Ray (bench/ starts Rays of its own).
+LOCAL_ORGS = [ROOT / "examples" / "quickstart" / "org.yaml", *sorted((ROOT / "tests" / "integration" / "specs")
+                                                                     .glob("*org*.yaml"))]
+
+
+def local_targets() -> list[str]:
+    """Every local Ray target (a `provider: ray` cluster without `address`) in the orgs the tests use."""
+    from orchestrator.catalog import load_org
+
+    return sorted({c.id for path in LOCAL_ORGS for c in load_org(path).clusters
+                   if c.provider == "ray" and not c.address})
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +42,9 @@ def sovra_ray(tmp_path_factory):
     Yields the deploy Settings; the same values are exported as SOVRA_* variables so that the `sovra` console
     script started by a test talks to this cluster too.
     """
-    pytest.importorskip("ray", reason="Ray tests need the 'ray' extra (scripts/test installs it)")
+    import ray  # noqa: F401  (the 'ray' extra: scripts/test installs it, so its absence fails)
+
+    from infra import serve_config as sc
     from infra.ray_cluster import free_port
     from orchestrator.deploy import Settings
 
@@ -43,12 +55,41 @@ def sovra_ray(tmp_path_factory):
            "SOVRA_RAY_DASHBOARD_PORT": str(settings.dashboard_port), "SOVRA_RAY_PORT": str(settings.gcs_port)}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    ray = settings.local_ray()
-    ray.ensure()
+    local = settings.local_ray()
+    local.ensure(resources=[sc.target_resource(t) for t in local_targets()])
     try:
         yield settings
     finally:
-        ray.stop()
+        local.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def ray_driver(settings) -> Iterator[None]:
+    """This process as a Ray driver of the local Ray of `settings`, given its token explicitly (never ~/.ray).
+
+    Ray reads RAY_AUTH_MODE once per process, so the mode is re-read the way Ray's own token set-up does it
+    (`Config.initialize`), and the token loader's cache is reset to read RAY_AUTH_TOKEN_PATH.
+    """
+    import ray
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    local = settings.local_ray()
+    env = local.client_env()
+    saved = {k: os.environ.get(k) for k in (*env, "RAY_AUTH_TOKEN")}
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    os.environ.update(env)
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+    ray.init(address=local.running().gcs_address, log_to_driver=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -7,11 +7,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import llama_cpp  # noqa: F401  (the 'local' extra: scripts/test installs it, so its absence fails)
+import openai
 import pytest
-
-pytest.importorskip("llama_cpp", reason="real-model tests need the 'local' extra (scripts/test installs it)")
-pytest.importorskip("ray")
-openai = pytest.importorskip("openai")
+import ray  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]

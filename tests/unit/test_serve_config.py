@@ -9,8 +9,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from infra import serve_config as sc
+from orchestrator.router.backends import Backend
 from orchestrator.spec import Deployment
+from policies.residency import Place
+from tests import factories
 from tests.factories import deployment, solve, target
+
+PARIS = Place("EU", "FR", "FR", "self")
 
 
 def _rps(dep: Deployment, targets):
@@ -36,7 +41,8 @@ def test_model_app_autoscales_from_planned_replicas_to_its_share_of_max():
                     "onprem-berlin": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4}}
     a = apps["onprem-paris"]
     assert a["name"] == "sovra.chat.onprem-paris" and a["route_prefix"] is None
-    assert a["args"]["engine"] == "llama-cpp" and a["deployments"][0]["ray_actor_options"] == {"num_cpus": 0.25}
+    assert a["args"]["engine"] == "llama-cpp" and a["deployments"][0]["ray_actor_options"] == {
+        "num_cpus": 0.25, "resources": {"sovra.target/onprem-paris": 0.001}}  # replicas run only on its nodes
 
 
 @pytest.mark.parametrize(("model", "engine", "gpus", "expected"), [
@@ -52,11 +58,15 @@ def test_auto_engine_runs_packaged_models_on_cpu_and_others_on_vllm_gpus(model, 
     assert sc.resolve_engine(d, gpus) == expected
 
 
-def test_router_entry_carries_place_and_list_price_not_secrets():
+def test_router_entry_carries_place_residency_policy_and_list_price_not_secrets():
     [rp] = _rps(_dep(), [target("onprem-paris", cloud="onprem", country="FR", gb=2, price=1.46)])
     b = sc.backend_entry(rp)
-    assert b["place"] == {"zone": "EU", "country": "FR", "jurisdiction": "FR", "operator": "self"}
-    assert b["cost"] == pytest.approx(1.46) and b["kind"] == "ray" and b["address"] == b["id"]
+    wire = b.to_wire()
+    assert wire["place"] == {"zone": "EU", "country": "FR", "jurisdiction": "FR", "operator": "self"}
+    assert wire["cost"] == pytest.approx(1.46) and wire["kind"] == "ray" and wire["address"] == wire["id"]
+    assert (wire["deployment"], wire["model"], wire["policy"]) == ("chat", "gemma3-270m", "cost")
+    assert wire["residency"] == rp.deployment.spec.residency.model_dump(mode="json")
+    assert Backend.from_wire(wire) == b  # one record, one serialisation, both ways
 
 
 def test_merge_replaces_only_the_deployments_apps_and_drops_the_router_for_rebuild():
@@ -69,18 +79,26 @@ def test_merge_replaces_only_the_deployments_apps_and_drops_the_router_for_rebui
     assert [a["name"] for a in sc.merge(current, {"a"}, [])] == ["sovra.b.x", "theirs"]
 
 
+def _b(i: int, deployment: str):
+    return factories.backend(f"t{i}", PARIS, deployment=deployment)
+
+
 def test_router_backends_keep_other_deployments():
-    router = {"args": {"backends": [{"id": "1", "deployment": "a"}, {"id": "2", "deployment": "b"}]}}
-    assert sc.router_backends(router, {"a"}, [{"id": "3", "deployment": "a"}]) == [
-        {"id": "2", "deployment": "b"}, {"id": "3", "deployment": "a"}]
+    router = sc.router_app([_b(1, "a"), _b(2, "b")], tenants=[], audit_path=None)
+    assert sc.router_backends(router, {"a"}, [_b(3, "a")]) == [_b(2, "b"), _b(3, "a")]
     assert sc.router_backends(None, {"a"}, []) == []
+
+
+def test_a_router_table_from_an_older_sovra_is_refused_with_the_way_out():
+    old = {"args": {"backends": [{"id": "1", "deployment": "a", "model": "m"}]}}  # no residency, no place
+    with pytest.raises(sc.StaleRouterError, match="sovra down"):
+        sc.router_backends(old, {"b"}, [])
 
 
 @given(st.permutations(range(5)))
 def test_same_plan_gives_byte_identical_config_whatever_the_order(order):
     """Serve's code version hashes import path and args: any drift would restart every replica on `up`."""
-    backends = [{"id": f"b{i}", "deployment": "d", "model": "m"} for i in range(5)]
-    one = sc.router_app(backends, tenants=[], policies={"m": "cost", "n": "latency"}, audit_path="/a")
-    two = sc.router_app([backends[i] for i in order], tenants=[], policies={"n": "latency", "m": "cost"},
-                        audit_path="/a")
+    backends = [_b(i, "d") for i in range(5)]
+    one = sc.router_app(backends, tenants=[], audit_path="/a")
+    two = sc.router_app([backends[i] for i in order], tenants=[], audit_path="/a")
     assert json.dumps(one, sort_keys=True) == json.dumps(two, sort_keys=True)
