@@ -134,11 +134,12 @@ def _replicas_of(app: str) -> list[dict]:
 def _timed(d, key: str, n: int) -> list[tuple[float, int, str]]:
     """n sequential chats: (seconds, HTTP status, target)."""
     out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        r = httpx.post(d["url"] + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=130,
-                       json={"model": "m", "messages": [{"role": "user", "content": "eu-secret dead set"}]})
-        out.append((time.perf_counter() - t0, r.status_code, r.headers.get("X-Sovra-Target", "")))
+    with httpx.Client(timeout=130) as http:  # one pooled client: a new one per call costs ~100 ms by itself
+        for _ in range(n):
+            t0 = time.perf_counter()
+            r = http.post(d["url"] + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                          json={"model": "m", "messages": [{"role": "user", "content": "eu-secret dead set"}]})
+            out.append((time.perf_counter() - t0, r.status_code, r.headers.get("X-Sovra-Target", "")))
     return out
 
 
@@ -163,14 +164,19 @@ def test_a_dead_eu_set_fails_closed_within_two_seconds_and_a_wider_tenant_fails_
     outage = [t for t, status, _ in eu if status == 503]
     assert outage, f"no EU request saw the outage ({window_s:.1f} s of requests): {eu}"
     p95 = sorted(outage)[max(0, math.ceil(0.95 * len(outage)) - 1)]
+    print(f"\ndead EU set: {len(outage)}/{len(eu)} EU requests in the outage, 503 in "
+          f"{sorted(round(t, 3) for t in outage)} s (p95 {p95:.3f} s); tenant EU+US: {[(round(t, 3), tg) for t, _, tg in both]}; US p50 before/during "
+          f"{us_before[len(us_before) // 2] * 1000:.1f}/{us_during[len(us_during) // 2] * 1000:.1f} ms")
     assert p95 <= 2.0, f"EU requests waited on a dead set: {sorted(outage)}"
     assert all(status == 200 for _, status, _ in both), both
     assert {target for _, _, target in both} <= {"onprem-paris", "onprem-virginia"}
     assert max(t for t, _, _ in both) <= 2.5, both
     # other tenants keep their latency (a loose factor: 2 shared cores; the point is no seconds-long stall)
-    assert us_during[len(us_during) // 2] <= max(0.25, 5 * us_before[len(us_before) // 2]), (us_before, us_during)
-    deployed["api"].wait(lambda apps: apps[EU_APP].running >= 1 and apps[EU_APP].status == "RUNNING",
-                         timeout_s=120, what="Serve to replace the killed EU replicas")
+    assert us_during[len(us_during) // 2] <= max(0.1, 3 * us_before[len(us_before) // 2]), (us_before, us_during)
+    deadline = time.time() + 120  # UNHEALTHY until Serve has replaced them: poll, don't fail on it
+    while not (deployed["api"].apps()[EU_APP].running >= 1 and deployed["api"].apps()[EU_APP].status == "RUNNING"):
+        assert time.time() < deadline, "Serve never replaced the killed EU replicas"
+        time.sleep(0.5)
     _wait_admitted(deployed, EU_KEY, "onprem-paris")
     records = [json.loads(line) for line in deployed["audit"].read_text().splitlines()]
     eu_records = [r for r in records if r["tenant"] == "eu"]
