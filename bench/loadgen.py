@@ -1,10 +1,12 @@
-"""The load generator of `bench/router.py`, run in a process of its own (`loadgen(spec)` is its entry point).
+"""The load generator of `bench/router.py`: one measurement per call of `loadgen(spec)`.
 
-One client per measurement, warmed up, then `n` requests from `concurrency` workers on uvloop. Clients:
-  httpx    httpx.AsyncClient (keep-alive pool), the client of every HTTP variant and of the reference numbers
-  aiohttp  a lean client (several times less CPU per request), to show what the servers cost when the client
-           is not the bottleneck
-  sdk      `orchestrator.sdk.AsyncClient(mode="direct")` over an httpx client with the same settings
+One client per measurement, warmed up, then `n` requests from `concurrency` workers. Clients:
+  http    an aiohttp session (keep-alive pool): a lean client, so that the servers' cost is what is measured
+          and not the client's (httpx costs several times more CPU per request on this machine)
+  handle  a Ray Serve DeploymentHandle to the replica's ModelServer, called from where this runs: inside a Serve
+          replica (`bench/serve_ingress.py:handle_caller`), as Sovra's router calls it, with no HTTP per call
+Each result has the latencies (or, streamed, the time to the first chunk), the wall time, the errors, and the
+router's own time per request where it sent one (`X-Sovra-Overhead-Ms`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import asyncio
 import json
 import time
 from typing import Any
+
+OVERHEAD_HEADER = "X-Sovra-Overhead-Ms"
 
 
 def percentile(xs: list[float], q: float) -> float | None:
@@ -23,88 +27,90 @@ def percentile(xs: list[float], q: float) -> float | None:
     return s[min(len(s) - 1, max(0, round(q / 100 * len(s) + 0.5) - 1))]
 
 
-def _httpx_client(concurrency: int):
-    import httpx
+class _Http:
+    """POST /v1/chat/completions with aiohttp; streamed, the time to the first SSE `data:` line."""
 
-    size = max(concurrency, 20)
-    return httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0),
-                             limits=httpx.Limits(max_connections=size, max_keepalive_connections=size))
-
-
-async def _measure(spec: dict[str, Any]) -> dict[str, Any]:
-    kind, stream, conc = spec["kind"], spec["stream"], spec["concurrency"]
-    url = spec["url"] + "/v1/chat/completions"
-    body = json.dumps({**spec["body"], "stream": stream}).encode()
-    headers = spec["headers"]
-    http = _httpx_client(conc)
-    aio = sdk = None
-    if kind == "aiohttp":
+    def __init__(self, spec: dict[str, Any]):
         import aiohttp
 
-        aio = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conc))
-    elif kind == "sdk":
-        from orchestrator.sdk import AsyncClient
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=spec["concurrency"]))
+        self.url = spec["url"] + "/v1/chat/completions"
+        self.body = json.dumps({**spec["body"], "stream": spec["stream"]}).encode()
+        self.headers = {"Content-Type": "application/json", **spec.get("headers", {})}
+        self.stream = spec["stream"]
 
-        sdk = AsyncClient(spec["routes_url"], api_key=spec["key"], residency=spec["residency"], mode="direct",
-                          http=http)
-    model, messages = spec["body"]["model"], spec["body"]["messages"]
-    params = {k: v for k, v in spec["body"].items() if k not in ("model", "messages")}
-
-    async def one() -> float:
-        """Latency of one request, or its time to the first SSE `data:` line when streamed."""
+    async def one(self) -> tuple[float, float | None]:
         start = time.perf_counter()
-        if sdk is not None:
-            if stream:
-                chunks = sdk.chat_stream(model, messages, **params)
-                await chunks.__anext__()
-                first = time.perf_counter()
-                async for _ in chunks:
-                    pass
-                return first - start
-            answer = await sdk.chat(model, messages, **params)
-            assert answer.data["choices"], answer
-            return time.perf_counter() - start
-        if aio is not None:
-            async with aio.post(url, data=body, headers=headers) as resp:
-                if stream:
-                    first = None
-                    async for line in resp.content:
-                        if first is None and line.startswith(b"data:"):
-                            first = time.perf_counter()
-                    assert resp.status == 200 and first is not None, resp.status
-                    return first - start
-                data = json.loads(await resp.read())
-                assert resp.status == 200 and data["choices"], data
-                return time.perf_counter() - start
-        if stream:
-            async with http.stream("POST", url, content=body, headers=headers) as resp:
+        async with self.session.post(self.url, data=self.body, headers=self.headers) as resp:
+            overhead = resp.headers.get(OVERHEAD_HEADER)
+            if self.stream:
                 first = None
-                async for line in resp.aiter_lines():
-                    if first is None and line.startswith("data:"):
+                async for line in resp.content:
+                    if first is None and line.startswith(b"data:"):
                         first = time.perf_counter()
-                assert resp.status_code == 200 and first is not None, resp.status_code
-                return first - start
-        resp = await http.post(url, content=body, headers=headers)
-        data = resp.json()
-        assert resp.status_code == 200 and data["choices"], data
-        return time.perf_counter() - start
+                if resp.status != 200 or first is None:
+                    raise RuntimeError(f"HTTP {resp.status}, first chunk {first}")
+                return first - start, _float(overhead)
+            data = json.loads(await resp.read())
+            if resp.status != 200 or not data.get("choices"):
+                raise RuntimeError(f"HTTP {resp.status}: {str(data)[:200]}")
+            return time.perf_counter() - start, _float(overhead)
 
+    async def close(self) -> None:
+        await self.session.close()
+
+
+class _Handle:
+    """`ModelServer.chat` (or `chat_stream`, to its first chunk) through a DeploymentHandle from this driver."""
+
+    def __init__(self, spec: dict[str, Any]):
+        from ray import serve
+
+        handle = serve.get_deployment_handle("ModelServer", app_name=spec["app"])
+        self.chat = handle.chat
+        self.chat_stream = handle.options(stream=True).chat_stream
+        self.body = {**spec["body"], "stream": spec["stream"]}
+        self.stream = spec["stream"]
+
+    async def one(self) -> tuple[float, None]:
+        start = time.perf_counter()
+        if self.stream:
+            gen = self.chat_stream.remote(self.body)
+            await gen.__anext__()
+            first = time.perf_counter()
+            async for _ in gen:
+                pass
+            return first - start, None
+        answer = await self.chat.remote(self.body)
+        if not answer.get("choices"):
+            raise RuntimeError(f"no choices: {str(answer)[:200]}")
+        return time.perf_counter() - start, None
+
+    async def close(self) -> None:
+        return None
+
+
+async def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """One measurement on the running event loop (a Serve replica runs it this way, for the handle baseline)."""
+    client = _Handle(spec) if spec["kind"] == "handle" else _Http(spec)
     latencies: list[float] = []
+    overheads: list[float] = []
     errors: list[str] = []
 
     async def worker(left: list[int], deadline: float, record: bool) -> None:
         while left[0] > 0 and time.perf_counter() < deadline:
             left[0] -= 1
             try:
-                t = await one()
+                t, overhead = await client.one()
                 if record:
                     latencies.append(t)
+                    if overhead is not None:
+                        overheads.append(overhead)
             except Exception as exc:  # noqa: BLE001  (counted and reported: a benchmark must finish)
                 errors.append(f"{type(exc).__name__}: {exc}"[:200])
 
+    conc = spec["concurrency"]
     try:
-        if sdk is not None:  # the routing table is fetched once per client, before the clock
-            await sdk.chat(model, messages, **params)
         warm = [spec["warmup"]]
         await asyncio.gather(*(worker(warm, time.perf_counter() + spec["cap_s"], False) for _ in range(conc)))
         left = [spec["n"]]
@@ -112,10 +118,16 @@ async def _measure(spec: dict[str, Any]) -> dict[str, Any]:
         await asyncio.gather(*(worker(left, start + spec["cap_s"], True) for _ in range(conc)))
         wall = time.perf_counter() - start
     finally:
-        await http.aclose()
-        if aio is not None:
-            await aio.close()
-    return {"n": len(latencies), "wall_s": wall, "latencies_ms": [x * 1000 for x in latencies], "errors": errors}
+        await client.close()
+    return {"n": len(latencies), "wall_s": wall, "latencies_ms": [x * 1000 for x in latencies],
+            "overhead_ms": overheads, "errors": errors}
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except ValueError:
+        return None
 
 
 def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
@@ -123,5 +135,5 @@ def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(_measure(spec))
-    return uvloop.run(_measure(spec))
+        return asyncio.run(measure(spec))
+    return uvloop.run(measure(spec))

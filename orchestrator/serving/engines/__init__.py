@@ -10,7 +10,7 @@ import abc
 import importlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
 from orchestrator.errors import SovraError
@@ -57,6 +57,44 @@ class Engine(abc.ABC):
     async def embed(self, body: dict[str, Any]) -> dict[str, Any]:
         """Answer an OpenAI embeddings request; engines that serve none say so."""
         raise EngineError(f"engine {self.name!r} serves no embeddings; deploy an embeddings engine such as 'minilm'")
+
+    @abc.abstractmethod
+    async def health(self) -> dict[str, Any]:
+        """Whether the engine can serve, found by exercising it without any user payload: `{"ok": bool, ...}`.
+
+        Called every few seconds by Serve's replica health check and by the router's probes, so it must answer
+        in milliseconds, also while a long generation runs; a failure may raise instead of returning ok False.
+        """
+
+
+class Heartbeat:
+    """When the engine's one-at-a-time work (a generation, an encode) last made progress, so that `health` can tell
+    a busy engine from a stuck one without waiting for the work to end. Written by the worker thread, read by the
+    event loop: a float assignment is atomic."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._at: float | None = None
+
+    def beat(self) -> None:
+        """Work started, or made progress (e.g. one more token)."""
+        self._at = self._clock()
+
+    def stop(self) -> None:
+        """The work ended."""
+        self._at = None
+
+    def silent_for(self) -> float | None:
+        """Seconds since the running work last made progress; None when nothing runs."""
+        at = self._at
+        return None if at is None else self._clock() - at
+
+    def stalled(self, after_s: float) -> str | None:
+        """Why the running work counts as stuck (no progress for `after_s`), or None."""
+        silent = self.silent_for()
+        if silent is not None and silent > after_s:
+            return f"the running request made no progress for {silent:.0f} s (limit {after_s:g} s)"
+        return None
 
 
 def known_engines() -> list[str]:
@@ -110,5 +148,5 @@ def __getattr__(attr: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
-__all__ = ["EchoEngine", "Engine", "EngineError", "chunk", "completion", "get_engine", "known_engines",
+__all__ = ["EchoEngine", "Engine", "EngineError", "Heartbeat", "chunk", "completion", "get_engine", "known_engines",
            "new_completion_id", "token_usage"]

@@ -21,6 +21,10 @@ class EchoEngine(Engine, name="echo"):
             yield chunk(self.model, cid, {"content": (" " if i else "") + word})
         yield chunk(self.model, cid, {}, "stop", {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3})
 
+    async def health(self) -> dict[str, Any]:
+        """Always ok: there is no model to lose."""
+        return {"ok": True}
+
     async def embed(self, body: dict[str, Any]) -> dict[str, Any]:
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         return {"object": "list", "model": self.model, "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)},

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from orchestrator.serving.engines import (
     Engine,
     EngineError,
+    Heartbeat,
     chunk,
     completion,
     new_completion_id,
@@ -62,6 +63,8 @@ class LlamaCppOptions(BaseModel):
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="Temperature when a request sets none.")
     preamble: str = Field(DEFAULT_PREAMBLE, description="First line of the transcript when there is no "
                                                         "system message.")
+    stall_after_s: float = Field(300.0, gt=0, description="Health fails when a running generation has produced "
+                                                          "no token for this long (prompt evaluation included).")
 
 
 def default_cache_dir() -> Path:
@@ -90,6 +93,22 @@ def packaged_gguf(cache_dir: Path | None = None) -> Path:
     finally:
         partial.unlink(missing_ok=True)
     return target
+
+
+HEALTH_TEXT = b"Sovra health check"
+
+
+def _loaded(llm: Any) -> str | None:
+    """Why a llama_cpp.Llama cannot serve (its model or context was freed, e.g. by `close()`), or None. Reads
+    llama-cpp-python's internals (`_model.model`, `_ctx.ctx`, set to None when freed): tokenizing after the model
+    was freed would dereference a null pointer in C, so this is checked first."""
+    model = getattr(getattr(llm, "_model", None), "model", None)
+    ctx = getattr(getattr(llm, "_ctx", None), "ctx", None)
+    if model is None:
+        return "the model is not loaded (freed or never loaded)"
+    if ctx is None:
+        return "the model's context is gone (freed or never created)"
+    return None
 
 
 class StopScanner:
@@ -147,6 +166,22 @@ class LlamaCppEngine(Engine, name="llama-cpp"):
         end_of_turn = self._llm.tokenize(b"<end_of_turn>", add_bos=False, special=True)
         self._eog = {self._llm.token_eos(), *(end_of_turn if len(end_of_turn) == 1 else ())}
         self._lock = asyncio.Lock()
+        self._heartbeat = Heartbeat()
+
+    async def health(self) -> dict[str, Any]:
+        """The model and its context are loaded and the vocabulary tokenizes a fixed string. Taken outside the
+        generation lock, so it never waits behind a long generation: tokenizing reads only the vocabulary, never
+        the context a running generation writes to. A generation holding the lock is judged by its progress."""
+        loaded = _loaded(self._llm)
+        if loaded is not None:
+            return {"ok": False, "error": loaded}
+        tokens = self._llm.tokenize(HEALTH_TEXT, add_bos=False, special=False)
+        if not tokens:
+            return {"ok": False, "error": "the model tokenized its health-check text to nothing"}
+        stalled = self._heartbeat.stalled(self.settings.stall_after_s)
+        if stalled is not None:
+            return {"ok": False, "error": stalled}
+        return {"ok": True, "busy": self._lock.locked()}
 
     def _request(self, body: dict[str, Any]) -> tuple[ChatRequest, str]:
         req = ChatRequest.from_body(body, default_max_tokens=self.settings.max_tokens,
@@ -195,11 +230,16 @@ class LlamaCppEngine(Engine, name="llama-cpp"):
         """Take the lock and start the generation in a thread; the lock is freed when the thread is done."""
         cancelled = threading.Event()
         await self._lock.acquire()
+        self._heartbeat.beat()
         worker = asyncio.ensure_future(asyncio.to_thread(self._generate, prompt, req, emit, cancelled))
         # Freed on the thread's end, not the caller's: a caller that leaves must not let a second generation into
         # llama.cpp while the first is still winding down.
-        worker.add_done_callback(lambda _future: self._lock.release())
+        worker.add_done_callback(lambda _future: self._done())
         return worker, cancelled
+
+    def _done(self) -> None:
+        self._heartbeat.stop()
+        self._lock.release()
 
     def _generate(self, prompt: str, req: ChatRequest, emit: Callable[[str], None],
                   cancelled: threading.Event) -> Generation:
@@ -229,6 +269,7 @@ class LlamaCppEngine(Engine, name="llama-cpp"):
                               presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty)
         try:
             for token in tokens:
+                self._heartbeat.beat()
                 if token in self._eog:
                     finish = "stop"
                     break

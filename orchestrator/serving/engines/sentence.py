@@ -14,12 +14,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.serving.engines import Engine, EngineError
+from orchestrator.serving.engines import Engine, EngineError, Heartbeat
 from orchestrator.serving.engines.request import InvalidChatRequest
 
 INSTALL_HINT = "pip install 'sovra[local]'"
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 MAX_INPUTS = 2048  # OpenAI's limit on inputs per embeddings request
+HEALTH_TEXT = "Sovra health check"
 
 
 class InvalidEmbeddingsRequest(EngineError):
@@ -36,6 +37,7 @@ class SentenceOptions(BaseModel):
     device: str = Field("cpu", description="torch device, e.g. 'cpu' or 'cuda'.")
     batch_size: int = Field(32, ge=1, description="Inputs encoded per forward pass.")
     n_threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's own choice.")
+    stall_after_s: float = Field(300.0, gt=0, description="Health fails when one encode has run this long.")
 
 
 def embedding_inputs(body: dict[str, Any]) -> list[str]:
@@ -83,6 +85,23 @@ class SentenceEngine(Engine, name="minilm"):
         self.dimensions = int(self._model.encode(["warm-up"], show_progress_bar=False).shape[1])
         # torch already spreads one batch over every core; concurrent encodes would only contend.
         self._lock = asyncio.Lock()
+        self._heartbeat = Heartbeat()
+
+    async def health(self) -> dict[str, Any]:
+        """The model is loaded and its tokenizer reads a fixed string. A fast tokenizer must not be called from two
+        threads at once (it fails with "Already borrowed"), so this runs under the encode lock, and only when the
+        lock is free: a running encode is judged by how long it has run instead of being waited for."""
+        model = self._model
+        if model is None:
+            return {"ok": False, "error": "the model is not loaded"}
+        if self._lock.locked():
+            stalled = self._heartbeat.stalled(self.settings.stall_after_s)
+            return {"ok": False, "error": stalled} if stalled else {"ok": True, "busy": True}
+        async with self._lock:  # free, so taken at once; held by no await
+            ids = model.tokenizer(HEALTH_TEXT)["input_ids"]
+        if not ids:
+            return {"ok": False, "error": "the tokenizer read its health-check text as nothing"}
+        return {"ok": True, "busy": False}
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
         raise InvalidChatRequest(f"engine {self.name!r} serves embeddings only; send chat to a chat deployment")
@@ -100,7 +119,16 @@ class SentenceEngine(Engine, name="minilm"):
             raise InvalidEmbeddingsRequest(f"dimensions={body['dimensions']!r}: this model returns "
                                            f"{self.dimensions}; omit dimensions")
         async with self._lock:
-            vectors, tokens = await asyncio.to_thread(self._encode, inputs)
+            self._heartbeat.beat()
+            work = asyncio.ensure_future(asyncio.to_thread(self._encode, inputs))
+            try:
+                vectors, tokens = await asyncio.shield(work)
+            except asyncio.CancelledError:
+                # The thread cannot be stopped: keep the lock (and `health` off the tokenizer) until it ends.
+                await asyncio.wait([work])
+                raise
+            finally:
+                self._heartbeat.stop()
         return {"object": "list", "model": self.model,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
                 "data": [{"object": "embedding", "index": i, "embedding": encode_vector(v, encoding_format)}

@@ -93,6 +93,15 @@ class VLLMEngine(Engine, name="vllm"):
         self._sampling_params = vllm.SamplingParams
         self._tokenizer: Any = None
 
+    async def health(self) -> dict[str, Any]:
+        """vLLM's own `check_health()`: it raises when the engine's background loop or its engine-core process
+        died (AsyncEngineDeadError / EngineDeadError). vLLM answers it without running the model."""
+        try:
+            await self._engine.check_health()
+        except Exception as exc:  # noqa: BLE001  (any failure of vLLM's check: this replica cannot serve)
+            return {"ok": False, "error": f"vLLM engine unhealthy: {type(exc).__name__}: {exc}"}
+        return {"ok": True}
+
     def _request(self, body: dict[str, Any]) -> ChatRequest:
         return ChatRequest.from_body(body, default_max_tokens=self.settings.max_tokens,
                                      default_temperature=self.settings.temperature)
