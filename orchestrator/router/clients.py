@@ -46,6 +46,9 @@ class BackendClient(abc.ABC):
         """True when this client knows, without sending anything, that the backend has no live replica."""
         return False
 
+    async def refresh(self) -> None:
+        """Bring what `known_down` knows up to date (asked by /readyz); nothing by default."""
+
     async def health(self, backend: Backend) -> bool | None:
         """A payload-free liveness check for the prober; None when this kind of backend cannot be probed (then the
         breaker's half-open trial brings it back)."""

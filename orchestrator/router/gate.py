@@ -53,6 +53,13 @@ class RequestResidency:
     header: Residency | None = None
     deployment: Residency | None = None
 
+    def __post_init__(self) -> None:
+        # A cache key on every request (the dispatcher's plans, `bound_by`): hash the three models once, not per use.
+        object.__setattr__(self, "_hash", hash((self.tenant, self.header, self.deployment)))
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[attr-defined]
+
     @classmethod
     def build(cls, tenant: Residency, header_value: str | None) -> RequestResidency:
         """Parse and check the header against the tenant's bound: 400 if unknown, 403 if it tries to widen."""

@@ -1,6 +1,7 @@
 """Payload-free health probes: bring an ejected backend back without sending it anybody's request.
 
-A probe carries no payload (an HTTP `GET /v1/models`, or a Ray Serve `health()` call that never touches the model),
+A probe carries no payload (an HTTP `GET /v1/models`, or a Ray Serve `health()` call that asks the engine itself
+whether it is alive, with no request of anybody's),
 so it is not a residency event. It only ever contacts backends of the router's own routing table.
 """
 

@@ -3,14 +3,16 @@
 Where the payload leaves: a handle call is first *assigned* to a replica (Serve reserves a slot on a live replica,
 retrying dead ones itself), and only then is the request sent. So a call still unassigned has delivered nothing.
 A Serve app whose replicas are all gone (node loss, crashes) would keep such calls waiting until Serve starts a new
-replica; `ReplicaWatch` follows Serve's own replica states, and a call to an app with no running replica fails at
-once as undelivered, so the dispatcher fails over inside the bound or answers 503 within about a second.
+replica. A call still unassigned after `assign_check_s` makes the client ask Serve's own replica states
+(`ReplicaWatch`); with no running replica the pending assignment is cancelled — the payload never left — and the
+dispatcher fails over inside the bound or answers 503 within about a second. Later calls to that app fail at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -42,41 +44,43 @@ def _verdict(exc: BaseException, backend: Backend) -> AttemptFailed | BadRequest
 
 
 class ReplicaWatch:
-    """Serve's replica states for the apps the router uses, refreshed in the background.
+    """Serve's replica states for the apps the router uses, fetched on demand (one fetch at a time).
 
-    `down(app)` is True only when Serve reports the app with no RUNNING replica (or not at all), never merely
-    because the watch has not looked yet.
+    Nothing polls while every call is assigned promptly: the view is refreshed only when a call has waited for a
+    replica, when a probe asks, or when /readyz asks. A "down" view older than `trust_s` is not believed, so a
+    stale view can delay a send but never refuse one to an app that has recovered.
     """
 
-    def __init__(self, status: Callable[[], Any] | None = None, interval_s: float = 0.25):
+    def __init__(self, status: Callable[[], Any] | None = None, *, trust_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic):
         self._status = status or _serve_status
-        self.interval_s = interval_s
+        self.trust_s = trust_s
+        self._clock = clock
         self._running: dict[str, int] = {}
-        self._known = False
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._at: float | None = None
+        self._refreshing: asyncio.Future | None = None
 
     def down(self, app: str) -> bool:
-        return self._known and self._running.get(app, 0) == 0
+        """Serve reported, within `trust_s`, no RUNNING replica of `app` (or no such app)."""
+        return (self._at is not None and self._clock() - self._at <= self.trust_s
+                and self._running.get(app, 0) == 0)
 
-    async def refresh(self) -> None:
-        running = await asyncio.to_thread(self._status)  # a blocking controller call: off the event loop
-        self._running, self._known = running, True
+    async def fresh(self, max_age_s: float) -> None:
+        """Make the view at most `max_age_s` old; concurrent callers share one fetch."""
+        if self._at is not None and self._clock() - self._at <= max_age_s:
+            return
+        if self._refreshing is None:
+            self._refreshing = asyncio.ensure_future(self._refresh())
+        await asyncio.shield(self._refreshing)
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except Exception as exc:  # keep the last view; a controller hiccup must not mark everything down
-                log.debug("replica watch: %s", exc)
-            await asyncio.sleep(self.interval_s)
-
-    async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+    async def _refresh(self) -> None:
+        try:
+            self._running = await asyncio.to_thread(self._status)  # a blocking controller call: off the loop
+            self._at = self._clock()
+        except Exception as exc:  # keep the last view; a controller hiccup must not mark everything down
+            log.debug("replica watch: %s", exc)
+        finally:
+            self._refreshing = None
 
 
 def _serve_status() -> dict[str, int]:
@@ -91,6 +95,48 @@ def _serve_status() -> dict[str, int]:
     return out
 
 
+class _AssignmentGuard:
+    """Watches one handle call until Serve assigns it to a replica; if it is still unassigned after `check_s` and
+    Serve reports no running replica, it cancels the assignment. A successful cancel of the pending assignment is
+    proof the payload never left: `undelivered` is then True. One timer per call, nothing else while it is
+    assigned promptly (the usual case)."""
+
+    __slots__ = ("_client", "_app", "_future", "_timer", "_task", "undelivered")
+
+    def __init__(self, client: RayClient, app: str, response: Any):
+        self._client, self._app, self.undelivered = client, app, False
+        self._future = getattr(response, "_replica_result_future", None)  # assigned when done (Ray >= 2.4x)
+        self._task: asyncio.Task | None = None
+        self._timer = (asyncio.get_running_loop().call_later(client.assign_check_s, self._fire)
+                       if self._future is not None else None)
+
+    def _fire(self) -> None:
+        if self._future is None or self._future.done():
+            return
+        self._task = asyncio.ensure_future(self._check())
+
+    async def _check(self) -> None:
+        watch = self._client.watch
+        await watch.fresh(self._client.assign_check_s)
+        if self._future.done():
+            return
+        if watch.down(self._app):
+            self.undelivered = self._future.cancel()  # False: Serve assigned it meanwhile; it runs on
+            return
+        self._timer = asyncio.get_running_loop().call_later(self._client.assign_check_s, self._fire)
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+
+def _cancelled_by_us() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class RayClient(BackendClient):
     """One cached DeploymentHandle per Serve app; calls fail fast, as undelivered, while an app has no replica."""
 
@@ -102,10 +148,12 @@ class RayClient(BackendClient):
     def known_down(self, backend: Backend) -> bool:
         return self.watch.down(backend.address)
 
+    async def refresh(self) -> None:
+        await self.watch.fresh(self.watch.trust_s)
+
     def _handle(self, backend: Backend):
         from ray import serve
 
-        self.watch.start()
         h = self._handles.get(backend.address)
         if h is None:
             h = self._handles[backend.address] = serve.get_deployment_handle(DEPLOYMENT, app_name=backend.address)
@@ -115,40 +163,29 @@ class RayClient(BackendClient):
         if self.watch.down(backend.address):
             raise NotDelivered(f"{backend.target}: no running replica", down=True)
 
-    async def _assigned(self, backend: Backend, response: Any) -> None:
-        """Wait until Serve assigns the call to a replica; if meanwhile the app has no running replica, cancel it:
-        it was never sent. Calls that Serve assigns in the race are delivered and left to run."""
-        fetch = getattr(response, "_fetch_future_result_async", None)
-        if fetch is None:  # another Ray version: no bounded wait, the dispatcher's timeout still applies
-            return
-        task = asyncio.ensure_future(fetch())
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        while True:
-            done, _ = await asyncio.wait((task,), timeout=self.assign_check_s)
-            if done:
-                if not task.cancelled() and task.exception() is not None:
-                    raise task.exception()  # Serve refused before assigning (e.g. app unavailable)
-                return
-            if self.watch.down(backend.address):
-                response.cancel()
-                await asyncio.wait((task,), timeout=1.0)
-                if task.cancelled() or task.exception() is not None:
-                    raise NotDelivered(f"{backend.target}: no running replica", down=True)
-                return
+    def _undelivered(self, backend: Backend, guard: _AssignmentGuard) -> NotDelivered | None:
+        if guard.undelivered and not _cancelled_by_us():
+            return NotDelivered(f"{backend.target}: no running replica; the request was never sent", down=True)
+        return None
 
     async def _call(self, backend: Backend, method: str, body: dict[str, Any]) -> dict[str, Any]:
         self._refuse_if_down(backend)
         response = getattr(self._handle(backend), method).remote(body)
+        guard = _AssignmentGuard(self, backend.address, response)
         try:
-            await self._assigned(backend, response)
             return await response
-        except asyncio.CancelledError:  # the dispatcher's timeout, or the client went away
-            response.cancel()
-            raise
-        except AttemptFailed:
-            raise
-        except Exception as exc:
+        except (asyncio.CancelledError, Exception) as exc:
+            verdict = self._undelivered(backend, guard)
+            if verdict is not None:
+                raise verdict from None
+            if isinstance(exc, asyncio.CancelledError):  # the dispatcher's timeout, or the client went away
+                response.cancel()
+                raise
+            if isinstance(exc, AttemptFailed):
+                raise
             raise _verdict(exc, backend) from exc
+        finally:
+            guard.disarm()
 
     async def chat(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
         return await self._call(backend, "chat", body)
@@ -158,6 +195,7 @@ class RayClient(BackendClient):
 
     async def health(self, backend: Backend) -> bool:
         """The replica's payload-free `health()`, which asks its engine; False at once when no replica runs."""
+        await self.watch.fresh(self.watch.trust_s)
         if self.watch.down(backend.address):
             return False
         return bool((await self._handle(backend).health.remote()).get("ok"))
@@ -165,20 +203,22 @@ class RayClient(BackendClient):
     async def chat_stream(self, backend: Backend, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         self._refuse_if_down(backend)
         gen = self._handle(backend).options(stream=True).chat_stream.remote(body)
+        guard = _AssignmentGuard(self, backend.address, gen)
         try:
-            await self._assigned(backend, gen)
             first = await anext(gen, None)
-        except asyncio.CancelledError:
-            gen.cancel()
-            raise
-        except AttemptFailed:
-            raise
-        except Exception as exc:
+        except (asyncio.CancelledError, Exception) as exc:
+            verdict = self._undelivered(backend, guard)
+            if verdict is not None:
+                raise verdict from None
+            if isinstance(exc, asyncio.CancelledError):
+                gen.cancel()
+                raise
+            if isinstance(exc, AttemptFailed):
+                raise
             raise _verdict(exc, backend) from exc
+        finally:
+            guard.disarm()
         return _rest(first, gen, backend)
-
-    async def aclose(self) -> None:
-        await self.watch.aclose()
 
 
 async def _rest(first: dict[str, Any] | None, gen: Any, backend: Backend) -> AsyncIterator[dict[str, Any]]:
