@@ -14,6 +14,16 @@ import json
 from typing import Any
 
 
+async def _body(receive) -> bytes:
+    """The whole request body from ASGI `receive` messages."""
+    body, more = b"", True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    return body
+
+
 def bare_ingress(args: dict[str, Any]):
     """Serve application builder: `args["model_app"]` is the Serve application of the replica to forward to."""
     from ray import serve
@@ -27,11 +37,7 @@ def bare_ingress(args: dict[str, Any]):
         async def app(scope, receive, send):
             if scope["type"] != "http":
                 return
-            body, more = b"", True
-            while more:
-                message = await receive()
-                body += message.get("body", b"")
-                more = message.get("more_body", False)
+            body = await _body(receive)
             request = json.loads(body)
             if request.get("stream"):
                 await send({"type": "http.response.start", "status": 200,
@@ -68,11 +74,7 @@ def handle_caller(args: dict[str, Any]):
         async def app(scope, receive, send):
             if scope["type"] != "http":
                 return
-            body, more = b"", True
-            while more:
-                message = await receive()
-                body += message.get("body", b"")
-                more = message.get("more_body", False)
+            body = await _body(receive)
             result = await measure({**json.loads(body), "kind": "handle", "app": model_app})
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"application/json")]})

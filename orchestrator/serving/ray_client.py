@@ -163,10 +163,16 @@ class RayClient(BackendClient):
         if self.watch.down(backend.address):
             raise NotDelivered(f"{backend.target}: no running replica", down=True)
 
-    def _undelivered(self, backend: Backend, guard: _AssignmentGuard) -> NotDelivered | None:
+    @staticmethod
+    def _failure(exc: BaseException, backend: Backend, guard: _AssignmentGuard, response: Any) -> BaseException:
+        """What a failed handle call raises: undelivered when the guard cancelled its assignment; a cancellation of
+        our own (timeout, client gone) cancels the call and stays a cancellation; anything else is classified."""
         if guard.undelivered and not _cancelled_by_us():
             return NotDelivered(f"{backend.target}: no running replica; the request was never sent", down=True)
-        return None
+        if isinstance(exc, asyncio.CancelledError):
+            response.cancel()
+            return exc
+        return exc if isinstance(exc, AttemptFailed) else _verdict(exc, backend)
 
     async def _call(self, backend: Backend, method: str, body: dict[str, Any]) -> dict[str, Any]:
         self._refuse_if_down(backend)
@@ -175,15 +181,7 @@ class RayClient(BackendClient):
         try:
             return await response
         except (asyncio.CancelledError, Exception) as exc:
-            verdict = self._undelivered(backend, guard)
-            if verdict is not None:
-                raise verdict from None
-            if isinstance(exc, asyncio.CancelledError):  # the dispatcher's timeout, or the client went away
-                response.cancel()
-                raise
-            if isinstance(exc, AttemptFailed):
-                raise
-            raise _verdict(exc, backend) from exc
+            raise self._failure(exc, backend, guard, response) from exc
         finally:
             guard.disarm()
 
@@ -207,15 +205,7 @@ class RayClient(BackendClient):
         try:
             first = await anext(gen, None)
         except (asyncio.CancelledError, Exception) as exc:
-            verdict = self._undelivered(backend, guard)
-            if verdict is not None:
-                raise verdict from None
-            if isinstance(exc, asyncio.CancelledError):
-                gen.cancel()
-                raise
-            if isinstance(exc, AttemptFailed):
-                raise
-            raise _verdict(exc, backend) from exc
+            raise self._failure(exc, backend, guard, gen) from exc
         finally:
             guard.disarm()
         return _rest(first, gen, backend)
