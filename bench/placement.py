@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from machine_info import cpu_model  # bench/ is on sys.path when a bench script runs
+from report import print_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -604,20 +605,7 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any], profile: str | No
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     head, body = table_rows(rows)
-    try:
-        from rich.console import Console
-        from rich.table import Table
-
-        t = Table(title="Placement benchmark")
-        for h in head:
-            t.add_column(h)
-        for r in body:
-            t.add_row(*r)
-        Console(width=220).print(t)
-    except ImportError:
-        print(" | ".join(head))
-        for r in body:
-            print(" | ".join(r))
+    print_rows("Placement benchmark", head, body, width=220)
 
 
 def main(argv: list[str] | None = None) -> int:

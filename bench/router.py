@@ -50,6 +50,7 @@ for p in (ROOT, ROOT / "bench"):
 
 from loadgen import loadgen, percentile
 from machine_info import cpu_model
+from report import print_rows
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # The request's `model` names a deployment. The model is given the same name so that a router resolving bare
@@ -687,20 +688,7 @@ def markdown(res: dict[str, Any], der: dict[str, Any], info: dict[str, Any]) -> 
 
 def print_table(res: dict[str, Any]) -> None:
     head, rows = table(res)
-    try:
-        from rich.console import Console
-        from rich.table import Table
-
-        t = Table(title="Router benchmark")
-        for h in head:
-            t.add_column(h)
-        for r in rows:
-            t.add_row(*r)
-        Console(width=200).print(t)
-    except ImportError:
-        print(" | ".join(head))
-        for r in rows:
-            print(" | ".join(r))
+    print_rows("Router benchmark", head, rows, width=200)
 
 
 def main(argv: list[str] | None = None) -> int:
