@@ -343,7 +343,7 @@ def decision_cost(n_backends: int, policy: str = "cost", iters: int = 20_000) ->
         backends.append(Backend(id=f"{DEPLOYMENT}@b{i:04d}", deployment=DEPLOYMENT, model=DEPLOYMENT,
                                 target=f"t{i:04d}", residency=Residency(zones=("GLOBAL",)), policy=policy,
                                 place=Place(zone, rng.choice(countries), rng.choice(["US", "FR", "DE"]), "op"),
-                                cost=rng.choice([0.5, 1.0, 1.0, 2.0]), kind="http", address="http://unused"))
+                                cost=rng.choice([0.5, 1.0, 1.0, 2.0]), kind="openai-compatible", address="http://unused"))
     table = RoutingTable.of(backends)
     route = table.resolve(DEPLOYMENT)
     dispatcher = Dispatcher(table, rng=random.Random(1))

@@ -93,6 +93,7 @@ def load_targets(catalog_files: Sequence[str | Path] | None, org: Org) -> tuple[
     if issues:
         raise SpecError(issues)
     targets.extend(org.clusters)
+    targets.extend(org.endpoints)
     _check_unique(targets, files)
     return tuple(sorted(targets, key=lambda t: t.id))
 
@@ -104,7 +105,7 @@ def _check_unique(targets: Iterable[Target], files: Sequence[str | Path]) -> Non
     dupes = sorted(tid for tid, n in counts.items() if n > 1)
     if dupes:
         raise SpecError([SpecIssue(", ".join(map(str, files)), None, None, "targets",
-                                   f"target id defined twice (catalog and org clusters must not clash): {', '.join(dupes)}")])
+                                   f"target id defined twice (catalog, org clusters and endpoints must not clash): {', '.join(dupes)}")])
 
 
 def parse_catalog_text(text: str, name: str = "<catalog>") -> Catalog:

@@ -30,6 +30,9 @@ __all__ = [
 ]
 
 
+#: backend kinds the SDK can call itself, from outside the cluster (Ray replicas are reached only via the router)
+_DIRECT_KINDS = frozenset({"openai-compatible"})
+
 class SovraAPIError(Exception):
     """An error answered by the router (or raised client-side in direct mode), with status and code."""
 
@@ -173,7 +176,7 @@ class AsyncClient:
         if resp.status_code >= 400:
             _raise_for(resp.status_code, data)
         backends = [Backend.from_wire(b) for d in data["deployments"].values() for b in d["backends"]
-                    if b["kind"] == "http"]
+                    if b["kind"] in _DIRECT_KINDS]
         header = _residency_header(self._residency).get("X-Sovra-Residency")
         gate = RequestResidency.build(Residency.model_validate(data["residency"]), header)
         return Dispatcher(RoutingTable.of(backends)), gate, HttpClient(self._http)

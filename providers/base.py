@@ -5,17 +5,56 @@ from __future__ import annotations
 import abc
 import difflib
 import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from types import ModuleType
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from orchestrator.errors import ProviderError
 from orchestrator.spec.zones import zone_of
 
+if TYPE_CHECKING:
+    from orchestrator.router.clients import BackendClient
+    from orchestrator.spec import Target
+
 _REGISTRY: dict[str, type[Provider]] = {}
 
 
+class Connection(BaseModel):
+    """An adapter's non-secret settings for reaching an account or endpoint (org.yaml `connection:`); each adapter
+    subclasses it with its own fields. Secrets have no field here: they come from the SDK's credential chain, or
+    from an environment variable whose *name* is given (e.g. `api_key_env`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+@dataclass(frozen=True)
+class Locator:
+    """Where a backend is: what the adapter's client calls (`address`) and its other non-secret settings."""
+
+    address: str
+    params: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LiveSetting:
+    """One account setting that decides where a target really processes data, as read from the account.
+
+    `zone` is the zone it implies; when it is wider than the catalog's, Sovra treats the target at `zone`.
+    `fix` names the setting to pin and how."""
+
+    target: str
+    setting: str
+    value: str
+    zone: str
+    fix: str = ""
+
+
 class Provider(abc.ABC):
-    """A cloud or cluster kind: how its own labels map to data zones, and (later) how to reach it.
+    """A cloud or cluster kind: how its own labels map to data zones, how the router reaches its backends
+    (`client`), where a placement's backend is (`locate`), and what its account settings say (`live_settings`).
 
     Adapters are stateless and cheap to construct; their SDK is imported only on first use.
     """
@@ -30,6 +69,8 @@ class Provider(abc.ABC):
     provisioner: ClassVar[str] = "pulumi"
     #: provider label -> zone; labels absent here are rejected with the valid ones listed.
     scopes: ClassVar[dict[str, str]] = {}
+    #: the adapter's non-secret connection settings (org.yaml `connection:`).
+    connection_model: ClassVar[type[Connection]] = Connection
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -71,6 +112,31 @@ class Provider(abc.ABC):
     def describe(self) -> str:
         """One line for `sovra targets` and docs: what this provider is."""
 
+    def connection(self, raw: Mapping[str, object] | None) -> Connection:
+        """Validate org.yaml `connection:` settings for this provider; errors name the valid fields."""
+        try:
+            return self.connection_model.model_validate(dict(raw or {}))
+        except ValidationError as exc:
+            fields = ", ".join(self.connection_model.model_fields) or "(none)"
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ProviderError(f"{self.name} connection: {where}: {first['msg']}; valid fields: {fields}") from None
+
+    def client(self) -> BackendClient:
+        """The router's client for this provider's backends (one per router replica; SDK imported lazily)."""
+        raise ProviderError(f"the router cannot send requests to {self.name} backends")
+
+    def locate(self, target: Target, model: str, connection: Connection) -> Locator:
+        """The backend serving `model` at `target`, reached with `connection` (validated by `connection()`).
+        Raises ProviderError, with the fix, when the placement needs an endpoint the org must name."""
+        raise ProviderError(f"{self.name}: `up` cannot route to {target.id} yet; name an existing endpoint for it "
+                            "under `endpoints:` in org.yaml")
+
+    def live_settings(self, target: Target, connection: Connection) -> list[LiveSetting]:
+        """Read, from the account, the settings that decide where `target` really processes data. Empty when the
+        provider has none (the catalog's zone is all there is)."""
+        return []
+
 
 def get(name: str) -> Provider:
     """The adapter registered as `name`; unknown names get a did-you-mean."""
@@ -91,4 +157,12 @@ def names() -> tuple[str, ...]:
 
 def _load_adapters() -> None:
     # The one place adapters are listed: importing them registers them (no SDK is imported).
-    from providers import azure_ml, bedrock, databricks, onprem, sagemaker, snowflake  # noqa: F401
+    from providers import (  # noqa: F401
+        azure_ml,
+        bedrock,
+        databricks,
+        onprem,
+        openai_compatible,
+        sagemaker,
+        snowflake,
+    )

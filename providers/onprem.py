@@ -16,6 +16,11 @@ class Ray(Provider):
     def describe(self) -> str:
         return "Ray cluster (on-prem or this machine), replicas served by Ray Serve"
 
+    def client(self):
+        from orchestrator.serving.ray_client import RayClient
+
+        return RayClient()
+
 
 class Kubernetes(Provider):
     """A Kubernetes context; replicas are provisioned by Pulumi."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -21,9 +21,14 @@ from policies.residency import Place
 class Backend(BaseModel):
     """One endpoint the router may send to, with its deployment's residency and routing policy.
 
-    `cost` is the relative price of one request there; `address` is a Serve app name (`kind` ray) or a base URL
-    (`kind` http). The deployment's residency travels with every backend so that no request to it can be routed
-    by a bound wider than the deployment's own.
+    `kind` names the provider adapter that reaches it (`ray`, `openai-compatible`, `aws-bedrock`, ...); `address`
+    is what that adapter calls (a Serve app name, a base URL, an endpoint name, a vendor model id) and `params` the
+    rest of the adapter's non-secret settings (region, workspace, host). Credentials never appear here: each adapter
+    takes them from its SDK's standard chain where the router runs. `cost` is the relative price of one request
+    there. `tier` is the spillover ladder's rung: 0 for the company's own replicas and endpoints (already paid for),
+    1 for managed per-token offerings, tried only when tier 0 is saturated or down. `capacity` caps the requests
+    in flight there (None: the router's default). The deployment's residency travels with every backend so that
+    no request to it can be routed by a bound wider than the deployment's own.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -36,8 +41,23 @@ class Backend(BaseModel):
     residency: Residency
     policy: str = "cost"
     cost: float = Field(default=0.0, ge=0)
-    kind: Literal["ray", "http"] = "ray"
+    kind: str = "ray"
     address: str = Field(min_length=1)
+    params: dict[str, str] = Field(default_factory=dict)
+    tier: int = Field(default=0, ge=0, le=1)
+    capacity: int | None = Field(default=None, ge=1)
+
+    def __hash__(self) -> int:  # `params` is a dict; equal backends share an id, so the id is a sound hash
+        return hash(self.id)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        from providers import base
+
+        if value not in base.names():
+            base.get(value)  # raises with the known names and a did-you-mean
+        return value
 
     @field_validator("policy")
     @classmethod

@@ -10,9 +10,10 @@ from __future__ import annotations
 import abc
 import asyncio
 import json
+import os
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -95,11 +96,12 @@ class _Streamed(abc.ABC):
 
 class _Transport(abc.ABC):
     @abc.abstractmethod
-    async def post(self, url: str, content: bytes, *, stream: bool) -> _Streamed:
+    async def post(self, url: str, content: bytes, *, stream: bool, headers: dict[str, str] | None = None
+                   ) -> _Streamed:
         """A JSON POST; raises a verdict (`AttemptFailed`) when no response arrives."""
 
     @abc.abstractmethod
-    async def get_status(self, url: str, timeout_s: float) -> int:
+    async def get_status(self, url: str, timeout_s: float, headers: dict[str, str] | None = None) -> int:
         """The status of a GET (payload-free probes)."""
 
     @abc.abstractmethod
@@ -122,16 +124,17 @@ class _HttpxTransport(_Transport):
     def __init__(self, client: httpx.AsyncClient):
         self._client = client
 
-    async def post(self, url: str, content: bytes, *, stream: bool) -> _Streamed:
+    async def post(self, url: str, content: bytes, *, stream: bool, headers: dict[str, str] | None = None
+                   ) -> _Streamed:
         try:
-            resp = await self._client.send(self._client.build_request("POST", url, content=content, headers=_JSON),
-                                           stream=True)
+            resp = await self._client.send(self._client.build_request(
+                "POST", url, content=content, headers={**_JSON, **headers} if headers else _JSON), stream=True)
         except httpx.HTTPError as exc:
             raise _httpx_verdict(exc) from exc
         return _HttpxStreamed(resp)
 
-    async def get_status(self, url: str, timeout_s: float) -> int:
-        return (await self._client.get(url, timeout=timeout_s)).status_code
+    async def get_status(self, url: str, timeout_s: float, headers: dict[str, str] | None = None) -> int:
+        return (await self._client.get(url, timeout=timeout_s, headers=headers)).status_code
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -205,19 +208,21 @@ class _AiohttpTransport(_Transport):
             return None
         return self._proxies.get(parts.scheme) or self._proxies.get("all")
 
-    async def post(self, url: str, content: bytes, *, stream: bool) -> _Streamed:
+    async def post(self, url: str, content: bytes, *, stream: bool, headers: dict[str, str] | None = None
+                   ) -> _Streamed:
         import aiohttp
 
         try:
-            resp = await self._get().post(url, data=content, headers=_JSON, proxy=self._proxy(url))
+            resp = await self._get().post(url, data=content, headers={**_JSON, **headers} if headers else _JSON,
+                                          proxy=self._proxy(url))
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _aiohttp_verdict(exc) from exc
         return _AiohttpStreamed(resp)
 
-    async def get_status(self, url: str, timeout_s: float) -> int:
+    async def get_status(self, url: str, timeout_s: float, headers: dict[str, str] | None = None) -> int:
         import aiohttp
 
-        async with self._get().get(url, proxy=self._proxy(url),
+        async with self._get().get(url, proxy=self._proxy(url), headers=headers,
                                    timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
             return resp.status
 
@@ -288,6 +293,8 @@ def _answer(target: str, status: int, content: bytes) -> dict[str, Any]:
     """A backend's HTTP answer -> its JSON object, or the verdict / client error it amounts to."""
     if status in (429, 503):  # the backend says it did not process it: another allowed backend may
         raise Refused(f"HTTP {status}", throttled=status == 429)
+    if status in (401, 403):  # the router's own credentials for this backend were refused: nothing was processed
+        raise Refused(f"HTTP {status}: the backend refused the router's credentials", status=401, down=True)
     if status >= 500:
         raise Failed(f"HTTP {status}")
     try:
@@ -303,13 +310,43 @@ def _answer(target: str, status: int, content: bytes) -> dict[str, Any]:
 
 class HttpClient(BackendClient):
     """OpenAI-compatible HTTP backends over one pooled keep-alive client: the `httpx.AsyncClient` passed in (the
-    SDK shares its own), else aiohttp where installed (it comes with ray[serve]), else a new httpx client."""
+    SDK shares its own), else aiohttp where installed (it comes with ray[serve]), else a new httpx client.
+
+    Adapters whose vendor speaks OpenAI's wire format over HTTP (Azure ML, Databricks) subclass it and override
+    `url` and `headers` only: the verdicts and the stream handling stay in one place."""
+
+    #: operation -> path under the backend's address
+    paths = {"chat": "/v1/chat/completions", "embed": "/v1/embeddings", "health": "/v1/models"}
 
     def __init__(self, client: httpx.AsyncClient | None = None):
         self._transport = _HttpxTransport(client) if client is not None else _default_transport()
 
-    async def _post(self, backend: Backend, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        resp = await self._transport.post(f"{backend.address}{path}", _encode(body), stream=False)
+    def url(self, backend: Backend, op: str) -> str:
+        return backend.address + self.paths[op]
+
+    async def headers(self, backend: Backend) -> dict[str, str] | None:
+        """Credentials for `backend`, from where the router runs: the environment variable that org.yaml names in
+        `api_key_env` (never the key itself). A missing one means nothing can be sent: not delivered, down."""
+        env = backend.params.get("api_key_env")
+        if not env:
+            return None
+        key = os.environ.get(env)
+        if not key:
+            raise NotDelivered(f"{backend.target}: environment variable {env} (its API key) is not set where the "
+                               "router runs", down=True)
+        return {"Authorization": f"Bearer {key}"}
+
+    def body(self, backend: Backend, body: dict[str, Any], *, stream: bool | None) -> dict[str, Any]:
+        """The request as the backend expects it: `model` is the name the server knows (`served_model`, else the
+        deployment's model), not the deployment name the client addressed."""
+        out = {**body, "model": backend.params.get("served_model", backend.model)}
+        if stream is not None:
+            out["stream"] = stream
+        return out
+
+    async def _post(self, backend: Backend, op: str, body: dict[str, Any]) -> dict[str, Any]:
+        resp = await self._transport.post(self.url(backend, op), _encode(body), stream=False,
+                                          headers=await self.headers(backend))
         try:
             content = await resp.read(MAX_ANSWER_BYTES)
         finally:
@@ -317,18 +354,18 @@ class HttpClient(BackendClient):
         return _answer(backend.target, resp.status, content)
 
     async def chat(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
-        return await self._post(backend, "/v1/chat/completions", {**body, "stream": False})
+        return await self._post(backend, "chat", self.body(backend, body, stream=False))
 
     async def health(self, backend: Backend) -> bool:
-        """`GET /v1/models`: every OpenAI-compatible server answers it, and it carries no payload."""
-        return await self._transport.get_status(f"{backend.address}/v1/models", 2.0) == 200
+        """`GET /v1/models` (or the adapter's own path): it carries no payload."""
+        return await self._transport.get_status(self.url(backend, "health"), 2.0, await self.headers(backend)) == 200
 
     async def embed(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
-        return await self._post(backend, "/v1/embeddings", body)
+        return await self._post(backend, "embed", self.body(backend, body, stream=None))
 
     async def chat_stream(self, backend: Backend, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        resp = await self._transport.post(f"{backend.address}/v1/chat/completions",
-                                          _encode({**body, "stream": True}), stream=True)
+        resp = await self._transport.post(self.url(backend, "chat"), _encode(self.body(backend, body, stream=True)),
+                                          stream=True, headers=await self.headers(backend))
         if resp.status >= 400:
             try:
                 content = await resp.read(MAX_ANSWER_BYTES)
@@ -380,3 +417,25 @@ async def _rest(first: dict[str, Any] | None, events: AsyncIterator[dict[str, An
             yield event
     finally:
         await resp.aclose()
+
+
+class ClientSet(Mapping[str, BackendClient]):
+    """The router replica's clients, one per backend kind, each made by its provider adapter on first use (so a
+    router that never calls Snowflake never imports its SDK). Iterating yields only the clients made so far."""
+
+    def __init__(self, given: Mapping[str, BackendClient] | None = None):
+        self._clients: dict[str, BackendClient] = dict(given or {})
+
+    def __getitem__(self, kind: str) -> BackendClient:
+        client = self._clients.get(kind)
+        if client is None:
+            from providers import base
+
+            client = self._clients[kind] = base.get(kind).client()
+        return client
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._clients))
+
+    def __len__(self) -> int:
+        return len(self._clients)

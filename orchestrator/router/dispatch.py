@@ -19,7 +19,9 @@ from orchestrator.router.backends import Backend, Route, RoutingTable
 from orchestrator.router.balancing import Candidate, RoutingPolicy, get_policy
 from orchestrator.router.errors import (
     AttemptFailed,
+    BackendRefused,
     NoAllowedBackend,
+    Refused,
     RouterError,
     Saturated,
     TimedOut,
@@ -84,7 +86,7 @@ class Dispatcher:
         plan = self._plans.get(key)
         if plan is None:
             allowed = tuple(b for b in route.backends if bound.permits(b.place))
-            plan = _Plan(allowed, tuple(get_policy(route.policy).tiers(allowed)))
+            plan = _Plan(allowed, _ladder(allowed, get_policy(route.policy)))
             if len(self._plans) >= _MAX_PLANS:
                 self._plans.clear()
             self._plans[key] = plan
@@ -117,6 +119,7 @@ class Dispatcher:
         tried: set[str] = set()
         counted: set[str] = set()  # at most one breaker failure per request per backend
         last: AttemptFailed | None = None
+        refusals: list[Refused] = []
         for attempt in range(self.max_attempts):
             backend = self._choose(route, plan, ranker, tried)
             if backend is None:
@@ -131,8 +134,10 @@ class Dispatcher:
                     error = UpstreamTimeout if isinstance(exc, TimedOut) else UpstreamError
                     raise error(f"{backend.target}: {exc}; not resent, since it may have been received") from None
                 last = exc
+                refusals.append(exc if isinstance(exc, Refused) else None)
                 if attempt + 1 < self.max_attempts:
                     await self.sleep(self.backoff_s * (2 ** attempt))
+        _raise_if_all_refused(route, refusals)
         raise NoAllowedBackend(
             f"no healthy backend of {route.name!r} is left in {bound.describe()} "
             f"({len(plan.allowed)} allowed, {len(tried)} tried: {', '.join(sorted(tried)) or 'none'}); "
@@ -227,7 +232,7 @@ class Dispatcher:
         none is left a tried one may be retried: a Serve app has several replicas, so a retry after one replica's
         undelivered failure usually lands on a live one), below `max_in_flight`. None when none is available."""
         check = self.breaker.any_open()
-        in_flight, latency, cap = self.in_flight, self.latency_ms, self.max_in_flight
+        in_flight, latency, default_cap = self.in_flight, self.latency_ms, self.max_in_flight
         for skip in ((tried, frozenset()) if tried else (frozenset(),)):
             healthy = 0
             for tier in plan.tiers:
@@ -236,9 +241,38 @@ class Dispatcher:
                 if not ok:
                     continue
                 healthy += len(ok)
-                free = [Candidate(b, n, latency.get(b.id)) for b in ok if (n := in_flight.get(b.id, 0)) < cap]
+                free = [Candidate(b, n, latency.get(b.id)) for b in ok
+                        if (n := in_flight.get(b.id, 0)) < (b.capacity or default_cap)]
                 if free:
                     return ranker.choose(free, self.rng).backend
             if healthy:
                 raise Saturated(f"all {healthy} allowed backends of {route.name!r} are at capacity", retry_after_s=1)
         return None
+
+
+def _ladder(allowed: tuple[Backend, ...], policy: RoutingPolicy) -> tuple[tuple[Backend, ...], ...]:
+    """The spillover ladder: the company's own backends (tier 0: replicas and endpoints it already pays for) before
+    managed per-token ones (tier 1); inside a tier, the policy's static groups. `_choose` takes the first group with
+    a free, healthy backend, so a saturated or dead tier spills to the next, never outside `allowed`."""
+    out: list[tuple[Backend, ...]] = []
+    for tier in sorted({b.tier for b in allowed}):
+        out += policy.tiers([b for b in allowed if b.tier == tier])
+    return tuple(out)
+
+
+_REFUSAL_CODES = {429: "backend_throttled", 401: "backend_auth_failed", 404: "backend_not_found"}
+
+
+def _raise_if_all_refused(route: Route, refusals: list[Refused | None]) -> None:
+    """When every attempt was refused the same telling way, the client gets that status (429 with the backend's
+    Retry-After, 401, 404) instead of a bare 503: it says what to do."""
+    if not refusals or any(r is None for r in refusals):
+        return
+    statuses = {r.status for r in refusals if r is not None}
+    if len(statuses) != 1 or (status := statuses.pop()) not in _REFUSAL_CODES:
+        return
+    last = refusals[-1]
+    assert last is not None
+    hints = [r.retry_after_s for r in refusals if r is not None and r.retry_after_s]
+    raise BackendRefused(f"every backend of {route.name!r} tried refused the request: {last}", status=status,
+                         code=_REFUSAL_CODES[status], retry_after_s=min(hints) if hints else None)

@@ -76,6 +76,18 @@ class UpstreamTimeout(RouterError):
     status, type, code = 504, "api_error", "upstream_timeout"
 
 
+class BackendRefused(RouterError):
+    """Every allowed backend that was tried refused the request the same way (throttled, the backend's own
+    credentials rejected, the endpoint missing) and none was left: the client gets that status, not a 503."""
+
+    type = "api_error"
+
+    def __init__(self, message: str, *, status: int, code: str, retry_after_s: int | None = None):
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)} if retry_after_s else None)
+        self.status, self.code = status, code
+        self.type = {429: "rate_limit_error", 401: "authentication_error"}.get(status, "api_error")
+
+
 # -- one attempt's verdict, classified once by the transport that made it ------------------------------------------
 # The dispatcher never guesses: a transport maps its library's failures onto these in one function, and the
 # dispatcher resends only what was never delivered or what the backend said it did not process.
@@ -101,13 +113,19 @@ class NotDelivered(AttemptFailed):
 
 
 class Refused(AttemptFailed):
-    """The backend received the request and answered that it did not process it (HTTP 503, 429)."""
+    """The backend received the request and answered that it did not process it (HTTP 503, 429, its own
+    credentials rejected, no such endpoint). `status` is what the client gets when every allowed backend refused
+    the same way (503 otherwise); `retry_after_s` is the backend's own hint when it throttled."""
 
     resend, outcome = True, "refused"
 
-    def __init__(self, message: str, *, throttled: bool = False):
-        super().__init__(message)
+    def __init__(self, message: str, *, throttled: bool = False, status: int | None = None,
+                 retry_after_s: int | None = None, down: bool = False):
+        super().__init__(message, down=down)
+        self.throttled = throttled
         self.counts = not throttled  # a throttled backend is busy, not broken
+        self.status = status if status is not None else (429 if throttled else 503)
+        self.retry_after_s = retry_after_s if retry_after_s is not None else (1 if throttled else None)
 
 
 class Failed(AttemptFailed):

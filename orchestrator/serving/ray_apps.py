@@ -90,10 +90,9 @@ def build_router_state_app(cfg: dict[str, Any]):
     from orchestrator.router.audit import AuditLog
     from orchestrator.router.audit_api import audit_routes
     from orchestrator.router.backends import Backend, RoutingTable
-    from orchestrator.router.clients import HttpClient
+    from orchestrator.router.clients import ClientSet
     from orchestrator.router.dispatch import Dispatcher
     from orchestrator.router.tenants import TenantDirectory
-    from orchestrator.serving.ray_client import RayClient
     from orchestrator.spec.org import Admin, Tenant
 
     table = RoutingTable.of(Backend.from_wire(b) for b in cfg["backends"])
@@ -101,6 +100,6 @@ def build_router_state_app(cfg: dict[str, Any]):
     admins = [Admin.model_validate(a) for a in cfg.get("admins", [])]
     tenants = TenantDirectory.of(tenant_list)
     audit = AuditLog(cfg.get("audit_path") or sovra_home() / "audit" / "router.jsonl")
-    state = RouterState(Dispatcher(table), tenants, {"ray": RayClient(), "http": HttpClient()}, audit,
+    state = RouterState(Dispatcher(table), tenants, ClientSet(), audit,
                         extra_routes=audit_routes(audit, admins, open_router=tenants.open, tenants=tenant_list))
     return create_app(state)

@@ -102,3 +102,5 @@ class ManagedModel(Frozen):
 
     name: str = Field(min_length=1, description="Model name as used in deployments.")
     usd_per_1k_tokens: Usd = Field(description="Blended price per 1,000 tokens in USD.")
+    id: str | None = Field(default=None, min_length=1, description="The vendor's own id of this model (a Bedrock "
+                           "model id, a Cortex model name, a Databricks endpoint name); default: `name`.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
@@ -100,6 +101,53 @@ class OrgPolicy(Frozen):
     licenses: tuple[LicenseRule, ...] = Field(default=(), description="Extra licences beyond the shipped pack.")
 
 
+def _check_connection(provider: str, connection: dict[str, Any]) -> None:
+    from orchestrator.errors import ProviderError
+    from providers import base
+
+    try:
+        base.get(provider).connection(connection)
+    except ProviderError as exc:  # a ValueError is what pydantic locates in the YAML
+        raise ValueError(str(exc)) from None
+
+
+class Endpoint(Target):
+    """An endpoint the company already runs or has: an OpenAI-compatible server (NIM, vLLM, TGI) or an existing
+    vendor endpoint (a SageMaker or Azure ML online endpoint, a Databricks serving endpoint). A target like any
+    other for the planner (its `models` priced per token: 0 for capacity already paid for); `up` routes to it
+    without provisioning anything, in the first rung of the spillover ladder."""
+
+    connection: dict[str, Any] = Field(
+        default_factory=dict, description="How to reach it, as its provider adapter defines (e.g. {url: ..., "
+        "api_key_env: NIM_API_KEY} for openai-compatible). Non-secret settings only: secrets come from the SDK's "
+        "credential chain or from the environment variable named here.")
+    capacity: int | None = Field(default=None, ge=1, description="Requests it may have in flight at once; beyond "
+                                 "that the router spills to the next rung.")
+
+    @model_validator(mode="after")
+    def _connection_fits_provider(self) -> Endpoint:
+        _check_connection(self.provider, self.connection)
+        return self
+
+
+class Account(Frozen):
+    """How to reach a provider's managed targets (non-secret settings only): a Snowflake account, a Databricks
+    workspace host, an AWS profile. Credentials always come from the SDK's own chain where Sovra runs."""
+
+    provider: str = Field(min_length=1, description="Provider adapter name, e.g. snowflake-cortex.")
+    targets: tuple[str, ...] | None = Field(
+        default=None, description="Target ids this account serves; default: every target of the provider.")
+    connection: dict[str, Any] = Field(default_factory=dict, description="The adapter's connection settings.")
+
+    @model_validator(mode="after")
+    def _connection_fits_provider(self) -> Account:
+        _check_connection(self.provider, self.connection)
+        return self
+
+    def serves(self, target: Target) -> bool:
+        return target.provider == self.provider and (self.targets is None or target.id in self.targets)
+
+
 class Org(Frozen):
     """What the company has: credits, on-prem clusters, tenants and policy."""
 
@@ -107,6 +155,12 @@ class Org(Frozen):
     kind: str = Field(default="Org", pattern=r"^Org$")
     credits: tuple[Credit, ...] = ()
     clusters: tuple[Cluster, ...] = ()
+    endpoints: tuple[Endpoint, ...] = Field(
+        default=(), description="Endpoints the company already runs or has (NIM/vLLM servers, existing cloud "
+        "endpoints); targets the planner may choose, routed to without provisioning.")
+    accounts: tuple[Account, ...] = Field(
+        default=(), description="Non-secret settings for reaching providers' managed targets (Snowflake account, "
+        "Databricks host, ...).")
     tenants: tuple[Tenant, ...] = ()
     admins: tuple[Admin, ...] = Field(
         default=(), description="Who may read the audit trail through the router; their keys are not tenants' keys.")
@@ -128,7 +182,8 @@ class Org(Frozen):
 
     @model_validator(mode="after")
     def _unique(self) -> Org:
-        for what, names in (("cluster id", [c.id for c in self.clusters]), ("tenant name", [t.name for t in self.tenants])):
+        for what, names in (("cluster or endpoint id", [c.id for c in (*self.clusters, *self.endpoints)]),
+                            ("tenant name", [t.name for t in self.tenants])):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"duplicate {what}: {', '.join(dupes)}")
@@ -168,3 +223,11 @@ class Catalog(Frozen):
         if dupes:
             raise ValueError(f"duplicate target id: {', '.join(dupes)}")
         return self
+
+
+def connection_for(org: Org, target: Target) -> dict[str, Any]:
+    """The non-secret connection settings for `target`: its own (an org endpoint), else its provider account's."""
+    if isinstance(target, Endpoint):
+        return dict(target.connection)
+    account = next((a for a in org.accounts if a.serves(target)), None)
+    return dict(account.connection) if account else {}

@@ -84,7 +84,7 @@ def servers():
 
 
 def backend(url: str):
-    return factories.backend("x", Place("EU", "FR", "FR", "self"), kind="http", address=url)
+    return factories.backend("x", Place("EU", "FR", "FR", "self"), kind="openai-compatible", address=url)
 
 
 TRANSPORTS = {"aiohttp": lambda: HttpClient(),

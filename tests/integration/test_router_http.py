@@ -41,7 +41,7 @@ def stack(tmp_path_factory):
     def b(k, deployment="m", model="m", residency=None, cost=None):
         return factories.backend(fakes[k].name, places[k], deployment=deployment, model=model, residency=residency,
                                  cost=cost if cost is not None else {"virginia": 0.1, "paris": 1.0, "frankfurt": 2.0}[k],
-                                 kind="http", address=servers[k].url)
+                                 kind="openai-compatible", address=servers[k].url)
 
     fr, eu = Residency(countries=("FR",)), Residency(zones=("EU",))
     backends = [b(k) for k in fakes] + [
@@ -54,7 +54,7 @@ def stack(tmp_path_factory):
         Tenant(name="eu-bank", key_sha256=sha(EU_KEY), residency=Residency(zones=("EU",))),
         Tenant(name="us-retail", key_sha256=sha(US_KEY), residency=Residency(zones=("US",)), deployments=("m",)),
         Tenant(name="global", key_sha256=sha(ANY_KEY), residency=Residency(zones=("GLOBAL",)))])
-    state = RouterState(Dispatcher(RoutingTable.of(backends), backoff_s=0.0), tenants, {"http": HttpClient()},
+    state = RouterState(Dispatcher(RoutingTable.of(backends), backoff_s=0.0), tenants, {"openai-compatible": HttpClient()},
                         AuditLog(audit_path))
     router = ServerThread(create_app(state)).__enter__()
     yield {"url": router.url, "fakes": fakes, "state": state, "audit": audit_path}
