@@ -55,6 +55,11 @@ class BackendClient(abc.ABC):
         breaker's half-open trial brings it back)."""
         return None
 
+    async def describe(self, backend: Backend) -> dict[str, Any]:
+        """The endpoint's state as its vendor reports it, for `sovra status` (e.g. {"status": "InService"}); no
+        payload. Empty when the vendor has nothing to say."""
+        return {}
+
     async def aclose(self) -> None:
         """Release pooled connections."""
 
