@@ -26,6 +26,9 @@ ROUTER_IMPORT = "orchestrator.serving.ray_apps:router"
 ROUTER_APP = "sovra-router"
 APP_PREFIX = "sovra."
 HOURS_PER_MONTH = 730
+#: Requests one model replica takes at once (Serve's max_ongoing_requests); beyond its replicas' sum the router
+#: spills over to the next rung of the ladder.
+MAX_ONGOING_PER_REPLICA = 32
 
 
 def app_name(deployment: str, target: str) -> str:
@@ -72,12 +75,18 @@ class RayPlacement:
     total_replicas: int  # of this deployment over all its Ray placements
 
 
+def _ceiling(rp: RayPlacement) -> int:
+    """The most replicas `rp` autoscales to: its share of the deployment's maximum."""
+    p = rp.placement
+    return max(p.replicas, math.ceil(rp.deployment.spec.replicas.ceiling * p.replicas / max(rp.total_replicas, 1)))
+
+
 def model_app(rp: RayPlacement) -> dict[str, Any]:
     """The Serve application running `rp`'s replicas, autoscaling from the planned count to its share of max."""
     d, p, t = rp.deployment, rp.placement, rp.target
     gpus = next((a.gpus for a in t.accelerators if a.sku == p.accelerator), 0)
     engine, num_gpus = resolve_engine(d, gpus)
-    ceiling = max(p.replicas, math.ceil(d.spec.replicas.ceiling * p.replicas / max(rp.total_replicas, 1)))
+    ceiling = _ceiling(rp)
     # The target's resource pins every replica to the nodes that carry it: a replica never runs elsewhere.
     actor: dict[str, Any] = {"num_cpus": d.spec.serving.num_cpus,
                              "resources": {target_resource(t.id): TARGET_RESOURCE_PER_REPLICA}}
@@ -95,6 +104,7 @@ def model_app(rp: RayPlacement) -> dict[str, Any]:
             "autoscaling_config": {"min_replicas": p.replicas, "max_replicas": ceiling,
                                    "target_ongoing_requests": 4},
             "ray_actor_options": actor,
+            "max_ongoing_requests": MAX_ONGOING_PER_REPLICA,
         }],
     }
 
@@ -111,7 +121,27 @@ def backend_entry(rp: RayPlacement) -> Backend:
     name = app_name(d.name, t.id)
     return Backend(id=name, deployment=d.name, model=d.spec.model.name, target=t.id, place=Place.of(t),
                    residency=d.spec.residency, policy=d.spec.routing.policy, cost=round(unit, 6), kind="ray",
-                   address=name)
+                   address=name, capacity=_ceiling(rp) * MAX_ONGOING_PER_REPLICA)
+
+
+def routed_entry(d: Deployment, p: Placement, t: Target, connection: Mapping[str, Any]) -> Backend:
+    """The router's view of a placement that needs no Serve app: a managed per-token offering (Bedrock, Cortex,
+    Databricks pay-per-token, Azure serverless) or an endpoint the org already runs (`endpoints:` in org.yaml).
+    Its provider adapter says where it is (`locate`; ProviderError with the fix when it cannot). Org endpoints
+    are the company's own capacity: the ladder's first rung with the Ray replicas; managed offerings the second.
+    `cost` is the list price per 1,000 tokens."""
+    from orchestrator.spec.org import Endpoint
+    from providers import base
+
+    adapter = base.get(t.provider)
+    where = adapter.locate(t, d.spec.model.name, adapter.connection(connection))
+    price = t.model_price(d.spec.model.name)
+    own = isinstance(t, Endpoint)
+    return Backend(id=f"{d.name}@{t.id}", deployment=d.name, model=d.spec.model.name, target=t.id,
+                   place=Place.of(t), residency=d.spec.residency, policy=d.spec.routing.policy,
+                   cost=round(price.usd_per_1k_tokens, 6) if price else 0.0, kind=t.provider,
+                   address=where.address, params=dict(where.params), tier=0 if own else 1,
+                   capacity=getattr(t, "capacity", None))
 
 
 def router_app(backends: Sequence[Backend], *, tenants: Iterable[Tenant], audit_path: str | None,

@@ -1,7 +1,9 @@
 """`up`, `down`, `serve` and `status` for Ray targets: plan -> declarative Serve config -> cluster.
 
-Cloud targets are provisioned with Pulumi by the cloud-adapter layer; until that lands, `up` refuses a plan that
-places anything on them rather than pretending (`--ray-only` deploys the Ray part and says what it skipped).
+Placements that need no provisioning — managed per-token offerings (Bedrock, Cortex, Databricks pay-per-token) and
+endpoints the org already runs (org.yaml `endpoints:`) — become backends in the router's table, next to the Ray
+replicas. Dedicated cloud endpoints are provisioned with Pulumi (a later layer); until then `up` refuses a plan that
+needs one rather than pretending (`--ray-only` deploys the rest and says what it skipped).
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ from infra.ray_cluster import (
     sovra_home,
 )
 from infra.serve_api import AppState, ServeApi
-from orchestrator.errors import SovraError
+from orchestrator.errors import ProviderError, SovraError
 from orchestrator.planning import Inputs
 from orchestrator.router.backends import Backend
 from orchestrator.spec import Target
-from orchestrator.spec.org import Cluster
+from orchestrator.spec.org import Cluster, connection_for
 from policies.plan import FleetPlan
 from providers import base as providers
 
@@ -223,20 +225,34 @@ def up(inputs: Inputs, plan: FleetPlan, settings: Settings, say: Say, *, ray_onl
     targets = {t.id: t for t in inputs.targets}
     by_name = {d.name: d for d in inputs.deployments}
     clusters: dict[str, list[sc.RayPlacement]] = {}
+    routed: dict[str, list[Backend]] = {}  # cluster -> backends its router reaches without a Serve app
     skipped: list[str] = []
     for dp in plan.deployments:
+        d = by_name[dp.deployment]
         ray_ps = [p for p in dp.placements if is_ray(p.provider)]
-        skipped += [f"{dp.deployment} on {p.target} ({p.provider})" for p in dp.placements if not is_ray(p.provider)]
         total = sum(p.replicas for p in ray_ps)
+        keys = sorted({cluster_key(targets[p.target]) for p in ray_ps}) or [LOCAL]
         for p in ray_ps:
             t = targets[p.target]
-            clusters.setdefault(cluster_key(t), []).append(sc.RayPlacement(by_name[dp.deployment], p, t, total))
+            clusters.setdefault(cluster_key(t), []).append(sc.RayPlacement(d, p, t, total))
+        for p in dp.placements:
+            if is_ray(p.provider):
+                continue
+            t = targets[p.target]
+            try:
+                backend = sc.routed_entry(d, p, t, connection_for(inputs.org, t))
+            except ProviderError as exc:
+                skipped.append(f"{dp.deployment} on {p.target}: {exc}")
+                continue
+            for key in keys:  # every router of the deployment can spill over to it
+                routed.setdefault(key, []).append(backend)
+                clusters.setdefault(key, [])
     if skipped and not ray_only:
         raise DeployError(
-            "the plan places replicas on cloud targets, which `up` cannot provision yet (Pulumi stacks come with "
-            "the cloud adapters): " + "; ".join(skipped) + ". Re-run with --ray-only to deploy only the Ray part.")
+            "the plan places replicas where `up` cannot route yet: " + "; ".join(skipped)
+            + ". Re-run with --ray-only to deploy the rest.")
     for s in skipped:
-        say(f"skipped (cloud provisioning not available yet): {s}")
+        say(f"skipped: {s}")
     for key in sorted(clusters):  # before touching anything
         refuse_open_router(key, inputs, settings)
     local_targets = sorted(t.id for t in inputs.targets if is_ray(t) and cluster_key(t) == LOCAL)
@@ -248,9 +264,9 @@ def up(inputs: Inputs, plan: FleetPlan, settings: Settings, say: Say, *, ray_onl
     for key, rps in sorted(clusters.items()):
         api = apis[key]
         current = _current(api)
-        names = {rp.deployment.name for rp in rps}
+        names = {rp.deployment.name for rp in rps} | {b.deployment for b in routed.get(key, ())}
         configs = sc.merge(current, names, [sc.model_app(rp) for rp in rps])
-        backends = _table(sc.router_of(current), names, [sc.backend_entry(rp) for rp in rps])
+        backends = _table(sc.router_of(current), names, [sc.backend_entry(rp) for rp in rps] + routed.get(key, []))
         configs = _with_router(configs, backends, inputs, settings, key)
         changed = _apply(api, key, settings, configs, current, say, inputs.targets)
         apps = _wait_ready(api, key, settings, say)
