@@ -240,6 +240,27 @@ def _first_request(url: str, inputs) -> None:
                   f"(zone {answer.zone}): [cyan]{answer.text.strip()}[/]", highlight=False)
 
 
+def _live(inputs):
+    """Re-read the live settings of every account `up` may route to, and hold widened targets to their real zone
+    before planning (recorded for later plans too)."""
+    import dataclasses
+
+    from orchestrator import live_settings as ls
+
+    if not ls.checkable(inputs.org, inputs.targets):
+        return inputs
+    with err.status("reading account settings…"):
+        report = ls.check(inputs.org, inputs.targets)
+    ls.save(report)
+    for f in report.widened:
+        err.print(f"[yellow]live setting:[/] {f.target}: {f.setting} = {f.value} processes in {f.zone}, not "
+                  f"{f.catalog_zone} as the catalog says; planning it at {f.zone}. Fix: {f.fix}", highlight=False)
+    for u in report.unread:
+        err.print(f"[yellow]warning:[/] {u.target}: its live settings could not be read ({u.reason}); it keeps its "
+                  "catalog zone, unverified", highlight=False)
+    return dataclasses.replace(inputs, targets=ls.apply(inputs.targets, report.findings))
+
+
 @app.command()
 def up(
     files: FilesArg,
@@ -254,7 +275,7 @@ def up(
     from orchestrator import deploy, planning
 
     try:
-        inputs = _inputs(files, org, catalog, as_of)
+        inputs = _live(_inputs(files, org, catalog, as_of))
         with err.status("planning…"):
             result = planning.plan(inputs)
         for dp in result.deployments:
@@ -419,6 +440,48 @@ def audit_verify(
     else:
         _emit(result, output)
     raise typer.Exit(0 if result["ok"] else 1)
+
+
+@audit_app.command("settings")
+def audit_settings(
+    org: OrgOpt = None,
+    catalog: CatalogOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Read, per account, the settings that decide where data is really processed, and report every mismatch
+    with the catalog. Widened targets are recorded: later plans hold them to their real zone. Exit 1 on a
+    mismatch or an account that could not be read."""
+    from rich.table import Table
+
+    from orchestrator import live_settings as ls
+    from orchestrator.catalog import load_org, load_targets
+
+    try:
+        org_ = load_org(org)
+        targets = load_targets(catalog, org_)
+        if not ls.checkable(org_, targets):
+            out.print("no accounts to check: add `accounts:` (managed targets) or `endpoints:` to the org file")
+            raise typer.Exit(0)
+        with err.status("reading account settings…"):
+            report = ls.check(org_, targets)
+        path = ls.save(report)
+    except SovraError as exc:
+        _fail(exc)
+    if output is not Output.table:
+        _emit({"checked_at": report.checked_at, "findings": [vars(f) | {"widened": f.widened}
+                                                            for f in report.findings],
+               "unread": [vars(u) for u in report.unread]}, output)
+    else:
+        table = Table("target", "setting", "value", "catalog zone", "live zone", "verdict", "fix")
+        for f in report.findings:
+            verdict = "[red]WIDER[/]" if f.widened else "[green]ok[/]"
+            table.add_row(f.target, f.setting, f.value, f.catalog_zone, f.zone, verdict, f.fix if f.widened else "")
+        for u in report.unread:
+            table.add_row(u.target, "-", "-", "-", "-", "[yellow]UNREAD[/]", u.reason)
+        out.print(table)
+        out.print(f"{len(report.widened)} widened, {len(report.unread)} unread; recorded in {path} (plans hold "
+                  "widened targets to their live zone)", highlight=False)
+    raise typer.Exit(1 if report.widened or report.unread else 0)
 
 
 @app.command()

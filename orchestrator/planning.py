@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator import live_settings
 from orchestrator.catalog import load_org, load_targets
 from orchestrator.errors import SpecError, SpecIssue
 from orchestrator.spec import Deployment, Org, Target
@@ -77,7 +78,8 @@ def load_inputs(
     except SpecError as exc:
         issues.extend(exc.issues)
     try:
-        targets = load_targets(catalog_files, org)
+        # held to the live settings last read from the accounts (`sovra audit settings`), where wider
+        targets = live_settings.apply(load_targets(catalog_files, org), live_settings.recorded())
     except SpecError as exc:
         issues.extend(exc.issues)
     if issues:

@@ -1,0 +1,85 @@
+"""Live settings hold a target to where its account really processes: a widened account is planned at its live
+zone (an ANY_REGION Snowflake account is refused for EU data), an unreadable one is reported, never "verified"."""
+
+import datetime as dt
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orchestrator import live_settings as ls
+from orchestrator.spec.org import Org
+from orchestrator.spec.zones import GLOBAL
+from providers.base import LiveSetting
+from tests import factories
+
+ORG = Org.model_validate({"accounts": [{"provider": "aws-bedrock", "connection": {}}]})
+
+
+def managed(tid: str, country: str = "DE"):
+    return factories.target(tid, country=country, models={"m": 0.001}, provider="aws-bedrock")
+
+
+def test_a_widened_account_is_planned_at_its_live_zone_and_eu_data_avoids_it():
+    cheap, dear = managed("aws-bedrock/eu-cheap"), managed("aws-bedrock/eu-dear")
+    dear = dear.model_copy(update={"models": (dear.models[0].model_copy(update={"usd_per_1k_tokens": 0.01}),)})
+
+    def read(t, _conn):
+        value = "global.m" if t.id == cheap.id else "eu.m"
+        return [LiveSetting(t.id, "inference profile", value, GLOBAL if value.startswith("global") else "EU")]
+
+    report = ls.check(ORG, [cheap, dear], read=read)
+    assert [f.target for f in report.widened] == [cheap.id]
+    targets = ls.apply([cheap, dear], report.findings)
+    held = {t.id: t for t in targets}
+    assert held[cheap.id].zone == GLOBAL and held[cheap.id].country is None
+    assert held[dear.id] == dear
+
+    d = factories.deployment("eu", residency={"zones": ["EU"]}, rps=1, tokens=100)
+    before = factories.solve([d], [cheap, dear])
+    after = factories.solve([d], targets)
+    assert [p.target for p in before.deployments[0].placements] == [cheap.id]
+    assert [p.target for p in after.deployments[0].placements] == [dear.id]
+    assert any(r.target == cheap.id for r in after.deployments[0].rejected)
+
+
+def test_an_unreadable_account_is_reported_not_verified():
+    t = managed("aws-bedrock/eu")
+
+    def read(_t, _conn):
+        raise RuntimeError("AccessDenied")
+
+    report = ls.check(ORG, [t], read=read)
+    assert report.findings == () and [u.target for u in report.unread] == [t.id]
+    assert "AccessDenied" in report.unread[0].reason
+
+
+def test_targets_without_an_account_are_not_checked():
+    t = managed("aws-bedrock/eu")
+    assert ls.checkable(Org(), [t]) == []
+    assert ls.checkable(ORG, [t]) == [t]
+
+
+def test_findings_round_trip_through_the_record(tmp_path):
+    t = managed("aws-bedrock/eu")
+    report = ls.check(ORG, [t], read=lambda t, _c: [LiveSetting(t.id, "s", "ANY_REGION", GLOBAL, "pin it")])
+    path = ls.save(report, tmp_path / "live.json")
+    assert ls.recorded(path) == report.findings
+    assert ls.recorded(tmp_path / "missing.json") == ()
+
+
+ZONES = st.sampled_from(["EU", "US", "APAC", GLOBAL])
+
+
+@given(catalog=ZONES, live=ZONES)
+def test_the_held_zone_never_narrows_what_the_account_may_do(catalog, live):
+    held = ls.widest(catalog, live)
+    assert held in (catalog, live, GLOBAL)
+    if live == GLOBAL or catalog == GLOBAL:
+        assert held == GLOBAL
+    if catalog != GLOBAL and live != GLOBAL:
+        assert held == live  # data may go where the account says, whatever the catalog claimed
+
+
+def test_as_of_is_a_date():  # the record's timestamp is ISO with an offset (UTC)
+    report = ls.check(ORG, [])
+    assert dt.datetime.fromisoformat(report.checked_at).tzinfo is not None
