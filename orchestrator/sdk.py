@@ -1,7 +1,11 @@
 """The routing SDK: sync and async clients with `residency=`, streaming iterators and typed errors.
 
 `mode="direct"` fetches the routing table from the router (`GET /v1/routes`, already narrowed to the caller's
-tenant) and calls backends directly through the same residency gate, policies and failover as the router.
+tenant) and calls backends directly through the same residency gate, ladder, policies and failover as the router.
+It reaches every backend kind whose adapter can be called from outside the cluster (OpenAI-compatible servers and
+the cloud offerings, with the caller's own credentials from each SDK's standard chain); Ray replicas are reached
+only through the router, and `unreachable` lists what direct mode skips. The table is re-fetched after
+`routes_ttl_s`, so a tenant's narrowed residency (or a removed backend) takes effect without a restart.
 """
 
 from __future__ import annotations
@@ -30,8 +34,11 @@ __all__ = [
 ]
 
 
-#: backend kinds the SDK can call itself, from outside the cluster (Ray replicas are reached only via the router)
-_DIRECT_KINDS = frozenset({"openai-compatible"})
+def _direct_kind(kind: str) -> bool:
+    """Can the SDK call this kind of backend itself, from outside the cluster? (the adapter says)"""
+    from providers import base
+
+    return base.get(kind).direct
 
 class SovraAPIError(Exception):
     """An error answered by the router (or raised client-side in direct mode), with status and code."""
@@ -84,14 +91,18 @@ class AsyncClient:
 
     def __init__(self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
                  residency: str | Sequence[str] | None = None, mode: Literal["proxy", "direct"] = "proxy",
-                 timeout_s: float = 120.0, http: httpx.AsyncClient | None = None):
+                 timeout_s: float = 120.0, http: httpx.AsyncClient | None = None, routes_ttl_s: float = 30.0):
         self._base = base_url.rstrip("/")
         self._headers = {**({"Authorization": f"Bearer {api_key}"} if api_key else {}), **_residency_header(residency)}
         self._residency = residency
         self._mode = mode
         self._http = http or httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=5.0))
-        self._direct = None  # (dispatcher, gate, client), built on first use
-        self._direct_lock = asyncio.Lock()  # concurrent first calls fetch the routing table once
+        self._direct = None  # (dispatcher, gate, clients), built on first use, refreshed after routes_ttl_s
+        self._direct_at = 0.0
+        self._routes_ttl_s = routes_ttl_s
+        self._direct_lock = asyncio.Lock()  # concurrent calls fetch the routing table once
+        #: backends of the tenant's table that direct mode cannot call ("deployment/target (kind)")
+        self.unreachable: tuple[str, ...] = ()
 
     async def chat(self, model: str, messages: list[dict[str, Any]], **params: Any) -> Answer:
         body = {"model": model, "messages": messages, **params, "stream": False}
@@ -145,9 +156,9 @@ class AsyncClient:
         from orchestrator.router.errors import RouterError
 
         try:
-            dispatcher, gate, client = await self._routing()
-            route = dispatcher.table.resolve(model)
-            call = (lambda b: op(client, b))
+            dispatcher, gate, clients = await self._routing()
+            route = self._direct_route(dispatcher, model)
+            call = (lambda b: op(clients[b.kind], b))
             if wrap:
                 result, backend = await dispatcher.send(route, gate, call)
             else:
@@ -156,18 +167,38 @@ class AsyncClient:
             raise _BY_STATUS.get(exc.status, SovraAPIError)(exc.message, status=exc.status, code=exc.code) from None
         return Answer(result, backend.target, backend.zone) if wrap else result
 
+    def _direct_route(self, dispatcher, model: str):
+        from orchestrator.router.errors import ModelNotFound, NoAllowedBackend
+
+        try:
+            return dispatcher.table.resolve(model)
+        except ModelNotFound:
+            skipped = [u for u in self.unreachable if u.startswith(f"{model}/")]
+            if skipped:
+                raise NoAllowedBackend(
+                    f"direct mode cannot reach any backend of {model!r}: {', '.join(skipped)} are reached only "
+                    "through the router; use mode='proxy'") from None
+            raise
+
     async def _routing(self):
-        if self._direct is None:
+        loop = asyncio.get_running_loop()
+        if self._direct is None or loop.time() - self._direct_at > self._routes_ttl_s:
             async with self._direct_lock:
-                if self._direct is None:
-                    self._direct = await self._fetch_routing()
+                if self._direct is None or loop.time() - self._direct_at > self._routes_ttl_s:
+                    fresh = await self._fetch_routing()
+                    if self._direct is not None:  # keep what was learnt (breakers, load) across refreshes
+                        self._direct[0].table = fresh[0].table
+                        self._direct = (self._direct[0], fresh[1], self._direct[2])
+                    else:
+                        self._direct = fresh
+                    self._direct_at = loop.time()
         return self._direct
 
     async def _fetch_routing(self):
-        """The tenant's routing table from `/v1/routes` (already narrowed to what it may reach). Only HTTP backends
-        are reachable from outside the cluster; Ray replicas are reached only through the router."""
+        """The tenant's routing table from `/v1/routes` (already narrowed to what it may reach), keeping the
+        backends this process can call itself; the rest are listed in `unreachable`."""
         from orchestrator.router.backends import Backend, RoutingTable
-        from orchestrator.router.clients import HttpClient
+        from orchestrator.router.clients import ClientSet, HttpClient
         from orchestrator.router.dispatch import Dispatcher
         from orchestrator.router.gate import RequestResidency
 
@@ -175,11 +206,14 @@ class AsyncClient:
         data = resp.json()
         if resp.status_code >= 400:
             _raise_for(resp.status_code, data)
-        backends = [Backend.from_wire(b) for d in data["deployments"].values() for b in d["backends"]
-                    if b["kind"] in _DIRECT_KINDS]
+        every = [Backend.from_wire(b) for d in data["deployments"].values() for b in d["backends"]]
+        backends = [b for b in every if _direct_kind(b.kind)]
+        self.unreachable = tuple(sorted(f"{b.deployment}/{b.target} ({b.kind})" for b in every
+                                        if not _direct_kind(b.kind)))
         header = _residency_header(self._residency).get("X-Sovra-Residency")
         gate = RequestResidency.build(Residency.model_validate(data["residency"]), header)
-        return Dispatcher(RoutingTable.of(backends)), gate, HttpClient(self._http)
+        return (Dispatcher(RoutingTable.of(backends)), gate,
+                ClientSet({"openai-compatible": HttpClient(self._http)}))
 
     async def aclose(self) -> None:
         await self._http.aclose()

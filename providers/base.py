@@ -71,6 +71,9 @@ class Provider(abc.ABC):
     scopes: ClassVar[dict[str, str]] = {}
     #: the adapter's non-secret connection settings (org.yaml `connection:`).
     connection_model: ClassVar[type[Connection]] = Connection
+    #: can an app call these backends itself (the SDK's direct mode, with its own credentials), from outside the
+    #: cluster? Ray replicas cannot: they are reached only through the router.
+    direct: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)

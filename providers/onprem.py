@@ -12,6 +12,7 @@ class Ray(Provider):
     extra = "ray"
     sdk_module = "ray"
     provisioner = "ray-serve"
+    direct = False
 
     def describe(self) -> str:
         return "Ray cluster (on-prem or this machine), replicas served by Ray Serve"
@@ -28,6 +29,7 @@ class Kubernetes(Provider):
     name = "kubernetes"
     extra = "pulumi"
     sdk_module = "pulumi"
+    direct = False
 
     def describe(self) -> str:
         return "Kubernetes cluster (provisioned with Pulumi)"

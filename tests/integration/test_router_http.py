@@ -41,7 +41,9 @@ def stack(tmp_path_factory):
     def b(k, deployment="m", model="m", residency=None, cost=None):
         return factories.backend(fakes[k].name, places[k], deployment=deployment, model=model, residency=residency,
                                  cost=cost if cost is not None else {"virginia": 0.1, "paris": 1.0, "frankfurt": 2.0}[k],
-                                 kind="openai-compatible", address=servers[k].url)
+                                 kind="openai-compatible", address=servers[k].url).model_copy(
+            # the servers see which deployment a request was routed for (the invariants below check it)
+            update={"params": {"served_model": deployment}})
 
     fr, eu = Residency(countries=("FR",)), Residency(zones=("EU",))
     backends = [b(k) for k in fakes] + [
@@ -242,6 +244,49 @@ def test_sdk_direct_mode_obeys_residency_policy_and_fails_closed(stack):
 
     asyncio.run(scenario())
     assert len(fakes["virginia"].received) == us_before
+
+
+def test_sdk_direct_mode_refreshes_its_table_so_a_narrowed_tenant_takes_effect(stack):
+    import asyncio
+
+    state = stack["state"]
+    wide = state.tenants
+
+    async def scenario():
+        async with sdk.AsyncClient(stack["url"], api_key=EU_KEY, mode="direct", routes_ttl_s=0.2) as c:
+            first = await c.chat("m", [{"role": "user", "content": "eu-secret before"}])
+            eu_bank = next(t for t in wide.tenants if t.name == "eu-bank")
+            state.tenants = TenantDirectory.of([*(t for t in wide.tenants if t is not eu_bank),
+                                                eu_bank.model_copy(update={"residency": Residency(countries=("DE",))})])
+            cached = await c.chat("m", [{"role": "user", "content": "eu-secret cached"}])
+            await asyncio.sleep(0.3)
+            after = await c.chat("m", [{"role": "user", "content": "eu-secret after"}])
+            return first.target, cached.target, after.target
+
+    try:
+        first, cached, after = asyncio.run(scenario())
+    finally:
+        state.tenants = wide
+    assert first == cached == "onprem-paris"  # within the TTL the table is reused
+    assert after == "aws-sagemaker/eu-central-1"  # the narrowed bound (DE only) applies after it
+
+
+def test_sdk_direct_mode_names_what_it_cannot_reach():
+    import asyncio
+
+    from orchestrator.router.backends import RoutingTable as Table
+
+    ray_only = RouterState(Dispatcher(Table.of([factories.backend("onprem-paris", Place("EU", "FR", "FR", "self"),
+                                                                  kind="ray")])),
+                           TenantDirectory.of([]), {})
+    with ServerThread(create_app(ray_only)) as server:
+        async def scenario():
+            async with sdk.AsyncClient(server.url, mode="direct") as c:
+                with pytest.raises(sdk.NoAllowedBackendError, match="only through the router"):
+                    await c.chat("m", [{"role": "user", "content": "hi"}])
+                return c.unreachable
+
+        assert asyncio.run(scenario()) == ("m/onprem-paris (ray)",)
 
 
 def test_sdk_direct_mode_fetches_the_routing_table_once_for_concurrent_first_calls(stack):
