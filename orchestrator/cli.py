@@ -207,8 +207,10 @@ def _print_status(entries: list[dict[str, Any]]) -> None:
             d = ready.get(b["deployment"])
             ready_text = "-" if d is None else (f"yes ({d['healthy']}/{d['backends']})" if d["ready"]
                                                 else f"NO (0/{d['backends']})")
+            replicas = "-" if b["replicas"] is None else f"{b['replicas']} ({b['min']}..{b['max']})"
+            engine = b["engine"] or (b["kind"] if b["kind"] != "ray" else "-")
             table.add_row(b["deployment"], b["model"], b["residency"], b["target"], b["zone"], b["country"] or "-",
-                          f"{b['replicas']} ({b['min']}..{b['max']})", b["engine"] or "-", b["status"], ready_text)
+                          replicas, engine, b["status"], ready_text)
         out.print(table)
 
 

@@ -373,14 +373,19 @@ def status(targets: Sequence[Target], settings: Settings) -> list[dict[str, Any]
         entry.update(reachable=True, dashboard=dash)
         router = apps.get(sc.ROUTER_APP)
         for b in _table(router.config if router else None, (), []):
+            row = {"deployment": b.deployment, "model": b.model, "target": b.target, "zone": b.zone,
+                   "country": b.place.country, "residency": b.residency.describe(), "policy": b.policy,
+                   "kind": b.kind, "tier": b.tier}
+            if b.kind != "ray":  # a routed backend: its vendor says how it is
+                row.update(replicas=None, min=None, max=None, engine=None, status=describe_backend(b))
+                entry["backends"].append(row)
+                continue
             a = apps.get(b.address)
             auto = ((a.config or {}).get("deployments") or [{}])[0].get("autoscaling_config", {}) if a else {}
-            entry["backends"].append({
-                "deployment": b.deployment, "model": b.model, "target": b.target, "zone": b.zone,
-                "country": b.place.country, "residency": b.residency.describe(), "policy": b.policy,
-                "replicas": a.running if a else 0, "min": auto.get("min_replicas"), "max": auto.get("max_replicas"),
-                "status": a.status if a else "MISSING",
-                "engine": ((a.config or {}).get("args") or {}).get("engine") if a else None})
+            row.update(replicas=a.running if a else 0, min=auto.get("min_replicas"), max=auto.get("max_replicas"),
+                       status=a.status if a else "MISSING",
+                       engine=((a.config or {}).get("args") or {}).get("engine") if a else None)
+            entry["backends"].append(row)
         if router:
             url = router_url(key, settings, targets)
             live, ready = _probe_router(url)
@@ -388,6 +393,27 @@ def status(targets: Sequence[Target], settings: Settings) -> list[dict[str, Any]
                                "healthy": live, "ready": ready}
         out.append(entry)
     return out
+
+
+def describe_backend(backend: Backend, timeout_s: float = 10.0) -> str:
+    """A routed backend's state in its vendor's words (e.g. "InService"), asked from here with this machine's
+    credentials and no payload; the failure itself when it cannot be asked."""
+    import asyncio
+
+    from providers import base
+
+    async def ask() -> dict[str, Any]:
+        client = base.get(backend.kind).client()
+        try:
+            return await asyncio.wait_for(client.describe(backend), timeout_s)
+        finally:
+            await client.aclose()
+
+    try:
+        info = asyncio.run(ask())
+    except Exception as exc:  # noqa: BLE001  (status reports, it never fails on one backend)
+        return f"unknown ({type(exc).__name__}: {str(exc)[:120]})"
+    return str(info.get("status") or "routed")
 
 
 def _probe_router(url: str) -> tuple[bool, dict[str, Any] | None]:
