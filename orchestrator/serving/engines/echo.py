@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -9,9 +10,12 @@ from orchestrator.serving.engines import Engine, chunk, completion, new_completi
 
 
 class EchoEngine(Engine, name="echo"):
-    """Deterministic test engine for routing tests: answers which target served it. Never a product default."""
+    """Deterministic test engine for routing tests: answers which target served it. Never a product default.
+    `delay_s` (an engine option) holds each answer that long, so tests can saturate a replica."""
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.options.get("delay_s"):
+            await asyncio.sleep(float(self.options["delay_s"]))
         return completion(self.model, f"served-by {self.target}", {"prompt_tokens": 1, "completion_tokens": 2,
                                                                     "total_tokens": 3})
 
