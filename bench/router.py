@@ -1,7 +1,7 @@
 """Router benchmark: what Sovra's router costs on the path `sovra up` deploys.
 
     .venv/bin/python bench/router.py              # full run (about six minutes); writes bench/results/router.{md,json}
-    .venv/bin/python bench/router.py --quick      # smoke: one round, small N, both Rays at once (about 75 s)
+    .venv/bin/python bench/router.py --quick      # smoke: one round, small N, both Rays at once (about 2 min)
     .venv/bin/python bench/router.py --no-haproxy # skip the HAProxy mode
 
 Every variant ends at the same replica: one `ModelServer` running the echo engine, deployed by Sovra's own `up`
@@ -12,6 +12,11 @@ SOVRA_HOME on free ports, with a tenant key, `X-Sovra-Residency: EU` and the aud
               -> the same replica
   (h) handle  the replica's DeploymentHandle called directly from inside a Serve replica (as both ingresses call
               it), no HTTP per call (bench/serve_ingress.py:handle_caller): the baseline
+and the gateway case users compare Sovra with (LiteLLM-style), ending at an OpenAI-compatible server in its own
+process outside Ray (bench/openai_echo.py, one for the whole run), declared in org.yaml `endpoints:` and routed by
+the same `up` as the only placement of a second deployment (`bench-gw`):
+  (g) gateway client -> Serve proxy -> Sovra's router -> HTTP (the router's pooled client) -> the server
+  (o) direct  client -> the server, the same payload and the server's key: the baseline of (g)
 in two local Rays, one per Serve proxy mode (the mode is an environment variable read when Ray starts):
   default     Serve's own proxy, a Python actor, in front of the ingress replicas
   haproxy     SOVRA_SERVE_HAPROXY=1 (infra.ray_cluster.serve_fast_path_env): HAProxy forwards straight into them
@@ -50,6 +55,7 @@ for p in (ROOT, ROOT / "bench"):
 
 from loadgen import loadgen, percentile
 from machine_info import cpu_model
+from openai_echo import EchoProcess
 from report import print_rows
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -61,17 +67,32 @@ KEY = "sk-bench-eu"
 BODY = {"model": DEPLOYMENT, "messages": [{"role": "user", "content": "hello from the router benchmark"}],
         "max_tokens": 16}
 HEADERS = {"Authorization": f"Bearer {KEY}", "X-Sovra-Residency": "EU"}
+# The gateway case: a deployment whose only placement is an org.yaml endpoint, an OpenAI-compatible server outside
+# Ray (bench/openai_echo.py). The server knows the model by the same name, so (g) and (o) send the same payload;
+# it wants its own key, which the router reads from GW_KEY_ENV where it runs (as org.yaml's `api_key_env` says).
+GW_DEPLOYMENT = "bench-gw"
+GW_TARGET = "onprem-paris-openai"
+GW_KEY_ENV = "SOVRA_BENCH_GW_KEY"
+GW_KEY = "sk-bench-backend"
+GW_BODY = {**BODY, "model": GW_DEPLOYMENT}
+GW_HEADERS = {"Authorization": f"Bearer {GW_KEY}"}
 # The bench's own Serve applications (bench/serve_ingress.py): (app, route prefix, builder, deployment, role)
 BENCH_APPS_FULL = (("bench-bare", "/bare", "bare_ingress", "BareIngress", "bare"),
                    ("bench-handle", "/handle", "handle_caller", "HandleCaller", "handle caller"))
 BENCH_APPS = tuple(a[:3] for a in BENCH_APPS_FULL)
-GOAL = {"sovra_over_bare_rps": 1.0, "added_p50_ms_haproxy": 1.5, "rss_mb": 300.0}
+GOAL = {"sovra_over_bare_rps": 1.0, "added_p50_ms_haproxy": 1.5, "gateway_added_p50_ms_haproxy": 1.5,
+        "rss_mb": 300.0}
+# Quoted next to the gateway goal; the issue's figure for the same call on this machine, not measured by this bench.
+LITELLM_REFERENCE = ("LiteLLM's proxy adds about 7.5 ms for the same call on this machine: the issue's figure, not "
+                     "measured here")
 MODES = {"default": {"SOVRA_SERVE_HAPROXY": "0"}, "haproxy": {"SOVRA_SERVE_HAPROXY": "1"}}
 # Shutdown only: Serve otherwise waits out 30 s drain periods before it stops proxies and direct-ingress replicas.
 DRAIN_ENV = {"RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
 DECISION_REPEATS = 7  # decision cost: median of this many timed loops
-VARIANTS = ("sovra", "bare", "handle")
-LABELS = {"sovra": "(s) Sovra router", "bare": "(b) bare Serve ingress", "handle": "(h) handle, called directly"}
+VARIANTS = ("sovra", "bare", "handle", "gateway", "direct")
+LABELS = {"sovra": "(s) Sovra router", "bare": "(b) bare Serve ingress", "handle": "(h) handle, called directly",
+          "gateway": "(g) Sovra → openai-compatible server", "direct": "(o) openai-compatible server, called directly"}
+ROUTED = ("sovra", "gateway")  # the variants whose answers carry the router's own time
 # shape -> (concurrency, Sizes attribute for n, streamed)
 SHAPES = {"c1": (1, "c1", False), "c16": (16, "c16", False), "stream": (1, "stream", True)}
 
@@ -85,7 +106,21 @@ spec:
   residency: {{zones: [EU]}}
   serving: {{engine: echo, num_cpus: 0.25}}
 """
-ORG = f"""\
+# No gpu_memory_gb: only a per-token offering can take it, and the org's endpoint is the only one offering it.
+GW_SPEC = f"""\
+apiVersion: sovra/v1
+kind: Deployment
+metadata: {{name: {GW_DEPLOYMENT}}}
+spec:
+  model: {{name: {GW_DEPLOYMENT}}}
+  replicas: {{min: 1, max: 1}}
+  residency: {{zones: [EU]}}
+"""
+
+
+def org_yaml(server_url: str) -> str:
+    """The org: the Ray cluster, the OpenAI-compatible server at `server_url` as an endpoint, the tenant."""
+    return f"""\
 apiVersion: sovra/v1
 kind: Org
 clusters:
@@ -94,6 +129,16 @@ clusters:
     country: FR
     operator: {{name: self, jurisdiction: FR}}
     accelerators: [{{sku: cpu-local, gpus: 1, gpu_memory_gb: 2, usd_per_hour: 1.0, available: 1}}]
+endpoints:
+  - id: {GW_TARGET}
+    provider: openai-compatible
+    cloud: onprem
+    region: paris
+    country: FR
+    zone: EU
+    operator: {{name: self, jurisdiction: FR}}
+    models: [{{name: {GW_DEPLOYMENT}, usd_per_1k_tokens: 0}}]
+    connection: {{url: "{server_url}", api_key_env: {GW_KEY_ENV}}}
 tenants:
   - {{name: eu-bank, key_sha256: {hashlib.sha256(KEY.encode()).hexdigest()}, residency: {{zones: [EU]}}}}
 """
@@ -196,7 +241,8 @@ def child_cluster(workdir: str) -> None:
 
     settings = deploy.Settings(timeout_s=300)  # SOVRA_HOME and the ports come from this process's environment
     t0 = time.perf_counter()
-    inputs = planning.load_inputs([Path(workdir) / "deployment.yaml"], Path(workdir) / "org.yaml")
+    inputs = planning.load_inputs([Path(workdir) / "deployment.yaml", Path(workdir) / "gateway.yaml"],
+                                  Path(workdir) / "org.yaml")
     try:
         [result] = deploy.up(inputs, planning.plan(inputs), settings, _say)
         up_s = time.perf_counter() - t0
@@ -414,6 +460,8 @@ def _mode_env(mode: str, workdir: Path) -> dict[str, str]:
     return {"SOVRA_HOME": str(home), "SOVRA_ROUTER_PORT": str(_free_port()),
             "SOVRA_RAY_DASHBOARD_PORT": str(_free_port()), "SOVRA_RAY_PORT": str(_free_port()),
             "PYTHONPATH": pythonpath,  # Ray's workers import bench.serve_ingress from the repository root
+            # the OpenAI-compatible server's key, where the router runs (Ray's workers inherit `ray start`'s env)
+            GW_KEY_ENV: GW_KEY,
             "RAY_AUTH_MODE": "token", "SOVRA_BENCH_MODE": mode, **DRAIN_ENV, **MODES[mode]}
 
 
@@ -426,19 +474,23 @@ def _in_replica(url: str, spec: dict[str, Any]) -> dict[str, Any]:
     return resp.json()
 
 
-def measure_mode(pool: cf.Executor, ready: dict[str, Any], sizes: Sizes, log) -> dict[str, Any]:
+def measure_mode(pool: cf.Executor, ready: dict[str, Any], sizes: Sizes, log, server_url: str) -> dict[str, Any]:
     """Every variant in every shape, round-robin in a shuffled order per round; latencies pooled over rounds."""
     url = ready["router_url"]
     targets = {"sovra": {"kind": "http", "url": url, "headers": HEADERS},
                "bare": {"kind": "http", "url": url + "/bare"},
-               "handle": {"kind": "handle"}}
+               "handle": {"kind": "handle"},
+               # the same tenant key and residency header as (s); the router sends the server's own key
+               "gateway": {"kind": "http", "url": url, "headers": HEADERS, "body": GW_BODY},
+               # what the router sends it: the same payload with the server's key
+               "direct": {"kind": "http", "url": server_url, "headers": GW_HEADERS, "body": GW_BODY}}
     raw: dict[str, dict[str, list]] = {v: {} for v in VARIANTS}
     for r in range(sizes.rounds):
         order = list(VARIANTS)
         random.Random(r).shuffle(order)  # no variant always runs right after the same other one
         for name in order:
             for shape, (conc, attr, stream) in SHAPES.items():
-                spec = {**targets[name], "body": BODY, "concurrency": conc, "n": getattr(sizes, attr),
+                spec = {"body": BODY, **targets[name], "concurrency": conc, "n": getattr(sizes, attr),
                         "stream": stream, "warmup": max(conc * 4, sizes.warmup // (1 if conc > 1 else 4)),
                         "cap_s": sizes.cap_s}
                 if name == "handle":  # measured inside a Serve replica, where the ingresses call it from
@@ -467,9 +519,14 @@ def run(args: argparse.Namespace, log) -> dict[str, Any]:
         log(f"  HAProxy mode skipped: {missing}")
     else:
         modes.append("haproxy")
+    # One OpenAI-compatible server for the whole run, outside Ray; each mode's router reaches it as an endpoint.
+    server = EchoProcess(name=GW_TARGET, api_key_env=GW_KEY_ENV, env={GW_KEY_ENV: GW_KEY})
+    out["openai_server"] = {"url": server.url, "event_loop": server.loop}
+    log(f"  OpenAI-compatible server (bench/openai_echo.py, {server.loop}) at {server.url}")
     workdir = Path(tempfile.mkdtemp(prefix="sovra-bench-router-"))
     (workdir / "deployment.yaml").write_text(SPEC)
-    (workdir / "org.yaml").write_text(ORG)
+    (workdir / "gateway.yaml").write_text(GW_SPEC)
+    (workdir / "org.yaml").write_text(org_yaml(server.url))
     children: dict[str, Child] = {}
 
     def start(mode: str) -> Child:
@@ -491,9 +548,10 @@ def run(args: argparse.Namespace, log) -> dict[str, Any]:
                 out["up_s"][mode], out["serve_env"][mode] = ready["up_s"], ready["serve_env"]
                 log(f"  {mode}: up in {ready['up_s']} s, ready after {time.perf_counter() - t0:.1f} s")
                 t0, cpu0 = time.perf_counter(), cpu_by_session()
-                out["modes"][mode] = measure_mode(pool, ready, sizes, log)
-                # `ray start` leads its own session, as does the child; the rest of the bench is in this one.
-                own = {os.getsid(0), os.getsid(cluster.proc.pid), ready["ray_pid"]}
+                out["modes"][mode] = measure_mode(pool, ready, sizes, log, server.url)
+                # `ray start` leads its own session, as do the child and the OpenAI-compatible server; the rest of
+                # the bench is in this one.
+                own = {os.getsid(0), os.getsid(cluster.proc.pid), ready["ray_pid"], server.pid}
                 wall = time.perf_counter() - t0
                 out["others"][mode] = {"cpu_s": foreign_cpu_s(cpu0, cpu_by_session(), own), "wall_s": round(wall, 1)}
                 out["procs"][mode] = cluster.ask("procs")
@@ -511,6 +569,8 @@ def run(args: argparse.Namespace, log) -> dict[str, Any]:
             child.stop()
             _stop_leftover_ray(workdir / mode)
         shutil.rmtree(workdir, ignore_errors=True)
+        out["openai_server"]["rss_mb"] = rss_mb(server.pid)
+        server.stop()
     return out
 
 
@@ -530,7 +590,7 @@ def derive(res: dict[str, Any]) -> dict[str, Any]:
     """Ratios and differences, each of two numbers measured side by side in the same mode (same Ray)."""
     per_mode: dict[str, dict[str, Any]] = {}
     for mode, v in res["modes"].items():
-        s, b, h = v["sovra"], v["bare"], v["handle"]
+        s, b, h, g, o = v["sovra"], v["bare"], v["handle"], v["gateway"], v["direct"]
         per_mode[mode] = {
             "sovra_over_bare_rps_c16": _r(s["c16"]["rps"] / b["c16"]["rps"]),
             "sovra_added_p50_ms": _r(s["c1"]["p50_ms"] - h["c1"]["p50_ms"]),
@@ -542,6 +602,12 @@ def derive(res: dict[str, Any]) -> dict[str, Any]:
             "bare_over_handle_rps_c16": _r(b["c16"]["rps"] / h["c16"]["rps"]),
             "router_overhead_p50_ms_c1": s["c1"]["router_overhead_p50_ms"],
             "router_overhead_p50_ms_c16": s["c16"]["router_overhead_p50_ms"],
+            # Sovra in front of an OpenAI-compatible server (g) against the server called directly (o)
+            "gateway_added_p50_ms": _r(g["c1"]["p50_ms"] - o["c1"]["p50_ms"]),
+            "gateway_over_direct_rps_c16": _r(g["c16"]["rps"] / o["c16"]["rps"]),
+            "gateway_added_ttfc_p50_ms": _r(g["stream"]["p50_ms"] - o["stream"]["p50_ms"]),
+            "gateway_router_overhead_p50_ms_c1": g["c1"]["router_overhead_p50_ms"],
+            "gateway_router_overhead_p50_ms_c16": g["c16"]["router_overhead_p50_ms"],
             "router_rss_mb": res["procs"].get(mode, {}).get("rss_mb", {}).get("router")}
     goals: dict[str, dict[str, Any]] = {}
     for mode, d in per_mode.items():
@@ -552,6 +618,10 @@ def derive(res: dict[str, Any]) -> dict[str, Any]:
         added = per_mode["haproxy"]["sovra_added_p50_ms"]
         goals["Sovra's added p50 over the handle (ms), haproxy"] = {
             "value": added, "goal": f"<= {GOAL['added_p50_ms_haproxy']}", "met": added <= GOAL["added_p50_ms_haproxy"]}
+        added = per_mode["haproxy"]["gateway_added_p50_ms"]
+        goals["Sovra's added p50 over the openai-compatible server called directly (ms, C=1), haproxy"] = {
+            "value": added, "goal": f"<= {GOAL['gateway_added_p50_ms_haproxy']}",
+            "met": added <= GOAL["gateway_added_p50_ms_haproxy"], "reference": LITELLM_REFERENCE}
     rss = [d["router_rss_mb"] for d in per_mode.values() if d["router_rss_mb"] is not None]
     goals["router replica RSS (MB), worst mode"] = {"value": max(rss) if rss else None,
                                                    "goal": f"<= {GOAL['rss_mb']}",
@@ -569,7 +639,7 @@ def table(res: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for mode, variants in res["modes"].items():
         for name, v in variants.items():
-            own = _f(v["c1"]["router_overhead_p50_ms"], ".3f") if name == "sovra" else "-"
+            own = _f(v["c1"]["router_overhead_p50_ms"], ".3f") if name in ROUTED else "-"
             rows.append([LABELS[name], mode, _f(v["c1"]["p50_ms"]), _f(v["c1"]["p99_ms"]), _f(v["c16"]["rps"], ".0f"),
                          _f(v["c16"]["p50_ms"]), _f(v["c16"]["p99_ms"]), _f(v["stream"]["p50_ms"]),
                          _f(v["stream"]["p99_ms"]), own, str(sum(v[s]["errors"] for s in SHAPES))])
@@ -587,6 +657,12 @@ def ratio_lines(res: dict[str, Any], der: dict[str, Any]) -> list[str]:
             f"req/s at C=16 over the handle's: sovra {_f(d['sovra_over_handle_rps_c16'], '.3f')}, bare "
             f"{_f(d['bare_over_handle_rps_c16'], '.3f')}; router's own time (X-Sovra-Overhead-Ms) p50: C=1 "
             f"{_f(d['router_overhead_p50_ms_c1'], '.3f')} ms, C=16 {_f(d['router_overhead_p50_ms_c16'], '.3f')} ms")
+        lines.append(
+            f"{mode}: Sovra in front of an openai-compatible server: added p50 of Sovra over the server called "
+            f"directly (C=1) {_f(d['gateway_added_p50_ms'], '+.2f')} ms; Sovra/direct req/s at C=16 "
+            f"{_f(d['gateway_over_direct_rps_c16'], '.3f')}; added TTFC p50 {_f(d['gateway_added_ttfc_p50_ms'], '+.2f')} "
+            f"ms; router's own time p50: C=1 {_f(d['gateway_router_overhead_p50_ms_c1'], '.3f')} ms, C=16 "
+            f"{_f(d['gateway_router_overhead_p50_ms_c16'], '.3f')} ms")
     dec = res["decision"]
     if dec["rows"]:
         lines.append("routing decision alone (pure choice function, no I/O; µs of CPU per decision, wall median in "
@@ -597,12 +673,17 @@ def ratio_lines(res: dict[str, Any], der: dict[str, Any]) -> list[str]:
         lines.append(f"routing decision micro-benchmark not measured: {dec['error']}")
     lines.append("RSS MB after the load: " + "; ".join(
         f"{mode}: " + ", ".join(f"{k} {v}" for k, v in p.get("rss_mb", {}).items()) for mode, p in res["procs"].items()))
-    lines.append("goals: " + ", ".join(f"{k} {_f(g['value'], '.3f')} {g['goal']} {'MET' if g['met'] else 'MISSED'}"
-                                      for k, g in der["goals"].items()))
+    lines.append("goals: " + ", ".join(
+        f"{k} {_f(g['value'], '.3f')} {g['goal']} {'MET' if g['met'] else 'MISSED'}"
+        + (f" ({g['reference']})" if g.get("reference") else "") for k, g in der["goals"].items()))
     lines.append("CPU used by other processes on this machine while a mode was measured (2 cores): " + ", ".join(
         f"{mode} {o['cpu_s']:g} CPU s in {o['wall_s']:g} s" for mode, o in res["others"].items()))
     lines.append("`up` (local Ray start to every application running, this bench's two not included): " + ", ".join(
         f"{mode} {secs:g} s" for mode, secs in res["up_s"].items()))
+    server = res.get("openai_server", {})
+    if server:
+        lines.append(f"OpenAI-compatible server (bench/openai_echo.py, one for the run, {server.get('event_loop')} "
+                     f"event loop): RSS {_f(server.get('rss_mb'), '.1f')} MB at the end")
     if "haproxy_skipped" in res:
         lines.append(f"HAProxy mode skipped: {res['haproxy_skipped']}")
     binaries = sorted({b for p in res["procs"].values() for b in p.get("haproxy_binary", [])})
@@ -629,7 +710,14 @@ deployment. The bare ingress (`bench/serve_ingress.py`: a raw ASGI app that forw
 replica through a DeploymentHandle, one replica, 0.25 CPU, 256 ongoing requests like the router) is then added to
 the same Serve config, declaratively, with the handle baseline: a Serve replica (`handle_caller`, 0.25 CPU) that
 runs the whole measurement itself, calling the replica's `ModelServer` handle as the ingresses do, with no HTTP
-per call (one POST starts a measurement and brings its latencies back). One Ray per mode, started by `up` with
+per call (one POST starts a measurement and brings its latencies back). The gateway case: `bench/openai_echo.py`,
+a raw asyncio HTTP/1.1 server (uvloop) answering OpenAI's chat completions (JSON and SSE) and /v1/models with no
+work, runs in its own process outside Ray on 127.0.0.1, one for the whole run, and wants a key. It is declared in
+org.yaml as an `endpoints:` entry (provider openai-compatible, `connection: {url, api_key_env}`), and `up` routes
+it as the only placement of a second deployment, `bench-gw` (a model without gpu_memory_gb: per-token offerings
+only), so the router's table holds it as an `openai-compatible` backend whose key the router reads from the
+environment; (g) sends the same tenant key and residency header as (s), (o) sends the server the payload and key
+the router sends it. One Ray per mode, started by `up` with
 the mode's environment: `default` is Serve's own proxy (a Python actor in front of the ingress replicas); `haproxy` is
 SOVRA_SERVE_HAPROXY=1, which makes `infra.ray_cluster.serve_fast_path_env` start Ray with the variables listed in
 the JSON (`serve_env`), so HAProxy forwards straight into the ingress replicas. HTTP requests come from one load
@@ -657,6 +745,11 @@ LIMITS = """\
   rows): the two modes differ in both, which is why only same-mode numbers are compared.
 - **The echo replica does no work,** so everything measured is routing and transport; with a real model the
   same milliseconds sit under generation times of hundreds of ms.
+- **"Added p50 over the server called directly" (g − o) is two HTTP hops against one:** the proxy hop, the
+  router replica's HTTP server and its work, and the router's own HTTP call to the server, against the load
+  generator's one call. The server answers in well under a millisecond and shares the cores with everything else,
+  so its req/s at C=16 (o) is mostly the load generator's and its own CPU, not a server's capacity. LiteLLM's figure
+  quoted next to the goal is the issue's, for the same call on this machine; this bench does not run LiteLLM.
 - **The routing-decision micro-benchmark** times only the pure choice function (gate + policy) on synthetic
   tables of 10–1,000 backends; it is not on a path any figure above adds up."""
 
@@ -676,8 +769,10 @@ def markdown(res: dict[str, Any], der: dict[str, Any], info: dict[str, Any]) -> 
     lines = ["# Router benchmark", "", sizes, "", box, "",
              ("Paths: (s) client → proxy → Sovra's router (the Serve ingress `up` deploys) → DeploymentHandle → "
               "echo replica; (b) client → proxy → bare Serve ingress → DeploymentHandle → the same replica; (h) "
-              "DeploymentHandle → the same replica, called from inside a Serve replica with no HTTP per call. The "
-              "proxy is Serve's own (default mode) or HAProxy (haproxy mode)."), "",
+              "DeploymentHandle → the same replica, called from inside a Serve replica with no HTTP per call; (g) "
+              "client → proxy → Sovra's router → HTTP → an OpenAI-compatible server outside Ray (an org.yaml "
+              "endpoint routed by `up`); (o) client → the same server, called directly. The proxy is Serve's own "
+              "(default mode) or HAProxy (haproxy mode)."), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows] + [""]
     lines += ["## Ratios (same mode, measured side by side), memory, goals", ""]

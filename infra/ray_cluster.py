@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from infra.home import sovra_home
 from orchestrator.errors import SovraError
 
 Progress = Callable[[str], None]
@@ -36,10 +37,6 @@ TARGET_RESOURCE_UNITS = 1000
 class ClusterError(SovraError):
     """A Ray cluster cannot be started or reached."""
 
-
-def sovra_home() -> Path:
-    """Where Sovra keeps local state (the local Ray's record, the audit trail): $SOVRA_HOME or ~/.sovra."""
-    return Path(os.environ.get("SOVRA_HOME") or Path.home() / ".sovra")
 
 
 def dashboard_url(address: str) -> str:

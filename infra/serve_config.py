@@ -130,9 +130,15 @@ def routed_entry(d: Deployment, p: Placement, t: Target, connection: Mapping[str
     Its provider adapter says where it is (`locate`; ProviderError with the fix when it cannot). Org endpoints
     are the company's own capacity: the ladder's first rung with the Ray replicas; managed offerings the second.
     `cost` is the list price per 1,000 tokens."""
+    from orchestrator.errors import ProviderError
     from orchestrator.spec.org import Endpoint
     from providers import base
 
+    if t.accelerators and not isinstance(t, Endpoint):
+        raise ProviderError(
+            f"{t.id}: a dedicated {t.provider} endpoint would have to be created, which `up` cannot provision yet "
+            f"(Pulumi stacks come later); name an existing endpoint serving {d.spec.model.name} under `endpoints:` "
+            "in org.yaml")
     adapter = base.get(t.provider)
     where = adapter.locate(t, d.spec.model.name, adapter.connection(connection))
     price = t.model_price(d.spec.model.name)

@@ -114,7 +114,7 @@ def apply(targets: Sequence[Target], findings: Iterable[Finding]) -> tuple[Targe
 
 
 def record_path() -> Path:
-    from infra.ray_cluster import sovra_home
+    from infra.home import sovra_home
 
     return sovra_home() / "live-settings.json"
 

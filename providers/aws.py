@@ -8,6 +8,7 @@ stored or logged here: botocore finds them itself (environment, profile, SSO, in
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -56,6 +57,28 @@ def boto3() -> ModuleType:
     return module
 
 
+#: botocore loggers whose DEBUG lines carry the signed headers (access key id, session token), the canonical
+#: request, and request and response bodies (payloads).
+_WIRE_LOGGERS = ("botocore.endpoint", "botocore.auth", "botocore.parsers")
+
+
+class _DropWireDebug(logging.Filter):
+    """Drops botocore's wire-level DEBUG lines, so a router run at DEBUG logs neither credentials nor payloads."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.DEBUG
+
+
+_WIRE_FILTER = _DropWireDebug()
+
+
+def _quiet_wire_logs() -> None:
+    for name in _WIRE_LOGGERS:
+        logger = logging.getLogger(name)
+        if _WIRE_FILTER not in logger.filters:
+            logger.addFilter(_WIRE_FILTER)
+
+
 class AwsClients:
     """botocore clients per (service, region, profile), made on first use and shared by every call of one router
     replica (botocore clients are thread-safe; making one costs milliseconds and reads the credential chain).
@@ -64,9 +87,11 @@ class AwsClients:
     5xx, which the router must never do, and they would sleep in a pool thread on throttling that the dispatcher
     handles itself (another allowed backend, or the vendor's Retry-After). Connecting is bounded by
     `connect_timeout_s`; `read_timeout_s` bounds each socket read, so a stalled stream fails rather than hangs.
+    botocore's wire-level DEBUG lines (signed headers, bodies) are dropped: see `_DropWireDebug`.
     """
 
     def __init__(self, *, connect_timeout_s: float = 2.0, read_timeout_s: float = 120.0, max_pool: int = 64):
+        _quiet_wire_logs()
         self._options = {"connect_timeout": connect_timeout_s, "read_timeout": read_timeout_s,
                          "max_pool_connections": max_pool}
         self._clients: dict[tuple[str, str, str | None], Any] = {}
@@ -166,7 +191,7 @@ async def call(where: str, fn: Callable[[], T]) -> T:
     a verdict."""
     try:
         return await openai_wire.blocking(fn)
-    except Exception as exc:  # noqa: BLE001  (every botocore failure is classified by `verdict`)
+    except Exception as exc:  # every botocore failure is classified by `verdict`
         raise verdict(exc, where) from exc
 
 
@@ -181,7 +206,7 @@ async def events(where: str, make: Callable[[], Iterable[T]]) -> AsyncIterator[T
                 item = await anext(stream)
             except StopAsyncIteration:
                 return
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # classified, then narrowed to Failed once the stream started
                 found = verdict(exc, where)
                 if started and not isinstance(found, Failed):
                     found = Failed(f"{found} (after the stream had started)")

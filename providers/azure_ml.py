@@ -1,18 +1,170 @@
-"""Azure ML: managed online endpoints (GPU instances) and serverless model deployments (per token)."""
+"""Azure ML: managed online endpoints (GPU instances in one region) and serverless endpoints / Azure AI deployments
+(per token, whose deployment type says where inference runs). The router's client is in `azure_ml_client`, the
+ARM calls in `azure_ml_arm`; Azure's deployment types are translated into Sovra zones here and nowhere else."""
 
 from __future__ import annotations
 
-from providers.base import Provider
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from orchestrator.errors import ProviderError
+from orchestrator.spec.zones import GLOBAL
+from providers.azure_ml_regions import country_of
+from providers.base import Connection, LiveSetting, Locator, Provider
+
+#: Azure's names for endpoints and deployments; they go into ARM URL paths and a header, so nothing else passes.
+NAME = r"^[A-Za-z][A-Za-z0-9-]{1,63}$"
+#: Deployment types (SKU names) that may process anywhere, per Microsoft's "Deployment types" page.
+GLOBAL_TYPES = ("Global", "GlobalStandard", "GlobalProvisioned", "GlobalProvisionedManaged", "GlobalBatch",
+                "DeveloperTier")
+#: Deployment types that process within a Microsoft data zone: EU or US, by the deployment region's geography.
+DATA_ZONE_TYPES = ("DataZone", "DataZoneStandard", "DataZoneProvisioned", "DataZoneProvisionedManaged",
+                   "DataZoneBatch")
+#: Deployment types that process in the deployment's region. `Consumption` is the SKU of a serverless API
+#: endpoint made in an Azure ML / AI Foundry hub workspace, hosted in the endpoint's region.
+REGIONAL_TYPES = ("Regional", "Standard", "ProvisionedManaged", "Consumption")
+#: The zones Microsoft defines data zones for.
+DATA_ZONES = ("EU", "US")
+
+ORG_HINT = ("name the existing endpoint under `endpoints:` in org.yaml, with `connection: {subscription_id: ..., "
+            "resource_group: ..., workspace: ..., endpoint: <name>, kind: online|serverless}` (Sovra does not "
+            "create Azure ML endpoints yet: provisioning comes with the Pulumi programs)")
+
+
+class AzureMLConnection(Connection):
+    """An Azure ML workspace (or AI Foundry hub/project) and, to route to it, one of its endpoints. Credentials come
+    from DefaultAzureCredential where Sovra runs; the endpoint's key is read from ARM at run time, never written."""
+
+    subscription_id: str = Field(min_length=1, description="Azure subscription id of the workspace.")
+    resource_group: str = Field(min_length=1, description="Resource group of the workspace.")
+    workspace: str = Field(min_length=1, description="Azure ML workspace, or AI Foundry hub/project, name.")
+    endpoint: str | None = Field(default=None, pattern=NAME,
+                                 description="Name of an existing online or serverless endpoint in the workspace.")
+    kind: Literal["online", "serverless"] = Field(
+        default="online", description="online: a managed online endpoint (your GPU instances); serverless: a "
+        "serverless endpoint (Models-as-a-Service, per token).")
+    deployment: str | None = Field(
+        default=None, pattern=NAME, description="An online endpoint's deployment to call (sent as the "
+        "`azureml-model-deployment` header); default: the endpoint's traffic split.")
+    deployment_type: str | None = Field(
+        default=None, description="A serverless / AI Foundry deployment's type as created (GlobalStandard, "
+        "DataZoneStandard, Standard, ...), used when ARM does not report it; `live_settings` reads the real one.")
+    served_model: str | None = Field(
+        default=None, min_length=1, description="The model name the endpoint's server expects in `model` (e.g. "
+        "vLLM's --served-model-name); default: the deployment's model.")
+    stream: bool = Field(
+        default=True, description="The endpoint answers `stream: true` with server-sent events; false: Sovra asks "
+        "for the whole answer and streams it on in one piece.")
+    cloud: str | None = Field(
+        default=None, min_length=1, description="Azure cloud as azure-ai-ml names it: AzureCloud (default), "
+        "AzureUSGovernment, AzureChinaCloud, or a private cloud named in the document at ARM_CLOUD_METADATA_URL.")
+
+    @model_validator(mode="after")
+    def _fits_kind(self) -> AzureMLConnection:
+        if self.kind == "serverless" and self.deployment:
+            raise ValueError("a serverless endpoint has no deployments to choose; remove `deployment`")
+        if self.kind == "online" and self.deployment_type:
+            raise ValueError("a managed online endpoint runs on your instances in its region; `deployment_type` "
+                             "applies to serverless endpoints only")
+        if self.deployment_type and self.deployment_type.lower() not in _SCOPES_LOWER:
+            raise ValueError(f"unknown deployment_type {self.deployment_type!r}; valid: "
+                             f"{', '.join((*GLOBAL_TYPES, *DATA_ZONE_TYPES, *REGIONAL_TYPES))}")
+        return self
+
+
+_SCOPES: dict[str, str | None] = {**{t: GLOBAL for t in GLOBAL_TYPES}, **{t: None for t in DATA_ZONE_TYPES},
+                                  **{t: None for t in REGIONAL_TYPES}}
+_SCOPES_LOWER = {k.lower() for k in _SCOPES}
 
 
 class AzureML(Provider):
-    """Azure's deployment types say where inference may run: Regional (Standard), DataZone (EU or US), Global."""
+    """Azure's deployment types say where inference may run: Global* anywhere, DataZone* within the EU or US data
+    zone of the deployment's region, Standard/Regional (and managed online endpoints) in the region itself."""
 
     name = "azure-ml"
     extra = "azure"
     sdk_module = "azure.ai.ml"
-    # A Data Zone is the region's own geography (Microsoft defines EU and US data zones).
-    scopes = {"regional": None, "standard": None, "datazone": None, "global": "GLOBAL"}
+    scopes = _SCOPES  # type: ignore[assignment]  (None: the region's own zone, narrowed for DataZone below)
+    connection_model = AzureMLConnection
 
     def describe(self) -> str:
         return "Azure ML managed online endpoints and serverless deployments (Regional / DataZone / Global)"
+
+    def zone_for_scope(self, scope: str, country: str | None) -> str:
+        """As the base, except that a DataZone type is EU or US by the region's geography, and nothing else."""
+        zone = super().zone_for_scope(scope, country)
+        if scope.strip().lower() in {t.lower() for t in DATA_ZONE_TYPES} and zone not in DATA_ZONES:
+            raise ValueError(f"{self.name}: {scope} processes within a Microsoft data zone, and those exist only "
+                             f"for EU and US regions; {country} is in {zone}")
+        return zone
+
+    def zone_for_deployment(self, deployment_type: str, region: str) -> str:
+        """The zone of a deployment of `deployment_type` made in Azure `region`; ValueError for an unknown type or
+        region (never a guess)."""
+        if self.scopes.get(_canonical(deployment_type)) == GLOBAL:
+            return GLOBAL
+        return self.zone_for_scope(deployment_type, country_of(region))
+
+    def client(self):
+        self.sdk()  # the install hint, before the router first needs credentials
+        from providers.azure_ml_client import AzureMLClient
+
+        return AzureMLClient()
+
+    def locate(self, target, model, connection) -> Locator:
+        """The endpoint's name is the address: it is stable and known without calling Azure (so `up` writes the
+        routing table offline), while the scoring URI and key are read by the router on first use and re-read when
+        refused. The workspace and kind travel as params."""
+        conn = self._endpoint_connection(target, connection)
+        params = {"subscription_id": conn.subscription_id, "resource_group": conn.resource_group,
+                  "workspace": conn.workspace, "kind": conn.kind, "region": target.region}
+        optional = {"deployment": conn.deployment, "deployment_type": conn.deployment_type,
+                    "served_model": conn.served_model, "cloud": conn.cloud,
+                    "stream": None if conn.stream else "false"}
+        params.update({k: v for k, v in optional.items() if v})
+        return Locator(str(conn.endpoint), params)
+
+    def live_settings(self, target, connection) -> list[LiveSetting]:
+        """The deployment type the endpoint really has, read from ARM, and the zone it implies."""
+        from providers import azure_ml_arm as arm
+
+        conn = self._endpoint_connection(target, connection)
+        self.sdk()
+        ws = arm.Workspace(conn.subscription_id, conn.resource_group, conn.workspace, conn.cloud)
+        cred = arm.credential()
+        try:
+            facts = arm.read_endpoint(arm.ml_client(ws, cred), conn.kind, str(conn.endpoint))
+        except Exception as exc:  # every SDK failure is mapped in one place: arm.verdict
+            raise ProviderError(f"{target.id}: cannot read Azure ML endpoint {conn.endpoint!r}: "
+                                f"{arm.verdict(exc, 'reading the endpoint')}") from exc
+        finally:
+            cred.close()
+        return [self._deployment_setting(target, conn, facts)]
+
+    def _deployment_setting(self, target, conn: AzureMLConnection, facts) -> LiveSetting:
+        region = facts.location or target.region
+        if facts.kind == "online":
+            kind, value = "Regional", f"Regional (managed online endpoint in {region})"
+        else:
+            kind = facts.sku or conn.deployment_type or "unknown"
+            value = kind if facts.sku else f"{kind} (as declared in org.yaml; ARM reported no SKU)"
+        try:
+            zone = self.zone_for_deployment(kind, region)
+        except ValueError as exc:  # an unknown type or region cannot be placed: treat it as processing anywhere
+            zone, value = GLOBAL, f"{value} ({exc})"
+        fix = "" if zone == target.zone else (
+            f"redeploy {conn.endpoint!r} as DataZoneStandard (EU/US data zone) or Standard in {region}, or as a "
+            f"managed online endpoint there, so that it processes in {target.zone}; until then Sovra places it "
+            f"in {zone}")
+        return LiveSetting(target=target.id, setting="deployment type", value=value, zone=zone, fix=fix)
+
+    def _endpoint_connection(self, target, connection) -> AzureMLConnection:
+        if not isinstance(connection, AzureMLConnection) or not connection.endpoint:
+            raise ProviderError(f"{target.id}: azure-ml needs an existing endpoint: {ORG_HINT}")
+        return connection
+
+
+def _canonical(deployment_type: str) -> str:
+    key = deployment_type.strip().lower()
+    return next((k for k in _SCOPES if k.lower() == key), deployment_type)

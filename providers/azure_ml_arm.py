@@ -112,7 +112,7 @@ def read_endpoint(ml: Any, kind: str, name: str) -> EndpointFacts:
     """The endpoint's state, location, scoring URI and (serverless) SKU, payload-free."""
     if kind == "online":
         ep = ml.online_endpoints.get(name)
-        return EndpointFacts("online", name, str(ep.provisioning_state or "Unknown"), ep.location, ep.scoring_uri)
+        return EndpointFacts("online", name, _text(ep.provisioning_state), ep.location, ep.scoring_uri)
     raw: dict[str, Any] = {}
 
     def keep_raw(pipeline_response: Any) -> None:
@@ -124,7 +124,7 @@ def read_endpoint(ml: Any, kind: str, name: str) -> EndpointFacts:
 
     ep = ml.serverless_endpoints.get(name, raw_response_hook=keep_raw)
     props = raw.get("properties") or {}
-    provisioned = str(ep.provisioning_state or "Unknown")
+    provisioned = _text(ep.provisioning_state)
     state = str(props.get("endpointState") or provisioned) if provisioned.lower() == "succeeded" else provisioned
     sku = (raw.get("sku") or {}).get("name")
     headers = {k: str(v) for k, v in (ep.headers or {}).items() if k.lower() not in ("authorization", "api-key")}
@@ -163,6 +163,11 @@ def verdict(exc: BaseException, what: str) -> AttemptFailed:
     if isinstance(exc, az.ServiceResponseTimeoutError):
         return TimedOut(detail)
     return Failed(detail)
+
+
+def _text(state: Any) -> str:
+    """An SDK state (a str, or a str enum whose str() is its class path) as ARM spells it."""
+    return str(getattr(state, "value", state) or "Unknown")
 
 
 def _short(exc: BaseException) -> str:

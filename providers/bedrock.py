@@ -83,7 +83,7 @@ class Bedrock(Provider):
                 continue  # an in-region id: no account setting widens it
             try:
                 regions = profile_regions(control.get_inference_profile(inferenceProfileIdentifier=address))
-            except Exception as exc:  # noqa: BLE001  (classified once, by aws.verdict)
+            except Exception as exc:  # any SDK failure, classified once by aws.verdict
                 raise ProviderError(f"{target.id}: cannot read inference profile {address}: "
                                     f"{aws.verdict(exc, target.id)}") from exc
             out.append(LiveSetting(
@@ -254,11 +254,10 @@ class BedrockClient(BackendClient):
     async def embed(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
         """Titan (one InvokeModel per input) or Cohere (one per request) embedding models."""
         inputs = openai_wire.inputs_of(body)
-        rt = lambda: self._get("bedrock-runtime", backend)  # noqa: E731
         cohere = ".cohere.embed" in f".{backend.address}"
 
         def invoke(payload: dict[str, Any]) -> dict[str, Any]:
-            resp = rt().invoke_model(modelId=backend.address, body=json.dumps(payload),
+            resp = self._get("bedrock-runtime", backend).invoke_model(modelId=backend.address, body=json.dumps(payload),
                                      contentType="application/json", accept="application/json")
             return json.loads(resp["body"].read())
 
@@ -284,7 +283,9 @@ class BedrockClient(BackendClient):
             raise Failed(f"{backend.target}: the embedding answer has an unexpected shape ({exc!r})") from None
 
     async def _state(self, backend: Backend) -> dict[str, Any]:
-        control = lambda: self._get("bedrock", backend)  # noqa: E731
+        def control() -> Any:
+            return self._get("bedrock", backend)
+
         if profile_prefix(backend.address) or backend.address.startswith("arn:"):
             p = await aws.call(backend.target, lambda: control().get_inference_profile(
                 inferenceProfileIdentifier=backend.address))

@@ -114,9 +114,10 @@ class SdkCredentials:
 def _sdk_config(host: str, profile: str | None) -> Any:
     from databricks.sdk.core import Config
 
-    # GETs only (host metadata, OAuth token fetches) go through the SDK's own client, so its retries are safe;
-    # they are bounded so that a first request does not wait minutes on an unreachable workspace.
-    return Config(host=host, profile=profile, http_timeout_seconds=10, retry_timeout_seconds=10)
+    # Only credential traffic goes through the SDK's own client here (the host-metadata GET made once per Config,
+    # OAuth token fetches): no payload, so its retries are harmless; they are cut to one try plus one pause, so a
+    # request to an unreachable workspace fails in about a second instead of waiting out the SDK's 300 s.
+    return Config(host=host, profile=profile, http_timeout_seconds=5, retry_timeout_seconds=1)
 
 
 class DatabricksClient(HttpClient):

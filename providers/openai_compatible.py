@@ -38,4 +38,7 @@ class OpenAICompatible(Provider):
         if not isinstance(connection, OpenAICompatibleConnection):
             raise ProviderError(f"{target.id}: an openai-compatible endpoint needs `connection: {{url: ...}}`")
         params = {"api_key_env": connection.api_key_env} if connection.api_key_env else {}
+        offered = target.model_price(model)
+        if offered is not None and offered.id:  # the name the server knows the model by (`models[].id`)
+            params["served_model"] = offered.id
         return Locator(connection.url.rstrip("/"), params)

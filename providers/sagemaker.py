@@ -73,7 +73,7 @@ class SageMaker(Provider):
         control = aws.AwsClients().get("sagemaker", loc.params["region"], loc.params.get("profile"))
         try:
             arn = control.describe_endpoint(EndpointName=loc.address)["EndpointArn"]
-        except Exception as exc:  # noqa: BLE001  (classified once, by aws.verdict)
+        except Exception as exc:  # any SDK failure, classified once by aws.verdict
             raise ProviderError(f"{target.id}: cannot describe endpoint {loc.address}: "
                                 f"{aws.verdict(exc, target.id)}") from exc
         region = aws.region_of_arn(arn)

@@ -1,8 +1,129 @@
-"""Snowflake Cortex: managed LLM functions inside a Snowflake account, priced per token (credits)."""
+"""Snowflake Cortex: managed LLM functions inside a Snowflake account, priced per token (credits).
+
+Where Cortex processes is an account parameter, CORTEX_ENABLED_CROSS_REGION, not a property of the endpoint: this
+module translates its values into Sovra zones (and nowhere else does), reads the live value from the account, and
+says where the router's backend is. The router's client is in `snowflake_client` (it imports the connector).
+"""
 
 from __future__ import annotations
 
-from providers.base import Provider
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+
+from orchestrator.errors import ProviderError
+from orchestrator.spec.zones import GLOBAL, zone_of
+from providers.base import Connection, LiveSetting, Locator, Provider
+
+if TYPE_CHECKING:
+    from orchestrator.spec import Target
+
+SETTING = "CORTEX_ENABLED_CROSS_REGION"
+
+#: CORTEX_ENABLED_CROSS_REGION label -> zone; DISABLED (None) is the account region's own zone.
+CROSS_REGION_ZONES: dict[str, str | None] = {
+    "DISABLED": None, "AWS_EU": "EU", "AZURE_EU": "EU", "AWS_US": "US", "AZURE_US": "US",
+    "AWS_APJ": "APAC", "AZURE_APAC": "APAC", "ANY_REGION": GLOBAL}
+
+#: The connector's keyword arguments that carry secrets; each is read, where the router runs, from the environment
+#: variable SNOWFLAKE_<NAME> (the Snowflake CLI's names), or from connections.toml via `connection_name`.
+SECRET_KWARGS = ("password", "private_key_file", "private_key_file_pwd", "authenticator", "token", "token_file_path")
+
+
+def cross_region_labels(value: str) -> list[str]:
+    """The labels of a CORTEX_ENABLED_CROSS_REGION value (one label, or a comma list such as 'AWS_US,AWS_EU')."""
+    return [part.strip().upper() for part in value.split(",") if part.strip()] or ["DISABLED"]
+
+
+def zone_for_cross_region(value: str, home_zone: str | None) -> str:
+    """The zone a CORTEX_ENABLED_CROSS_REGION value lets Cortex process in, for an account whose region is in
+    `home_zone`. None means the region is taken to lie inside the labels' zones (a catalog's cross-region target
+    names no country); with DISABLED alone nothing is then known, which is GLOBAL.
+
+    Cortex answers in the account's region when the model is there and goes cross-region otherwise, so the home zone
+    is always part of the set. A set spanning more than one zone is GLOBAL: Sovra gives a target one zone, and the
+    only one that does not under-state where a request may go is GLOBAL (it fails closed: only an unrestricted
+    residency accepts it). An unknown label is GLOBAL for the same reason.
+    """
+    zones: set[str | None] = {home_zone}
+    for label in cross_region_labels(value):
+        if label != "DISABLED":
+            zones.add(CROSS_REGION_ZONES.get(label, GLOBAL))
+    zones.discard(None)
+    if GLOBAL in zones or len(zones) != 1:
+        return GLOBAL
+    return zones.pop()  # type: ignore[return-value]
+
+
+class SnowflakeCortexConnection(Connection):
+    """How the router reaches a Snowflake account (org.yaml `accounts: [{provider: snowflake-cortex, connection:
+    ...}]`). Non-secret only: the password, key pair or token come from connections.toml (`connection_name`) or
+    from SNOWFLAKE_PASSWORD / SNOWFLAKE_PRIVATE_KEY_FILE / ... where the router runs."""
+
+    account: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$",
+                                description="Account identifier, e.g. myorg-myaccount.")
+    host: str | None = Field(default=None, min_length=1, description="A non-default host or URL (private link, "
+                             "an emulator): `acct.privatelink.snowflakecomputing.com` or `http://127.0.0.1:8080`.")
+    user: str | None = Field(default=None, min_length=1, description="Login name (else SNOWFLAKE_USER).")
+    role: str | None = Field(default=None, min_length=1, description="Role holding SNOWFLAKE.CORTEX_USER.")
+    warehouse: str | None = Field(default=None, min_length=1, description="Warehouse for Cortex SQL functions.")
+    database: str | None = Field(default=None, min_length=1)
+    connection_name: str | None = Field(default=None, min_length=1, description="A named connection in "
+                                        "Snowflake's connections.toml ($SNOWFLAKE_HOME or ~/.snowflake).")
+    timeout_s: float = Field(default=110.0, gt=0, le=3600, description="Longest wait for one Cortex answer; the "
+                             "statement is cancelled in Snowflake after it.")
+
+    @field_validator("host")
+    @classmethod
+    def _host_or_url(cls, value: str | None) -> str | None:
+        if value is not None and "://" in value and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError(f"host {value!r}: a URL must be http:// or https://")
+        return value
+
+
+def connect_kwargs(params: Mapping[str, str], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """snowflake.connector.connect() arguments for a backend's params: its non-secret settings, plus the secrets
+    found in the environment. Holds secrets: never log it, never store it."""
+    env = os.environ if environ is None else environ
+    kwargs: dict[str, Any] = {"paramstyle": "qmark",  # bound server-side: the SQL text never carries the payload
+                              "login_timeout": 20, "application": "Sovra", "client_session_keep_alive": True}
+    for key in ("account", "user", "role", "warehouse", "database", "connection_name"):
+        if params.get(key):
+            kwargs[key] = params[key]
+    if "connection_name" in kwargs:
+        # the connector fixes its connections.toml path when first imported; resolve it now, so the SNOWFLAKE_HOME
+        # of the process that connects is the one honoured
+        toml = Path(env.get("SNOWFLAKE_HOME") or "~/.snowflake").expanduser() / "connections.toml"
+        if toml.is_file():
+            kwargs["connections_file_path"] = toml
+    if "user" not in kwargs and env.get("SNOWFLAKE_USER"):
+        kwargs["user"] = env["SNOWFLAKE_USER"]
+    host = params.get("host")
+    if host:
+        if "://" in host:
+            url = urlsplit(host)
+            kwargs.update(host=url.hostname, protocol=url.scheme, port=url.port or (443 if url.scheme == "https"
+                                                                                   else 80))
+        else:
+            kwargs["host"] = host
+    for name in SECRET_KWARGS:
+        value = env.get(f"SNOWFLAKE_{name.upper()}")
+        if value:
+            kwargs[name] = value
+    return kwargs
+
+
+def base_url(params: Mapping[str, str]) -> str:
+    """The account's URL for the Cortex REST API (same host as SQL)."""
+    host = params.get("host")
+    if host and "://" in host:
+        return host.rstrip("/")
+    # Snowflake hostnames use '-' where account identifiers may hold '_'
+    return "https://" + (host or f"{params['account']}.snowflakecomputing.com").replace("_", "-")
 
 
 class SnowflakeCortex(Provider):
@@ -11,8 +132,62 @@ class SnowflakeCortex(Provider):
     name = "snowflake-cortex"
     extra = "snowflake"
     sdk_module = "snowflake.connector"
-    scopes = {"disabled": None, "aws_eu": "EU", "azure_eu": "EU", "aws_us": "US", "azure_us": "US",
-              "aws_apj": "APAC", "azure_apac": "APAC", "any_region": "GLOBAL"}
+    scopes: ClassVar[dict[str, str | None]] = {label.lower(): zone for label, zone in CROSS_REGION_ZONES.items()}
+    connection_model = SnowflakeCortexConnection
 
     def describe(self) -> str:
         return "Snowflake Cortex AI functions (per token; cross-region setting decides the zone)"
+
+    def zone_for_scope(self, scope: str, country: str | None) -> str:
+        """One label as the base class does (unknown labels rejected); a comma list is the union of its labels'
+        zones and the region's own, GLOBAL when they differ (see `zone_for_cross_region`)."""
+        labels = cross_region_labels(scope)
+        for label in labels:
+            if label.lower() not in self.scopes:
+                super().zone_for_scope(label, country)  # raises, naming the valid labels
+        if labels == ["DISABLED"]:
+            return super().zone_for_scope(scope, country)  # in-region: needs the target's country
+        return zone_for_cross_region(scope, zone_of(country) if country else None)
+
+    def client(self):
+        from providers.snowflake_client import CortexClient
+
+        return CortexClient()
+
+    def locate(self, target: Target, model: str, connection: Connection) -> Locator:
+        if not isinstance(connection, SnowflakeCortexConnection) or not connection.account:
+            raise ProviderError(
+                f"{target.id}: Sovra needs the Snowflake account to route to; add to org.yaml "
+                "`accounts: [{provider: snowflake-cortex, connection: {account: <org-account>, user: <login>}}]` "
+                "(credentials stay in connections.toml or SNOWFLAKE_PASSWORD / SNOWFLAKE_PRIVATE_KEY_FILE)")
+        offering = target.model_price(model)
+        address = (offering.id or offering.name) if offering else model
+        params = {k: str(v) for k, v in connection.model_dump(exclude_none=True).items()}
+        return Locator(address, params)
+
+    def live_settings(self, target: Target, connection: Connection) -> list[LiveSetting]:
+        located = self.locate(target, target.models[0].name if target.models else "-", connection)
+        sdk = self.sdk()
+        try:
+            with sdk.connect(**connect_kwargs(located.params)) as conn, conn.cursor() as cur:
+                cur.execute(f"SHOW PARAMETERS LIKE '{SETTING}' IN ACCOUNT")
+                columns = [d.name.lower() for d in cur.description]
+                row = dict(zip(columns, cur.fetchone() or (), strict=False))
+        except sdk.Error as exc:
+            raise ProviderError(f"{target.id}: cannot read {SETTING} from Snowflake account "
+                                f"{located.params['account']}: {exc.msg or exc}; the role needs to see account "
+                                "parameters (e.g. ACCOUNTADMIN)") from None
+        value = str(row.get("value") or "DISABLED")
+        home = zone_of(target.country) if target.country else target.zone
+        return [LiveSetting(target=target.id, setting=SETTING, value=value,
+                            zone=zone_for_cross_region(value, home), fix=pin_fix(target, str(row.get("level") or "")))]
+
+
+def pin_fix(target: Target, level: str) -> str:
+    """How to pin the account to the target's catalog scope. Snowflake announced that accounts which never set the
+    parameter will be switched to cross-region, so the fix says to set it explicitly even when it already reads
+    right."""
+    wanted = (target.scope or "DISABLED").upper()
+    unset = "it is not set on the account (Snowflake's default applies); " if not level else ""
+    return (f"{unset}run as ACCOUNTADMIN: ALTER ACCOUNT SET {SETTING} = '{wanted}' — set it explicitly even where "
+            "it already reads so: Snowflake announced that accounts which never set it are switched to cross-region")

@@ -16,7 +16,10 @@ import urllib.request
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
-import httpx
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where used: `sovra plan` loads the provider registry, which must stay light
+    import httpx
 
 from orchestrator.router.backends import Backend
 from orchestrator.router.errors import AttemptFailed, Failed, NotDelivered, Refused, RouterError, TimedOut
@@ -117,6 +120,8 @@ _JSON = {"content-type": "application/json"}
 
 
 def _httpx_verdict(exc: httpx.HTTPError) -> AttemptFailed:
+    import httpx
+
     """httpx failures -> verdicts. Only failures before the request was written are undelivered."""
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
         return NotDelivered(type(exc).__name__)
@@ -127,14 +132,17 @@ def _httpx_verdict(exc: httpx.HTTPError) -> AttemptFailed:
 
 class _HttpxTransport(_Transport):
     def __init__(self, client: httpx.AsyncClient):
+        import httpx
+
         self._client = client
+        self._errors = httpx.HTTPError
 
     async def post(self, url: str, content: bytes, *, stream: bool, headers: dict[str, str] | None = None
                    ) -> _Streamed:
         try:
             resp = await self._client.send(self._client.build_request(
                 "POST", url, content=content, headers={**_JSON, **headers} if headers else _JSON), stream=True)
-        except httpx.HTTPError as exc:
+        except self._errors as exc:
             raise _httpx_verdict(exc) from exc
         return _HttpxStreamed(resp)
 
@@ -153,6 +161,8 @@ class _HttpxStreamed(_Streamed):
         return await _read_limited(self.chunks(), limit)
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        import httpx
+
         try:
             async for chunk in self._resp.aiter_raw():
                 yield chunk
@@ -199,7 +209,7 @@ class _AiohttpTransport(_Transport):
             self._proxies = urllib.request.getproxies_environment()
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=512, limit_per_host=0, keepalive_timeout=4.0,
-                                               ssl=httpx.create_ssl_context()),
+                                               ssl=_httpx().create_ssl_context()),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout_s),
                 cookie_jar=aiohttp.DummyCookieJar(),  # a backend's cookies must not follow another tenant's call
                 read_bufsize=2 ** 16, max_line_size=MAX_SSE_LINE, max_field_size=65536)
@@ -279,10 +289,18 @@ async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
         yield pending.decode(errors="replace").rstrip("\r")
 
 
+def _httpx():
+    import httpx
+
+    return httpx
+
+
 def _default_transport() -> _Transport:
     try:
         import aiohttp  # noqa: F401  (installed with ray[serve])
     except ImportError:
+        import httpx
+
         return _HttpxTransport(httpx.AsyncClient(
             timeout=httpx.Timeout(None, connect=2.0, pool=2.0),
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=4.0)))

@@ -21,6 +21,7 @@ from orchestrator.router.errors import (
     AttemptFailed,
     BackendRefused,
     NoAllowedBackend,
+    NotDelivered,
     Refused,
     RouterError,
     Saturated,
@@ -120,12 +121,17 @@ class Dispatcher:
         counted: set[str] = set()  # at most one breaker failure per request per backend
         last: AttemptFailed | None = None
         refusals: list[Refused] = []
-        for attempt in range(self.max_attempts):
+        # `attempt` counts sends against max_attempts; stepping from an undelivered first try to another backend
+        # is free (nothing was sent), at most once per other allowed backend, so a dead rung never uses up the
+        # attempts a live one further down the ladder needs.
+        attempt, free_steps = 0, len(plan.allowed) - 1
+        while attempt < self.max_attempts:
             backend = self._choose(route, plan, ranker, tried)
             if backend is None:
                 break
             if not bound.permits(backend.place):  # defence in depth: never send outside the gate
                 raise NoAllowedBackend(f"refused to send to {backend.target}: outside {bound.describe()}")
+            fresh = backend.id not in tried
             tried.add(backend.id)
             try:
                 return await self._attempt(backend, call, observe, counted, stream=stream), backend
@@ -135,8 +141,12 @@ class Dispatcher:
                     raise error(f"{backend.target}: {exc}; not resent, since it may have been received") from None
                 last = exc
                 refusals.append(exc if isinstance(exc, Refused) else None)
-                if attempt + 1 < self.max_attempts:
-                    await self.sleep(self.backoff_s * (2 ** attempt))
+                if fresh and free_steps > 0 and isinstance(exc, NotDelivered):
+                    free_steps -= 1
+                    continue
+                attempt += 1
+                if attempt < self.max_attempts:
+                    await self.sleep(self.backoff_s * (2 ** (attempt - 1)))
         _raise_if_all_refused(route, refusals)
         raise NoAllowedBackend(
             f"no healthy backend of {route.name!r} is left in {bound.describe()} "

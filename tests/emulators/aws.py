@@ -66,11 +66,12 @@ def aws_env(*, sagemaker_runtime: str | None = None, sagemaker: str | None = Non
 
 
 @contextlib.contextmanager
-def aws_environ(env: Mapping[str, str]) -> Iterator[None]:
-    """This process's environment with `env` set and a developer's own AWS variables removed; restored after."""
-    keys = set(env) | set(_UNSET)
+def aws_environ(env: Mapping[str, str], *, unset: tuple[str, ...] = ()) -> Iterator[None]:
+    """This process's environment with `env` set and a developer's own AWS variables (and `unset`) removed;
+    restored after."""
+    keys = set(env) | set(_UNSET) | set(unset)
     saved = {k: os.environ.get(k) for k in keys}
-    for k in _UNSET:
+    for k in (*_UNSET, *unset):
         os.environ.pop(k, None)
     os.environ.update(env)
     try:
@@ -177,15 +178,15 @@ FAULTS: dict[str, tuple[int, str, str]] = {
     "server-error": (500, "InternalServerException", "An internal server error occurred."),
     "access-denied": (403, "AccessDeniedException", "You don't have access to the model with the specified id."),
     "expired-token": (403, "ExpiredTokenException", "The security token included in the request is expired"),
-    "unrecognized-client": (403, "UnrecognizedClientException", "The security token included in the request is "
-                            "invalid."),
+    "unrecognized-client": (403, "UnrecognizedClientException", "The security token in the request is invalid."),
     "not-found": (404, "ResourceNotFoundException", "The requested resource could not be found."),
     "invalid": (400, "ValidationException", "Malformed input request: temperature must be at most 1."),
     "endpoint-missing": (400, "ValidationError", f"Endpoint sovra-missing of account {ACCOUNT} not found."),
     "model-error": (424, "ModelError", "Received server error (500) from primary with message \"CUDA OOM\"."),
 }
 #: other switches: "slow" (answer after `slow_s`), "malformed" (200 with a body that is not JSON), "stream-break"
-#: (a stream that fails after its first events), "closed" (drop the connection after reading the request)
+#: (a stream that fails after its first events: bedrock sends a throttlingException event, which must still not be
+#: resent, sagemaker a ModelStreamError), "closed" (drop the connection after reading the request)
 SWITCHES = ("slow", "malformed", "stream-break", "closed")
 #: regions a system-defined profile of each prefix routes to (as Bedrock's docs list them for recent models)
 PROFILE_REGIONS = {"eu": ["eu-central-1", "eu-north-1", "eu-south-1", "eu-south-2", "eu-west-1", "eu-west-3"],
@@ -221,6 +222,7 @@ class FakeAws:
     part_size: int = 7                 # sagemaker stream payload parts are cut every `part_size` bytes
     profiles: dict[str, list[str]] = field(default_factory=dict)  # profile id -> regions (else by prefix)
     lifecycle: str = "ACTIVE"          # foundation model / profile status
+    connections: list[Any] = field(default_factory=list, repr=False)
 
     @contextlib.contextmanager
     def failing(self, fault: str) -> Iterator[None]:
@@ -251,6 +253,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:  # quiet
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        self.fake.connections.append(self.connection)  # so stopping the fake drops its kept-alive connections
 
     def _read(self) -> Seen:
         body = self.rfile.read(int(self.headers.get("content-length") or 0))
@@ -288,10 +294,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
         self.wfile.write(b"0\r\n\r\n")
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._handle()
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._handle()
 
     def _handle(self) -> None:
@@ -345,7 +351,7 @@ class _Handler(BaseHTTPRequestHandler):
         events = [event("messageStart", {"role": "assistant"})]
         events += [event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": w}}) for w in words]
         if self.fake.fault == "stream-break":
-            events = events[:2] + [exception_event("modelStreamErrorException", "the model stream broke")]
+            events = events[:2] + [exception_event("throttlingException", "Too many tokens, please wait.")]
         else:
             events += [event("contentBlockStop", {"contentBlockIndex": 0}),
                        event("messageStop", {"stopReason": "end_turn"}),
@@ -417,9 +423,12 @@ def fake_aws(*, secret: str = TEST_SECRET_ACCESS_KEY) -> Iterator[FakeAws]:
     thread.start()
     try:
         yield fake
-    finally:
+    finally:  # stopped like a real server: listener closed and kept-alive connections dropped
         server.shutdown()
         server.server_close()
+        for conn in fake.connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
     unsigned = [r.path for r in fake.requests if not r.region]
     assert not unsigned, f"requests without a SigV4 signature: {unsigned}"
     leaked = [r.path for r in fake.requests if secret.encode() in r.body or secret in json.dumps(r.headers)]

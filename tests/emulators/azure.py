@@ -29,10 +29,11 @@ import socket
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 #: The cloud name this emulator's metadata document declares (what a user passes as `cloud:`).
 CLOUD = "SovraEmulatorCloud"
@@ -107,7 +108,7 @@ class AzureEmulator:
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
-    def __enter__(self) -> AzureEmulator:
+    def __enter__(self) -> Self:
         import uvicorn
 
         cert = self._ca.issue_cert("127.0.0.1", "localhost")
@@ -119,7 +120,7 @@ class AzureEmulator:
                 f.write(extra.bytes())
         self._server = uvicorn.Server(uvicorn.Config(self._app(), host="127.0.0.1", port=0, log_level="warning",
                                                      ssl_keyfile=str(key_file), ssl_certfile=str(cert_file),
-                                                     lifespan="off"))
+                                                     lifespan="off", timeout_graceful_shutdown=0.5))
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
         deadline = time.time() + 10
@@ -280,7 +281,7 @@ class AzureEmulator:
         faulty = await self._faulty("token")
         if faulty is not None:
             return faulty
-        form = await request.form()
+        form = {k: v[0] for k, v in urllib.parse.parse_qs((await request.body()).decode()).items()}
         if (request.path_params["tenant"] != self.tenant_id or form.get("client_id") != self.client_id
                 or form.get("client_secret") != self.client_secret):
             return JSONResponse({"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client "
@@ -378,7 +379,11 @@ class AzureEmulator:
             "type": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints/deployments", "kind": "Managed",
             "sku": {"name": "Default", "capacity": 1},
             "properties": {"endpointComputeType": "Managed", "instanceType": "Standard_NC24ads_A100_v4",
-                           "provisioningState": "Succeeded"}} for d in ep.deployments]})
+                           "provisioningState": "Succeeded", "appInsightsEnabled": False,
+                           "scaleSettings": {"scaleType": "Default"},
+                           "requestSettings": {"requestTimeout": "PT90S", "maxConcurrentRequestsPerInstance": 8},
+                           "model": "azureml://registries/azureml/models/Mistral-Small-24B/versions/1"}}
+            for d in ep.deployments]})
 
     async def _list_keys(self, request: Any) -> Any:
         from starlette.responses import JSONResponse

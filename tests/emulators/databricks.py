@@ -20,7 +20,7 @@ import json
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -75,7 +75,7 @@ class DatabricksEmulator:
     received: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     _server: ServerThread | None = field(default=None, repr=False)
 
-    def __enter__(self) -> DatabricksEmulator:
+    def __enter__(self) -> Self:
         self._server = ServerThread(self.app()).__enter__()
         return self
 

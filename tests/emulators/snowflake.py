@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 #: Cortex's answer text for a conversation: deterministic, so tests can assert it.
 ECHO = "echo: "
@@ -104,13 +104,15 @@ class SnowflakeEmulator:
     throttle: bool = False
     retry_after_s: int = 7
     slow_s: float = 0.0
+    rest_api: bool = True  # False: the account has no Cortex REST API (HTTP 404), as where it is not enabled
     # what arrived: (path, sqlText or REST body) per request, payloads included, for tests to inspect
     seen: list[tuple[str, Any]] = field(default_factory=list)
     _server: Any = None
+    _busy: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
-    def __enter__(self) -> SnowflakeEmulator:
+    def __enter__(self) -> Self:
         from tests.fakes.openai_backend import ServerThread
 
         async def app(scope: dict, receive: Any, send: Any) -> None:  # a plain function: uvicorn's ASGI 3 test
@@ -161,12 +163,16 @@ class SnowflakeEmulator:
             sql = body.get("sqlText", "")
             self.seen.append(("sql", sql))
             if "CORTEX." in sql.upper():
-                fault = await self._cortex_fault(_first_binding(body))
+                fault = await self._cortex_fault(sql, _first_binding(body))
                 if fault is not None:
                     return await _json(send, fault)
             body["sqlText"] = self._rewrite(sql)
         out = json.dumps(body).encode()
-        await fakesnow.server.app(scope, _replay(gzip.compress(out) if zipped else out), send)
+        # Snowflake runs a session's statements concurrently; fakesnow gives a session one duckdb cursor, which
+        # refuses a second statement while one runs, so statements of one session take turns here.
+        token = dict(scope["headers"]).get(b"authorization", b"").decode()
+        async with self._busy.setdefault(token, asyncio.Lock()):
+            await fakesnow.server.app(scope, _replay(gzip.compress(out) if zipped else out), send)
 
     def _rewrite(self, sql: str) -> str:
         """The statements fakesnow cannot run, as SELECTs it can (same answer shape as Snowflake's)."""
@@ -181,7 +187,7 @@ class SnowflakeEmulator:
                     'AS parameters("key", "value", "default", "level", "description", "type")')
         return sql
 
-    async def _cortex_fault(self, model: str | None) -> dict | None:
+    async def _cortex_fault(self, sql: str, model: str | None) -> dict | None:
         """Snowflake's answer to a Cortex function call that fails, or None to run it."""
         if self.slow_s:
             await asyncio.sleep(self.slow_s)
@@ -191,7 +197,8 @@ class SnowflakeEmulator:
             remote = f"400 '\"unknown model \\\"{model}\\\"\"'"
         else:
             return None
-        message = (f"Request failed for external function COMPLETE$V6 with remote service error: {remote}; "
+        function = "EMBED_TEXT_768$V1" if "EMBED_TEXT" in sql.upper() else "COMPLETE$V6"
+        message = (f"Request failed for external function {function} with remote service error: {remote}; "
                    "requests batch-id: 01b0-emulated:0:0:0:0; request batch size: 1 rows; request retries: 0")
         return {"data": {"errorCode": "100351", "sqlState": "P0000", "queryId": "01b0-emulated"},
                 "code": "100351", "message": message, "success": False}
@@ -201,6 +208,8 @@ class SnowflakeEmulator:
 
         body = json.loads(await _read(receive))
         self.seen.append(("rest", body))
+        if not self.rest_api:
+            return await _json(send, {"code": "404", "message": "Not found"}, 404)
         auth = dict(scope["headers"]).get(b"authorization", b"").decode()
         token = auth[len('Snowflake Token="'):-1] if auth.startswith('Snowflake Token="') else ""
         if token not in fakesnow.server.sessions:

@@ -11,7 +11,8 @@ from tests.integration.conftest import ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-VARIANTS = {"sovra": "(s) Sovra router", "bare": "(b) bare Serve ingress", "handle": "(h) handle, called directly"}
+VARIANTS = {"sovra": "(s) Sovra router", "bare": "(b) bare Serve ingress", "handle": "(h) handle, called directly",
+            "gateway": "(g) Sovra → openai-compatible server", "direct": "(o) openai-compatible server, called directly"}
 
 
 def test_router_bench_quick_measures_every_variant_in_both_proxy_modes_and_prints_the_ratios(tmp_path):
@@ -32,8 +33,12 @@ def test_router_bench_quick_measures_every_variant_in_both_proxy_modes_and_print
                 assert m["errors"] == 0, (mode, name, shape, m["first_error"])  # every request was answered
         assert results["procs"][mode]["rss_mb"]["router"] > 0, mode  # the Router actor's process was found
         ratios = derived["per_mode"][mode]
-        for key in ("sovra_over_bare_rps_c16", "sovra_added_p50_ms", "bare_added_p50_ms", "sovra_added_ttfc_p50_ms"):
+        for key in ("sovra_over_bare_rps_c16", "sovra_added_p50_ms", "bare_added_p50_ms", "sovra_added_ttfc_p50_ms",
+                    "gateway_added_p50_ms", "gateway_over_direct_rps_c16", "gateway_added_ttfc_p50_ms"):
             assert ratios[key] is not None, (mode, key)
+        # the gateway's answers came through Sovra's router (its header), the direct ones did not
+        gateway, direct = results["modes"][mode]["gateway"], results["modes"][mode]["direct"]
+        assert gateway["c1"]["router_overhead_n"] > 0 and direct["c1"]["router_overhead_n"] == 0, mode
     assert results["up_s"]["default"] > 0 and results["serve_env"]["haproxy"].get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
     decision = results["decision"]
     assert "error" not in decision, decision.get("error")  # the micro-benchmark follows the router's internal API
@@ -43,7 +48,9 @@ def test_router_bench_quick_measures_every_variant_in_both_proxy_modes_and_print
         assert label in r.stdout
     for mode in ("default", "haproxy"):
         assert f"{mode}: sovra/bare req/s at C=16 " in r.stdout
+        assert f"{mode}: Sovra in front of an openai-compatible server: added p50 of Sovra over the server" in r.stdout
     for token in ("added p50 over the handle at C=1", "X-Sovra-Overhead-Ms", "routing decision alone", "goals: ",
-                  "router replica RSS"):
+                  "router replica RSS", "Sovra/direct req/s at C=16", "openai-compatible server called directly",
+                  "LiteLLM's proxy adds about 7.5 ms"):
         assert token in r.stdout
     assert (tmp_path / "router-quick.md").read_text().startswith("# Router benchmark")

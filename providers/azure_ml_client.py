@@ -1,0 +1,182 @@
+"""The router's client for Azure ML endpoints: OpenAI's chat/embeddings wire format over HTTP to the endpoint's
+scoring URI, with the endpoint's key as a bearer token.
+
+- The scoring URI and key are read through MLClient (ARM) on first use per endpoint, off the loop, and kept in
+  memory only; a 401/403 from the endpoint (key rotated, token expired) re-reads them once and resends to the same
+  endpoint, which refused without processing.
+- A serverless endpoint speaks the Azure AI model inference API (`{uri}/chat/completions`, `{uri}/embeddings`);
+  a managed online endpoint forwards its scoring URI to the container's scoring route, which for vLLM / TGI
+  containers takes the OpenAI body as is (the same URI for chat and embeddings).
+- Health and describe read the endpoint's state from ARM: no payload ever goes to the scoring URI for them.
+Verdicts for HTTP answers are HttpClient's; ARM and credential failures are mapped by `azure_ml_arm.verdict`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+
+from orchestrator.router.backends import Backend
+from orchestrator.router.clients import HttpClient
+from orchestrator.router.errors import AttemptFailed, Refused
+from providers import azure_ml_arm as arm
+from providers.openai_wire import as_chunks, blocking, replay
+
+T = TypeVar("T")
+#: operation -> path appended to a serverless endpoint's URI (an online endpoint's scoring URI takes both as is)
+SERVERLESS_PATHS = {"chat": "/chat/completions", "embed": "/embeddings"}
+
+
+@dataclass(frozen=True)
+class _Ref:
+    """One endpoint, however many backends point at it."""
+
+    workspace: arm.Workspace
+    kind: str
+    name: str
+
+    @classmethod
+    def of(cls, backend: Backend) -> _Ref:
+        return cls(arm.Workspace.of(backend.params), backend.params.get("kind", "online"), backend.address)
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    scoring_uri: str
+    key: arm.Secret
+    headers: tuple[tuple[str, str], ...]
+
+
+class AzureMLClient(HttpClient):
+    """HttpClient for Azure ML endpoints; `ml_client(workspace, credential)` builds the MLClient (injectable, as is
+    the credential factory), one per workspace, made on first use."""
+
+    def __init__(self, client: httpx.AsyncClient | None = None, *,
+                 ml_client: Callable[[arm.Workspace, Any], Any] = arm.ml_client,
+                 credential: Callable[[], Any] = arm.credential):
+        super().__init__(client)
+        self._make_ml, self._make_credential = ml_client, credential
+        self._credential: Any = None
+        self._ml: dict[arm.Workspace, Any] = {}
+        self._ml_lock = threading.Lock()  # MLClients are made in the pool's threads
+        self._resolved: dict[_Ref, _Resolved] = {}
+        self._resolving: dict[_Ref, asyncio.Lock] = {}
+
+    # -- what HttpClient asks ------------------------------------------------------------------------------------
+
+    def url(self, backend: Backend, op: str) -> str:
+        resolved = self._resolved[_Ref.of(backend)]  # `_ready` ran before every send
+        if backend.params.get("kind") == "serverless":
+            return resolved.scoring_uri.rstrip("/") + SERVERLESS_PATHS[op]
+        return resolved.scoring_uri
+
+    async def headers(self, backend: Backend) -> dict[str, str]:
+        resolved = await self._ready(backend)
+        out = dict(resolved.headers)
+        out["Authorization"] = f"Bearer {resolved.key.reveal()}"
+        if backend.params.get("deployment"):
+            out["azureml-model-deployment"] = backend.params["deployment"]
+        return out
+
+    # -- operations: resolve first, re-read the key once if it was refused ---------------------------------------
+
+    async def chat(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._call(backend, lambda: super(AzureMLClient, self).chat(backend, body))
+
+    async def embed(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._call(backend, lambda: super(AzureMLClient, self).embed(backend, body))
+
+    async def chat_stream(self, backend: Backend, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        if backend.params.get("stream") == "false":  # the endpoint does not stream: one answer, streamed on
+            return replay(as_chunks(await self.chat(backend, body)))
+        return await self._call(backend, lambda: super(AzureMLClient, self).chat_stream(backend, body))
+
+    async def _call(self, backend: Backend, send: Callable[[], Awaitable[T]]) -> T:
+        await self._ready(backend)
+        try:
+            return await send()
+        except Refused as exc:
+            if exc.status != 401:
+                raise
+        # The key was rotated or the token expired: nothing was processed, so read it again and resend, once.
+        self._resolved.pop(_Ref.of(backend), None)
+        await self._ready(backend)
+        return await send()
+
+    # -- payload-free: ARM only ----------------------------------------------------------------------------------
+
+    async def health(self, backend: Backend) -> bool:
+        """Provisioned and online, as ARM says; a failure to ask counts as not healthy."""
+        try:
+            facts = await self._facts(backend)
+        except AttemptFailed:
+            self._resolved.pop(_Ref.of(backend), None)
+            return False
+        if not facts.ready:
+            self._resolved.pop(_Ref.of(backend), None)  # re-read the URI and key once it is back
+        return facts.ready
+
+    async def describe(self, backend: Backend) -> dict[str, Any]:
+        """The endpoint's state, location and deployment type as ARM reports them (no key)."""
+        try:
+            facts = await self._facts(backend)
+        except AttemptFailed as exc:
+            return {"status": "unknown", "error": str(exc)}
+        out = {"status": facts.state, "kind": facts.kind, "location": facts.location,
+               "scoring_uri": facts.scoring_uri}
+        if facts.sku:
+            out["deployment_type"] = facts.sku
+        return out
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        if self._credential is not None:
+            await blocking(self._credential.close)
+
+    # -- ARM ------------------------------------------------------------------------------------------------------
+
+    async def _ready(self, backend: Backend) -> _Resolved:
+        ref = _Ref.of(backend)
+        hit = self._resolved.get(ref)
+        if hit is not None:
+            return hit
+        lock = self._resolving.setdefault(ref, asyncio.Lock())
+        async with lock:  # concurrent first calls read ARM once
+            hit = self._resolved.get(ref)
+            if hit is None:
+                hit = self._resolved[ref] = await self._arm(self._resolve, ref, "reading the endpoint and its key")
+        return hit
+
+    async def _facts(self, backend: Backend) -> arm.EndpointFacts:
+        ref = _Ref.of(backend)
+        return await self._arm(lambda r: arm.read_endpoint(self._ml_for(r.workspace), r.kind, r.name), ref,
+                               "reading the endpoint")
+
+    async def _arm(self, fn: Callable[[_Ref], T], ref: _Ref, what: str) -> T:
+        try:
+            return await blocking(fn, ref)
+        except Exception as exc:  # every SDK failure is mapped in one place: arm.verdict
+            raise arm.verdict(exc, f"Azure ML {ref.kind} endpoint {ref.name!r}: {what}") from exc
+
+    def _resolve(self, ref: _Ref) -> _Resolved:
+        ml = self._ml_for(ref.workspace)
+        facts = arm.read_endpoint(ml, ref.kind, ref.name)
+        if not facts.ready:
+            raise Refused(f"Azure ML {ref.kind} endpoint {ref.name!r} is {facts.state}, not ready to score",
+                          down=True)
+        key = arm.read_key(ml, ref.kind, ref.name)
+        return _Resolved(str(facts.scoring_uri), key, tuple(facts.headers.items()))
+
+    def _ml_for(self, workspace: arm.Workspace) -> Any:
+        with self._ml_lock:
+            ml = self._ml.get(workspace)
+            if ml is None:
+                if self._credential is None:
+                    self._credential = self._make_credential()
+                ml = self._ml[workspace] = self._make_ml(workspace, self._credential)
+            return ml
