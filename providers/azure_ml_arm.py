@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.router.errors import AttemptFailed, Failed, NotDelivered, Refused, TimedOut
+from orchestrator.router.errors import AttemptFailed, NotDelivered, Refused
 
 #: Endpoint kinds Sovra reaches, as org.yaml names them.
 KINDS = ("online", "serverless")
@@ -160,9 +160,9 @@ def verdict(exc: BaseException, what: str) -> AttemptFailed:
         return NotDelivered(detail)
     if isinstance(exc, az.HttpResponseError) and status == 429:
         return Refused(detail, throttled=True, retry_after_s=_retry_after(exc))
-    if isinstance(exc, az.ServiceResponseTimeoutError):
-        return TimedOut(detail)
-    return Failed(detail)
+    # Anything else (a 5xx, a timeout, an answer it cannot parse) happened while asking ARM for the endpoint's URI
+    # or key: the request's payload never left, so another allowed backend may take it.
+    return NotDelivered(detail)
 
 
 def _text(state: Any) -> str:

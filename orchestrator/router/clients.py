@@ -89,6 +89,7 @@ class _Streamed(abc.ABC):
     """A response whose body is read as it arrives."""
 
     status: int
+    retry_after: str | None = None  # the backend's own hint, when it refuses for now
 
     @abc.abstractmethod
     async def read(self, limit: int) -> bytes:
@@ -156,6 +157,7 @@ class _HttpxTransport(_Transport):
 class _HttpxStreamed(_Streamed):
     def __init__(self, resp: httpx.Response):
         self._resp, self.status = resp, resp.status_code
+        self.retry_after = resp.headers.get("retry-after")
 
     async def read(self, limit: int) -> bytes:
         return await _read_limited(self.chunks(), limit)
@@ -249,6 +251,7 @@ class _AiohttpTransport(_Transport):
 class _AiohttpStreamed(_Streamed):
     def __init__(self, resp: Any):
         self._resp, self.status = resp, resp.status
+        self.retry_after = resp.headers.get("Retry-After")
 
     async def read(self, limit: int) -> bytes:
         return await _read_limited(self.chunks(), limit)
@@ -312,10 +315,18 @@ def _encode(body: dict[str, Any]) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
-def _answer(target: str, status: int, content: bytes) -> dict[str, Any]:
+def _seconds(value: str | None) -> int | None:
+    """A Retry-After in seconds (an HTTP date is not worth parsing here: the default hint applies)."""
+    try:
+        return max(1, int(float(value))) if value else None
+    except ValueError:
+        return None
+
+
+def _answer(target: str, status: int, content: bytes, retry_after: str | None = None) -> dict[str, Any]:
     """A backend's HTTP answer -> its JSON object, or the verdict / client error it amounts to."""
     if status in (429, 503):  # the backend says it did not process it: another allowed backend may
-        raise Refused(f"HTTP {status}", throttled=status == 429)
+        raise Refused(f"HTTP {status}", throttled=status == 429, retry_after_s=_seconds(retry_after))
     if status in (401, 403):  # the router's own credentials for this backend were refused: nothing was processed
         raise Refused(f"HTTP {status}: the backend refused the router's credentials", status=401, down=True)
     if status >= 500:
@@ -374,7 +385,7 @@ class HttpClient(BackendClient):
             content = await resp.read(MAX_ANSWER_BYTES)
         finally:
             await resp.aclose()
-        return _answer(backend.target, resp.status, content)
+        return _answer(backend.target, resp.status, content, resp.retry_after)
 
     async def chat(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
         return await self._post(backend, "chat", self.body(backend, body, stream=False))
@@ -394,7 +405,7 @@ class HttpClient(BackendClient):
                 content = await resp.read(MAX_ANSWER_BYTES)
             finally:
                 await resp.aclose()
-            _answer(backend.target, resp.status, content)
+            _answer(backend.target, resp.status, content, resp.retry_after)
         events = _events(_lines(resp.chunks()))
         try:
             first = await anext(events, None)

@@ -94,3 +94,32 @@ def test_a_missing_key_sends_nothing_and_a_refused_key_is_a_401_refusal(nim, mon
 def test_a_connection_field_that_is_not_the_adapters_is_refused_with_the_valid_ones():
     with pytest.raises(Exception, match="valid fields: url, api_key_env"):
         base.get("openai-compatible").connection({"url": "http://x", "api_key": "inline-secret"})
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_a_throttled_answer_keeps_the_servers_retry_after(transport):
+    import httpx
+
+    async def busy(request: Request):
+        return JSONResponse({"error": {"message": "slow down"}}, status_code=429, headers={"Retry-After": "9"})
+
+    app = Starlette(routes=[Route("/v1/chat/completions", busy, methods=["POST"])])
+    with ServerThread(app) as server:
+        b = factories.backend("x", _paris(), kind="openai-compatible", address=server.url)
+
+        async def call():
+            client = HttpClient() if transport == "aiohttp" else HttpClient(httpx.AsyncClient())
+            try:
+                return await client.chat(b, {"model": "m", "messages": [{"role": "user", "content": "x"}]})
+            finally:
+                await client.aclose()
+
+        with pytest.raises(Refused) as exc:
+            asyncio.run(call())
+    assert exc.value.throttled and exc.value.retry_after_s == 9 and exc.value.resend
+
+
+def _paris():
+    from policies.residency import Place
+
+    return Place("EU", "FR", "FR", "self")

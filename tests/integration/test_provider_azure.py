@@ -17,7 +17,7 @@ import providers
 from orchestrator.errors import ProviderError
 from orchestrator.router.backends import Backend, RoutingTable
 from orchestrator.router.dispatch import Dispatcher
-from orchestrator.router.errors import Failed, NotDelivered, Refused, TimedOut, UpstreamTimeout
+from orchestrator.router.errors import Failed, NotDelivered, Refused, UpstreamTimeout
 from orchestrator.router.gate import RequestResidency
 from orchestrator.spec import Residency
 from orchestrator.spec.zones import COUNTRY_ZONE, GLOBAL
@@ -207,10 +207,10 @@ def test_an_endpoint_still_provisioning_is_refused_without_sending(az):
 
 ARM_FAULTS = [
     ("arm", Fault(status=429, retry_after_s=7), Refused, {"throttled": True, "retry_after_s": 7, "status": 429}),
-    ("arm", Fault(status=500), Failed, {}),
+    ("arm", Fault(status=500), NotDelivered, {"resend": True}),  # ARM answers before any payload leaves
     ("arm", Fault(status=401), Refused, {"status": 401, "down": True}),
     ("arm", Fault(status=403), Refused, {"status": 401, "down": True}),
-    ("arm", Fault(malformed=True), Failed, {}),
+    ("arm", Fault(malformed=True), NotDelivered, {"resend": True}),
     ("keys", Fault(status=429, retry_after_s=3), Refused, {"throttled": True, "retry_after_s": 3}),
     ("keys", Fault(status=403), Refused, {"status": 401, "down": True}),
     ("token", Fault(status=401), Refused, {"status": 401, "down": True}),
@@ -253,12 +253,14 @@ def test_arm_unreachable_is_not_delivered(az):
     assert exc.value.resend
 
 
-def test_a_slow_arm_answer_times_out(az):
+def test_a_slow_arm_answer_is_not_delivered(az):
     def impatient(ws, cred):
         return arm.ml_client(ws, cred, read_timeout_s=0.5)
 
-    with az.fault("arm", Fault(delay_s=2.0, times=1)), pytest.raises(TimedOut):
+    scored = az.count("scoring")
+    with az.fault("arm", Fault(delay_s=2.0, times=1)), pytest.raises(NotDelivered):
         run(lambda c: c.chat(backend(az, "chat-fr"), CHAT), ml_client=impatient)
+    assert az.count("scoring") == scored  # the URI was never learnt: the payload never left
 
 
 SCORING_FAULTS = [(Fault(status=429, retry_after_s=5), Refused), (Fault(status=503), Refused),

@@ -1,0 +1,74 @@
+"""`sovra audit settings` against an emulated Snowflake account, through the console script: an account switched to
+`CORTEX_ENABLED_CROSS_REGION = ANY_REGION` is reported with the setting to pin, recorded, and from then on planned
+at GLOBAL, so EU data is never placed there; pinned back, it is planned again."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from tests.emulators.snowflake import SnowflakeEmulator
+from tests.integration.conftest import ROOT, SOVRA
+
+pytestmark = pytest.mark.integration
+FRANKFURT = "snowflake-cortex/aws-eu-central-1"
+CATALOG = ROOT / "providers" / "catalogs" / "snowflake_cortex.yaml"
+DEPLOYMENT = """apiVersion: sovra/v1
+kind: Deployment
+metadata: {name: contracts}
+spec:
+  model: {name: mistral-large-2, license: mistral-research}
+  residency: {zones: [EU]}
+  traffic: {requests_per_second: 1, tokens_per_request: 500}
+"""
+
+
+@pytest.fixture
+def account(tmp_path):
+    with SnowflakeEmulator() as emu:
+        org = tmp_path / "org.yaml"
+        org.write_text(json.dumps({"apiVersion": "sovra/v1", "kind": "Org", "accounts": [
+            {"provider": "snowflake-cortex", "targets": [FRANKFURT], "connection": emu.connection()}]}))
+        dep = tmp_path / "deployment.yaml"
+        dep.write_text(DEPLOYMENT)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SNOWFLAKE_", "SOVRA_"))}
+        env.update(SNOWFLAKE_PASSWORD=emu.password, SNOWFLAKE_HOME=str(tmp_path / "snowflake"),
+                   SOVRA_HOME=str(tmp_path / "sovra"), COLUMNS="200", NO_COLOR="1")
+
+        def sovra(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run([str(SOVRA), *args, "--org", str(org), "--catalog", str(CATALOG)], cwd=ROOT,
+                                  env=env, capture_output=True, text=True, timeout=120, check=False)
+
+        yield emu, sovra, str(dep)
+
+
+def placed(sovra, dep: str) -> tuple[list[str], dict[str, list[str]]]:
+    r = sovra("plan", dep, "-o", "json")
+    data = json.loads(r.stdout)
+    return [p["target"] for p in data["placements"]], {x["target"]: x["reasons"] for x in data["rejected"]}
+
+
+def test_an_account_widened_to_any_region_is_reported_and_then_planned_at_global(account):
+    emu, sovra, dep = account
+    targets, _ = placed(sovra, dep)
+    assert targets == [FRANKFURT]  # the catalog says in-region Frankfurt: the cheapest EU offering
+
+    emu.cross_region = "ANY_REGION"
+    report = sovra("audit", "settings", "-o", "json")
+    assert report.returncode == 1, report.stdout + report.stderr
+    (finding,) = json.loads(report.stdout)["findings"]
+    assert (finding["target"], finding["value"], finding["zone"], finding["widened"]) == (
+        FRANKFURT, "ANY_REGION", "GLOBAL", True)
+    assert "CORTEX_ENABLED_CROSS_REGION" in finding["fix"]
+    assert emu.password not in report.stdout + report.stderr
+
+    targets, rejected = placed(sovra, dep)
+    assert FRANKFURT not in targets and any("GLOBAL" in r for r in rejected[FRANKFURT])
+
+    emu.cross_region = "DISABLED"  # pinned back: the next audit records it, and plans use Frankfurt again
+    again = sovra("audit", "settings")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert placed(sovra, dep)[0] == [FRANKFURT]
