@@ -322,3 +322,31 @@ def test_client_comes_from_the_registry_with_its_sdk():
     client = PROVIDER.client()
     assert isinstance(client, DatabricksClient)
     asyncio.run(client.aclose())
+
+
+def test_sdk_direct_mode_calls_a_databricks_backend_itself_with_the_apps_own_credentials(workspace):
+    """Direct mode: the app fetches its table from the router, then calls Databricks with its own credentials
+    (here DATABRICKS_HOST/TOKEN of the test process) — the router never sees the payload."""
+    import hashlib
+
+    from orchestrator import sdk
+    from orchestrator.router.app import RouterState, create_app
+    from orchestrator.router.backends import RoutingTable
+    from orchestrator.router.dispatch import Dispatcher
+    from orchestrator.router.tenants import TenantDirectory
+    from orchestrator.spec.org import Tenant
+    from tests.fakes.openai_backend import ServerThread
+
+    key = "sk-direct-eu"
+    tenant = Tenant(name="eu", key_sha256=hashlib.sha256(key.encode()).hexdigest(),
+                    residency=Residency(zones=("EU",)))
+    state = RouterState(Dispatcher(RoutingTable.of([backend()])), TenantDirectory.of([tenant]), {})
+    with ServerThread(create_app(state)) as router:
+        async def scenario():
+            async with sdk.AsyncClient(router.url, api_key=key, mode="direct") as c:
+                answer = await c.chat("d", [{"role": "user", "content": "direct hello"}])
+                return answer, c.unreachable
+
+        answer, unreachable = asyncio.run(scenario())
+    assert answer.target == EU.id and "direct hello" in answer.text and unreachable == ()
+    assert len(workspace.invocations("databricks-meta-llama-3-3-70b-instruct")) == 1
