@@ -17,7 +17,7 @@ from pydantic import Field
 
 from orchestrator.errors import ProviderError
 from orchestrator.router.backends import Backend
-from orchestrator.router.clients import BackendClient
+from orchestrator.router.clients import BackendClient, sse_event
 from orchestrator.router.errors import AttemptFailed, BadRequest, Failed
 from providers import aws, openai_wire
 from providers.base import Connection, LiveSetting, Locator, Provider
@@ -134,12 +134,7 @@ def _event(model: str, id: str, raw: bytes) -> Any:
         return _DONE
     if not line.startswith(b"{"):
         return None  # blank lines, `event:`/`id:` fields, comments
-    try:
-        event = json.loads(line)
-    except ValueError:
-        raise Failed("a streamed event from the endpoint is not JSON") from None
-    if "error" in event:
-        raise Failed(f"the endpoint reported an error mid-stream: {str(event['error'])[:300]}")
+    event = sse_event(line, "the endpoint")
     if "choices" in event:
         return event
     if "token" in event:  # TGI's own stream format

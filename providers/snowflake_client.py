@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from orchestrator.router.backends import Backend
-from orchestrator.router.clients import BackendClient
+from orchestrator.router.clients import BackendClient, sse_event
 from orchestrator.router.errors import (
     AttemptFailed,
     BadRequest,
@@ -287,15 +287,9 @@ async def _chunks(model: str, resp: httpx.Response) -> AsyncIterator[dict[str, A
         async for line in resp.aiter_lines():
             if not line.startswith("data:"):
                 continue
-            data = line[5:].strip()
-            if data == "[DONE]":
+            event = sse_event(line[5:], "Cortex")
+            if event is None:
                 break
-            try:
-                event = json.loads(data)
-            except ValueError:
-                raise Failed("a Cortex stream event is not JSON") from None
-            if "error" in event:
-                raise Failed(f"Cortex reported an error mid-stream: {str(event['error'])[:500]}")
             usage = event.get("usage") or usage
             choice = (event.get("choices") or [{}])[0]
             text = (choice.get("delta") or {}).get("content")

@@ -418,6 +418,24 @@ class HttpClient(BackendClient):
         await self._transport.aclose()
 
 
+def sse_event(data: str | bytes, who: str = "the backend") -> dict[str, Any] | None:
+    """One server-sent event's `data:` payload (prefix removed) as an OpenAI stream event: the JSON object, or
+    None at `[DONE]`. Anything else breaks the stream (`Failed`: it started, so nothing may be resent), and so
+    does an error the backend reports mid-stream. Every adapter reading OpenAI-style events parses them here."""
+    data = data.strip()
+    if data in ("[DONE]", b"[DONE]"):
+        return None
+    try:
+        event = json.loads(data)
+    except ValueError:
+        raise Failed(f"a stream event from {who} is not JSON") from None
+    if not isinstance(event, dict):
+        raise Failed(f"a stream event from {who} is not a JSON object")
+    if "error" in event:
+        raise Failed(f"{who} reported an error mid-stream: {str(event['error'])[:500]}")
+    return event
+
+
 async def _events(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
     """The JSON objects of `data:` lines, until `[DONE]`; a body with neither is not an event stream."""
     seen = False
@@ -425,17 +443,9 @@ async def _events(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
         if not line.startswith("data:"):
             continue
         seen = True
-        data = line[5:].strip()
-        if data == "[DONE]":
+        event = sse_event(line[5:])
+        if event is None:
             return
-        try:
-            event = json.loads(data)
-        except ValueError:
-            raise Failed("a stream event is not JSON") from None
-        if not isinstance(event, dict):
-            raise Failed("a stream event is not a JSON object")
-        if "error" in event:
-            raise Failed(f"the backend reported an error mid-stream: {str(event['error'])[:500]}")
         yield event
     if not seen:
         raise Failed("the answer to a streamed request held no server-sent events")
