@@ -263,6 +263,170 @@ def _live(inputs):
     return dataclasses.replace(inputs, targets=ls.apply(inputs.targets, report.findings))
 
 
+
+# ------------------------------------------------------------------------------------ Pulumi (cloud targets)
+BackendOpt = Annotated[str | None, typer.Option(
+    "--backend", help="Pulumi backend URL (file://, s3://, azblob://, gs://, https://api.pulumi.com); default "
+    "$SOVRA_PULUMI_BACKEND or file://$SOVRA_HOME/pulumi.")]
+EnvOpt = Annotated[str, typer.Option("--env", help="Environment: stacks are named <deployment>-<env>.")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking after the preview.")]
+
+
+def _provisioned(inputs, result) -> list[tuple[Any, list[tuple[Any, Any]]]]:
+    """Per deployment, the placements that need Pulumi (a dedicated cloud endpoint or a Kubernetes cluster), with
+    their targets. Pure: Ray targets, managed offerings and org endpoints need none."""
+    from orchestrator.spec.org import Endpoint
+    from providers import base
+
+    targets = {t.id: t for t in inputs.targets}
+    by_name = {d.name: d for d in inputs.deployments}
+    found = []
+    for dp in result.deployments:
+        pairs = [(p, targets[p.target]) for p in dp.placements
+                 if base.get(p.provider).provisioner == "pulumi" and targets[p.target].accelerators
+                 and not isinstance(targets[p.target], Endpoint)]
+        if pairs:
+            found.append((by_name[dp.deployment], pairs))
+    return found
+
+
+def _stacks(found, backend: str | None, env: str):
+    """Open one stack per deployment, the Pulumi CLI checked first so that nothing is written without it."""
+    from infra import pulumi_stack as ps
+    from orchestrator.errors import PulumiMissingError
+
+    try:
+        ps.require_cli()
+    except PulumiMissingError as exc:
+        needs = "; ".join(f"{d.name} on {t.id} ({t.provider})" for d, pairs in found for _, t in pairs)
+        raise PulumiMissingError(f"`sovra` cannot provision yet what this plan needs ({needs}): {exc.fix}") from None
+    s = ps.settings(backend, env)
+    return [(d, pairs, ps.open_stack(d.name, ps.build_program(d, [p for p, _ in pairs], {t.id: t for _, t in pairs}),
+                                     s)) for d, pairs in found]
+
+
+def _display():
+    """Engine events as a live progress list on a terminal, one line per resource change otherwise."""
+    import contextlib
+
+    from infra.pulumi_stack import EventDisplay
+
+    if err.is_terminal:
+        from rich.progress import Progress, SpinnerColumn, TextColumn
+
+        progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err, transient=False)
+        return EventDisplay(_say, progress=progress), progress
+    return EventDisplay(lambda line: err.print(line, highlight=False, markup=False)), contextlib.nullcontext()
+
+
+def _engine(op: str, stacks) -> list[Any]:
+    from infra import pulumi_stack as ps
+
+    results = []
+    for d, pairs, stack in stacks:
+        _say(f"pulumi {op}: stack {stack.name} ({', '.join(t.id for _, t in pairs)})")
+        display, live = _display()
+        with live:
+            results.append(getattr(ps, op)(stack, display))
+    return results
+
+
+def _plan_for_pulumi(files, org, catalog, as_of):
+    from orchestrator import planning
+
+    inputs = _inputs(files, org, catalog, as_of)
+    with err.status("planning…"):
+        result = planning.plan(inputs)
+    if not result.feasible:
+        from orchestrator.errors import ProvisionError
+
+        raise ProvisionError("the plan is infeasible; run `sovra plan` to see which constraint to relax")
+    return inputs, result
+
+
+@app.command()
+def preview(
+    files: FilesArg,
+    org: OrgOpt = None,
+    catalog: CatalogOpt = None,
+    as_of: AsOfOpt = None,
+    backend: BackendOpt = None,
+    env: EnvOpt = "dev",
+) -> None:
+    """Plan, then show what `up` would provision with Pulumi (one stack per deployment); changes nothing."""
+    try:
+        inputs, result = _plan_for_pulumi(files, org, catalog, as_of)
+        found = _provisioned(inputs, result)
+        if not found:
+            out.print("nothing to provision with Pulumi: every placement is a Ray target, a managed offering or an "
+                      "org endpoint (`sovra up` deploys them)")
+            return
+        for r in _engine("preview", _stacks(found, backend, env)):
+            counts = ", ".join(f"{n} to {op}" for op, n in sorted(r.changes.items()) if op != "same") or "no changes"
+            out.print(f"[bold]{r.stack}[/]: {counts}", highlight=False)
+    except SovraError as exc:
+        _fail(exc)
+
+
+@app.command()
+def refresh(
+    files: FilesArg,
+    org: OrgOpt = None,
+    catalog: CatalogOpt = None,
+    as_of: AsOfOpt = None,
+    backend: BackendOpt = None,
+    env: EnvOpt = "dev",
+) -> None:
+    """Read the live state of the deployments' Pulumi stacks and report drift. Exit 1 when something drifted."""
+    from infra import pulumi_stack as ps
+
+    try:
+        inputs, result = _plan_for_pulumi(files, org, catalog, as_of)
+        found = _provisioned(inputs, result)
+        if not found:
+            out.print("no Pulumi stacks for these deployments: nothing to refresh")
+            return
+        drifted = False
+        for r in _engine("refresh", _stacks(found, backend, env)):
+            d = ps.drift(r)
+            drifted = drifted or bool(d)
+            text = ", ".join(f"{n} {op}d outside Sovra" for op, n in sorted(d.items())) or "no drift"
+            out.print(f"[bold]{r.stack}[/]: {text}", highlight=False)
+    except SovraError as exc:
+        _fail(exc)
+    raise typer.Exit(1 if drifted else 0)
+
+
+def _provision(inputs, result, backend: str | None, env: str, yes: bool):
+    """plan → preview → confirm → up, for the placements that need Pulumi; returns the inputs with each provisioned
+    target replaced by the endpoint the stack made, so `deploy.up` routes to it like an org endpoint."""
+    import dataclasses
+
+    from infra import pulumi_stack as ps
+    from orchestrator.errors import ProvisionError
+
+    found = _provisioned(inputs, result)
+    if not found:
+        return inputs
+    stacks = _stacks(found, backend, env)
+    previews = _engine("preview", stacks)
+    if any(r.changed for r in previews) and not yes:
+        if not sys.stdin.isatty():
+            raise ProvisionError("the preview above shows changes; re-run with --yes to apply them (no terminal to ask)")
+        if not typer.confirm("apply these changes?", default=False, err=True):
+            raise ProvisionError("nothing applied (answered no)")
+    endpoints = []
+    for (d, pairs, _), r in zip(stacks, _engine("up", stacks), strict=True):
+        made = ps.outputs_to_endpoints(r.outputs, [t for _, t in pairs])
+        missing = sorted({t.id for _, t in pairs} - {e.id for e in made})
+        if missing:
+            raise ProvisionError(f"stack {r.stack} was applied but exports no endpoint for {', '.join(missing)}; "
+                                 "`sovra refresh` shows its state, `sovra down` removes it")
+        endpoints += made
+    swapped = {e.id: e for e in endpoints}
+    return dataclasses.replace(inputs, targets=tuple(swapped.get(t.id, t) for t in inputs.targets))
+
+
 @app.command()
 def up(
     files: FilesArg,
@@ -272,8 +436,12 @@ def up(
     port: PortOpt = None,
     ray_only: Annotated[bool, typer.Option("--ray-only", help="Deploy the Ray placements, skip cloud ones.")] = False,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Send a first chat request when done.")] = True,
+    backend: BackendOpt = None,
+    env: EnvOpt = "dev",
+    yes: YesOpt = False,
 ) -> None:
-    """Plan, then deploy the Ray placements declaratively (idempotent) and start the router. Exit 1 on failure."""
+    """Plan; provision cloud and Kubernetes placements with Pulumi (preview, confirm, up); deploy the Ray placements
+    declaratively (idempotent) and start the router over all of them. Exit 1 on failure."""
     from orchestrator import deploy, planning
 
     try:
@@ -284,6 +452,8 @@ def up(
             for p in dp.placements:
                 _say(f"plan: {dp.deployment} → {p.target} ({p.provider}, zone {p.zone}): {p.replicas} replica(s), "
                      f"${p.monthly_usd:,.2f}/month")
+        if not ray_only and result.feasible:
+            inputs = _provision(inputs, result, backend, env, yes)
         results = deploy.up(inputs, result, _settings(port), _say, ray_only=ray_only)
         if results and not inputs.org.tenants:
             err.print("[yellow]warning:[/] no tenants in the org file: the router is OPEN — any caller is accepted "
@@ -297,6 +467,28 @@ def up(
         _fail(exc)
 
 
+
+def _destroy(inputs, backend: str | None, env: str) -> None:
+    """Destroy the Pulumi stacks of the deployments whose plan needs Pulumi (the plan says which)."""
+    from orchestrator import planning
+
+    with err.status("planning…"):
+        result = planning.plan(inputs)
+    from infra import pulumi_stack as ps
+
+    found = _provisioned(inputs, result) if result.feasible else []
+    s = ps.settings(backend, env)
+    if s.local and found and ps.which_cli() is None:  # no CLI, so no stack was made here: nothing to destroy
+        for d, _ in found:
+            if not ps.has_local_stack(s, d.name):
+                out.print(f"down: no Pulumi stack {s.stack_name(d.name)} in {s.backend_url}: nothing to destroy",
+                          highlight=False)
+        found = [(d, pairs) for d, pairs in found if ps.has_local_stack(s, d.name)]
+    for r in _engine("destroy", _stacks(found, backend, env)) if found else ():
+        n = sum(v for op, v in r.changes.items() if op == "delete")
+        out.print(f"[green]down[/]: stack {r.stack}: {n} resource(s) deleted", highlight=False)
+
+
 @app.command()
 def down(
     files: FilesArg,
@@ -304,12 +496,17 @@ def down(
     catalog: CatalogOpt = None,
     port: PortOpt = None,
     stop_ray: Annotated[bool, typer.Option("--stop-ray", help="Also stop the local Ray when nothing is left.")] = False,
+    as_of: AsOfOpt = None,
+    backend: BackendOpt = None,
+    env: EnvOpt = "dev",
 ) -> None:
-    """Remove what `up` deployed for these deployments (the router too when no backend is left)."""
+    """Remove what `up` deployed for these deployments: their Pulumi stacks' resources, their Serve apps (the router
+    too when no backend is left)."""
     from orchestrator import deploy
 
     try:
-        inputs = _inputs(files, org, catalog, None)
+        inputs = _inputs(files, org, catalog, as_of)
+        _destroy(inputs, backend, env)
         results = deploy.down(inputs, _settings(port), _say, stop_ray=stop_ray)
     except SovraError as exc:
         _fail(exc)

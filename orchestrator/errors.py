@@ -43,3 +43,48 @@ class SpecError(SovraError):
 
 class ProviderError(SovraError):
     """A provider adapter is unknown, missing its SDK, or failed."""
+
+
+class ProvisionError(SovraError):
+    """Provisioning through Pulumi failed; the message says what to do next (see `infra.pulumi_stack.errors_of`)."""
+
+
+class PulumiMissingError(ProvisionError):
+    """The Pulumi CLI, which the Automation API drives, is not installed here."""
+
+    def __init__(self, fix: str):
+        self.fix = fix
+        super().__init__(f"the Pulumi CLI is not installed (no `pulumi` on PATH); {fix}")
+
+
+class ConcurrentUpdateError(ProvisionError):
+    """Another update holds the stack's lock."""
+
+    def __init__(self, fix: str):
+        self.fix = fix
+        super().__init__(fix)
+
+
+class CloudCredentialsError(ProvisionError):
+    """A cloud's Pulumi provider found no usable credentials."""
+
+    def __init__(self, *, cloud: str, variables: tuple[str, ...], detail: str):
+        self.cloud, self.variables, self.detail = cloud, tuple(variables), detail
+        self.fix = f"set {', '.join(self.variables)} where Sovra runs"
+        super().__init__(f"no usable {cloud} credentials for Pulumi ({detail}); {self.fix}")
+
+
+class QuotaError(ProvisionError):
+    """A cloud refused the resources for lack of quota."""
+
+    def __init__(self, *, detail: str, fix: str):
+        self.detail, self.fix = detail, fix
+        super().__init__(f"the cloud refused for lack of quota ({detail}); {fix}")
+
+
+class SecretsProviderError(ProvisionError):
+    """The stack's secrets provider cannot be used (missing or wrong passphrase)."""
+
+    def __init__(self, fix: str):
+        self.fix = fix
+        super().__init__(fix)

@@ -103,6 +103,13 @@ def test_up_routes_the_managed_and_declared_backends_beside_the_ray_replica(ladd
     assert ladder["dbx"].token not in wire and "AWS_SECRET" not in wire
     eu = httpx.get(ladder["url"] + "/v1/routes", headers={"Authorization": f"Bearer {EU_KEY}"}).json()
     assert {b["target"] for b in eu["deployments"]["ladder"]["backends"]} == EU_TARGETS
+    # `sovra status` shows every rung; routed backends in their vendor's own words, asked without a payload
+    status = ladder["sovra"]("status", "-o", "json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    rows = {b["target"]: b for e in json.loads(status.stdout) for b in e["backends"]}
+    assert rows[RAY]["status"] == "RUNNING" and rows[DATABRICKS]["status"] == "READY"
+    assert rows[BEDROCK]["kind"] == "aws-bedrock" and rows[BEDROCK]["tier"] == 1
+    assert len(ladder["dbx"].invocations("databricks-meta-llama-3-3-70b-instruct")) == 0
 
 
 def test_the_own_rung_serves_first_and_a_saturated_replica_spills_inside_the_eu(ladder):

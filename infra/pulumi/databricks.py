@@ -1,0 +1,47 @@
+"""A Databricks model serving endpoint (pulumi-databricks `ModelServing`) in the target's workspace."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_databricks as databricks
+
+from infra.pulumi.base import PlacementComponent, PlacementInput
+
+
+@dataclass(frozen=True)
+class DatabricksSettings:
+    """The workspace (its URL, from org.yaml; it is in the target's region) and the Unity Catalog model served
+    (`{model}` is filled in). Without `host` the provider reads DATABRICKS_HOST."""
+
+    host: str | None = None
+    entity_name: str = "system.ai.{model}"
+    entity_version: str = "1"
+    workload_type: str = "GPU_LARGE"
+    workload_size: str = "Small"
+
+
+class DatabricksServingEndpoint(PlacementComponent):
+    """One serving endpoint with the model as its served entity, tagged with the deployment and target.
+
+    Callers authenticate with the workspace's own tokens, so `key` is a secret None."""
+
+    type_token = "sovra:databricks:DatabricksServingEndpoint"
+
+    def build(self, name: str, inputs: PlacementInput) -> None:
+        s = inputs.parse_settings(DatabricksSettings)
+        opts = self.child()
+        if s.host:
+            opts = self.child(provider=databricks.Provider(f"{name}-databricks", host=s.host, opts=self.child()))
+        dedicated = inputs.instance_count > 0
+        entity = {"name": "primary", "entity_name": s.entity_name.format(model=inputs.model),
+                  "entity_version": s.entity_version, "workload_type": s.workload_type,
+                  "workload_size": s.workload_size, "scale_to_zero_enabled": not dedicated}
+        endpoint = databricks.ModelServing(
+            f"{name}-serving", name=inputs.slug(), opts=opts,
+            config={"served_entities": [entity]},
+            tags=[{"key": k, "value": v} for k, v in sorted(inputs.tags.items())])
+        self.endpoint_name = endpoint.name
+        self.scoring_uri = endpoint.endpoint_url
+        self.key = pulumi.Output.secret(None)

@@ -1,0 +1,72 @@
+"""The inline Pulumi program for one deployment's plan: one guarded component per cloud or Kubernetes placement.
+
+The program also installs the residency guard on the whole stack, so a resource added outside the components
+(a hand-edited program) must land in one of the plan's targets' regions, and a resource inside a component in
+that component's own target region.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import pulumi
+
+from infra.pulumi.base import PlacementInput
+from infra.pulumi.components import component_for
+from infra.pulumi.enforce import Enforcer
+from orchestrator.spec import Deployment, Target
+from policies.plan import DeploymentPlan, Placement
+
+
+def placement_inputs(placements: Iterable[Placement], deployment: Deployment,
+                     targets: Mapping[str, Target] | Iterable[Target],
+                     settings: Mapping[str, Mapping[str, Any]] | None = None) -> list[PlacementInput]:
+    """The inputs of every placement that a Pulumi component provisions (Ray and endpoint placements excluded),
+    with the component settings given per target id."""
+    by_id = targets if isinstance(targets, Mapping) else {t.id: t for t in targets}
+    found: list[PlacementInput] = []
+    for p in placements:
+        target = by_id[p.target]
+        if component_for(target.provider) is None:
+            continue
+        found.append(_input(p, deployment, target, (settings or {}).get(target.id, {})))
+    return found
+
+
+def _input(p: Placement, deployment: Deployment, target: Target, settings: Mapping[str, Any]) -> PlacementInput:
+    return PlacementInput(deployment=deployment.name, target=target, residency=deployment.spec.residency,
+                          model=deployment.spec.model.name, instance_type=p.accelerator,
+                          instance_count=p.replicas, settings=dict(settings))
+
+
+def program(placements: Iterable[Placement], deployment: Deployment, targets: Mapping[str, Target] | Iterable[Target],
+            settings: Mapping[str, Mapping[str, Any]] | None = None) -> Callable[[], None]:
+    """The inline program `pulumi up` runs for `deployment`: its placements' components, guarded, with each
+    one's endpoint name, scoring URI and key (secret) exported under `<target id>`, and every endpoint's adapter
+    connection settings (non-secret) under `endpoints`, which `up` turns into routing-table backends."""
+    inputs = placement_inputs(tuple(placements), deployment, targets, settings)
+
+    def run() -> None:
+        rules = [i.rule for i in inputs]
+        if rules:
+            whole = rules[0]
+            for r in rules[1:]:
+                whole = whole.union(r)
+            pulumi.runtime.register_stack_transformation(Enforcer(whole))
+        endpoints = {}
+        for i in inputs:
+            component = component_for(i.target.provider)
+            assert component is not None  # placement_inputs kept only placements with a component
+            made = component(component_name(i), i)
+            pulumi.export(i.target.id, {"endpoint_name": made.endpoint_name, "scoring_uri": made.scoring_uri,
+                                        "key": made.key})
+            endpoints[i.target.id] = made.connection()
+        pulumi.export("endpoints", endpoints)
+
+    return run
+
+
+def component_name(i: PlacementInput) -> str:
+    """The component's Pulumi name: `<deployment>.<target id>` (stable, so `up` twice changes nothing)."""
+    return f"{i.deployment}.{i.target.id}"

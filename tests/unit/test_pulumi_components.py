@@ -1,0 +1,444 @@
+"""Sovra's Pulumi components under Pulumi's own mocks (no CLI, no cloud): the resources each makes, their key
+properties, region equal to the target's, tags naming deployment and target, secret keys, and the residency
+guard refusing a tampered region before anything reaches the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+pulumi = pytest.importorskip("pulumi")
+aws = pytest.importorskip("pulumi_aws")
+pytest.importorskip("pulumi_azure_native")
+pytest.importorskip("pulumi_databricks")
+pytest.importorskip("pulumi_snowflake")
+k8s = pytest.importorskip("pulumi_kubernetes")
+
+from infra.pulumi.base import DEPLOYMENT_TAG, TARGET_TAG, ComponentSettingsError, PlacementInput
+from infra.pulumi.guard import ResidencyGuardError
+from orchestrator.spec import Residency
+from policies.plan import DeploymentPlan, Placement
+from tests.factories import deployment, target
+
+EU = Residency(zones=("EU",))
+SUBSCRIPTION = "00000000-1111-2222-3333-444444444444"
+SAGEMAKER = target("aws-sagemaker/eu-west-3", region="eu-west-3", country="FR")
+AZURE = target("azure-ml/francecentral", cloud="azure", provider="azure-ml", region="francecentral", country="FR")
+DATABRICKS = target("databricks/aws-eu-central-1", provider="databricks", region="eu-central-1", country="DE",
+                    models={"m": 0.001})
+SNOWFLAKE = target("snowflake-cortex/aws-eu-central-1", provider="snowflake-cortex", region="eu-central-1",
+                   country="DE", models={"m": 0.001})
+ONPREM = target("onprem/paris", cloud="onprem", provider="kubernetes", region="paris", country="FR")
+SCORING = "https://sovra-d.francecentral.inference.ml.azure.com/score"
+
+
+class Recorder(pulumi.runtime.Mocks):
+    """Answers like the engine would (inputs become state, plus the outputs a cloud computes) and records
+    every resource registered and every function called."""
+
+    def __init__(self) -> None:
+        self.resources: list[pulumi.runtime.MockResourceArgs] = []
+        self.calls: list[pulumi.runtime.MockCallArgs] = []
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        self.resources.append(args)
+        state = dict(args.inputs)
+        if args.typ.startswith("aws:"):
+            state.setdefault("name", args.name)
+            state["arn"] = f"arn:aws:iam::123456789012:{args.typ.split(':')[-1].lower()}/{state['name']}"
+        if args.typ == "azure-native:machinelearningservices:OnlineEndpoint":
+            state["name"] = args.inputs["endpointName"]
+            state["properties"] = {**args.inputs["properties"], "scoringUri": SCORING}
+            return (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{args.inputs['resourceGroupName']}/providers/"
+                    f"Microsoft.MachineLearningServices/workspaces/{args.inputs['workspaceName']}/onlineEndpoints/"
+                    f"{state['name']}"), state
+        if args.typ == "databricks:index/modelServing:ModelServing":
+            state["endpointUrl"] = f"https://dbc.example.com/serving-endpoints/{args.inputs['name']}/invocations"
+        if args.typ == "snowflake:index/service:Service":
+            state["fullyQualifiedName"] = f'"SOVRA"."SERVING"."{args.inputs["name"]}"'
+        return f"{args.name}-id", state
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        self.calls.append(args)
+        if args.token == "azure-native:machinelearningservices:listOnlineEndpointKeys":
+            return {"primaryKey": "primary-secret", "secondaryKey": "secondary-secret"}
+        return {}
+
+    def of_type(self, typ: str) -> list[pulumi.runtime.MockResourceArgs]:
+        return [r for r in self.resources if r.typ == typ]
+
+    def one(self, typ: str) -> pulumi.runtime.MockResourceArgs:
+        found = self.of_type(typ)
+        assert len(found) == 1, f"{typ}: {[r.name for r in self.resources]}"
+        return found[0]
+
+
+@pytest.fixture
+def mocks():
+    """Fresh mocks, a fresh root stack and a fresh event loop per test: stack transformations and resources never
+    leak across tests, and a test elsewhere that closed or unset the loop (asyncio.run does) does not matter."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    recorder = Recorder()
+    pulumi.runtime.settings.reset_options(project="sovra", stack="test")
+    pulumi.runtime.set_mocks(recorder, project="sovra", stack="test", preview=False)
+    yield recorder
+    pulumi.runtime.settings.reset_options()
+    asyncio.set_event_loop(None)
+    loop.close()
+
+
+def resolve(**outputs) -> dict:
+    """The values of `outputs`, with `<name>_secret` saying whether each is a Pulumi secret."""
+    seen: dict = {}
+
+    @pulumi.runtime.test
+    def run():
+        names = list(outputs)
+        values = [outputs[n] for n in names]
+        secrets = [pulumi.Output.from_input(o).is_secret() for o in values]
+        return pulumi.Output.all(*values, *secrets).apply(
+            lambda v: seen.update({**dict(zip(names, v[:len(names)])),
+                                   **{f"{n}_secret": s for n, s in zip(names, v[len(names):])}}))
+
+    run()
+    return seen
+
+
+def declare(make) -> None:
+    """Run `make` as a program under the mocks, so its registrations finish even when it raises."""
+    pulumi.runtime.test(make)()
+
+
+def placed(t, count=2, instance="ml.g5.12xlarge", **settings) -> PlacementInput:
+    return PlacementInput(deployment="d", target=t, residency=EU, model="m", instance_type=instance,
+                          instance_count=count, settings=settings)
+
+
+def assert_tagged(resource, t) -> None:
+    tags = resource.inputs["tags"]
+    if isinstance(tags, list):  # Databricks: [{key, value}]
+        tags = {x["key"]: x["value"] for x in tags}
+    assert tags[DEPLOYMENT_TAG] == "d" and tags[TARGET_TAG] == t.id, (resource.typ, tags)
+
+
+# --- SageMaker ---------------------------------------------------------------------------------------------
+
+
+def test_sagemaker_endpoint_resources_region_tags_and_outputs(mocks):
+    from infra.pulumi.sagemaker import SageMakerEndpoint
+
+    c = SageMakerEndpoint("sm", placed(SAGEMAKER))
+    out = resolve(name=c.endpoint_name, uri=c.scoring_uri, key=c.key)
+
+    provider = mocks.one("pulumi:providers:aws")
+    assert provider.inputs["region"] == "eu-west-3"
+    role = mocks.one("aws:iam/role:Role")
+    trust = json.loads(role.inputs["assumeRolePolicy"])
+    assert trust["Statement"][0]["Principal"] == {"Service": "sagemaker.amazonaws.com"}
+    attach = mocks.one("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+    assert attach.inputs["policyArn"].endswith("AmazonSageMakerFullAccess") and attach.inputs["role"] == "sm-role"
+    model = mocks.one("aws:sagemaker/model:Model")
+    assert model.inputs["executionRoleArn"].endswith("/sm-role")
+    assert model.inputs["primaryContainer"]["environment"]["HF_MODEL_ID"] == "m"
+    assert ".eu-west-3." in model.inputs["primaryContainer"]["image"]
+    config = mocks.one("aws:sagemaker/endpointConfiguration:EndpointConfiguration")
+    variant = config.inputs["productionVariants"][0]
+    assert variant["instanceType"] == "ml.g5.12xlarge" and variant["initialInstanceCount"] == 2
+    assert variant["modelName"] == model.inputs["name"]
+    endpoint = mocks.one("aws:sagemaker/endpoint:Endpoint")
+    assert endpoint.inputs["endpointConfigName"] == config.inputs["name"]
+    # Every AWS resource goes through the explicit provider in the target's region.
+    for r in mocks.resources:
+        if r.typ.startswith("aws:"):
+            assert r.provider and "::sm-aws::" in r.provider, (r.typ, r.provider)
+    for r in (role, model, config, endpoint):
+        assert_tagged(r, SAGEMAKER)
+
+    assert out["name"] == endpoint.inputs["name"] == "sovra-d-eu-west-3"
+    assert out["uri"] == ("https://runtime.sagemaker.eu-west-3.amazonaws.com/endpoints/sovra-d-eu-west-3/"
+                          "invocations")
+    assert out["key_secret"] is True and out["key"] is None
+
+
+def test_sagemaker_with_a_tampered_provider_region_is_refused_before_any_cloud_resource(mocks):
+    from infra.pulumi.sagemaker import SageMakerEndpoint
+
+    class Edited(SageMakerEndpoint):
+        @property
+        def region(self) -> str:
+            return "us-east-1"
+
+    with pytest.raises(ResidencyGuardError) as err:
+        declare(lambda: Edited("sm", placed(SAGEMAKER)))
+    message = str(err.value)
+    assert "pulumi:providers:aws 'sm-aws'" in message and "us-east-1" in message
+    assert "placed on aws-sagemaker/eu-west-3 in eu-west-3" in message and "zones [EU]" in message
+    assert not [r for r in mocks.resources if r.typ.startswith(("aws:", "pulumi:providers:"))]
+
+
+def test_a_resource_added_inside_a_component_with_its_own_region_is_refused(mocks):
+    from infra.pulumi.sagemaker import SageMakerEndpoint
+
+    class Edited(SageMakerEndpoint):
+        def build(self, name, inputs):
+            super().build(name, inputs)
+            # pulumi-aws 7: a resource's own `region` overrides its provider's.
+            aws.sagemaker.Model(f"{name}-extra", execution_role_arn="arn", region="us-east-1",
+                                opts=self.child(provider=self.get_provider("aws:sagemaker")))
+
+    with pytest.raises(ResidencyGuardError, match=r"aws:sagemaker/model:Model 'sm-extra': would land in us-east-1"):
+        declare(lambda: Edited("sm", placed(SAGEMAKER)))
+
+
+def test_an_aws_resource_without_the_placement_provider_is_refused(mocks):
+    from infra.pulumi.sagemaker import SageMakerEndpoint
+
+    class Edited(SageMakerEndpoint):
+        def build(self, name, inputs):
+            super().build(name, inputs)
+            aws.sagemaker.Model(f"{name}-stray", execution_role_arn="arn", opts=self.child())
+
+    with pytest.raises(ResidencyGuardError, match="no explicit AWS provider"):
+        declare(lambda: Edited("sm", placed(SAGEMAKER)))
+
+
+def test_unknown_settings_name_the_valid_ones(mocks):
+    from infra.pulumi.sagemaker import SageMakerEndpoint
+
+    with pytest.raises(ComponentSettingsError, match="unknown imag.*valid: image, model_data_url, policy_arn"):
+        declare(lambda: SageMakerEndpoint("sm", placed(SAGEMAKER, imag="x")))
+
+
+# --- Azure ML ----------------------------------------------------------------------------------------------
+
+
+def test_azure_ml_endpoint_and_deployment_in_the_target_location_with_a_secret_key(mocks):
+    from infra.pulumi.azure_ml import AzureMLOnlineEndpoint
+
+    c = AzureMLOnlineEndpoint("az", placed(AZURE, 3, "Standard_NC40ads_H100_v5", workspace="ws", resource_group="rg"))
+    out = resolve(name=c.endpoint_name, uri=c.scoring_uri, key=c.key)
+
+    endpoint = mocks.one("azure-native:machinelearningservices:OnlineEndpoint")
+    deployment_ = mocks.one("azure-native:machinelearningservices:OnlineDeployment")
+    for r in (endpoint, deployment_):
+        assert r.inputs["location"] == "francecentral"
+        assert r.inputs["workspaceName"] == "ws" and r.inputs["resourceGroupName"] == "rg"
+        assert_tagged(r, AZURE)
+    assert endpoint.inputs["properties"]["authMode"] == "Key"
+    assert endpoint.inputs["properties"]["traffic"] == {"primary": 100}
+    props = deployment_.inputs["properties"]
+    assert props["endpointComputeType"] == "Managed" and props["instanceType"] == "Standard_NC40ads_H100_v5"
+    assert props["model"] == "azureml://registries/azureml/models/m/labels/latest"
+    assert deployment_.inputs["sku"]["capacity"] == 3
+    assert deployment_.inputs["endpointName"] == endpoint.inputs["endpointName"]
+    [call] = [c for c in mocks.calls if c.token.endswith("listOnlineEndpointKeys")]
+    assert call.args["endpointName"] == endpoint.inputs["endpointName"]
+
+    assert out["name"] == "sovra-d-francecentral" and out["uri"] == SCORING
+    assert out["key"] == "primary-secret" and out["key_secret"] is True
+    assert out["name_secret"] is False
+
+
+def test_azure_ml_with_a_tampered_location_is_refused(mocks):
+    from infra.pulumi.azure_ml import AzureMLOnlineEndpoint
+
+    class Edited(AzureMLOnlineEndpoint):
+        @property
+        def location(self) -> str:
+            return "eastus"
+
+    with pytest.raises(ResidencyGuardError) as err:
+        declare(lambda: Edited("az", placed(AZURE)))
+    message = str(err.value)
+    assert "azure-native:machinelearningservices:OnlineEndpoint 'az-endpoint': would land in eastus" in message
+    assert "azure-ml/francecentral in francecentral" in message
+    assert not mocks.of_type("azure-native:machinelearningservices:OnlineEndpoint")
+
+
+# --- Databricks, Snowflake ---------------------------------------------------------------------------------
+
+
+def test_databricks_serving_endpoint(mocks):
+    from infra.pulumi.databricks import DatabricksServingEndpoint
+
+    c = DatabricksServingEndpoint("db", placed(DATABRICKS, 0, None, host="https://dbc.example.com"))
+    out = resolve(name=c.endpoint_name, uri=c.scoring_uri, key=c.key)
+
+    assert mocks.one("pulumi:providers:databricks").inputs["host"] == "https://dbc.example.com"
+    serving = mocks.one("databricks:index/modelServing:ModelServing")
+    entity = serving.inputs["config"]["servedEntities"][0]
+    assert entity["entityName"] == "system.ai.m" and entity["scaleToZeroEnabled"] is True
+    assert serving.provider and "::db-databricks::" in serving.provider
+    assert_tagged(serving, DATABRICKS)
+    assert out["uri"].endswith("/serving-endpoints/sovra-d-eu-central-1/invocations")
+    assert out["key_secret"] is True
+
+
+def test_snowflake_cortex_access_role_and_grant_only(mocks):
+    from infra.pulumi.snowflake import CORTEX_USER, SnowflakeCortexAccess
+
+    c = SnowflakeCortexAccess("sf", placed(SNOWFLAKE, 0, None, account_url="https://acme.snowflakecomputing.com"))
+    out = resolve(name=c.endpoint_name, uri=c.scoring_uri, key=c.key)
+
+    role = mocks.one("snowflake:index/accountRole:AccountRole")
+    grant = mocks.one("snowflake:index/grantDatabaseRole:GrantDatabaseRole")
+    assert grant.inputs["databaseRoleName"] == CORTEX_USER and grant.inputs["parentRoleName"] == role.inputs["name"]
+    assert f"{DEPLOYMENT_TAG}=d" in role.inputs["comment"] and f"{TARGET_TAG}={SNOWFLAKE.id}" in role.inputs["comment"]
+    assert not mocks.of_type("snowflake:index/computePool:ComputePool")
+    assert not mocks.of_type("snowflake:index/service:Service")
+    assert out["name"] == role.inputs["name"] == "SOVRA_D_EU_CENTRAL_1"
+    assert out["uri"] == "https://acme.snowflakecomputing.com/api/v2/cortex/inference:complete"
+    assert out["key_secret"] is True
+
+
+def test_snowflake_dedicated_capacity_adds_a_compute_pool_and_service(mocks):
+    from infra.pulumi.snowflake import SnowflakeCortexAccess
+
+    c = SnowflakeCortexAccess("sf", placed(SNOWFLAKE, 2, "GPU_NV_M"))
+    out = resolve(name=c.endpoint_name)
+
+    pool = mocks.one("snowflake:index/computePool:ComputePool")
+    assert pool.inputs["instanceFamily"] == "GPU_NV_M" and pool.inputs["minNodes"] == pool.inputs["maxNodes"] == 2
+    service = mocks.one("snowflake:index/service:Service")
+    assert service.inputs["computePool"] == pool.inputs["name"]
+    spec = json.loads(service.inputs["fromSpecification"]["text"])
+    assert spec["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    for r in (pool, service):
+        assert f"{TARGET_TAG}={SNOWFLAKE.id}" in r.inputs["comment"]
+    assert out["name"] == '"SOVRA"."SERVING"."SOVRA_D_EU_CENTRAL_1_SERVICE"'
+
+
+@pytest.mark.parametrize("component, t", [("databricks:DatabricksServingEndpoint", DATABRICKS),
+                                          ("snowflake:SnowflakeCortexAccess", SNOWFLAKE)])
+def test_a_target_outside_the_residency_is_refused_before_any_resource(mocks, component, t):
+    import importlib
+
+    module, cls = component.split(":")
+    us = t.model_copy(update={"id": t.id.replace("eu-central-1", "us-east-1"), "region": "us-east-1",
+                              "country": "US", "zone": "US"})
+    with pytest.raises(ResidencyGuardError, match=r"residency: zone US is not in \[EU\]"):
+        declare(lambda: getattr(importlib.import_module(f"infra.pulumi.{module}"), cls)("x", placed(us, 0, None)))
+    assert not mocks.resources
+
+
+# --- KubeRay -----------------------------------------------------------------------------------------------
+
+
+def test_kuberay_service_pins_gpu_workers_to_the_target(mocks):
+    from infra.pulumi.kuberay import KubeRayCluster
+
+    t = ONPREM.model_copy(update={"address": "paris-gpu"})
+    c = KubeRayCluster("kr", placed(t, 3, "h100"))
+    out = resolve(name=c.endpoint_name, uri=c.scoring_uri, key=c.key)
+
+    assert mocks.one("pulumi:providers:kubernetes").inputs["context"] == "paris-gpu"
+    rs = mocks.one("kubernetes:ray.io/v1:RayService")
+    assert rs.inputs["apiVersion"] == "ray.io/v1" and rs.inputs["kind"] == "RayService"
+    assert rs.inputs["metadata"]["annotations"] == {DEPLOYMENT_TAG: "d", TARGET_TAG: "onprem/paris"}
+    assert rs.inputs["metadata"]["labels"] == {"sovra/deployment": "d", "sovra/target": "onprem.paris"}
+    [group] = rs.inputs["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert json.loads(group["rayStartParams"]["resources"]) == {"sovra.target/onprem/paris": 1000}
+    assert group["replicas"] == 3
+    container = group["template"]["spec"]["containers"][0]
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    assert out["uri"].startswith("http://sovra-d-paris-serve-svc.sovra.svc") and out["key_secret"] is True
+
+
+def test_kuberay_service_pinned_elsewhere_is_refused(mocks):
+    from infra.pulumi.kuberay import KubeRayCluster
+
+    class Edited(KubeRayCluster):
+        def build(self, name, inputs):
+            super().build(name, inputs)
+            spec = {"rayClusterConfig": {"workerGroupSpecs": [
+                {"rayStartParams": {"resources": json.dumps({"sovra.target/onprem/berlin": 1000})}}]}}
+            k8s.apiextensions.CustomResource(f"{name}-more", api_version="ray.io/v1", kind="RayService",
+                                             spec=spec, opts=self.child())
+
+    with pytest.raises(ResidencyGuardError, match=r"pinned to 'onprem/berlin', not to \[onprem/paris\]"):
+        declare(lambda: Edited("kr", placed(ONPREM)))
+
+
+# --- the program builder -----------------------------------------------------------------------------------
+
+
+def _plan(*targets_) -> DeploymentPlan:
+    return DeploymentPlan(deployment="d", feasible=True, rejected=(), placements=tuple(
+        Placement(target=t.id, provider=t.provider, zone=t.zone, country=t.country, replicas=1,
+                  accelerator=t.accelerators[0].sku if t.accelerators else None, compute_usd=1.0,
+                  credits_usd=0.0, egress_usd=0.0) for t in targets_))
+
+
+def test_program_builds_one_guarded_component_per_placement_and_exports_outputs(mocks):
+    from infra.pulumi.program import program
+
+    d = deployment("d", residency={"zones": ["EU"]})
+    bedrock = target("aws-bedrock/eu", region="eu-central-1", country=None, zone="EU", models={"m": 0.001})
+    run = program(_plan(SAGEMAKER, AZURE, bedrock).placements, d, [SAGEMAKER, AZURE, bedrock])
+
+    @pulumi.runtime.test
+    def go():
+        run()
+
+    go()
+    kinds = {r.typ for r in mocks.resources}
+    assert {"sovra:aws:SageMakerEndpoint", "sovra:azure:AzureMLOnlineEndpoint"} <= kinds
+    assert not [r for r in mocks.resources if "bedrock" in r.typ]  # managed per token: nothing to create
+    assert mocks.one("sovra:aws:SageMakerEndpoint").name == "d.aws-sagemaker/eu-west-3"
+
+
+def test_a_hand_edited_program_with_a_resource_in_another_region_fails(mocks):
+    from infra.pulumi.program import program
+
+    d = deployment("d", residency={"zones": ["EU"]})
+    run = program(_plan(SAGEMAKER, AZURE).placements, d, [SAGEMAKER, AZURE])
+
+    def edited() -> None:
+        run()
+        aws.Provider("rogue", region="us-east-1")
+
+    @pulumi.runtime.test
+    def go():
+        edited()
+
+    with pytest.raises(ResidencyGuardError) as err:
+        go()
+    message = str(err.value)
+    assert "pulumi:providers:aws 'rogue': would land in us-east-1, outside [eu-west-3, francecentral]" in message
+
+
+def test_fresh_mocks_do_not_inherit_the_previous_programs_guard(mocks):
+    # The previous test registered a stack-wide guard; a fresh root stack must not carry it.
+    @pulumi.runtime.test
+    def go():
+        aws.Provider("anywhere", region="us-east-1")
+
+    go()
+    assert mocks.one("pulumi:providers:aws").inputs["region"] == "us-east-1"
+
+
+def test_the_exported_connections_become_endpoints_the_router_can_reach(mocks):
+    """The seam to `up`: each component's connection (non-secret) -> an org-style Endpoint that its provider
+    adapter locates; no key is copied into it."""
+    from infra.pulumi.azure_ml import AzureMLOnlineEndpoint
+    from infra.pulumi.sagemaker import SageMakerEndpoint
+    from infra.pulumi_stack import outputs_to_endpoints
+    from providers import base
+
+    sm, az = SageMakerEndpoint("sm", placed(SAGEMAKER)), AzureMLOnlineEndpoint("az", placed(AZURE, instance="x"))
+    conns = resolve(sm=pulumi.Output.from_input(sm.connection()), az=pulumi.Output.from_input(az.connection()))
+    assert not conns["sm_secret"] and not conns["az_secret"]
+    endpoints = outputs_to_endpoints({"endpoints": {SAGEMAKER.id: conns["sm"], AZURE.id: conns["az"]}},
+                                     [SAGEMAKER, AZURE])
+    by_id = {e.id: e for e in endpoints}
+    assert by_id[SAGEMAKER.id].connection == {"endpoint": "sovra-d-eu-west-3", "region": "eu-west-3"}
+    assert by_id[AZURE.id].connection["subscription_id"] == SUBSCRIPTION
+    assert by_id[AZURE.id].zone == AZURE.zone and by_id[AZURE.id].country == AZURE.country
+    for e in endpoints:  # each adapter accepts it and says where to send requests
+        adapter = base.get(e.provider)
+        where = adapter.locate(e, "m", adapter.connection(e.connection))
+        assert where.address
+    assert "primary-secret" not in json.dumps([e.model_dump(mode="json") for e in endpoints])
