@@ -366,6 +366,22 @@ def drift(result: StackResult) -> dict[str, int]:
     return {op: n for op, n in result.changes.items() if op in ("update", "delete") and n}
 
 
+def residency_drift(stack: Any, deployment: Any, targets: Iterable[Any]) -> tuple[str, ...]:
+    """After a refresh: every resource of the stack that now lands outside its placements' regions (the guard's
+    rule, read from the refreshed state)."""
+    from infra.pulumi.drift import residency_drift as check
+    from infra.pulumi.guard import RegionRule
+
+    rules = [RegionRule.for_placement(deployment.name, t, deployment.spec.residency) for t in targets]
+    if not rules:
+        return ()
+    rule = rules[0]
+    for r in rules[1:]:
+        rule = rule.union(r)
+    state = _run(stack.export_stack)
+    return check(getattr(state, "deployment", None) or {}, rule)
+
+
 # ------------------------------------------------------------------------------------- outputs -> endpoints
 
 ENDPOINTS_OUTPUT = "endpoints"

@@ -387,11 +387,15 @@ def refresh(
             out.print("no Pulumi stacks for these deployments: nothing to refresh")
             return
         drifted = False
-        for r in _engine("refresh", _stacks(found, backend, env)):
+        stacks = _stacks(found, backend, env)
+        for (d_, pairs, stack), r in zip(stacks, _engine("refresh", stacks), strict=True):
             d = ps.drift(r)
-            drifted = drifted or bool(d)
+            moved = ps.residency_drift(stack, d_, [t for _, t in pairs])
+            drifted = drifted or bool(d) or bool(moved)
             text = ", ".join(f"{n} {op}d outside Sovra" for op, n in sorted(d.items())) or "no drift"
             out.print(f"[bold]{r.stack}[/]: {text}", highlight=False)
+            for why in moved:
+                out.print(f"[red]outside its residency:[/] {why}", highlight=False)
     except SovraError as exc:
         _fail(exc)
     raise typer.Exit(1 if drifted else 0)
