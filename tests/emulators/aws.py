@@ -30,8 +30,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 #: Test credentials: distinctive, so a test can prove they appear in no log line and no record.
-TEST_ACCESS_KEY_ID = "AKIASOVRATESTKEY0001"
-TEST_SECRET_ACCESS_KEY = "sovra-test-secret-Zq8vN3rT5yW7"
+TEST_ACCESS_KEY_ID = "fake-access-key-id-for-tests"
+TEST_SECRET_ACCESS_KEY = "fake-secret-access-key-for-tests"
 ACCOUNT = "123456789012"
 #: Variables that would make boto3 read a developer's own AWS set-up; `aws_environ` removes them.
 _UNSET = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ROLE_ARN",

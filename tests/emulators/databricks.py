@@ -63,7 +63,7 @@ class DatabricksEmulator:
     """The workspace; a context manager that serves it on a free port. `received` records every invocation body,
     so a test can prove a payload was sent exactly once."""
 
-    token: str = "dapi-emulator-0123456789abcdef"
+    token: str = "fake-databricks-token-for-tests"
     endpoints: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ENDPOINTS))
     not_ready: set[str] = field(default_factory=set)
     compliance_profile: bool = False

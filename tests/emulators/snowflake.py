@@ -94,7 +94,7 @@ class SnowflakeEmulator:
     """
 
     user: str = "sovra_router"
-    password: str = "emulator-password-7f3a"
+    password: str = "fake-snowflake-password-for-tests"
     region: str = "AWS_EU_CENTRAL_1"
     cross_region: str = "DISABLED"
     cross_region_level: str = "ACCOUNT"
