@@ -131,10 +131,10 @@ def routed_entry(d: Deployment, p: Placement, t: Target, connection: Mapping[str
     are the company's own capacity: the ladder's first rung with the Ray replicas; managed offerings the second.
     `cost` is the list price per 1,000 tokens."""
     from orchestrator.errors import ProviderError
-    from orchestrator.spec.org import Endpoint
+    from orchestrator.spec.org import Endpoint, needs_provisioning
     from providers import base
 
-    if t.accelerators and not isinstance(t, Endpoint):
+    if needs_provisioning(t):
         raise ProviderError(
             f"{t.id}: a dedicated {t.provider} endpoint would have to be created, which `up` cannot provision yet "
             f"(Pulumi stacks come later); name an existing endpoint serving {d.spec.model.name} under `endpoints:` "

@@ -275,16 +275,13 @@ YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking 
 def _provisioned(inputs, result) -> list[tuple[Any, list[tuple[Any, Any]]]]:
     """Per deployment, the placements that need Pulumi (a dedicated cloud endpoint or a Kubernetes cluster), with
     their targets. Pure: Ray targets, managed offerings and org endpoints need none."""
-    from orchestrator.spec.org import Endpoint
-    from providers import base
+    from orchestrator.spec.org import needs_provisioning
 
     targets = {t.id: t for t in inputs.targets}
     by_name = {d.name: d for d in inputs.deployments}
     found = []
     for dp in result.deployments:
-        pairs = [(p, targets[p.target]) for p in dp.placements
-                 if base.get(p.provider).provisioner == "pulumi" and targets[p.target].accelerators
-                 and not isinstance(targets[p.target], Endpoint)]
+        pairs = [(p, targets[p.target]) for p in dp.placements if needs_provisioning(targets[p.target])]
         if pairs:
             found.append((by_name[dp.deployment], pairs))
     return found

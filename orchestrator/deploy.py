@@ -376,7 +376,7 @@ def status(targets: Sequence[Target], settings: Settings) -> list[dict[str, Any]
             row = {"deployment": b.deployment, "model": b.model, "target": b.target, "zone": b.zone,
                    "country": b.place.country, "residency": b.residency.describe(), "policy": b.policy,
                    "kind": b.kind, "tier": b.tier}
-            if b.kind != "ray":  # a routed backend: its vendor says how it is
+            if not is_ray(b.kind):  # a routed backend: its vendor says how it is
                 row.update(replicas=None, min=None, max=None, engine=None, status=describe_backend(b))
                 entry["backends"].append(row)
                 continue

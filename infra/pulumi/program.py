@@ -16,7 +16,7 @@ from infra.pulumi.base import PlacementInput
 from infra.pulumi.components import component_for
 from infra.pulumi.enforce import Enforcer
 from orchestrator.spec import Deployment, Target
-from policies.plan import DeploymentPlan, Placement
+from policies.plan import Placement
 
 
 def placement_inputs(placements: Iterable[Placement], deployment: Deployment,

@@ -225,6 +225,16 @@ class Catalog(Frozen):
         return self
 
 
+def needs_provisioning(target: Target) -> bool:
+    """A placement on `target` needs something created first (a dedicated endpoint or cluster, by Pulumi): its
+    provider provisions with Pulumi, it offers instances rather than per-token models, and it is not an endpoint the
+    org already has. The one statement of that rule, for `up`'s routing and its Pulumi step alike."""
+    from providers import base
+
+    return (base.get(target.provider).provisioner == "pulumi" and bool(target.accelerators)
+            and not isinstance(target, Endpoint))
+
+
 def connection_for(org: Org, target: Target) -> dict[str, Any]:
     """The non-secret connection settings for `target`: its own (an org endpoint), else its provider account's."""
     if isinstance(target, Endpoint):
