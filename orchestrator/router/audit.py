@@ -208,6 +208,7 @@ class AuditLog:
         self._max_bytes, self._backups, self._fsync = max_bytes, backups, fsync
         self._lock = threading.Lock()
         self._file: IO[bytes] | None = None
+        self._size = 0  # of the open file: this writer is its only one
         last = last_sealed(self.path)
         self._head: str = last["hash"] if last else GENESIS
         self._seq: int = last["seq"] + 1 if last else 0
@@ -228,6 +229,7 @@ class AuditLog:
                 rest = memoryview(line)
                 while rest:  # unbuffered: a crash tears at most this line; a short write is finished or raises
                     rest = rest[fh.write(rest):]
+                self._size += len(line)
                 if self._fsync:
                     os.fsync(fh.fileno())
             except BaseException:
@@ -261,10 +263,11 @@ class AuditLog:
             self._file = self.path.open("ab", buffering=0)
             if _ends_torn(self.path):
                 self._file.write(b"\n")
-        size = os.fstat(self._file.fileno()).st_size
-        if size and size + incoming > self._max_bytes:
+            self._size = os.fstat(self._file.fileno()).st_size
+        if self._size and self._size + incoming > self._max_bytes:
             self._rotate()
             self._file = self.path.open("ab", buffering=0)
+            self._size = 0
         return self._file
 
     def _rotate(self) -> None:

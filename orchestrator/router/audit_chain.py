@@ -27,10 +27,24 @@ def canonical(obj: dict[str, Any]) -> bytes:
 
 
 def seal(body: dict[str, Any], prev: str) -> tuple[bytes, str]:
-    """The line (with newline) for `body` chained to `prev`, and its hash."""
+    """The line (with newline) for `body` chained to `prev`, and its hash.
+
+    The line is `canonical` of the record with its hash, whose bytes are those of the record without it with one
+    member added. The record is encoded once, as the members sorting before "hash" and those after, and the
+    hash goes in between: this runs once per request.
+    """
+    if "hash" in body:
+        raise ValueError("a record to seal must not carry a hash already")
     unsealed = {**body, "prev": prev}
-    digest = hashlib.sha256(canonical(unsealed)).hexdigest()
-    return canonical({**unsealed, "hash": digest}) + b"\n", digest
+    low = canonical({k: v for k, v in unsealed.items() if k < "hash"})
+    high = canonical({k: v for k, v in unsealed.items() if k > "hash"})
+    digest = hashlib.sha256(_members(low, high)).hexdigest()
+    return _members(low, b'{"hash":"' + digest.encode() + b'"}', high) + b"\n", digest
+
+
+def _members(*objects: bytes) -> bytes:
+    """One canonical object of several canonical objects whose keys are disjoint and already in order."""
+    return b"{" + b",".join(o[1:-1] for o in objects if o != b"{}") + b"}"
 
 
 def chain_files(base: Path) -> list[Path]:

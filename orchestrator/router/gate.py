@@ -76,9 +76,14 @@ class RequestResidency:
 
     def describe(self) -> str:
         """For error messages and the audit trail: every restricting part, e.g. `zones [EU] ∩ countries [FR]`."""
-        parts = [r.describe() for r in (self.tenant, self.header, self.deployment)
-                 if r is not None and not r.unrestricted]
-        return " ∩ ".join(dict.fromkeys(parts)) or "unrestricted"
+        return _describe(self)
+
+
+@functools.lru_cache(maxsize=4096)  # written into every audit record: the same few bounds, over and over
+def _describe(request: RequestResidency) -> str:
+    parts = [r.describe() for r in (request.tenant, request.header, request.deployment)
+             if r is not None and not r.unrestricted]
+    return " ∩ ".join(dict.fromkeys(parts)) or "unrestricted"
 
 
 @functools.lru_cache(maxsize=4096)

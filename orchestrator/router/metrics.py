@@ -7,6 +7,8 @@ no series.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 
@@ -24,11 +26,18 @@ class RouterMetrics:
                                     "Time a request spent in the router itself (not waiting on a backend)",
                                     registry=self.registry,
                                     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05))
+        # label values -> their children: `labels()` takes a lock and checks its arguments on every call
+        self._series: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
 
     def observe(self, deployment: str, target: str, zone: str, status: int, seconds: float) -> None:
-        code = str(status) if 100 <= status <= 599 else "other"
-        self.requests.labels(deployment, target, zone, code).inc()
-        self.latency.labels(deployment, target).observe(seconds)
+        key = (deployment, target, zone, status)
+        series = self._series.get(key)
+        if series is None:  # bounded: every label comes from the table or a fixed set (see the module docstring)
+            code = str(status) if 100 <= status <= 599 else "other"
+            series = self._series[key] = (self.requests.labels(deployment, target, zone, code),
+                                          self.latency.labels(deployment, target))
+        series[0].inc()
+        series[1].observe(seconds)
 
     def overhead(self, seconds: float) -> None:
         self.overhead_s.observe(seconds)

@@ -323,3 +323,28 @@ def test_admins_are_unique_and_never_share_a_tenant_key():
         Org.model_validate({"tenants": [tenant], "admins": [{"name": "dpo", "key_sha256": KEY_A}]})
     schema = Org.model_json_schema(by_alias=True)
     assert "audit trail" in schema["properties"]["admins"]["description"]
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+                     | st.text(max_size=8), lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.dictionaries(st.text(max_size=8).filter(lambda k: k not in ("hash", "prev")), _JSON, max_size=8),
+       prev=st.sampled_from([GENESIS, "ab" * 32]))
+def test_a_sealed_line_is_the_canonical_record_with_its_hash_for_any_keys(body, prev):
+    # `seal` encodes the record once, split around where "hash" sorts; whatever the keys (sorting before, after,
+    # equal prefixes, non-ASCII), the line must be exactly what the verifier rebuilds.
+    from orchestrator.router.audit_chain import canonical, seal
+
+    line, digest = seal(body, prev)
+    assert digest == hashlib.sha256(canonical({**body, "prev": prev})).hexdigest()
+    assert line == canonical({**body, "prev": prev, "hash": digest}) + b"\n"
+
+
+def test_sealing_a_record_that_already_carries_a_hash_is_refused():
+    from orchestrator.router.audit_chain import seal
+
+    with pytest.raises(ValueError, match="hash"):
+        seal({"hash": "x", "a": 1}, GENESIS)
