@@ -203,6 +203,19 @@ def cpu_by_session() -> dict[int, float]:
     return out
 
 
+def cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by these processes, all their threads (Linux /proc); a process that
+    has ended counts 0."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 def foreign_cpu_s(before: dict[int, float], after: dict[int, float], own: set[int]) -> float:
     """CPU seconds that processes outside the `own` sessions used between two `cpu_by_session` snapshots (a lower
     bound: a process that ended in between is not counted)."""
@@ -447,7 +460,11 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
     n = sum(s["n"] for s in samples)
     wall = sum(s["wall_s"] for s in samples)
     errors = [e for s in samples for e in s["errors"]]
-    return {"n": n, "p50_ms": _r(percentile(lat, 50)), "p99_ms": _r(percentile(lat, 99)),
+    sent = sum(s.get("sent", 0) for s in samples)
+    roles = sorted({r for s in samples for r in s.get("cpu_s", {})})
+    cpu = {r: round(sum(s.get("cpu_s", {}).get(r, 0.0) for s in samples) / sent * 1e6) for r in roles} if sent else {}
+    return {"cpu_us_per_request": cpu,
+            "n": n, "p50_ms": _r(percentile(lat, 50)), "p99_ms": _r(percentile(lat, 99)),
             "rps": round(n / wall, 1) if wall else None, "errors": len(errors),
             "first_error": errors[0] if errors else None,
             "router_overhead_p50_ms": _r(percentile(overhead, 50)), "router_overhead_n": len(overhead)}
@@ -474,8 +491,12 @@ def _in_replica(url: str, spec: dict[str, Any]) -> dict[str, Any]:
     return resp.json()
 
 
-def measure_mode(pool: cf.Executor, ready: dict[str, Any], sizes: Sizes, log, server_url: str) -> dict[str, Any]:
-    """Every variant in every shape, round-robin in a shuffled order per round; latencies pooled over rounds."""
+def measure_mode(pool: cf.Executor, ready: dict[str, Any], sizes: Sizes, log, server_url: str,
+                 pids: dict[str, list[int]]) -> dict[str, Any]:
+    """Every variant in every shape, round-robin in a shuffled order per round; latencies pooled over rounds.
+
+    Each measurement also records the CPU time each process in `pids` (role -> pids) used meanwhile, warm-up
+    included, so that a difference in req/s can be traced to the process that spent it."""
     url = ready["router_url"]
     targets = {"sovra": {"kind": "http", "url": url, "headers": HEADERS},
                "bare": {"kind": "http", "url": url + "/bare"},
@@ -493,10 +514,13 @@ def measure_mode(pool: cf.Executor, ready: dict[str, Any], sizes: Sizes, log, se
                 spec = {"body": BODY, **targets[name], "concurrency": conc, "n": getattr(sizes, attr),
                         "stream": stream, "warmup": max(conc * 4, sizes.warmup // (1 if conc > 1 else 4)),
                         "cap_s": sizes.cap_s}
+                cpu0 = {role: cpu_s(p) for role, p in pids.items()}
                 if name == "handle":  # measured inside a Serve replica, where the ingresses call it from
                     result = _in_replica(url + "/handle", spec)
                 else:
                     result = pool.submit(loadgen, spec).result()
+                result["cpu_s"] = {role: cpu_s(p) - cpu0[role] for role, p in pids.items()}
+                result["sent"] = spec["warmup"] + result["n"] + len(result["errors"])
                 raw[name].setdefault(shape, []).append(result)
             log(f"    round {r + 1}/{sizes.rounds}: {name} done")
     return {v: {shape: summarize(samples) for shape, samples in raw[v].items()} for v in VARIANTS}
@@ -547,8 +571,12 @@ def run(args: argparse.Namespace, log) -> dict[str, Any]:
                 ready = cluster.read()
                 out["up_s"][mode], out["serve_env"][mode] = ready["up_s"], ready["serve_env"]
                 log(f"  {mode}: up in {ready['up_s']} s, ready after {time.perf_counter() - t0:.1f} s")
+                # The processes whose CPU each measurement accounts for: Serve's (by role), the load generator
+                # (the pool's one worker) and the OpenAI-compatible server.
+                pids = {**cluster.ask("procs")["pids"], "load generator": [pool.submit(os.getpid).result()],
+                        "openai server": [server.pid]}
                 t0, cpu0 = time.perf_counter(), cpu_by_session()
-                out["modes"][mode] = measure_mode(pool, ready, sizes, log, server.url)
+                out["modes"][mode] = measure_mode(pool, ready, sizes, log, server.url, pids)
                 # `ray start` leads its own session, as do the child and the OpenAI-compatible server; the rest of
                 # the bench is in this one.
                 own = {os.getsid(0), os.getsid(cluster.proc.pid), ready["ray_pid"], server.pid}
@@ -608,7 +636,8 @@ def derive(res: dict[str, Any]) -> dict[str, Any]:
             "gateway_added_ttfc_p50_ms": _r(g["stream"]["p50_ms"] - o["stream"]["p50_ms"]),
             "gateway_router_overhead_p50_ms_c1": g["c1"]["router_overhead_p50_ms"],
             "gateway_router_overhead_p50_ms_c16": g["c16"]["router_overhead_p50_ms"],
-            "router_rss_mb": res["procs"].get(mode, {}).get("rss_mb", {}).get("router")}
+            "router_rss_mb": res["procs"].get(mode, {}).get("rss_mb", {}).get("router"),
+            "cpu_us_c16": {name: v[name]["c16"].get("cpu_us_per_request", {}) for name in ("sovra", "bare")}}
     goals: dict[str, dict[str, Any]] = {}
     for mode, d in per_mode.items():
         goals[f"sovra/bare req/s at C=16, {mode}"] = {
@@ -663,6 +692,13 @@ def ratio_lines(res: dict[str, Any], der: dict[str, Any]) -> list[str]:
             f"{_f(d['gateway_over_direct_rps_c16'], '.3f')}; added TTFC p50 {_f(d['gateway_added_ttfc_p50_ms'], '+.2f')} "
             f"ms; router's own time p50: C=1 {_f(d['gateway_router_overhead_p50_ms_c1'], '.3f')} ms, C=16 "
             f"{_f(d['gateway_router_overhead_p50_ms_c16'], '.3f')} ms")
+        cpu = d.get("cpu_us_c16", {})
+        if cpu.get("sovra") and cpu.get("bare"):
+            lines.append(f"{mode}: CPU µs per request at C=16 by process (warm-up included), sovra | bare: " + ", ".join(
+                f"{role} {cpu['sovra'].get(role, 0)} | {cpu['bare'].get(role, 0)}"
+                for role in sorted(set(cpu["sovra"]) | set(cpu["bare"]))
+                if cpu["sovra"].get(role, 0) or cpu["bare"].get(role, 0))
+                + f"; all of them {sum(cpu['sovra'].values())} | {sum(cpu['bare'].values())}")
     dec = res["decision"]
     if dec["rows"]:
         lines.append("routing decision alone (pure choice function, no I/O; µs of CPU per decision, wall median in "

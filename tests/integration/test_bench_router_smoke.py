@@ -36,6 +36,12 @@ def test_router_bench_quick_measures_every_variant_in_both_proxy_modes_and_print
         for key in ("sovra_over_bare_rps_c16", "sovra_added_p50_ms", "bare_added_p50_ms", "sovra_added_ttfc_p50_ms",
                     "gateway_added_p50_ms", "gateway_over_direct_rps_c16", "gateway_added_ttfc_p50_ms"):
             assert ratios[key] is not None, (mode, key)
+        # CPU per request by process: the router's replica worked for (s) only, the bare ingress's for (b) only
+        cpu = ratios["cpu_us_c16"]
+        assert cpu["sovra"]["router"] > 0 and cpu["bare"]["bare"] > 0, (mode, cpu)
+        assert cpu["sovra"]["router"] > cpu["bare"]["router"] and cpu["bare"]["bare"] > cpu["sovra"]["bare"], cpu
+        assert cpu["sovra"]["replica"] > 0 and cpu["sovra"]["load generator"] > 0, cpu
+        assert f"{mode}: CPU µs per request at C=16 by process" in r.stdout
         # the gateway's answers came through Sovra's router (its header), the direct ones did not
         gateway, direct = results["modes"][mode]["gateway"], results["modes"][mode]["direct"]
         assert gateway["c1"]["router_overhead_n"] > 0 and direct["c1"]["router_overhead_n"] == 0, mode
@@ -54,3 +60,12 @@ def test_router_bench_quick_measures_every_variant_in_both_proxy_modes_and_print
                   "LiteLLM's proxy adds about 7.5 ms"):
         assert token in r.stdout
     assert (tmp_path / "router-quick.md").read_text().startswith("# Router benchmark")
+
+
+def test_router_cpu_bench_measures_the_app_against_a_bare_forwarder_in_one_process():
+    r = subprocess.run([sys.executable, "bench/router_cpu.py", "-n", "200", "--rounds", "2"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for label in ("(s) Sovra router app, audit on", "(n) Sovra router app, audit off", "(b) bare ASGI forwarder",
+                  "Sovra − bare:", "of it the audit trail:"):
+        assert label in r.stdout
