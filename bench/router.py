@@ -464,6 +464,7 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
     roles = sorted({r for s in samples for r in s.get("cpu_s", {})})
     cpu = {r: round(sum(s.get("cpu_s", {}).get(r, 0.0) for s in samples) / sent * 1e6) for r in roles} if sent else {}
     return {"cpu_us_per_request": cpu,
+            "rps_rounds": [round(s["n"] / s["wall_s"], 1) if s["wall_s"] else None for s in samples],
             "n": n, "p50_ms": _r(percentile(lat, 50)), "p99_ms": _r(percentile(lat, 99)),
             "rps": round(n / wall, 1) if wall else None, "errors": len(errors),
             "first_error": errors[0] if errors else None,
@@ -621,6 +622,9 @@ def derive(res: dict[str, Any]) -> dict[str, Any]:
         s, b, h, g, o = v["sovra"], v["bare"], v["handle"], v["gateway"], v["direct"]
         per_mode[mode] = {
             "sovra_over_bare_rps_c16": _r(s["c16"]["rps"] / b["c16"]["rps"]),
+            # the same ratio per round (each pair measured minutes apart at most): how much of it is noise
+            "sovra_over_bare_rps_c16_rounds": [_r(x / y) if x and y else None for x, y in
+                                               zip(s["c16"].get("rps_rounds", []), b["c16"].get("rps_rounds", []))],
             "sovra_added_p50_ms": _r(s["c1"]["p50_ms"] - h["c1"]["p50_ms"]),
             "bare_added_p50_ms": _r(b["c1"]["p50_ms"] - h["c1"]["p50_ms"]),
             "sovra_minus_bare_p50_ms": _r(s["c1"]["p50_ms"] - b["c1"]["p50_ms"]),
@@ -679,7 +683,8 @@ def ratio_lines(res: dict[str, Any], der: dict[str, Any]) -> list[str]:
     lines = []
     for mode, d in der["per_mode"].items():
         lines.append(
-            f"{mode}: sovra/bare req/s at C=16 {_f(d['sovra_over_bare_rps_c16'], '.3f')}; added p50 over the handle "
+            f"{mode}: sovra/bare req/s at C=16 {_f(d['sovra_over_bare_rps_c16'], '.3f')} (per round: "
+            f"{', '.join(_f(x, '.3f') for x in d.get('sovra_over_bare_rps_c16_rounds', []))}); added p50 over the handle "
             f"at C=1: sovra {_f(d['sovra_added_p50_ms'], '+.2f')} ms, bare {_f(d['bare_added_p50_ms'], '+.2f')} ms "
             f"(sovra - bare {_f(d['sovra_minus_bare_p50_ms'], '+.2f')} ms); added TTFC p50: sovra "
             f"{_f(d['sovra_added_ttfc_p50_ms'], '+.2f')} ms, bare {_f(d['bare_added_ttfc_p50_ms'], '+.2f')} ms; "

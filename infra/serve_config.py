@@ -165,7 +165,9 @@ def router_app(backends: Sequence[Backend], *, tenants: Iterable[Tenant], audit_
                  "audit_path": audit_path, "sovra_version": __version__},
         # On the head node, beside Serve's proxy (`HeadOnly`): losing a worker node (and the targets on it) never
         # takes the router down, and its audit trail stays on one node.
-        "deployments": [{"name": "Router", "num_replicas": 1,
+        # No Serve access log: the audit trail already records every request (with every attempt), so a second
+        # line per request in Serve's logs would only cost the router's CPU on each request and fill the node's disk.
+        "deployments": [{"name": "Router", "num_replicas": 1, "logging_config": {"enable_access_log": False},
                          "ray_actor_options": {"num_cpus": num_cpus, "resources": {HEAD_NODE_RESOURCE: 0.001}}}],
     }
 

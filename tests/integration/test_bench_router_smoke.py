@@ -33,6 +33,8 @@ def test_router_bench_quick_measures_every_variant_in_both_proxy_modes_and_print
                 assert m["errors"] == 0, (mode, name, shape, m["first_error"])  # every request was answered
         assert results["procs"][mode]["rss_mb"]["router"] > 0, mode  # the Router actor's process was found
         ratios = derived["per_mode"][mode]
+        rounds = ratios["sovra_over_bare_rps_c16_rounds"]
+        assert len(rounds) == 1 and rounds[0] > 0, rounds  # --quick: one round
         for key in ("sovra_over_bare_rps_c16", "sovra_added_p50_ms", "bare_added_p50_ms", "sovra_added_ttfc_p50_ms",
                     "gateway_added_p50_ms", "gateway_over_direct_rps_c16", "gateway_added_ttfc_p50_ms"):
             assert ratios[key] is not None, (mode, key)

@@ -102,3 +102,13 @@ def test_same_plan_gives_byte_identical_config_whatever_the_order(order):
     one = sc.router_app(backends, tenants=[], audit_path="/a")
     two = sc.router_app([backends[i] for i in order], tenants=[], audit_path="/a")
     assert json.dumps(one, sort_keys=True) == json.dumps(two, sort_keys=True)
+
+
+def test_the_router_leaves_per_request_records_to_the_audit_trail_not_to_serves_access_log():
+    from ray.serve.schema import ServeDeploySchema
+
+    app = sc.router_app([], tenants=[], audit_path=None)
+    [router] = app["deployments"]
+    assert router["logging_config"] == {"enable_access_log": False}
+    # the declarative config Serve is given accepts it as written
+    ServeDeploySchema.model_validate(sc.serve_config([app], host="127.0.0.1", port=8000))
