@@ -258,9 +258,16 @@ def _live(inputs):
         err.print(f"[yellow]live setting:[/] {f.target}: {f.setting} = {f.value} processes in {f.zone}, not "
                   f"{f.catalog_zone} as the catalog says; planning it at {f.zone}. Fix: {f.fix}", highlight=False)
     for u in report.unread:
-        err.print(f"[yellow]warning:[/] {u.target}: its live settings could not be read ({u.reason}); it keeps its "
-                  "catalog zone, unverified", highlight=False)
-    return dataclasses.replace(inputs, targets=ls.apply(inputs.targets, report.findings))
+        err.print(f"[yellow]warning:[/] {u.target}: its live settings could not be read ({u.reason}); "
+                  f"{_held(u)}", highlight=False)
+    return dataclasses.replace(inputs, targets=ls.apply(inputs.targets, (*report.findings, *report.unread)))
+
+
+def _held(u) -> str:
+    if u.widened:
+        return (f"planning it at {u.zone}, unverified (fails closed). Give Sovra's credentials read access to the "
+                "setting, or set `if_unread: catalog` on its account or endpoint in org.yaml to trust the catalog")
+    return f"it keeps its catalog zone {u.zone}, unverified (`if_unread: catalog` in org.yaml)"
 
 
 
@@ -670,17 +677,18 @@ def audit_settings(
     if output is not Output.table:
         _emit({"checked_at": report.checked_at, "findings": [vars(f) | {"widened": f.widened}
                                                             for f in report.findings],
-               "unread": [vars(u) for u in report.unread]}, output)
+               "unread": [vars(u) | {"widened": u.widened} for u in report.unread]}, output)
     else:
         table = Table("target", "setting", "value", "catalog zone", "live zone", "verdict", "fix")
         for f in report.findings:
             verdict = "[red]WIDER[/]" if f.widened else "[green]ok[/]"
             table.add_row(f.target, f.setting, f.value, f.catalog_zone, f.zone, verdict, f.fix if f.widened else "")
         for u in report.unread:
-            table.add_row(u.target, "-", "-", "-", "-", "[yellow]UNREAD[/]", u.reason)
+            table.add_row(u.target, "-", "-", u.catalog_zone, u.zone, "[yellow]UNREAD[/]", f"{u.reason}; {_held(u)}")
         out.print(table)
         out.print(f"{len(report.widened)} widened, {len(report.unread)} unread; recorded in {path} (plans hold "
-                  "widened targets to their live zone)", highlight=False)
+                  "widened targets to their live zone, unread ones to GLOBAL unless `if_unread: catalog`)",
+                  highlight=False)
     raise typer.Exit(1 if report.widened or report.unread else 0)
 
 

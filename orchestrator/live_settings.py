@@ -5,7 +5,8 @@ processing) and hold every target to the wider of its catalog zone and its live 
 Vendors change these defaults (Snowflake announced switching unset accounts to cross-region), so a catalog entry
 saying "EU" proves nothing about an account. `sovra audit settings` reads them and records what it found under
 $SOVRA_HOME; planning then treats a widened target at its real zone, so EU data is never planned onto an account
-that may process it anywhere, and `up` re-reads the accounts it is about to route to.
+that may process it anywhere, and `up` re-reads the accounts it is about to route to. An account whose settings
+cannot be read fails closed: its targets are held to GLOBAL (unverified) unless the org says `if_unread: catalog`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from orchestrator.errors import ProviderError, SovraError
 from orchestrator.spec import Target
-from orchestrator.spec.org import Endpoint, Org, connection_for
+from orchestrator.spec.org import Endpoint, Org, connection_for, if_unread_for
 from orchestrator.spec.zones import GLOBAL, zone_of
 from providers import base
 from providers.base import LiveSetting
@@ -44,12 +45,19 @@ class Finding:
 
 @dataclass(frozen=True)
 class Unread:
-    """A target whose settings could not be read (no credentials, unreachable): it keeps its catalog zone, and the
-    report says so rather than calling it verified."""
+    """A target whose settings could not be read (no credentials, unreachable, no permission). Nothing is known of
+    where it processes data, so it is held to `zone`: GLOBAL, unless its account says `if_unread: catalog`, when it
+    keeps its catalog zone. Either way the report says so rather than calling it verified."""
 
     target: str
     provider: str
     reason: str
+    catalog_zone: str = GLOBAL
+    zone: str = GLOBAL
+
+    @property
+    def widened(self) -> bool:
+        return self.zone != self.catalog_zone
 
 
 @dataclass(frozen=True)
@@ -80,14 +88,19 @@ def check(org: Org, targets: Iterable[Target],
             settings = (read(t, connection_for(org, t)) if read is not None
                         else adapter.live_settings(t, adapter.connection(connection_for(org, t))))
         except (ProviderError, SovraError, OSError) as exc:
-            unread.append(Unread(t.id, t.provider, str(exc)))
+            unread.append(_unread(org, t, str(exc)))
             continue
         except Exception as exc:  # noqa: BLE001  (an SDK's own error: reported per target, never fatal to the rest)
-            unread.append(Unread(t.id, t.provider, f"{type(exc).__name__}: {exc}"))
+            unread.append(_unread(org, t, f"{type(exc).__name__}: {exc}"))
             continue
         findings += [Finding(t.id, t.provider, t.zone, s.setting, s.value, widest(t.zone, s.zone), s.fix)
                      for s in settings]
     return Report(tuple(findings), tuple(unread), dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+
+
+def _unread(org: Org, t: Target, reason: str) -> Unread:
+    held = t.zone if if_unread_for(org, t) == "catalog" else GLOBAL
+    return Unread(t.id, t.provider, reason, t.zone, held)
 
 
 def widest(catalog: str, live: str) -> str:
@@ -98,10 +111,13 @@ def widest(catalog: str, live: str) -> str:
     return live if live == GLOBAL else GLOBAL if catalog == GLOBAL else live
 
 
-def apply(targets: Sequence[Target], findings: Iterable[Finding]) -> tuple[Target, ...]:
-    """Targets with every widened one moved to its live zone (and off its country when that is no longer
-    where it processes): the planner and the router then see where data really goes."""
-    wider = {f.target: f.zone for f in findings if f.widened}
+def apply(targets: Sequence[Target], findings: Iterable[Finding | Unread]) -> tuple[Target, ...]:
+    """Targets with every widened one (an unread one held to GLOBAL included) moved to its live zone, and off its
+    country when that is no longer where it processes: the planner and the router then see where data may go."""
+    wider: dict[str, str] = {}
+    for f in findings:
+        if f.widened:
+            wider[f.target] = f.zone if f.target not in wider else widest(wider[f.target], f.zone)
     out = []
     for t in targets:
         zone = wider.get(t.id)
@@ -130,11 +146,16 @@ def save(report: Report, path: Path | None = None) -> Path:
     return path
 
 
-def recorded(path: Path | None = None) -> tuple[Finding, ...]:
-    """The findings last recorded by `sovra audit settings` or `up` (none when never checked)."""
+def recorded(path: Path | None = None) -> tuple[Finding | Unread, ...]:
+    """The findings and unread targets last recorded by `sovra audit settings` or `up` (none when never checked).
+
+    A record Sovra cannot read is an error, not "nothing found": it may hold a widened account."""
     path = path or record_path()
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return ()
-    return tuple(Finding(**f) for f in data.get("findings", []))
+    except (OSError, ValueError) as exc:
+        raise SovraError(f"{path}: the live-settings record cannot be read ({exc}); run `sovra audit settings` to "
+                         "record it again") from None
+    return (*(Finding(**f) for f in data.get("findings", [])), *(Unread(**u) for u in data.get("unread", [])))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -123,6 +123,11 @@ class Endpoint(Target):
         "credential chain or from the environment variable named here.")
     capacity: int | None = Field(default=None, ge=1, description="Requests it may have in flight at once; beyond "
                                  "that the router spills to the next rung.")
+    if_unread: Literal["global", "catalog"] = Field(
+        default="global", description="What to hold its targets to when their live settings (where the vendor "
+        "really processes data) cannot be read: `global` (the default: unverified, so only deployments allowed "
+        "anywhere are placed there) or `catalog` (trust the catalog's zone, e.g. when Sovra's credentials may not "
+        "read account parameters and the setting is pinned by other means).")
 
     @model_validator(mode="after")
     def _connection_fits_provider(self) -> Endpoint:
@@ -138,6 +143,11 @@ class Account(Frozen):
     targets: tuple[str, ...] | None = Field(
         default=None, description="Target ids this account serves; default: every target of the provider.")
     connection: dict[str, Any] = Field(default_factory=dict, description="The adapter's connection settings.")
+    if_unread: Literal["global", "catalog"] = Field(
+        default="global", description="What to hold its targets to when their live settings (where the vendor "
+        "really processes data) cannot be read: `global` (the default: unverified, so only deployments allowed "
+        "anywhere are placed there) or `catalog` (trust the catalog's zone, e.g. when Sovra's credentials may not "
+        "read account parameters and the setting is pinned by other means).")
 
     @model_validator(mode="after")
     def _connection_fits_provider(self) -> Account:
@@ -241,3 +251,11 @@ def connection_for(org: Org, target: Target) -> dict[str, Any]:
         return dict(target.connection)
     account = next((a for a in org.accounts if a.serves(target)), None)
     return dict(account.connection) if account else {}
+
+
+def if_unread_for(org: Org, target: Target) -> str:
+    """`global` or `catalog`: what `target` is held to when its live settings cannot be read (see `if_unread`)."""
+    if isinstance(target, Endpoint):
+        return target.if_unread
+    account = next((a for a in org.accounts if a.serves(target)), None)
+    return account.if_unread if account else "global"

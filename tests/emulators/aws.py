@@ -5,7 +5,8 @@ and test credentials (`aws_env`), so the adapters under test run their real boto
   `invoke_endpoint`, whose answers are queued through moto's `/moto-api/static/sagemaker/endpoint-results`.
 - `fake_aws()`: a small server speaking what moto lacks: bedrock-runtime (`/model/{id}/converse`,
   `/converse-stream`, `/invoke`), the bedrock control-plane paths Sovra reads (`/inference-profiles/{id}`,
-  `/foundation-models/{id}`) and sagemaker-runtime (`/endpoints/{name}/invocations`, `/invocations-response-stream`),
+  `/foundation-models/{id}`), sagemaker-runtime (`/endpoints/{name}/invocations`, `/invocations-response-stream`)
+  and SageMaker's DescribeEndpoint for the endpoints it serves (the live-settings audit's one call),
   streams in AWS's binary event-stream encoding (`event_message`, written here; botocore's decoder parses it), and
   fault switches (`with fake.failing("throttle"): ...`).
 - `closed_port_url()`: an address where nothing listens (a connection that is never made).
@@ -325,6 +326,8 @@ class _Handler(BaseHTTPRequestHandler):
                     "invoke": self._invoke}[parts[2]](parts[1], seen)
         if seen.method == "POST" and parts[0] == "endpoints" and len(parts) == 3:
             return {"invocations": self._sm_invoke, "invocations-response-stream": self._sm_stream}[parts[2]](seen)
+        if seen.method == "POST" and seen.headers.get("x-amz-target") == "SageMaker.DescribeEndpoint":
+            return self._sm_describe(seen)
         if seen.method == "GET" and parts[0] == "inference-profiles":
             return self._profile(parts[1], seen.region)
         if seen.method == "GET" and parts[0] == "foundation-models":
@@ -376,6 +379,13 @@ class _Handler(BaseHTTPRequestHandler):
                     "inferenceProfileArn": f"arn:aws:bedrock:{region}:{ACCOUNT}:inference-profile/{profile_id}",
                     "status": self.fake.lifecycle,
                     "models": [{"modelArn": f"arn:aws:bedrock:{r}::foundation-model/{base}"} for r in regions]})
+
+    # sagemaker control plane: the one call Sovra's live-settings audit makes, for endpoints served here
+    def _sm_describe(self, seen: Seen) -> None:
+        name = seen.json()["EndpointName"]
+        self._json({"EndpointName": name, "EndpointStatus": "InService", "EndpointConfigName": name,
+                    "EndpointArn": f"arn:aws:sagemaker:{seen.region}:{ACCOUNT}:endpoint/{name.lower()}",
+                    "CreationTime": 0, "LastModifiedTime": 0})
 
     # sagemaker-runtime (what moto does not serve)
     def _sm_invoke(self, seen: Seen) -> None:

@@ -72,3 +72,27 @@ def test_an_account_widened_to_any_region_is_reported_and_then_planned_at_global
     again = sovra("audit", "settings")
     assert again.returncode == 0, again.stdout + again.stderr
     assert placed(sovra, dep)[0] == [FRANKFURT]
+
+
+def test_an_account_whose_settings_cannot_be_read_fails_closed_until_it_can_be(account, tmp_path):
+    emu, sovra, dep = account
+    emu.refuse_logins = True  # e.g. Sovra's credentials were rotated: nothing is known of where it processes
+    report = sovra("audit", "settings", "-o", "json")
+    assert report.returncode == 1, report.stdout + report.stderr
+    (unread,) = json.loads(report.stdout)["unread"]
+    assert (unread["target"], unread["catalog_zone"], unread["zone"], unread["widened"]) == (
+        FRANKFURT, "EU", "GLOBAL", True)
+    assert emu.password not in report.stdout + report.stderr
+    table = sovra("audit", "settings")
+    assert "UNREAD" in table.stdout and "if_unread: catalog" in table.stdout, table.stdout
+
+    targets, rejected = placed(sovra, dep)
+    assert FRANKFURT not in targets and any("GLOBAL" in r for r in rejected[FRANKFURT])
+
+    # the org may choose to trust the catalog for this account; then the unread account is planned again
+    org = tmp_path / "org.yaml"
+    data = json.loads(org.read_text())
+    data["accounts"][0]["if_unread"] = "catalog"
+    org.write_text(json.dumps(data))
+    assert sovra("audit", "settings").returncode == 1  # still unread, still reported
+    assert placed(sovra, dep)[0] == [FRANKFURT]

@@ -42,15 +42,39 @@ def test_a_widened_account_is_planned_at_its_live_zone_and_eu_data_avoids_it():
     assert any(r.target == cheap.id for r in after.deployments[0].rejected)
 
 
-def test_an_unreadable_account_is_reported_not_verified():
+def denied(_t, _conn):
+    raise RuntimeError("AccessDenied")
+
+
+def test_an_unreadable_account_is_reported_not_verified_and_fails_closed_to_global():
     t = managed("aws-bedrock/eu")
-
-    def read(_t, _conn):
-        raise RuntimeError("AccessDenied")
-
-    report = ls.check(ORG, [t], read=read)
+    report = ls.check(ORG, [t], read=denied)
     assert report.findings == () and [u.target for u in report.unread] == [t.id]
-    assert "AccessDenied" in report.unread[0].reason
+    (u,) = report.unread
+    assert "AccessDenied" in u.reason and (u.catalog_zone, u.zone, u.widened) == ("EU", GLOBAL, True)
+    [held] = ls.apply([t], report.unread)
+    assert held.zone == GLOBAL and held.country is None
+    # so EU data is never planned on it, and the plan says why it was rejected
+    d = factories.deployment("eu", residency={"zones": ["EU"]}, rps=1, tokens=100)
+    result = factories.solve([d], [held])
+    assert not result.deployments[0].placements
+    assert any(r.target == t.id for r in result.deployments[0].rejected)
+
+
+def test_an_account_may_choose_to_trust_the_catalog_when_its_settings_cannot_be_read():
+    t = managed("aws-bedrock/eu")
+    trusting = Org.model_validate({"accounts": [{"provider": "aws-bedrock", "if_unread": "catalog"}]})
+    (u,) = ls.check(trusting, [t], read=denied).unread
+    assert (u.zone, u.widened) == ("EU", False)
+    assert ls.apply([t], [u]) == (t,)
+
+
+def test_if_unread_takes_only_the_two_documented_values():
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="global"):
+        Org.model_validate({"accounts": [{"provider": "aws-bedrock", "if_unread": "trust-me"}]})
 
 
 def test_targets_without_an_account_are_not_checked():
@@ -65,6 +89,19 @@ def test_findings_round_trip_through_the_record(tmp_path):
     path = ls.save(report, tmp_path / "live.json")
     assert ls.recorded(path) == report.findings
     assert ls.recorded(tmp_path / "missing.json") == ()
+    unread = ls.check(ORG, [t], read=denied)
+    assert ls.recorded(ls.save(unread, tmp_path / "unread.json")) == unread.unread
+
+
+def test_a_damaged_record_is_an_error_not_a_clean_slate(tmp_path):
+    import pytest
+
+    from orchestrator.errors import SovraError
+
+    path = tmp_path / "live.json"
+    path.write_text('{"findings": [')
+    with pytest.raises(SovraError, match="sovra audit settings"):
+        ls.recorded(path)
 
 
 ZONES = st.sampled_from(["EU", "US", "APAC", GLOBAL])
