@@ -405,6 +405,21 @@ def refresh(
     raise typer.Exit(1 if drifted else 0)
 
 
+def _refuse_unroutable(found) -> None:
+    """Before anything is applied: placements whose provider Sovra provisions but cannot route to yet."""
+    from orchestrator.errors import ProvisionError
+    from providers import base
+
+    stuck = [(d, t) for d, pairs in found for _, t in pairs if not base.get(t.provider).routable]
+    if stuck:
+        names = "; ".join(f"{d.name} on {t.id} ({t.provider})" for d, t in stuck)
+        raise ProvisionError(
+            f"`up` cannot route to what it would provision for {names}: Sovra builds the KubeRay cluster (`sovra "
+            "preview` shows the program) but does not yet deploy Serve apps on it. Nothing was applied. Run the "
+            "cluster yourself and declare it under `clusters:` with its Ray `address:` (provider: ray), or narrow "
+            "the deployment's placement to other targets")
+
+
 def _provision(inputs, result, backend: str | None, env: str, yes: bool):
     """plan → preview → confirm → up, for the placements that need Pulumi; returns the inputs with each provisioned
     target replaced by the endpoint the stack made, so `deploy.up` routes to it like an org endpoint."""
@@ -416,6 +431,7 @@ def _provision(inputs, result, backend: str | None, env: str, yes: bool):
     found = _provisioned(inputs, result)
     if not found:
         return inputs
+    _refuse_unroutable(found)
     stacks = _stacks(found, backend, env)
     previews = _engine("preview", stacks)
     if any(r.changed for r in previews) and not yes:

@@ -30,6 +30,9 @@ class Kubernetes(Provider):
     extra = "pulumi"
     sdk_module = "pulumi"
     direct = False
+    # The KubeRay component makes the cluster (`sovra preview` shows it), but deploying Serve apps on it and routing
+    # there needs its Ray address reachable from where `up` runs: not built yet.
+    routable = False
 
     def describe(self) -> str:
         return "Kubernetes cluster (provisioned with Pulumi)"
