@@ -411,12 +411,18 @@ def outputs_to_endpoints(outputs: Mapping[str, Any], targets: Iterable[Any]) -> 
     unknown = sorted(set(value) - set(by_id))
     if unknown:
         raise ProvisionError(f"the stack exports endpoints for targets the plan does not know: {', '.join(unknown)}")
-    return [Endpoint.model_validate({**by_id[tid].model_dump(), "connection": dict(conn)})
+    from orchestrator.spec.target import Target
+
+    # The target's own fields only: a cluster's (its router, token file, provision settings) are not an endpoint's.
+    return [Endpoint.model_validate({**by_id[tid].model_dump(include=set(Target.model_fields)),
+                                     "connection": dict(conn)})
             for tid, conn in sorted(value.items())]
 
 
-def build_program(deployment: Any, placements: Iterable[Any], targets: Mapping[str, Any]) -> Program:
-    """The inline program for one deployment's provisioned placements, from the components package.
+def build_program(deployment: Any, placements: Iterable[Any], targets: Mapping[str, Any],
+                  settings: Mapping[str, Mapping[str, Any]] | None = None) -> Program:
+    """The inline program for one deployment's provisioned placements, from the components package, each
+    component with its target's settings (org.yaml `provision:`, by target id).
 
     The one call into `infra.pulumi.program` (its `program(...)` returns the inline program; it registers every
     resource through the residency guard, so a tampered region aborts before any change)."""
@@ -425,4 +431,4 @@ def build_program(deployment: Any, placements: Iterable[Any], targets: Mapping[s
     except ImportError as exc:
         raise ProvisionError(f"the Pulumi components are not available ({exc}); install Sovra with the "
                              "`pulumi` extra: pip install 'sovra[pulumi]'") from exc
-    return program(tuple(placements), deployment, dict(targets))
+    return program(tuple(placements), deployment, dict(targets), settings)

@@ -22,6 +22,7 @@ from policies.plan import Placement
 from policies.residency import Place
 
 MODEL_IMPORT = "orchestrator.serving.ray_apps:model_server"
+MODEL_HTTP_IMPORT = "orchestrator.serving.ray_apps:model_http"
 ROUTER_IMPORT = "orchestrator.serving.ray_apps:router"
 ROUTER_APP = "sovra-router"
 APP_PREFIX = "sovra."
@@ -107,6 +108,12 @@ def model_app(rp: RayPlacement) -> dict[str, Any]:
             "max_ongoing_requests": MAX_ONGOING_PER_REPLICA,
         }],
     }
+
+
+def http_model_app(rp: RayPlacement) -> dict[str, Any]:
+    """`model_app` answering OpenAI's HTTP API itself at `/`: for a Ray cluster the router reaches over HTTP rather
+    than by Serve handle (a KubeRay cluster Sovra provisions). Same pinning, engine and autoscaling."""
+    return {**model_app(rp), "route_prefix": "/", "import_path": MODEL_HTTP_IMPORT}
 
 
 def backend_entry(rp: RayPlacement) -> Backend:

@@ -294,10 +294,12 @@ def _provisioned(inputs, result) -> list[tuple[Any, list[tuple[Any, Any]]]]:
     return found
 
 
-def _stacks(found, backend: str | None, env: str):
-    """Open one stack per deployment, the Pulumi CLI checked first so that nothing is written without it."""
+def _stacks(found, backend: str | None, env: str, org):
+    """Open one stack per deployment, the Pulumi CLI checked first so that nothing is written without it; each
+    component gets its target's `provision:` settings from org.yaml."""
     from infra import pulumi_stack as ps
     from orchestrator.errors import PulumiMissingError
+    from orchestrator.spec.org import provision_for
 
     try:
         ps.require_cli()
@@ -305,8 +307,9 @@ def _stacks(found, backend: str | None, env: str):
         needs = "; ".join(f"{d.name} on {t.id} ({t.provider})" for d, pairs in found for _, t in pairs)
         raise PulumiMissingError(f"`sovra` cannot provision yet what this plan needs ({needs}): {exc.fix}") from None
     s = ps.settings(backend, env)
-    return [(d, pairs, ps.open_stack(d.name, ps.build_program(d, [p for p, _ in pairs], {t.id: t for _, t in pairs}),
-                                     s)) for d, pairs in found]
+    return [(d, pairs, ps.open_stack(d.name, ps.build_program(d, [p for p, _ in pairs], {t.id: t for _, t in pairs},
+                                                              {t.id: provision_for(org, t) for _, t in pairs}), s))
+            for d, pairs in found]
 
 
 def _display():
@@ -365,7 +368,7 @@ def preview(
             out.print("nothing to provision with Pulumi: every placement is a Ray target, a managed offering or an "
                       "org endpoint (`sovra up` deploys them)")
             return
-        for r in _engine("preview", _stacks(found, backend, env)):
+        for r in _engine("preview", _stacks(found, backend, env, inputs.org)):
             counts = ", ".join(f"{n} to {op}" for op, n in sorted(r.changes.items()) if op != "same") or "no changes"
             out.print(f"[bold]{r.stack}[/]: {counts}", highlight=False)
     except SovraError as exc:
@@ -391,7 +394,7 @@ def refresh(
             out.print("no Pulumi stacks for these deployments: nothing to refresh")
             return
         drifted = False
-        stacks = _stacks(found, backend, env)
+        stacks = _stacks(found, backend, env, inputs.org)
         for (d_, pairs, stack), r in zip(stacks, _engine("refresh", stacks), strict=True):
             d = ps.drift(r)
             moved = ps.residency_drift(stack, d_, [t for _, t in pairs])
@@ -405,21 +408,6 @@ def refresh(
     raise typer.Exit(1 if drifted else 0)
 
 
-def _refuse_unroutable(found) -> None:
-    """Before anything is applied: placements whose provider Sovra provisions but cannot route to yet."""
-    from orchestrator.errors import ProvisionError
-    from providers import base
-
-    stuck = [(d, t) for d, pairs in found for _, t in pairs if not base.get(t.provider).routable]
-    if stuck:
-        names = "; ".join(f"{d.name} on {t.id} ({t.provider})" for d, t in stuck)
-        raise ProvisionError(
-            f"`up` cannot route to what it would provision for {names}: Sovra builds the KubeRay cluster (`sovra "
-            "preview` shows the program) but does not yet deploy Serve apps on it. Nothing was applied. Run the "
-            "cluster yourself and declare it under `clusters:` with its Ray `address:` (provider: ray), or narrow "
-            "the deployment's placement to other targets")
-
-
 def _provision(inputs, result, backend: str | None, env: str, yes: bool):
     """plan → preview → confirm → up, for the placements that need Pulumi; returns the inputs with each provisioned
     target replaced by the endpoint the stack made, so `deploy.up` routes to it like an org endpoint."""
@@ -431,8 +419,7 @@ def _provision(inputs, result, backend: str | None, env: str, yes: bool):
     found = _provisioned(inputs, result)
     if not found:
         return inputs
-    _refuse_unroutable(found)
-    stacks = _stacks(found, backend, env)
+    stacks = _stacks(found, backend, env, inputs.org)
     previews = _engine("preview", stacks)
     if any(r.changed for r in previews) and not yes:
         if not sys.stdin.isatty():
@@ -508,7 +495,7 @@ def _destroy(inputs, backend: str | None, env: str) -> None:
                 out.print(f"down: no Pulumi stack {s.stack_name(d.name)} in {s.backend_url}: nothing to destroy",
                           highlight=False)
         found = [(d, pairs) for d, pairs in found if ps.has_local_stack(s, d.name)]
-    for r in _engine("destroy", _stacks(found, backend, env)) if found else ():
+    for r in _engine("destroy", _stacks(found, backend, env, inputs.org)) if found else ():
         n = sum(v for op, v in r.changes.items() if op == "delete")
         out.print(f"[green]down[/]: stack {r.stack}: {n} resource(s) deleted", highlight=False)
 

@@ -74,9 +74,6 @@ class Provider(abc.ABC):
     #: can an app call these backends itself (the SDK's direct mode, with its own credentials), from outside the
     #: cluster? Ray replicas cannot: they are reached only through the router.
     direct: ClassVar[bool] = True
-    #: can the router send requests to what a Pulumi stack made here? False where Sovra provisions but cannot yet
-    #: route (a KubeRay cluster): `up` then refuses before applying anything, rather than after.
-    routable: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)

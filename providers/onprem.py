@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from providers.base import Provider
+from pydantic import Field
+
+from orchestrator.errors import ProviderError
+from providers.base import Connection, Locator, Provider
 
 
 class Ray(Provider):
@@ -23,16 +26,33 @@ class Ray(Provider):
         return RayClient()
 
 
+class KubeRayConnection(Connection):
+    url: str = Field(pattern=r"^https?://", description="Where the router reaches the RayService's Serve service "
+                     "(the stack exports it; org.yaml `provision: {url: ...}` sets it).")
+
+
 class Kubernetes(Provider):
-    """A Kubernetes context; replicas are provisioned by Pulumi."""
+    """A Kubernetes context; Pulumi provisions a KubeRay RayService there running Sovra's model server, pinned to the
+    target's worker group, and the router reaches it over HTTP (the stack exports its URL)."""
 
     name = "kubernetes"
     extra = "pulumi"
     sdk_module = "pulumi"
+    connection_model = KubeRayConnection
+    # Reached at a URL that is usually inside the Kubernetes cluster, and served without a key: only the router
+    # calls it, never an app directly.
     direct = False
-    # The KubeRay component makes the cluster (`sovra preview` shows it), but deploying Serve apps on it and routing
-    # there needs its Ray address reachable from where `up` runs: not built yet.
-    routable = False
 
     def describe(self) -> str:
-        return "Kubernetes cluster (provisioned with Pulumi)"
+        return "Kubernetes cluster (a KubeRay RayService provisioned with Pulumi, reached over HTTP)"
+
+    def client(self):
+        from providers.kuberay_client import KubeRayClient
+
+        return KubeRayClient()
+
+    def locate(self, target, model, connection) -> Locator:
+        if not isinstance(connection, KubeRayConnection):
+            raise ProviderError(f"{target.id}: a KubeRay backend needs `connection: {{url: ...}}` (its stack exports "
+                                "it)")
+        return Locator(connection.url.rstrip("/"))

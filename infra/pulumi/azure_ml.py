@@ -4,21 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from dataclasses import dataclass
-
 import pulumi
 from pulumi_azure_native import machinelearningservices as ml
 
 from infra.pulumi.base import PlacementComponent, PlacementInput
-
-
-@dataclass(frozen=True)
-class AzureMLSettings:
-    """The workspace the endpoint lives in (from org.yaml), and the model asset (`{model}` is filled in)."""
-
-    resource_group: str = "sovra"
-    workspace: str = "sovra"
-    model_asset: str = "azureml://registries/azureml/models/{model}/labels/latest"
+from infra.pulumi.settings import AzureMLSettings
 
 
 class AzureMLOnlineEndpoint(PlacementComponent):

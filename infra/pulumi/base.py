@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
@@ -43,6 +43,9 @@ class PlacementInput:
     instance_type: str | None = None
     instance_count: int = 0
     settings: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: the Serve application that runs the model, for components that host Ray themselves (`hosts_ray`: KubeRay);
+    #: built by `infra.serve_config`, the same builder as the Ray path's, so replicas are pinned the same way.
+    app: Mapping[str, Any] | None = None
     extra_tags: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
@@ -61,14 +64,14 @@ class PlacementInput:
         return re.sub(r"[^A-Za-z0-9-]+", "-", raw)[:limit].strip("-")
 
     def parse_settings(self, cls: type[_S]) -> _S:
-        """The component's settings dataclass from `settings`; an unknown key is an error naming the valid ones."""
-        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(self.settings) - known)
-        if unknown:
-            raise ComponentSettingsError(
-                f"{self.target.provider} settings for {self.target.id}: unknown {', '.join(unknown)}; "
-                f"valid: {', '.join(sorted(known))}")
-        return cls(**dict(self.settings))
+        """The component's settings dataclass from `settings`; an unknown key, or a required one missing, is an
+        error naming the target and what is valid."""
+        from infra.pulumi.settings import parse
+
+        try:
+            return parse(cls, self.target.provider, self.settings)
+        except ValueError as exc:
+            raise ComponentSettingsError(f"{self.target.id}: {exc} (org.yaml `provision:`)") from None
 
 
 class PlacementComponent(pulumi.ComponentResource, abc.ABC):
@@ -78,6 +81,8 @@ class PlacementComponent(pulumi.ComponentResource, abc.ABC):
     Pulumi secret, None where the endpoint authenticates with cloud identity instead of a key)."""
 
     type_token: ClassVar[str]
+    #: does this component run Sovra's model server on a Ray cluster it makes (so it needs `PlacementInput.app`)?
+    hosts_ray: ClassVar[bool] = False
     endpoint_name: pulumi.Output[str]
     scoring_uri: pulumi.Output[str]
     key: pulumi.Output[str | None]

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pulumi
 import pulumi_databricks as databricks
 
 from infra.pulumi.base import PlacementComponent, PlacementInput
-
-
-@dataclass(frozen=True)
-class DatabricksSettings:
-    """The workspace (its URL, from org.yaml; it is in the target's region) and the Unity Catalog model served
-    (`{model}` is filled in). Without `host` the provider reads DATABRICKS_HOST."""
-
-    host: str | None = None
-    entity_name: str = "system.ai.{model}"
-    entity_version: str = "1"
-    workload_type: str = "GPU_LARGE"
-    workload_size: str = "Small"
+from infra.pulumi.settings import DatabricksSettings
 
 
 class DatabricksServingEndpoint(PlacementComponent):

@@ -128,17 +128,46 @@ def _with_region(type_: str, name: str, value: Any, missing: str) -> Declared:
 
 
 def _pinned_targets(props: Mapping[str, Any]) -> list[str]:
-    """The targets every worker group of a RayService/RayCluster spec is pinned to; '' for an unpinned group."""
+    """The targets every worker group of a RayService/RayCluster spec is pinned to, and every Serve deployment of
+    a RayService's `serveConfigV2` asks for; '' for an unpinned group or deployment."""
     spec = props.get("spec") or {}
     cluster = spec.get("rayClusterConfig", spec) if isinstance(spec, Mapping) else {}
     groups = cluster.get("workerGroupSpecs") or [] if isinstance(cluster, Mapping) else []
     pinned: list[str] = []
     for group in groups:
         resources = ((group or {}).get("rayStartParams") or {}).get("resources") or ""
-        names = _resource_names(resources)
-        found = [n[len(TARGET_RESOURCE_PREFIX):] for n in names if n.startswith(TARGET_RESOURCE_PREFIX)]
-        pinned.extend(found or [""])
+        pinned.extend(_targets_in(_resource_names(resources)))
+    if isinstance(spec, Mapping) and "serveConfigV2" in spec:
+        pinned.extend(_serve_pins(spec["serveConfigV2"]))
     return pinned or [""]
+
+
+def _targets_in(names: Iterable[str]) -> list[str]:
+    return [n[len(TARGET_RESOURCE_PREFIX):] for n in names if n.startswith(TARGET_RESOURCE_PREFIX)] or [""]
+
+
+def _serve_pins(config: Any) -> list[str]:
+    """The targets each Serve deployment in a `serveConfigV2` (YAML; Sovra writes JSON) asks for. A deployment
+    the config leaves to its builder's defaults, or a config the guard cannot read, counts as unpinned."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(config) if isinstance(config, str) else config
+    except yaml.YAMLError:
+        return [""]
+    apps = value.get("applications") if isinstance(value, Mapping) else None
+    if not isinstance(apps, list):
+        return [""]
+    pins: list[str] = []
+    for app in apps:
+        deployments = (app or {}).get("deployments") if isinstance(app, Mapping) else None
+        if not deployments:
+            pins.append("")
+            continue
+        for d in deployments:
+            resources = ((d or {}).get("ray_actor_options") or {}).get("resources") if isinstance(d, Mapping) else None
+            pins.extend(_targets_in(_resource_names(resources or {})))
+    return pins
 
 
 def _resource_names(resources: Any) -> list[str]:
@@ -169,8 +198,9 @@ def check(resource: Declared, rule: RegionRule) -> str | None:
     stray = [t for t in resource.pinned if t not in rule.targets]
     if stray:
         where = ", ".join(repr(t) if t else "no target (unpinned)" for t in stray)
-        return (f"{label}: a worker group is pinned to {where}, not to {_names(rule.targets)} "
-                f"(rule: {rule.why}); its rayStartParams.resources must name {TARGET_RESOURCE_PREFIX}<target>")
+        return (f"{label}: a worker group or Serve deployment is pinned to {where}, not to {_names(rule.targets)} "
+                f"(rule: {rule.why}); a worker group's rayStartParams.resources, and each serveConfigV2 deployment's "
+                f"ray_actor_options.resources, must name {TARGET_RESOURCE_PREFIX}<target>")
     return None
 
 

@@ -3,27 +3,25 @@
 from __future__ import annotations
 
 import json
+import math
 import re
-from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.pulumi.base import DEPLOYMENT_TAG, TARGET_TAG, PlacementComponent, PlacementInput
+from infra.pulumi.base import (
+    DEPLOYMENT_TAG,
+    TARGET_TAG,
+    ComponentSettingsError,
+    PlacementComponent,
+    PlacementInput,
+)
 from infra.pulumi.guard import TARGET_RESOURCE_PREFIX
+from infra.pulumi.settings import KubeRaySettings
 
 #: What a node of the target offers of its pinning resource; a replica asks for 0.001 (infra.serve_config).
 TARGET_RESOURCE_UNITS = 1000
-
-
-@dataclass(frozen=True)
-class KubeRaySettings:
-    """The cluster's kubeconfig context (the target's `address`), the namespace, and the Ray image."""
-
-    context: str | None = None
-    namespace: str = "sovra"
-    image: str = "rayproject/ray-ml:2.60.0-gpu"
-    gpus_per_worker: int = 1
 
 
 def label_value(value: str) -> str:
@@ -32,25 +30,34 @@ def label_value(value: str) -> str:
 
 
 class KubeRayCluster(PlacementComponent):
-    """A RayService whose GPU worker group offers `sovra.target/<id>`, so Serve replicas that ask for it (as
-    Sovra's Ray path makes them) run only on this target's nodes. The service is reached inside the cluster,
-    so `key` is a secret None."""
+    """A RayService running Sovra's model server (`infra.serve_config.http_model_app`, the Ray path's app served
+    over HTTP) on a GPU worker group that offers `sovra.target/<id>`: the replicas ask for that resource, so they
+    run only on this target's nodes. The router reaches the service over HTTP (`url`); no key, so `key` is a
+    secret None."""
 
     type_token = "sovra:kubernetes:KubeRayCluster"
+    hosts_ray = True
 
     def build(self, name: str, inputs: PlacementInput) -> None:
         s = inputs.parse_settings(KubeRaySettings)
+        if inputs.app is None:
+            raise ComponentSettingsError(f"{inputs.target.id}: no Serve application to run (the program builds it "
+                                         "from the deployment)")
         context = s.context or inputs.target.address
         provider = k8s.Provider(f"{name}-k8s", context=context, namespace=s.namespace, opts=self.child())
         labels = {"sovra/deployment": label_value(inputs.deployment), "sovra/target": label_value(inputs.target.id)}
         annotations = {DEPLOYMENT_TAG: inputs.deployment, TARGET_TAG: inputs.target.id}
-        gpu = {"nvidia.com/gpu": str(s.gpus_per_worker)}
+        actor = inputs.app["deployments"][0]["ray_actor_options"]
+        gpus = s.gpus_per_worker if s.gpus_per_worker is not None else max(1, math.ceil(actor.get("num_gpus", 0)))
+        gpu = {"nvidia.com/gpu": str(gpus)}
         pin = json.dumps({f"{TARGET_RESOURCE_PREFIX}{inputs.target.id}": TARGET_RESOURCE_UNITS})
         workers = max(inputs.instance_count, 1)
         service_name = inputs.slug()
         spec = {
-            "serveConfigV2": json.dumps({"applications": []}),
+            "serveConfigV2": json.dumps({"applications": [dict(inputs.app)]}, sort_keys=True),
             "rayClusterConfig": {
+                # The head takes no replica (it offers neither GPUs nor the target's resource): it runs Serve's
+                # controller and proxy, in the same cluster, so at the same place.
                 "headGroupSpec": {"rayStartParams": {"num-gpus": "0"}, "template": {
                     "metadata": {"labels": labels, "annotations": annotations},
                     "spec": {"containers": [{"name": "ray-head", "image": s.image}]}}},
@@ -71,7 +78,11 @@ class KubeRayCluster(PlacementComponent):
                       "annotations": annotations},
             spec=spec, opts=self.child(provider=provider))
         self.endpoint_name = pulumi.Output.from_input(service_name)
+        # KubeRay names the Serve service `<RayService>-serve-svc`; Serve's proxy listens on 8000.
         self.scoring_uri = pulumi.Output.from_input(
-            f"http://{service_name}-serve-svc.{s.namespace}.svc.cluster.local:8000")
+            s.url or f"http://{service_name}-serve-svc.{s.namespace}.svc.cluster.local:8000")
         self.key = pulumi.Output.secret(None)
         self.service = service
+
+    def connection(self) -> dict[str, Any]:
+        return {"url": self.scoring_uri}

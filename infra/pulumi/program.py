@@ -15,6 +15,7 @@ import pulumi
 from infra.pulumi.base import PlacementInput
 from infra.pulumi.components import component_for
 from infra.pulumi.enforce import Enforcer
+from infra.serve_config import RayPlacement, http_model_app
 from orchestrator.spec import Deployment, Target
 from policies.plan import Placement
 
@@ -25,19 +26,20 @@ def placement_inputs(placements: Iterable[Placement], deployment: Deployment,
     """The inputs of every placement that a Pulumi component provisions (Ray and endpoint placements excluded),
     with the component settings given per target id."""
     by_id = targets if isinstance(targets, Mapping) else {t.id: t for t in targets}
-    found: list[PlacementInput] = []
-    for p in placements:
-        target = by_id[p.target]
-        if component_for(target.provider) is None:
-            continue
-        found.append(_input(p, deployment, target, (settings or {}).get(target.id, {})))
-    return found
+    made = [(p, by_id[p.target], component_for(by_id[p.target].provider)) for p in placements]
+    made = [(p, t, c) for p, t, c in made if c is not None]
+    # Replicas over the placements that run Sovra's model server on Ray: each one's share of the autoscaling ceiling.
+    on_ray = sum(p.replicas for p, _, c in made if c.hosts_ray)
+    return [_input(p, deployment, t, (settings or {}).get(t.id, {}),
+                   http_model_app(RayPlacement(deployment, p, t, on_ray)) if c.hosts_ray else None)
+            for p, t, c in made]
 
 
-def _input(p: Placement, deployment: Deployment, target: Target, settings: Mapping[str, Any]) -> PlacementInput:
+def _input(p: Placement, deployment: Deployment, target: Target, settings: Mapping[str, Any],
+           app: Mapping[str, Any] | None) -> PlacementInput:
     return PlacementInput(deployment=deployment.name, target=target, residency=deployment.spec.residency,
                           model=deployment.spec.model.name, instance_type=p.accelerator,
-                          instance_count=p.replicas, settings=dict(settings))
+                          instance_count=p.replicas, settings=dict(settings), app=app)
 
 
 def program(placements: Iterable[Placement], deployment: Deployment, targets: Mapping[str, Target] | Iterable[Target],

@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import json
-from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
 
 from infra.pulumi.base import PlacementComponent, PlacementInput
+from infra.pulumi.settings import SageMakerSettings
 
-#: Hugging Face's text-generation-inference container, as AWS publishes it per region.
-TGI_IMAGE = ("763104351884.dkr.ecr.{region}.amazonaws.com/"
-             "huggingface-pytorch-tgi-inference:2.4.0-tgi2.3.1-gpu-py311-cu124-ubuntu22.04")
 SAGEMAKER_TRUST = {
     "Version": "2012-10-17",
     "Statement": [{"Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"},
                    "Action": "sts:AssumeRole"}],
 }
-
-
-@dataclass(frozen=True)
-class SageMakerSettings:
-    """Optional settings: the serving image (`{region}` is filled in), model weights in S3, the role's policy."""
-
-    image: str = TGI_IMAGE
-    model_data_url: str | None = None
-    policy_arn: str = "arn:aws:iam::aws:policy/AmazonSageMakerFullAccess"
 
 
 class SageMakerEndpoint(PlacementComponent):

@@ -4,25 +4,14 @@ placement asks for dedicated capacity, a Snowpark Container Services compute poo
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import pulumi
 import pulumi_snowflake as snowflake
 
 from infra.pulumi.base import PlacementComponent, PlacementInput
+from infra.pulumi.settings import SnowflakeSettings
 
 CORTEX_USER = '"SNOWFLAKE"."CORTEX_USER"'
-
-
-@dataclass(frozen=True)
-class SnowflakeSettings:
-    """The account URL (its region is the target's; from org.yaml), and, for dedicated capacity, where the
-    service lives and what it runs."""
-
-    account_url: str = ""
-    database: str = "SOVRA"
-    schema: str = "SERVING"
-    image: str = "/sovra/serving/images/vllm:latest"
 
 
 class SnowflakeCortexAccess(PlacementComponent):

@@ -22,9 +22,10 @@ from starlette.routing import Route
 
 from orchestrator.router.audit import CLIENT_CLOSED, AuditLog, RequestContext
 from orchestrator.router.backends import Backend
+from orchestrator.router.body import json_object, refuse_declared, refuse_over
 from orchestrator.router.clients import BackendClient
 from orchestrator.router.dispatch import Dispatcher
-from orchestrator.router.errors import BadRequest, RequestTooLarge, RouterError
+from orchestrator.router.errors import BadRequest, RouterError
 from orchestrator.router.gate import RequestResidency
 from orchestrator.router.metrics import RouterMetrics
 from orchestrator.router.probe import Prober
@@ -32,7 +33,6 @@ from orchestrator.router.tenants import TenantDirectory
 from policies.residency import allows
 
 log = logging.getLogger("sovra.router")
-MAX_BODY_BYTES = 4_000_000
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -287,8 +287,7 @@ def _headers(scope: dict[str, Any]) -> dict[str, str]:
 
 
 async def _body(receive: Callable, declared: str | None) -> dict[str, Any]:
-    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise RequestTooLarge(f"request body is over {MAX_BODY_BYTES} bytes")
+    refuse_declared(declared)
     parts, size, more = [], 0, True
     while more:  # read with the limit, never whole first
         message = await receive()
@@ -296,17 +295,10 @@ async def _body(receive: Callable, declared: str | None) -> dict[str, Any]:
             raise _ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise RequestTooLarge(f"request body is over {MAX_BODY_BYTES} bytes")
+        refuse_over(size)
         parts.append(chunk)
         more = message.get("more_body", False)
-    try:
-        body = json.loads(b"".join(parts))
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    return body
+    return json_object(b"".join(parts))
 
 
 def _validate(model: type[BaseModel], body: dict[str, Any]) -> Any:

@@ -65,6 +65,25 @@ def model_server(args: dict[str, Any]):
     return deployment.bind(args["model"], args["target"], args["engine"], args.get("engine_options") or {})
 
 
+class HttpModelServer(ModelServer):
+    """A ModelServer that answers OpenAI's HTTP API itself (`model_http`), for a cluster the router reaches over
+    HTTP rather than by handle (KubeRay)."""
+
+    async def __call__(self, request):
+        from orchestrator.serving.model_http import respond
+
+        return await respond(self, request)
+
+
+def model_http(args: dict[str, Any]):
+    """Serve application builder for `infra.serve_config.http_model_app`: `model_server`, answering over HTTP."""
+    from ray import serve
+
+    deployment = serve.deployment(name="ModelServer", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32,
+                                  health_check_period_s=1)(HttpModelServer)
+    return deployment.bind(args["model"], args["target"], args["engine"], args.get("engine_options") or {})
+
+
 def router(args: dict[str, Any]):
     """Serve application builder for the router ingress; `args` is the routing table and tenants."""
     from ray import serve

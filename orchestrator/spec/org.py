@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from orchestrator.spec.common import Frozen, Name, Operator, Residency, Usd
 from orchestrator.spec.target import Target
@@ -18,6 +18,15 @@ class Credit(Frozen):
     usd: Usd = Field(description="Remaining balance in USD.")
     expires: dt.date = Field(description="Last day the credits can be used (YYYY-MM-DD).")
     name: str | None = None
+
+
+def _check_provision(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+    """`provision:` fits its provider's component (a ValueError, which pydantic locates in the YAML)."""
+    from infra.pulumi.settings import check
+
+    if "provider" in info.data:  # else the provider's own error is reported
+        check(info.data["provider"], value)
+    return value
 
 
 class Cluster(Target):
@@ -35,6 +44,12 @@ class Cluster(Target):
         "head node). A non-loopback host needs tenants in org.yaml: with none the router is open. Clusters sharing "
         "an address share one router, so they must agree.")
     router_port: int = Field(default=8000, ge=1, le=65535, description="The router's port on that cluster.")
+    provision: dict[str, Any] = Field(
+        default_factory=dict, validate_default=True, description="For provider: kubernetes, the settings of the KubeRay component that "
+        "provisions this cluster's Ray (non-secret): image (a Ray image with Sovra installed; required), namespace, "
+        "context, gpus_per_worker, url (where the router reaches the Serve service). Unknown keys are refused.")
+
+    _provision_fits_provider = field_validator("provision")(_check_provision)
 
     @model_validator(mode="before")
     @classmethod
@@ -148,11 +163,17 @@ class Account(Frozen):
         "really processes data) cannot be read: `global` (the default: unverified, so only deployments allowed "
         "anywhere are placed there) or `catalog` (trust the catalog's zone, e.g. when Sovra's credentials may not "
         "read account parameters and the setting is pinned by other means).")
+    provision: dict[str, Any] = Field(
+        default_factory=dict, validate_default=True, description="Settings of the Pulumi component that provisions this account's "
+        "dedicated endpoints (non-secret; e.g. {workspace: ..., resource_group: ...} for azure-ml). Unknown keys "
+        "are refused with the valid ones listed.")
 
     @model_validator(mode="after")
     def _connection_fits_provider(self) -> Account:
         _check_connection(self.provider, self.connection)
         return self
+
+    _provision_fits_provider = field_validator("provision")(_check_provision)
 
     def serves(self, target: Target) -> bool:
         return target.provider == self.provider and (self.targets is None or target.id in self.targets)
@@ -251,6 +272,14 @@ def connection_for(org: Org, target: Target) -> dict[str, Any]:
         return dict(target.connection)
     account = next((a for a in org.accounts if a.serves(target)), None)
     return dict(account.connection) if account else {}
+
+
+def provision_for(org: Org, target: Target) -> dict[str, Any]:
+    """The settings of the Pulumi component provisioning `target`: its cluster's own, else its account's."""
+    if isinstance(target, Cluster):
+        return dict(target.provision)
+    account = next((a for a in org.accounts if a.serves(target)), None)
+    return dict(account.provision) if account else {}
 
 
 def if_unread_for(org: Org, target: Target) -> str:

@@ -15,11 +15,12 @@ LOCAL_ORGS = [ROOT / "examples" / "quickstart" / "org.yaml", *sorted((ROOT / "te
 
 
 def local_targets() -> list[str]:
-    """Every local Ray target (a `provider: ray` cluster without `address`) in the orgs the tests use."""
+    """Every local Ray target (a `provider: ray` cluster without `address`) in the orgs the tests use, and every
+    Kubernetes cluster, whose KubeRay worker group the session's Ray stands in for (test_kuberay_http.py)."""
     from orchestrator.catalog import load_org
 
     return sorted({c.id for path in LOCAL_ORGS for c in load_org(path).clusters
-                   if c.provider == "ray" and not c.address})
+                   if (c.provider == "ray" and not c.address) or c.provider == "kubernetes"})
 
 
 @pytest.fixture(scope="session")

@@ -93,10 +93,7 @@ def test_refresh_of_a_stack_never_applied_reports_no_drift(sovra, tmp_path, monk
     assert "no drift" in r.stdout
 
 
-def test_up_refuses_a_kuberay_placement_it_could_provision_but_not_route_before_applying_anything(
-        sovra, no_pulumi, tmp_path):
-    org, dep = tmp_path / "org.yaml", tmp_path / "deployment.yaml"
-    org.write_text("""apiVersion: sovra/v1
+KUBERAY_ORG = """apiVersion: sovra/v1
 kind: Org
 clusters:
   - id: k8s-paris
@@ -104,22 +101,38 @@ clusters:
     country: FR
     operator: {name: self, jurisdiction: FR}
     accelerators: [{sku: l40s, gpus: 1, gpu_memory_gb: 48, usd_per_hour: 1.0, available: 4}]
-""")
-    dep.write_text("""apiVersion: sovra/v1
+%s"""
+CONTRACTS = """apiVersion: sovra/v1
 kind: Deployment
 metadata: {name: contracts}
 spec:
   model: {name: mistral-small-24b, gpu_memory_gb: 40, license: apache-2.0}
   replicas: {min: 1, max: 2}
   residency: {countries: [FR]}
-""")
+"""
+
+
+def test_a_kuberay_placement_goes_through_pulumi_and_without_the_cli_fails_before_applying_anything(
+        sovra, no_pulumi, tmp_path):
     import json
 
+    org, dep = tmp_path / "org.yaml", tmp_path / "deployment.yaml"
+    org.write_text(KUBERAY_ORG % "    provision: {image: registry.paris.internal/sovra-ray:0.1}\n")
+    dep.write_text(CONTRACTS)
     plan = sovra("plan", str(dep), "--org", str(org), "-o", "json")
     assert plan.returncode == 0, plan.stderr
     assert [p["target"] for p in json.loads(plan.stdout)["placements"]] == ["k8s-paris"]  # FR: only the cluster
     r = sovra("up", str(dep), "--org", str(org), "--yes")
     assert r.returncode == 1, (r.stdout, r.stderr)
-    assert "cannot route" in r.stderr and "k8s-paris" in r.stderr and "Nothing was applied" in r.stderr
-    assert HINT not in r.stderr  # refused on its own merits, before the Pulumi CLI is even looked for
-    assert "Traceback" not in r.stderr
+    assert HINT in r.stderr and "contracts on k8s-paris (kubernetes)" in r.stderr
+    assert "Traceback" not in r.stderr and "up:" not in r.stdout
+
+
+def test_a_kubernetes_cluster_without_an_image_is_refused_where_the_org_file_says_so(sovra, no_pulumi, tmp_path):
+    org, dep = tmp_path / "org.yaml", tmp_path / "deployment.yaml"
+    org.write_text(KUBERAY_ORG % "")
+    dep.write_text(CONTRACTS)
+    r = sovra("plan", str(dep), "--org", str(org))
+    assert r.returncode != 0
+    assert "org.yaml" in r.stderr and "clusters[0].provision" in r.stderr
+    assert "image: a Ray image with Sovra installed" in r.stderr and "Traceback" not in r.stderr

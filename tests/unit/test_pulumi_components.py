@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
+# The `pulumi` extra: scripts/test installs it, so its absence fails rather than skips.
+import pulumi
+import pulumi_aws as aws
+import pulumi_azure_native  # noqa: F401
+import pulumi_databricks  # noqa: F401
+import pulumi_kubernetes as k8s
+import pulumi_snowflake  # noqa: F401
 import pytest
-
-pulumi = pytest.importorskip("pulumi")
-aws = pytest.importorskip("pulumi_aws")
-pytest.importorskip("pulumi_azure_native")
-pytest.importorskip("pulumi_databricks")
-pytest.importorskip("pulumi_snowflake")
-k8s = pytest.importorskip("pulumi_kubernetes")
 
 from infra.pulumi.base import DEPLOYMENT_TAG, TARGET_TAG, ComponentSettingsError, PlacementInput
 from infra.pulumi.guard import ResidencyGuardError
@@ -327,12 +328,31 @@ def test_a_target_outside_the_residency_is_refused_before_any_resource(mocks, co
 # --- KubeRay -----------------------------------------------------------------------------------------------
 
 
-def test_kuberay_service_pins_gpu_workers_to_the_target(mocks):
+IMAGE = "registry.paris.internal/sovra-ray:0.1"
+
+
+def kuberay_input(t, count=3, instance="h100", **settings) -> PlacementInput:
+    """The placement as the program builds it, the Serve application included."""
+    from infra.pulumi.program import placement_inputs
+
+    d = deployment("d", model="m", residency={"zones": ["EU"]})
+    [i] = placement_inputs(_plan_of(t, count, instance).placements, d, [t], {t.id: {"image": IMAGE, **settings}})
+    return i
+
+
+def _plan_of(t, count, instance) -> DeploymentPlan:
+    return DeploymentPlan(deployment="d", feasible=True, rejected=(), placements=(
+        Placement(target=t.id, provider=t.provider, zone=t.zone, country=t.country, replicas=count,
+                  accelerator=instance, compute_usd=1.0, credits_usd=0.0, egress_usd=0.0),))
+
+
+def test_kuberay_service_pins_gpu_workers_and_the_model_server_to_the_target(mocks):
     from infra.pulumi.kuberay import KubeRayCluster
+    from infra.serve_config import MODEL_HTTP_IMPORT
 
     t = ONPREM.model_copy(update={"address": "paris-gpu"})
-    c = KubeRayCluster("kr", placed(t, 3, "h100"))
-    out = resolve(name=c.endpoint_name, uri=c.scoring_uri, key=c.key)
+    c = KubeRayCluster("kr", kuberay_input(t))
+    out = resolve(name=c.endpoint_name, uri=c.scoring_uri, key=c.key, conn=pulumi.Output.from_input(c.connection()))
 
     assert mocks.one("pulumi:providers:kubernetes").inputs["context"] == "paris-gpu"
     rs = mocks.one("kubernetes:ray.io/v1:RayService")
@@ -343,8 +363,35 @@ def test_kuberay_service_pins_gpu_workers_to_the_target(mocks):
     assert json.loads(group["rayStartParams"]["resources"]) == {"sovra.target/onprem/paris": 1000}
     assert group["replicas"] == 3
     container = group["template"]["spec"]["containers"][0]
-    assert container["resources"]["requests"]["nvidia.com/gpu"] == "1"
-    assert out["uri"].startswith("http://sovra-d-paris-serve-svc.sovra.svc") and out["key_secret"] is True
+    assert container["image"] == IMAGE and container["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    # The cluster runs Sovra's model server, answering over HTTP at /, each replica asking for the target's resource
+    [app] = json.loads(rs.inputs["spec"]["serveConfigV2"])["applications"]
+    assert app["import_path"] == MODEL_HTTP_IMPORT and app["route_prefix"] == "/"
+    assert app["args"]["model"] == "m" and app["args"]["target"] == "onprem/paris"
+    [dep] = app["deployments"]
+    assert dep["ray_actor_options"]["resources"] == {"sovra.target/onprem/paris": 0.001}
+    assert dep["autoscaling_config"]["min_replicas"] == 3
+    assert out["uri"] == "http://sovra-d-paris-serve-svc.sovra.svc.cluster.local:8000" and out["key_secret"] is True
+    assert out["conn"] == {"url": out["uri"]} and not out["conn_secret"]
+
+
+def test_kuberay_url_setting_is_where_the_router_reaches_the_service(mocks):
+    from infra.pulumi.kuberay import KubeRayCluster
+
+    c = KubeRayCluster("kr", kuberay_input(ONPREM, url="https://ray-paris.example.internal"))
+    assert resolve(conn=pulumi.Output.from_input(c.connection()))["conn"] == {
+        "url": "https://ray-paris.example.internal"}
+
+
+def test_kuberay_without_an_image_says_what_the_image_must_hold(mocks):
+    from infra.pulumi.kuberay import KubeRayCluster
+
+    bare = PlacementInput(deployment="d", target=ONPREM, residency=EU, model="m", instance_count=1,
+                          app=kuberay_input(ONPREM).app)
+    with pytest.raises(ComponentSettingsError, match=r"onprem/paris: kubernetes needs `provision:` settings image: "
+                                                     r"a Ray image with Sovra installed"):
+        declare(lambda: KubeRayCluster("kr", bare))
+    assert not [r for r in mocks.resources if r.typ.startswith("kubernetes:")]
 
 
 def test_kuberay_service_pinned_elsewhere_is_refused(mocks):
@@ -359,7 +406,23 @@ def test_kuberay_service_pinned_elsewhere_is_refused(mocks):
                                              spec=spec, opts=self.child())
 
     with pytest.raises(ResidencyGuardError, match=r"pinned to 'onprem/berlin', not to \[onprem/paris\]"):
-        declare(lambda: Edited("kr", placed(ONPREM)))
+        declare(lambda: Edited("kr", kuberay_input(ONPREM)))
+
+
+@pytest.mark.parametrize("resources, stray", [({"sovra.target/onprem/berlin": 0.001}, "'onprem/berlin'"),
+                                              ({}, "no target (unpinned)")])
+def test_kuberay_serve_app_pinned_elsewhere_or_unpinned_is_refused(mocks, resources, stray):
+    """Tampering with the Serve config, not the worker groups: replicas asking for another target's nodes (or for
+    none, so Ray may place them on any node) are refused before anything reaches the engine."""
+    from infra.pulumi.kuberay import KubeRayCluster
+
+    i = kuberay_input(ONPREM)
+    app = json.loads(json.dumps(i.app))
+    app["deployments"][0]["ray_actor_options"]["resources"] = resources
+    tampered = PlacementInput(**{**i.__dict__, "app": app})
+    with pytest.raises(ResidencyGuardError, match=rf"Serve deployment is pinned to {re.escape(stray)}"):
+        declare(lambda: KubeRayCluster("kr", tampered))
+    assert not [r for r in mocks.resources if r.typ == "kubernetes:ray.io/v1:RayService"]
 
 
 # --- the program builder -----------------------------------------------------------------------------------
@@ -442,3 +505,29 @@ def test_the_exported_connections_become_endpoints_the_router_can_reach(mocks):
         where = adapter.locate(e, "m", adapter.connection(e.connection))
         assert where.address
     assert "primary-secret" not in json.dumps([e.model_dump(mode="json") for e in endpoints])
+
+
+def test_a_kuberay_stack_output_becomes_an_own_capacity_backend_reached_over_http():
+    """The seam for a Kubernetes cluster in org.yaml: its exported URL -> an Endpoint (the cluster's own fields
+    dropped) -> a first-rung routing-table backend that the KubeRay client calls."""
+    from infra.pulumi_stack import outputs_to_endpoints
+    from infra.serve_config import routed_entry
+    from orchestrator.spec.org import Cluster
+    from providers import base
+    from providers.kuberay_client import KubeRayClient
+
+    cluster = Cluster.model_validate({
+        "id": "k8s-paris", "provider": "kubernetes", "country": "FR", "zone": "EU", "address": "paris-gpu",
+        "operator": {"name": "self", "jurisdiction": "FR"},
+        "accelerators": [{"sku": "l40s", "gpus": 1, "gpu_memory_gb": 48, "usd_per_hour": 1.0, "available": 4}],
+        "provision": {"image": IMAGE}})
+    url = "http://sovra-d-k8s-paris-serve-svc.sovra.svc.cluster.local:8000"
+    [e] = outputs_to_endpoints({"endpoints": {"k8s-paris": {"url": url}}}, [cluster])
+    assert e.provider == "kubernetes" and e.country == "FR" and e.connection == {"url": url}
+    d = deployment("d", residency={"countries": ["FR"]})
+    [p] = _plan_of(cluster, 1, "l40s").placements
+    b = routed_entry(d, p, e, e.connection)
+    assert (b.kind, b.address, b.tier, b.place.country) == ("kubernetes", url, 0, "FR")
+    client = base.get("kubernetes").client()
+    assert isinstance(client, KubeRayClient) and client.url(b, "health") == url + "/healthz"
+    assert base.get("kubernetes").direct is False  # an in-cluster URL, without a key: only the router calls it

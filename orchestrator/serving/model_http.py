@@ -1,0 +1,101 @@
+"""The model server's own OpenAI-compatible HTTP surface, for Ray clusters the router reaches over HTTP rather than
+by Serve handle (a KubeRay cluster Sovra provisioned). Only the router calls it; residency is decided there.
+
+`respond` answers one request for a `ModelServer`; the Serve deployment (`ray_apps.model_http`) calls it from
+`__call__`, and `create_app` wraps it as a plain ASGI app for tests and for running it without Serve.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from orchestrator.router.body import json_object, refuse_declared, refuse_over
+from orchestrator.router.errors import RouterError
+
+if TYPE_CHECKING:
+    from orchestrator.serving.ray_apps import ModelServer
+
+
+class _NotFound(RouterError):
+    status, type, code = 404, "invalid_request_error", "not_found"
+
+
+class _EngineRefused(RouterError):
+    status, type, code = 400, "invalid_request_error", "unsupported"
+
+
+async def respond(server: ModelServer, request: Request) -> Response:
+    """Answer `request` (OpenAI's chat, embeddings and models paths, and `/healthz`); errors in OpenAI's shape."""
+    from orchestrator.serving.engines import EngineError
+
+    try:
+        route = (request.method, _path(request))
+        if route == ("GET", "/healthz"):
+            report = await server.health()  # the engine's own check: no payload
+            return JSONResponse(report, status_code=200 if report["ok"] else 503)
+        if route == ("GET", "/v1/models"):
+            return JSONResponse({"object": "list", "data": [{"id": server.model, "object": "model",
+                                                             "owned_by": "sovra"}]})
+        if route == ("POST", "/v1/chat/completions"):
+            body = await read_json(request)
+            if body.get("stream") is True:
+                return StreamingResponse(_sse(server.chat_stream(body)), media_type="text/event-stream")
+            return JSONResponse(await server.chat(body))
+        if route == ("POST", "/v1/embeddings"):
+            return JSONResponse(await server.embed(await read_json(request)))
+        raise _NotFound(f"no route {request.method} {request.url.path}; this model server answers "
+                        "POST /v1/chat/completions, POST /v1/embeddings, GET /v1/models and GET /healthz")
+    except RouterError as exc:
+        return JSONResponse(exc.body(), status_code=exc.status)
+    except EngineError as exc:
+        return JSONResponse(_EngineRefused(str(exc)).body(), status_code=400)
+
+
+def _path(request: Request) -> str:
+    """The path under the app's route prefix (ASGI `root_path`; Serve sets it), so the server answers the same
+    at `/` (as KubeRay runs it) and under any prefix."""
+    path, root = request.scope.get("path", "/"), request.scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    return path.rstrip("/") or "/"
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    """The request's JSON object, read with the router's bound (never whole first)."""
+    refuse_declared(request.headers.get("content-length"))
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        refuse_over(size)
+        parts.append(chunk)
+    return json_object(b"".join(parts))
+
+
+async def _sse(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    """Server-sent events as OpenAI sends them; an engine failure mid-stream ends it with an error event, so the
+    router sees a broken stream (after the payload was received: never resent)."""
+    try:
+        async for chunk in chunks:
+            yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+    except Exception as exc:  # noqa: BLE001  (the status line is sent: an error event is all that is left)
+        error = {"error": {"message": f"the engine failed mid-stream: {type(exc).__name__}", "type": "api_error",
+                           "code": "engine_error"}}
+        yield b"data: " + json.dumps(error).encode() + b"\n\n"
+        return
+    yield b"data: [DONE]\n\n"
+
+
+def create_app(server: ModelServer) -> Starlette:
+    """`respond` as an ASGI app (every path goes to it)."""
+
+    async def endpoint(request: Request) -> Response:
+        return await respond(server, request)
+
+    return Starlette(routes=[Route("/{path:path}", endpoint, methods=["GET", "POST"])])
