@@ -531,3 +531,20 @@ def test_a_kuberay_stack_output_becomes_an_own_capacity_backend_reached_over_htt
     client = base.get("kubernetes").client()
     assert isinstance(client, KubeRayClient) and client.url(b, "health") == url + "/healthz"
     assert base.get("kubernetes").direct is False  # an in-cluster URL, without a key: only the router calls it
+
+
+def test_build_program_hands_each_component_its_targets_provision_settings(mocks):
+    """What `sovra preview/up` runs: `build_program` with the org's `provision:` settings by target id."""
+    from infra.pulumi_stack import build_program
+
+    d = deployment("d", residency={"zones": ["EU"]})
+    run = build_program(d, _plan(AZURE).placements, {AZURE.id: AZURE},
+                        {AZURE.id: {"workspace": "ml-prod", "resource_group": "rg-ml"}})
+
+    @pulumi.runtime.test
+    def go():
+        run()
+
+    go()
+    endpoint = mocks.one("azure-native:machinelearningservices:OnlineEndpoint")
+    assert endpoint.inputs["workspaceName"] == "ml-prod" and endpoint.inputs["resourceGroupName"] == "rg-ml"
