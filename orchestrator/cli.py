@@ -270,7 +270,6 @@ def _held(u) -> str:
     return f"it keeps its catalog zone {u.zone}, unverified (`if_unread: catalog` in org.yaml)"
 
 
-
 # ------------------------------------------------------------------------------------ Pulumi (cloud targets)
 BackendOpt = Annotated[str | None, typer.Option(
     "--backend", help="Pulumi backend URL (file://, s3://, azblob://, gs://, https://api.pulumi.com); default "
@@ -279,63 +278,10 @@ EnvOpt = Annotated[str, typer.Option("--env", help="Environment: stacks are name
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking after the preview.")]
 
 
-def _provisioned(inputs, result) -> list[tuple[Any, list[tuple[Any, Any]]]]:
-    """Per deployment, the placements that need Pulumi (a dedicated cloud endpoint or a Kubernetes cluster), with
-    their targets. Pure: Ray targets, managed offerings and org endpoints need none."""
-    from orchestrator.spec.org import needs_provisioning
+def _engine():
+    from orchestrator.provisioning import Engine
 
-    targets = {t.id: t for t in inputs.targets}
-    by_name = {d.name: d for d in inputs.deployments}
-    found = []
-    for dp in result.deployments:
-        pairs = [(p, targets[p.target]) for p in dp.placements if needs_provisioning(targets[p.target])]
-        if pairs:
-            found.append((by_name[dp.deployment], pairs))
-    return found
-
-
-def _stacks(found, backend: str | None, env: str, org):
-    """Open one stack per deployment, the Pulumi CLI checked first so that nothing is written without it; each
-    component gets its target's `provision:` settings from org.yaml."""
-    from infra import pulumi_stack as ps
-    from orchestrator.errors import PulumiMissingError
-    from orchestrator.spec.org import provision_for
-
-    try:
-        ps.require_cli()
-    except PulumiMissingError as exc:
-        needs = "; ".join(f"{d.name} on {t.id} ({t.provider})" for d, pairs in found for _, t in pairs)
-        raise PulumiMissingError(f"`sovra` cannot provision yet what this plan needs ({needs}): {exc.fix}") from None
-    s = ps.settings(backend, env)
-    return [(d, pairs, ps.open_stack(d.name, ps.build_program(d, [p for p, _ in pairs], {t.id: t for _, t in pairs},
-                                                              {t.id: provision_for(org, t) for _, t in pairs}), s))
-            for d, pairs in found]
-
-
-def _display():
-    """Engine events as a live progress list on a terminal, one line per resource change otherwise."""
-    import contextlib
-
-    from infra.pulumi_stack import EventDisplay
-
-    if err.is_terminal:
-        from rich.progress import Progress, SpinnerColumn, TextColumn
-
-        progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err, transient=False)
-        return EventDisplay(_say, progress=progress), progress
-    return EventDisplay(lambda line: err.print(line, highlight=False, markup=False)), contextlib.nullcontext()
-
-
-def _engine(op: str, stacks) -> list[Any]:
-    from infra import pulumi_stack as ps
-
-    results = []
-    for d, pairs, stack in stacks:
-        _say(f"pulumi {op}: stack {stack.name} ({', '.join(t.id for _, t in pairs)})")
-        display, live = _display()
-        with live:
-            results.append(getattr(ps, op)(stack, display))
-    return results
+    return Engine(err, _say)
 
 
 def _plan_for_pulumi(files, org, catalog, as_of):
@@ -361,14 +307,16 @@ def preview(
     env: EnvOpt = "dev",
 ) -> None:
     """Plan, then show what `up` would provision with Pulumi (one stack per deployment); changes nothing."""
+    from orchestrator import provisioning as pv
+
     try:
         inputs, result = _plan_for_pulumi(files, org, catalog, as_of)
-        found = _provisioned(inputs, result)
+        found = pv.provisioned(inputs, result)
         if not found:
             out.print("nothing to provision with Pulumi: every placement is a Ray target, a managed offering or an "
                       "org endpoint (`sovra up` deploys them)")
             return
-        for r in _engine("preview", _stacks(found, backend, env, inputs.org)):
+        for r in _engine()("preview", pv.open_stacks(found, backend, env, inputs.org)):
             counts = ", ".join(f"{n} to {op}" for op, n in sorted(r.changes.items()) if op != "same") or "no changes"
             out.print(f"[bold]{r.stack}[/]: {counts}", highlight=False)
     except SovraError as exc:
@@ -385,57 +333,24 @@ def refresh(
     env: EnvOpt = "dev",
 ) -> None:
     """Read the live state of the deployments' Pulumi stacks and report drift. Exit 1 when something drifted."""
-    from infra import pulumi_stack as ps
+    from orchestrator import provisioning as pv
 
     try:
         inputs, result = _plan_for_pulumi(files, org, catalog, as_of)
-        found = _provisioned(inputs, result)
+        found = pv.provisioned(inputs, result)
         if not found:
             out.print("no Pulumi stacks for these deployments: nothing to refresh")
             return
         drifted = False
-        stacks = _stacks(found, backend, env, inputs.org)
-        for (d_, pairs, stack), r in zip(stacks, _engine("refresh", stacks), strict=True):
-            d = ps.drift(r)
-            moved = ps.residency_drift(stack, d_, [t for _, t in pairs])
-            drifted = drifted or bool(d) or bool(moved)
-            text = ", ".join(f"{n} {op}d outside Sovra" for op, n in sorted(d.items())) or "no drift"
-            out.print(f"[bold]{r.stack}[/]: {text}", highlight=False)
+        for stack, changed, moved in pv.refresh(found, backend, env, inputs.org, _engine()):
+            drifted = drifted or bool(changed) or bool(moved)
+            text = ", ".join(f"{n} {op}d outside Sovra" for op, n in sorted(changed.items())) or "no drift"
+            out.print(f"[bold]{stack}[/]: {text}", highlight=False)
             for why in moved:
                 out.print(f"[red]outside its residency:[/] {why}", highlight=False)
     except SovraError as exc:
         _fail(exc)
     raise typer.Exit(1 if drifted else 0)
-
-
-def _provision(inputs, result, backend: str | None, env: str, yes: bool):
-    """plan → preview → confirm → up, for the placements that need Pulumi; returns the inputs with each provisioned
-    target replaced by the endpoint the stack made, so `deploy.up` routes to it like an org endpoint."""
-    import dataclasses
-
-    from infra import pulumi_stack as ps
-    from orchestrator.errors import ProvisionError
-
-    found = _provisioned(inputs, result)
-    if not found:
-        return inputs
-    stacks = _stacks(found, backend, env, inputs.org)
-    previews = _engine("preview", stacks)
-    if any(r.changed for r in previews) and not yes:
-        if not sys.stdin.isatty():
-            raise ProvisionError("the preview above shows changes; re-run with --yes to apply them (no terminal to ask)")
-        if not typer.confirm("apply these changes?", default=False, err=True):
-            raise ProvisionError("nothing applied (answered no)")
-    endpoints = []
-    for (d, pairs, _), r in zip(stacks, _engine("up", stacks), strict=True):
-        made = ps.outputs_to_endpoints(r.outputs, [t for _, t in pairs])
-        missing = sorted({t.id for _, t in pairs} - {e.id for e in made})
-        if missing:
-            raise ProvisionError(f"stack {r.stack} was applied but exports no endpoint for {', '.join(missing)}; "
-                                 "`sovra refresh` shows its state, `sovra down` removes it")
-        endpoints += made
-    swapped = {e.id: e for e in endpoints}
-    return dataclasses.replace(inputs, targets=tuple(swapped.get(t.id, t) for t in inputs.targets))
 
 
 @app.command()
@@ -464,7 +379,11 @@ def up(
                 _say(f"plan: {dp.deployment} → {p.target} ({p.provider}, zone {p.zone}): {p.replicas} replica(s), "
                      f"${p.monthly_usd:,.2f}/month")
         if not ray_only and result.feasible:
-            inputs = _provision(inputs, result, backend, env, yes)
+            from orchestrator.provisioning import provision
+
+            ask = None if not sys.stdin.isatty() else (
+                lambda: typer.confirm("apply these changes?", default=False, err=True))
+            inputs = provision(inputs, result, backend, env, _engine(), confirm=(lambda: True) if yes else ask)
         results = deploy.up(inputs, result, _settings(port), _say, ray_only=ray_only)
         if results and not inputs.org.tenants:
             err.print("[yellow]warning:[/] no tenants in the org file: the router is OPEN — any caller is accepted "
@@ -478,26 +397,13 @@ def up(
         _fail(exc)
 
 
-
 def _destroy(inputs, backend: str | None, env: str) -> None:
-    """Destroy the Pulumi stacks of the deployments whose plan needs Pulumi (the plan says which)."""
     from orchestrator import planning
+    from orchestrator.provisioning import destroy
 
     with err.status("planning…"):
         result = planning.plan(inputs)
-    from infra import pulumi_stack as ps
-
-    found = _provisioned(inputs, result) if result.feasible else []
-    s = ps.settings(backend, env)
-    if s.local and found and ps.which_cli() is None:  # no CLI, so no stack was made here: nothing to destroy
-        for d, _ in found:
-            if not ps.has_local_stack(s, d.name):
-                out.print(f"down: no Pulumi stack {s.stack_name(d.name)} in {s.backend_url}: nothing to destroy",
-                          highlight=False)
-        found = [(d, pairs) for d, pairs in found if ps.has_local_stack(s, d.name)]
-    for r in _engine("destroy", _stacks(found, backend, env, inputs.org)) if found else ():
-        n = sum(v for op, v in r.changes.items() if op == "delete")
-        out.print(f"[green]down[/]: stack {r.stack}: {n} resource(s) deleted", highlight=False)
+    destroy(inputs, result, backend, env, _engine(), lambda line: out.print(line, highlight=False))
 
 
 @app.command()
