@@ -29,6 +29,10 @@ class Ray(Provider):
 class KubeRayConnection(Connection):
     url: str = Field(pattern=r"^https?://", description="Where the router reaches the RayService's Serve service "
                      "(the stack exports it; org.yaml `provision: {url: ...}` sets it).")
+    api_key_env: str | None = Field(
+        default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Name of the environment variable holding the service's key where the router runs (org.yaml "
+                    "`provision: {api_key_env: ...}`); the key itself is never in the routing table.")
 
 
 class Kubernetes(Provider):
@@ -39,8 +43,8 @@ class Kubernetes(Provider):
     extra = "pulumi"
     sdk_module = "pulumi"
     connection_model = KubeRayConnection
-    # Reached at a URL that is usually inside the Kubernetes cluster, and served without a key: only the router
-    # calls it, never an app directly.
+    # Reached at a URL that is usually inside the Kubernetes cluster, with a key only the router holds: only the
+    # router calls it, never an app directly.
     direct = False
 
     def describe(self) -> str:
@@ -55,4 +59,5 @@ class Kubernetes(Provider):
         if not isinstance(connection, KubeRayConnection):
             raise ProviderError(f"{target.id}: a KubeRay backend needs `connection: {{url: ...}}` (its stack exports "
                                 "it)")
-        return Locator(connection.url.rstrip("/"))
+        return Locator(connection.url.rstrip("/"),
+                       {"api_key_env": connection.api_key_env} if connection.api_key_env else {})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from typing import Any
 
@@ -19,6 +20,7 @@ from infra.pulumi.base import (
 )
 from infra.pulumi.guard import TARGET_RESOURCE_PREFIX
 from infra.pulumi.settings import KubeRaySettings
+from orchestrator.serving.model_http import KEY_VARIABLE
 
 #: What a node of the target offers of its pinning resource; a replica asks for 0.001 (infra.serve_config).
 TARGET_RESOURCE_UNITS = 1000
@@ -51,6 +53,7 @@ class KubeRayCluster(PlacementComponent):
         gpus = s.gpus_per_worker if s.gpus_per_worker is not None else max(1, math.ceil(actor.get("num_gpus", 0)))
         gpu = {"nvidia.com/gpu": str(gpus)}
         pin = json.dumps({f"{TARGET_RESOURCE_PREFIX}{inputs.target.id}": TARGET_RESOURCE_UNITS})
+        env, key = self._key(name, inputs, s, provider)
         workers = max(inputs.instance_count, 1)
         service_name = inputs.slug()
         spec = {
@@ -60,13 +63,13 @@ class KubeRayCluster(PlacementComponent):
                 # controller and proxy, in the same cluster, so at the same place.
                 "headGroupSpec": {"rayStartParams": {"num-gpus": "0"}, "template": {
                     "metadata": {"labels": labels, "annotations": annotations},
-                    "spec": {"containers": [{"name": "ray-head", "image": s.image}]}}},
+                    "spec": {"containers": [{"name": "ray-head", "image": s.image, **env}]}}},
                 "workerGroupSpecs": [{
                     "groupName": "gpu", "replicas": workers, "minReplicas": workers, "maxReplicas": workers,
                     "rayStartParams": {"resources": pin},
                     "template": {
                         "metadata": {"labels": labels, "annotations": annotations},
-                        "spec": {"containers": [{"name": "ray-worker", "image": s.image,
+                        "spec": {"containers": [{"name": "ray-worker", "image": s.image, **env,
                                                  "resources": {"requests": gpu, "limits": gpu}}],
                                  **({"nodeSelector": {"node.kubernetes.io/instance-type": inputs.instance_type}}
                                     if inputs.instance_type else {})}}}],
@@ -81,8 +84,29 @@ class KubeRayCluster(PlacementComponent):
         # KubeRay names the Serve service `<RayService>-serve-svc`; Serve's proxy listens on 8000.
         self.scoring_uri = pulumi.Output.from_input(
             s.url or f"http://{service_name}-serve-svc.{s.namespace}.svc.cluster.local:8000")
-        self.key = pulumi.Output.secret(None)
+        self.key = key
         self.service = service
+        self._api_key_env = s.api_key_env
 
     def connection(self) -> dict[str, Any]:
-        return {"url": self.scoring_uri}
+        return {"url": self.scoring_uri, **({"api_key_env": self._api_key_env} if self._api_key_env else {})}
+
+    def _key(self, name: str, inputs: PlacementInput, s: KubeRaySettings, provider: k8s.Provider
+             ) -> tuple[dict[str, Any], pulumi.Output]:
+        """With `api_key_env`: the key, from that variable where `sovra up` runs, kept in a Kubernetes Secret (a
+        Pulumi secret in state) that every pod reads as `SOVRA_SERVE_API_KEY`. Without: no key (a secret None)."""
+        if not s.api_key_env:
+            return {}, pulumi.Output.secret(None)
+        value = os.environ.get(s.api_key_env)
+        if not value:
+            raise ComponentSettingsError(
+                f"{inputs.target.id}: `provision: {{api_key_env: {s.api_key_env}}}` names an environment variable "
+                "that is not set here; set it (the same key where the router runs) and re-run")
+        key = pulumi.Output.secret(value)
+        secret = k8s.core.v1.Secret(
+            f"{name}-key", metadata={"name": f"{inputs.slug()}-key", "namespace": s.namespace,
+                                     "annotations": {DEPLOYMENT_TAG: inputs.deployment, TARGET_TAG: inputs.target.id}},
+            string_data={"key": key}, opts=self.child(provider=provider))
+        env = {"env": [{"name": KEY_VARIABLE,
+                        "valueFrom": {"secretKeyRef": {"name": secret.metadata.name, "key": "key"}}}]}
+        return env, key

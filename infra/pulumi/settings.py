@@ -62,7 +62,8 @@ class KubeRaySettings:
     `image` must have Sovra installed (with the engine's extra, e.g. `pip install 'sovra[vllm]'`): the RayService
     runs Sovra's model server from it. `url` is where the router reaches that service; the default is its
     in-cluster DNS name, right when the router runs in the same Kubernetes cluster; otherwise give the URL of
-    the Ingress or load balancer in front of `<name>-serve-svc`."""
+    the Ingress or load balancer in front of `<name>-serve-svc`. With `api_key_env` the service refuses any call
+    without that key."""
 
     image: str = field(metadata={"help": "a Ray image with Sovra installed (e.g. built FROM rayproject/ray-ml:2.60.0-gpu "
                                          "with `pip install 'sovra[vllm]'`): the RayService runs Sovra's model server "
@@ -71,6 +72,9 @@ class KubeRaySettings:
     namespace: str = "sovra"
     gpus_per_worker: int | None = None  # default: what one replica of the plan's accelerator needs
     url: str | None = None
+    #: name of the environment variable holding the key the model server requires (a bearer token): read where
+    #: `sovra up` runs (stored as a Kubernetes Secret, a Pulumi secret in state) and where the router runs
+    api_key_env: str | None = None
 
 
 #: provider name -> its component's settings. The one list, beside `infra.pulumi.components.COMPONENTS`.

@@ -7,7 +7,9 @@ by Serve handle (a KubeRay cluster Sovra provisioned). Only the router calls it;
 
 from __future__ import annotations
 
+import hmac
 import json
+import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +38,7 @@ async def respond(server: ModelServer, request: Request) -> Response:
     from orchestrator.serving.engines import EngineError
 
     try:
+        _authorize(request)
         route = (request.method, _path(request))
         if route == ("GET", "/healthz"):
             report = await server.health()  # the engine's own check: no payload
@@ -56,6 +59,24 @@ async def respond(server: ModelServer, request: Request) -> Response:
         return JSONResponse(exc.body(), status_code=exc.status)
     except EngineError as exc:
         return JSONResponse(_EngineRefused(str(exc)).body(), status_code=400)
+
+
+class _Unauthorized(RouterError):
+    status, type, code = 401, "invalid_request_error", "invalid_api_key"
+
+
+#: Where the server's required key comes from (a Kubernetes Secret on a KubeRay cluster); unset: no key.
+KEY_VARIABLE = "SOVRA_SERVE_API_KEY"
+
+
+def _authorize(request: Request) -> None:
+    """With a key configured, every call (health included) must carry it as a bearer token."""
+    key = os.environ.get(KEY_VARIABLE)
+    if not key:
+        return
+    given = request.headers.get("authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+        raise _Unauthorized("this model server requires its key (Authorization: Bearer ...)")
 
 
 def _path(request: Request) -> str:

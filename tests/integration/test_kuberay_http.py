@@ -6,6 +6,7 @@ over HTTP. What is not exercised here: KubeRay itself, the pods, and the Service
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import httpx
@@ -20,6 +21,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SPECS = Path(__file__).parent / "specs"
 ORG = SPECS / "kuberay-org.yaml"
 KEY = "sk-test-kuberay-fr"
+SERVICE_KEY = "kuberay-service-key-test"
 TARGET = "k8s-paris"
 # On a KubeRay cluster the app is served at "/"; the session's Ray may already serve a router there.
 PREFIX = "/kuberay-k8s-paris"
@@ -51,7 +53,10 @@ def kuberay(sovra_ray, tmp_path_factory):
     placement = Placement(target=TARGET, provider="kubernetes", zone=cluster.zone, country=cluster.country,
                           replicas=1, accelerator="cpu-local", compute_usd=1.0, credits_usd=0.0, egress_usd=0.0)
     [made] = placement_inputs([placement], deployment, [cluster], {TARGET: provision_for(inputs.org, cluster)})
-    app = {**made.app, "route_prefix": PREFIX}
+    # The pods read the service's key from a Kubernetes Secret; here Serve's runtime_env gives the replica the same
+    # variable, and the router (in this process) reads its copy from the variable the connection names.
+    app = {**made.app, "route_prefix": PREFIX, "runtime_env": {"env_vars": {"SOVRA_SERVE_API_KEY": SERVICE_KEY}}}
+    os.environ["KUBERAY_TEST_KEY"] = SERVICE_KEY
 
     record = sovra_ray.local_ray().running()
     api = ServeApi(record.dashboard, token=sovra_ray.local_ray().token())
@@ -61,7 +66,8 @@ def kuberay(sovra_ray, tmp_path_factory):
              what="the KubeRay model server app")
     url = f"http://127.0.0.1:{sovra_ray.router_port}{PREFIX}"
     # What `up` does with the stack's `endpoints` output: an Endpoint the kubernetes adapter locates.
-    [endpoint] = outputs_to_endpoints({"endpoints": {TARGET: {"url": url}}}, [cluster])
+    [endpoint] = outputs_to_endpoints({"endpoints": {TARGET: {"url": url, "api_key_env": "KUBERAY_TEST_KEY"}}},
+                                      [cluster])
     backend = sc.routed_entry(deployment, placement, endpoint, endpoint.connection)
     cfg = {"backends": [backend.to_wire()], "tenants": [t.model_dump(mode="json") for t in inputs.org.tenants],
            "audit_path": str(d / "audit.jsonl")}
@@ -71,6 +77,7 @@ def kuberay(sovra_ray, tmp_path_factory):
         yield {"router": router.url, "api": api, "app": app["name"], "backend": backend, "audit": d / "audit.jsonl"}
     remaining = [dict(a.config) for n, a in api.apps().items() if a.config and n != app["name"]]
     api.apply(sc.serve_config(remaining, host="127.0.0.1", port=sovra_ray.router_port))
+    os.environ.pop("KUBERAY_TEST_KEY", None)
 
 
 def _chat(url: str, **extra) -> httpx.Response:
@@ -99,6 +106,15 @@ def test_the_router_reaches_the_kuberay_model_server_over_http(kuberay):
     assert record["target"] == TARGET
 
 
+def test_the_service_refuses_callers_without_its_key(kuberay):
+    url = kuberay["backend"].address
+    assert httpx.get(url + "/healthz", timeout=30).status_code == 401
+    r = httpx.post(url + "/v1/chat/completions", timeout=30, headers={"Authorization": "Bearer guess"},
+                   json={"model": "m", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert kuberay["backend"].params == {"api_key_env": "KUBERAY_TEST_KEY"}  # the name, never the key
+
+
 def test_its_replica_runs_only_where_the_target_resource_is(kuberay):
     api: ServeApi = kuberay["api"]
     nodes = {n.node_id: dict(n.resources) for n in api.alive_nodes()}
@@ -110,7 +126,8 @@ def test_its_replica_runs_only_where_the_target_resource_is(kuberay):
 
 
 def test_the_health_probe_asks_the_engine_and_carries_no_payload(kuberay):
-    r = httpx.get(kuberay["backend"].address + "/healthz", timeout=30)
+    r = httpx.get(kuberay["backend"].address + "/healthz", timeout=30,
+                  headers={"Authorization": f"Bearer {SERVICE_KEY}"})
     assert r.status_code == 200 and r.json()["ok"] is True and r.json()["engine"] == "echo"
     ready = httpx.get(f"{kuberay['router']}/readyz", timeout=30)
     assert ready.status_code == 200 and "contracts" in ready.text

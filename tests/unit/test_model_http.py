@@ -112,3 +112,38 @@ def test_the_kuberay_client_probes_and_describes_through_healthz():
 
             health, described = asyncio.run(ask())
         assert health is ok and described["status"].startswith(status)
+
+
+def test_with_a_key_configured_every_call_needs_it(monkeypatch):
+    monkeypatch.setenv("SOVRA_SERVE_API_KEY", "k-123")
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "k-123"}):
+        r = call("echo", "POST", "/v1/chat/completions", json=CHAT, headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        assert call("echo", "GET", "/healthz", headers=headers).status_code == 401
+    ok = call("echo", "POST", "/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer k-123"})
+    assert ok.status_code == 200 and "k-123" not in ok.text
+
+
+def test_the_kuberay_client_sends_the_key_from_the_variable_its_backend_names(monkeypatch):
+    from policies.residency import Place
+    from providers.kuberay_client import KubeRayClient
+    from tests import factories
+    from tests.fakes.openai_backend import ServerThread
+
+    monkeypatch.setenv("SOVRA_SERVE_API_KEY", "k-123")  # the server's (the pod reads it from its Secret)
+    with ServerThread(create_app(ModelServer("m", "onprem/paris", "echo"))) as server:
+        b = factories.backend("onprem/paris", Place("EU", "FR", "FR", "self"), kind="kubernetes",
+                              address=server.url)
+        b = b.model_copy(update={"params": {"api_key_env": "PARIS_KEY"}})
+
+        async def health():
+            client = KubeRayClient()
+            try:
+                return await client.health(b)
+            finally:
+                await client.aclose()
+
+        monkeypatch.setenv("PARIS_KEY", "wrong")
+        assert asyncio.run(health()) is False
+        monkeypatch.setenv("PARIS_KEY", "k-123")  # the router's, from where it runs
+        assert asyncio.run(health()) is True

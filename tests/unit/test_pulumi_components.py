@@ -383,6 +383,35 @@ def test_kuberay_url_setting_is_where_the_router_reaches_the_service(mocks):
         "url": "https://ray-paris.example.internal"}
 
 
+def test_kuberay_key_is_a_kubernetes_secret_every_pod_reads_and_a_pulumi_secret(mocks, monkeypatch):
+    from infra.pulumi.kuberay import KubeRayCluster
+
+    monkeypatch.setenv("PARIS_KEY", "k-paris-123")
+    c = KubeRayCluster("kr", kuberay_input(ONPREM, api_key_env="PARIS_KEY"))
+    out = resolve(key=c.key, conn=pulumi.Output.from_input(c.connection()))
+    assert out["key"] == "k-paris-123" and out["key_secret"] is True
+    assert out["conn"]["api_key_env"] == "PARIS_KEY" and "k-paris-123" not in json.dumps(out["conn"])
+    secret = mocks.one("kubernetes:core/v1:Secret")
+    assert secret.inputs["metadata"]["namespace"] == "sovra"
+    rs = mocks.one("kubernetes:ray.io/v1:RayService")
+    cluster = rs.inputs["spec"]["rayClusterConfig"]
+    containers = [cluster["headGroupSpec"]["template"]["spec"]["containers"][0],
+                  cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]]
+    for container in containers:
+        [env] = container["env"]
+        assert env["name"] == "SOVRA_SERVE_API_KEY" and env["valueFrom"]["secretKeyRef"]["key"] == "key"
+    assert "k-paris-123" not in json.dumps(rs.inputs, default=str)
+
+
+def test_kuberay_key_variable_unset_where_up_runs_is_refused_before_any_resource(mocks, monkeypatch):
+    from infra.pulumi.kuberay import KubeRayCluster
+
+    monkeypatch.delenv("PARIS_KEY", raising=False)
+    with pytest.raises(ComponentSettingsError, match="PARIS_KEY.*not set here"):
+        declare(lambda: KubeRayCluster("kr", kuberay_input(ONPREM, api_key_env="PARIS_KEY")))
+    assert not [r for r in mocks.resources if r.typ.startswith("kubernetes:")]
+
+
 def test_kuberay_without_an_image_says_what_the_image_must_hold(mocks):
     from infra.pulumi.kuberay import KubeRayCluster
 
