@@ -46,7 +46,8 @@ def test_settings_reach_the_component_of_their_target(tmp_path):
 
 @pytest.mark.parametrize("provision, expected", [
     ("    provision: {image: x, imag_pull: y}",
-     r"clusters\[0\]\.provision.*unknown imag_pull; valid: context, gpus_per_worker, image, namespace, url"),
+     (r"clusters\[0\]\.provision.*unknown imag_pull; valid: api_key_env, context, gpus_per_worker, image, "
+      r"namespace, url")),
     ("", r"clusters\[0\]\.provision.*kubernetes needs `provision:` settings image: a Ray image with Sovra installed"),
 ])
 def test_a_kubernetes_cluster_without_an_image_or_with_an_unknown_key_is_located(tmp_path, provision, expected):
