@@ -34,8 +34,8 @@ def label_value(value: str) -> str:
 class KubeRayCluster(PlacementComponent):
     """A RayService running Sovra's model server (`infra.serve_config.http_model_app`, the Ray path's app served
     over HTTP) on a GPU worker group that offers `sovra.target/<id>`: the replicas ask for that resource, so they
-    run only on this target's nodes. The router reaches the service over HTTP (`url`); no key, so `key` is a
-    secret None."""
+    run only on this target's nodes. The router reaches the service over HTTP (`url`); `key` is the service's key
+    (`api_key_env`), a secret, or a secret None without one."""
 
     type_token = "sovra:kubernetes:KubeRayCluster"
     hosts_ray = True

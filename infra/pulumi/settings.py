@@ -96,6 +96,16 @@ def check(provider: str, raw: Mapping[str, Any]) -> None:
             raise ValueError(f"`provision:` settings apply to targets Sovra provisions with Pulumi "
                              f"({', '.join(sorted(SETTINGS))}), not to {provider}")
         return
+    _check_fields(cls, provider, raw)
+
+
+def parse(cls: type, provider: str, raw: Mapping[str, Any]) -> Any:
+    """`cls` (a settings dataclass) from `raw`, its keys checked against `cls` itself."""
+    _check_fields(cls, provider, raw)
+    return cls(**dict(raw))
+
+
+def _check_fields(cls: type, provider: str, raw: Mapping[str, Any]) -> None:
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(raw) - set(known))
     if unknown:
@@ -106,9 +116,3 @@ def check(provider: str, raw: Mapping[str, Any]) -> None:
     if missing:
         raise ValueError(f"{provider} needs `provision:` settings " + "; ".join(
             f"{f.name}: {f.metadata.get('help', 'required')}" for f in missing))
-
-
-def parse(cls: type, provider: str, raw: Mapping[str, Any]) -> Any:
-    """`cls` (a settings dataclass) from `raw`, checked as `check` does."""
-    check(provider, raw)
-    return cls(**dict(raw))
