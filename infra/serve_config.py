@@ -76,14 +76,47 @@ class RayPlacement:
     total_replicas: int  # of this deployment over all its Ray placements
 
 
+#: Route prefix under which a replica app answers OpenAI's API on the cluster's Serve port (`ServeHttp`).
+REPLICA_ROUTE_PREFIX = "/sovra-replica/"
+#: The replica key's variable, in the replicas (`orchestrator.serving.model_http` requires it there) and in the
+#: router, whose HTTP client sends it (a backend names it in `api_key_env`).
+REPLICA_KEY_ENV = "SOVRA_SERVE_API_KEY"
+#: App args value: each process derives that key from the cluster's Ray token (`model_http.install_replica_key`).
+REPLICA_KEY_FROM_RAY_TOKEN = "ray-token"
+
+
+@dataclass(frozen=True)
+class ServeHttp:
+    """How the router reaches a cluster's replicas when they answer over Serve's HTTP ingress rather than by
+    DeploymentHandle: through the Serve port on the router's own node (`port`).
+
+    Used where Serve runs its HAProxy ingress (the local Ray started with SOVRA_SERVE_HAPROXY=1): HAProxy then
+    forwards straight into each replica's own HTTP server, which costs the router less than a handle call
+    (bench/router.py). That port is every caller's port too, so each replica requires a key that only the
+    replicas and the router hold: an app cannot skip the router's tenant and residency checks by calling a
+    replica itself. Each of them derives the key from the cluster's Ray token when it starts, so the key is in no
+    config, table or log (Ray logs runtime environments, so it cannot travel in one)."""
+
+    port: int
+
+    def route(self, app: str) -> str:
+        return f"{REPLICA_ROUTE_PREFIX}{app}"
+
+
+def holds_replica_key(router: Mapping[str, Any] | None) -> bool:
+    """Whether a router app's config has it derive the replica key."""
+    return (router or {}).get("args", {}).get("replica_key") == REPLICA_KEY_FROM_RAY_TOKEN
+
+
 def _ceiling(rp: RayPlacement) -> int:
     """The most replicas `rp` autoscales to: its share of the deployment's maximum."""
     p = rp.placement
     return max(p.replicas, math.ceil(rp.deployment.spec.replicas.ceiling * p.replicas / max(rp.total_replicas, 1)))
 
 
-def model_app(rp: RayPlacement) -> dict[str, Any]:
-    """The Serve application running `rp`'s replicas, autoscaling from the planned count to its share of max."""
+def model_app(rp: RayPlacement, http: ServeHttp | None = None) -> dict[str, Any]:
+    """The Serve application running `rp`'s replicas, autoscaling from the planned count to its share of max.
+    With `http`, its replicas also answer OpenAI's API under `http.route(name)`, with the replica key."""
     d, p, t = rp.deployment, rp.placement, rp.target
     gpus = next((a.gpus for a in t.accelerators if a.sku == p.accelerator), 0)
     engine, num_gpus = resolve_engine(d, gpus)
@@ -93,13 +126,17 @@ def model_app(rp: RayPlacement) -> dict[str, Any]:
                              "resources": {target_resource(t.id): TARGET_RESOURCE_PER_REPLICA}}
     if num_gpus:
         actor["num_gpus"] = num_gpus
+    name = app_name(d.name, t.id)
+    # sovra_version is part of Serve's code version: upgrading Sovra rebuilds the replicas, nothing else does.
+    args = {"deployment": d.name, "model": d.spec.model.name, "target": t.id, "engine": engine,
+            "engine_options": dict(sorted(d.spec.serving.options.items())), "sovra_version": __version__}
+    if http is not None:
+        args["replica_key"] = REPLICA_KEY_FROM_RAY_TOKEN
     return {
-        "name": app_name(d.name, t.id),
-        "route_prefix": None,
-        "import_path": MODEL_IMPORT,
-        # sovra_version is part of Serve's code version: upgrading Sovra rebuilds the replicas, nothing else does.
-        "args": {"deployment": d.name, "model": d.spec.model.name, "target": t.id, "engine": engine,
-                 "engine_options": dict(sorted(d.spec.serving.options.items())), "sovra_version": __version__},
+        "name": name,
+        "route_prefix": http.route(name) if http is not None else None,
+        "import_path": MODEL_HTTP_IMPORT if http is not None else MODEL_IMPORT,
+        "args": args,
         "deployments": [{
             "name": "ModelServer",
             "autoscaling_config": {"min_replicas": p.replicas, "max_replicas": ceiling,
@@ -116,9 +153,10 @@ def http_model_app(rp: RayPlacement) -> dict[str, Any]:
     return {**model_app(rp), "route_prefix": "/", "import_path": MODEL_HTTP_IMPORT}
 
 
-def backend_entry(rp: RayPlacement) -> Backend:
+def backend_entry(rp: RayPlacement, http: ServeHttp | None = None) -> Backend:
     """The router's view of `rp`: where it processes, under which deployment residency and routing policy, and
-    what a replica-hour costs at list price.
+    what a replica-hour costs at list price. Its address is the Serve app (handles, replica states); with `http`
+    its params say where the router reaches it over HTTP and which variable holds the key (never the key).
 
     List price (not net of credits) keeps the entry stable from day to day, so `up` does not restart the router
     just because a credit moved closer to expiry.
@@ -126,9 +164,11 @@ def backend_entry(rp: RayPlacement) -> Backend:
     d, p, t = rp.deployment, rp.placement, rp.target
     unit = p.compute_usd / p.replicas / HOURS_PER_MONTH if p.replicas else 0.0
     name = app_name(d.name, t.id)
+    params = ({"url": f"http://127.0.0.1:{http.port}{http.route(name)}", "api_key_env": REPLICA_KEY_ENV}
+              if http is not None else {})
     return Backend(id=name, deployment=d.name, model=d.spec.model.name, target=t.id, place=Place.of(t),
                    residency=d.spec.residency, policy=d.spec.routing.policy, cost=round(unit, 6), kind="ray",
-                   address=name, capacity=_ceiling(rp) * MAX_ONGOING_PER_REPLICA)
+                   address=name, params=params, capacity=_ceiling(rp) * MAX_ONGOING_PER_REPLICA)
 
 
 def routed_entry(d: Deployment, p: Placement, t: Target, connection: Mapping[str, Any]) -> Backend:
@@ -158,18 +198,24 @@ def routed_entry(d: Deployment, p: Placement, t: Target, connection: Mapping[str
 
 
 def router_app(backends: Sequence[Backend], *, tenants: Iterable[Tenant], audit_path: str | None,
-               admins: Iterable[Admin] = (), num_cpus: float = 0.25) -> dict[str, Any]:
-    """The router application; its arguments are the routing table, serialised by `Backend.to_wire` only.
+               admins: Iterable[Admin] = (), num_cpus: float = 0.25, http: ServeHttp | None = None
+               ) -> dict[str, Any]:
+    """The router application; its arguments are the routing table, serialised by `Backend.to_wire` only. With
+    `http`, it derives the replica key when it starts (the table names only the variable it goes in).
 
     One replica: it is the audit trail's only writer, so the hash chain never forks."""
+    args: dict[str, Any] = {
+        "backends": [b.to_wire() for b in sorted(backends, key=lambda b: b.id)],
+        "tenants": [t.model_dump(mode="json") for t in sorted(tenants, key=lambda t: t.name)],
+        "admins": [a.model_dump(mode="json") for a in sorted(admins, key=lambda a: a.name)],
+        "audit_path": audit_path, "sovra_version": __version__}
+    if http is not None:
+        args["replica_key"] = REPLICA_KEY_FROM_RAY_TOKEN
     return {
         "name": ROUTER_APP,
         "route_prefix": "/",
         "import_path": ROUTER_IMPORT,
-        "args": {"backends": [b.to_wire() for b in sorted(backends, key=lambda b: b.id)],
-                 "tenants": [t.model_dump(mode="json") for t in sorted(tenants, key=lambda t: t.name)],
-                 "admins": [a.model_dump(mode="json") for a in sorted(admins, key=lambda a: a.name)],
-                 "audit_path": audit_path, "sovra_version": __version__},
+        "args": args,
         # On the head node, beside Serve's proxy (`HeadOnly`): losing a worker node (and the targets on it) never
         # takes the router down, and its audit trail stays on one node.
         # No Serve access log: the audit trail already records every request (with every attempt), so a second
@@ -185,7 +231,8 @@ def serve_config(apps: Sequence[Mapping[str, Any]], *, host: str, port: int) -> 
 
 
 def owned_by(app: Mapping[str, Any], deployments: Collection[str]) -> bool:
-    return app.get("import_path") == MODEL_IMPORT and (app.get("args") or {}).get("deployment") in deployments
+    return (app.get("import_path") in (MODEL_IMPORT, MODEL_HTTP_IMPORT)
+            and (app.get("args") or {}).get("deployment") in deployments)
 
 
 def router_of(apps: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:

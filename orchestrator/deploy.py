@@ -265,25 +265,44 @@ def up(inputs: Inputs, plan: FleetPlan, settings: Settings, say: Say, *, ray_onl
         api = apis[key]
         current = _current(api)
         names = {rp.deployment.name for rp in rps} | {b.deployment for b in routed.get(key, ())}
-        configs = sc.merge(current, names, [sc.model_app(rp) for rp in rps])
-        backends = _table(sc.router_of(current), names, [sc.backend_entry(rp) for rp in rps] + routed.get(key, []))
-        configs = _with_router(configs, backends, inputs, settings, key)
+        http = _serve_http(key, settings)
+        configs = sc.merge(current, names, [sc.model_app(rp, http) for rp in rps])
+        backends = _table(sc.router_of(current), names,
+                          [sc.backend_entry(rp, http) for rp in rps] + routed.get(key, []))
+        configs = _with_router(configs, backends, inputs, settings, key, http or _kept_http(current, settings))
         changed = _apply(api, key, settings, configs, current, say, inputs.targets)
         apps = _wait_ready(api, key, settings, say)
         results.append(ClusterResult(key, api.dashboard, router_url(key, settings, inputs.targets), changed, apps))
     return results
 
 
+def _serve_http(key: str, settings: Settings) -> sc.ServeHttp | None:
+    """Replicas answer over Serve's HTTP ingress (`sc.ServeHttp`) where Serve runs its HAProxy ingress: on the
+    local Ray when it was started with it. Elsewhere (Serve's own proxy, or a cluster whose ingress Sovra did not
+    start) the router calls them by handle, which costs less than a second trip through Serve's Python proxy."""
+    if key != LOCAL:
+        return None
+    rec = settings.local_ray().running()
+    return sc.ServeHttp(settings.router_port) if rec is not None and rec.serve_http else None
+
+
+def _kept_http(current: Sequence[Mapping[str, Any]], settings: Settings) -> sc.ServeHttp | None:
+    """The running router's replica key, kept when its table is rebuilt (`down`, `serve`): replicas deployed over
+    HTTP still need it."""
+    return sc.ServeHttp(settings.router_port) if sc.holds_replica_key(sc.router_of(current)) else None
+
+
 def _with_router(configs: list[dict[str, Any]], backends: list[Backend], inputs: Inputs, settings: Settings,
-                 key: str) -> list[dict[str, Any]]:
+                 key: str, http: sc.ServeHttp | None = None) -> list[dict[str, Any]]:
     """The cluster's apps with the router rebuilt over `backends` (none: no router). A remote cluster's router
-    keeps its audit trail on its own node (`sovra audit` reads it over HTTP), the local one under $SOVRA_HOME."""
+    keeps its audit trail on its own node (`sovra audit` reads it over HTTP), the local one under $SOVRA_HOME.
+    With `http`, the router holds the key of the replicas it reaches over HTTP."""
     configs = [c for c in configs if c.get("name") != sc.ROUTER_APP]
     if not backends:
         return configs
     refuse_open_router(key, inputs, settings)
     return [*configs, sc.router_app(backends, tenants=inputs.org.tenants, admins=inputs.org.admins,
-                                    audit_path=settings.audit_path if key == LOCAL else None)]
+                                    audit_path=settings.audit_path if key == LOCAL else None, http=http)]
 
 
 def _table(current_router: Mapping[str, Any] | None, deployments: Collection[str],
@@ -306,7 +325,8 @@ def down(inputs: Inputs, settings: Settings, say: Say, *, stop_ray: bool = False
             say(f"{key}: skipped ({exc})")
             continue
         old_router = sc.router_of(current)
-        configs = _with_router(sc.merge(current, names, []), _table(old_router, names, []), inputs, settings, key)
+        configs = _with_router(sc.merge(current, names, []), _table(old_router, names, []), inputs, settings, key,
+                               _kept_http(current, settings))
         changed = False
         if not configs and current:
             api.delete_all()
@@ -342,7 +362,7 @@ def serve(inputs: Inputs, settings: Settings, say: Say) -> list[ClusterResult]:
         if not backends:
             say(f"{key}: no deployments to route to; run `sovra up` first")
             continue
-        configs = _with_router(current, backends, inputs, settings, key)
+        configs = _with_router(current, backends, inputs, settings, key, _kept_http(current, settings))
         changed = _apply(api, key, settings, configs, current, say, inputs.targets)
         apps = _wait_ready(api, key, settings, say)
         results.append(ClusterResult(key, api.dashboard, router_url(key, settings, inputs.targets), changed, apps))

@@ -51,9 +51,9 @@ class Kubernetes(Provider):
         return "Kubernetes cluster (a KubeRay RayService provisioned with Pulumi, reached over HTTP)"
 
     def client(self):
-        from providers.kuberay_client import KubeRayClient
+        from orchestrator.serving.model_http_client import ModelHttpClient
 
-        return KubeRayClient()
+        return ModelHttpClient()
 
     def locate(self, target, model, connection) -> Locator:
         if not isinstance(connection, KubeRayConnection):

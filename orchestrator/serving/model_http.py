@@ -65,8 +65,27 @@ class _Unauthorized(RouterError):
     status, type, code = 401, "invalid_request_error", "invalid_api_key"
 
 
-#: Where the server's required key comes from (a Kubernetes Secret on a KubeRay cluster); unset: no key.
+#: Where the server's required key comes from (a Kubernetes Secret on a KubeRay cluster, or `install_replica_key`);
+#: unset: no key.
 KEY_VARIABLE = "SOVRA_SERVE_API_KEY"
+#: What a Serve config says (app args `replica_key`) for a key derived from the cluster's Ray token.
+FROM_RAY_TOKEN = "ray-token"
+
+
+def install_replica_key() -> None:
+    """Set this process's replica key (KEY_VARIABLE) from the Ray cluster's auth token: an HMAC of it, so the key
+    is never written anywhere (not in the Serve config, not in Ray's logs, which print runtime environments) and
+    only processes holding the token, which controls the cluster anyway, can compute it. Run in the router and in
+    each replica of a cluster whose replicas answer over HTTP (`infra.serve_config.ServeHttp`)."""
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if not token and path:
+        with open(path, encoding="utf-8") as fh:
+            token = fh.read().strip()
+    if not token:
+        raise RuntimeError("this Ray has no auth token (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH) to derive the "
+                           "replica key from; start Ray with token authentication (Sovra's local Ray has it)")
+    os.environ[KEY_VARIABLE] = hmac.new(token.encode(), b"sovra replica key v1", "sha256").hexdigest()
 
 
 def _authorize(request: Request) -> None:

@@ -67,7 +67,18 @@ def model_server(args: dict[str, Any]):
 
 class HttpModelServer(ModelServer):
     """A ModelServer that answers OpenAI's HTTP API itself (`model_http`), for a cluster the router reaches over
-    HTTP rather than by handle (KubeRay)."""
+    HTTP rather than by handle (KubeRay, or Serve's HAProxy ingress). `replica_key`: `FROM_RAY_TOKEN` to require
+    the key derived from the cluster's Ray token."""
+
+    def __init__(self, model: str, target: str, engine: str, engine_options: dict[str, Any] | None = None,
+                 replica_key: str | None = None) -> None:
+        from orchestrator.serving.model_http import FROM_RAY_TOKEN, install_replica_key
+
+        if replica_key == FROM_RAY_TOKEN:
+            install_replica_key()
+        elif replica_key is not None:
+            raise ValueError(f"replica_key {replica_key!r}: only {FROM_RAY_TOKEN!r} is known")
+        super().__init__(model, target, engine, engine_options)
 
     async def __call__(self, request):
         from orchestrator.serving.model_http import respond
@@ -81,7 +92,8 @@ def model_http(args: dict[str, Any]):
 
     deployment = serve.deployment(name="ModelServer", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32,
                                   health_check_period_s=1)(HttpModelServer)
-    return deployment.bind(args["model"], args["target"], args["engine"], args.get("engine_options") or {})
+    return deployment.bind(args["model"], args["target"], args["engine"], args.get("engine_options") or {},
+                           args.get("replica_key"))
 
 
 def router(args: dict[str, Any]):
@@ -112,8 +124,11 @@ def build_router_state_app(cfg: dict[str, Any]):
     from orchestrator.router.clients import ClientSet
     from orchestrator.router.dispatch import Dispatcher
     from orchestrator.router.tenants import TenantDirectory
+    from orchestrator.serving.model_http import FROM_RAY_TOKEN, install_replica_key
     from orchestrator.spec.org import Admin, Tenant
 
+    if cfg.get("replica_key") == FROM_RAY_TOKEN:  # the key of the replicas it reaches over HTTP
+        install_replica_key()
     table = RoutingTable.of(Backend.from_wire(b) for b in cfg["backends"])
     tenant_list = [Tenant.model_validate(t) for t in cfg["tenants"]]
     admins = [Admin.model_validate(a) for a in cfg.get("admins", [])]

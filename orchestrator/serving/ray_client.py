@@ -1,4 +1,6 @@
-"""Reach model replicas through Ray Serve deployment handles (backend kind "ray"; address = Serve app name).
+"""Reach model replicas through Ray Serve deployment handles (backend kind "ray"; address = Serve app name), or over
+Serve's HTTP ingress where the backend gives a `url` (`infra.serve_config.ServeHttp`: the replicas' own HTTP
+servers behind Serve's HAProxy, which cost the router less than a handle call).
 
 Where the payload leaves: a handle call is first *assigned* to a replica (Serve reserves a slot on a live replica,
 retrying dead ones itself), and only then is the request sent. So a call still unassigned has delivered nothing.
@@ -138,12 +140,30 @@ def _cancelled_by_us() -> bool:
 
 
 class RayClient(BackendClient):
-    """One cached DeploymentHandle per Serve app; calls fail fast, as undelivered, while an app has no replica."""
+    """One cached DeploymentHandle per Serve app; calls fail fast, as undelivered, while an app has no replica.
+
+    A backend with a `url` param is called over HTTP instead (`ModelHttpClient`, with the replica key); Serve's
+    replica states still say when its app has no replica, so it fails fast the same way. HAProxy answers 503
+    while no replica can take a call, which the HTTP client counts as not processed, so the request fails over."""
 
     def __init__(self, watch: ReplicaWatch | None = None, assign_check_s: float = 0.2):
         self._handles: dict[str, Any] = {}
+        self._http: BackendClient | None = None
         self.watch = watch or ReplicaWatch()
         self.assign_check_s = assign_check_s
+
+    def _over_http(self, backend: Backend) -> BackendClient | None:
+        if "url" not in backend.params:
+            return None
+        if self._http is None:
+            from orchestrator.serving.model_http_client import ModelHttpClient
+
+            self._http = ModelHttpClient()
+        return self._http
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
 
     def known_down(self, backend: Backend) -> bool:
         return self.watch.down(backend.address)
@@ -186,20 +206,31 @@ class RayClient(BackendClient):
             guard.disarm()
 
     async def chat(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
+        if http := self._over_http(backend):
+            self._refuse_if_down(backend)
+            return await http.chat(backend, body)
         return await self._call(backend, "chat", body)
 
     async def embed(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
+        if http := self._over_http(backend):
+            self._refuse_if_down(backend)
+            return await http.embed(backend, body)
         return await self._call(backend, "embed", body)
 
     async def health(self, backend: Backend) -> bool:
-        """The replica's payload-free `health()`, which asks its engine; False at once when no replica runs."""
+        """The replica's payload-free health (`health()`, or `/healthz` over HTTP), which asks its engine; False
+        at once when no replica runs."""
         await self.watch.fresh(self.watch.trust_s)
         if self.watch.down(backend.address):
             return False
+        if http := self._over_http(backend):
+            return bool(await http.health(backend))
         return bool((await self._handle(backend).health.remote()).get("ok"))
 
     async def chat_stream(self, backend: Backend, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         self._refuse_if_down(backend)
+        if http := self._over_http(backend):
+            return await http.chat_stream(backend, body)
         gen = self._handle(backend).options(stream=True).chat_stream.remote(body)
         guard = _AssignmentGuard(self, backend.address, gen)
         try:

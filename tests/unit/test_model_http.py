@@ -91,10 +91,10 @@ def test_an_engine_without_embeddings_and_an_unknown_path_are_explained():
     assert r.status_code == 404 and "POST /v1/chat/completions" in r.json()["error"]["message"]
 
 
-def test_the_kuberay_client_probes_and_describes_through_healthz():
+def test_the_model_http_client_probes_and_describes_through_healthz():
     """The router's side of the same surface, over real HTTP: health and `sovra status` ask the engine."""
+    from orchestrator.serving.model_http_client import ModelHttpClient
     from policies.residency import Place
-    from providers.kuberay_client import KubeRayClient
     from tests import factories
     from tests.fakes.openai_backend import ServerThread
 
@@ -104,7 +104,7 @@ def test_the_kuberay_client_probes_and_describes_through_healthz():
                                   address=server.url)
 
             async def ask(b=b):
-                client = KubeRayClient()
+                client = ModelHttpClient()
                 try:
                     return await client.health(b), await client.describe(b)
                 finally:
@@ -124,9 +124,9 @@ def test_with_a_key_configured_every_call_needs_it(monkeypatch):
     assert ok.status_code == 200 and "k-123" not in ok.text
 
 
-def test_the_kuberay_client_sends_the_key_from_the_variable_its_backend_names(monkeypatch):
+def test_the_model_http_client_sends_the_key_from_the_variable_its_backend_names(monkeypatch):
+    from orchestrator.serving.model_http_client import ModelHttpClient
     from policies.residency import Place
-    from providers.kuberay_client import KubeRayClient
     from tests import factories
     from tests.fakes.openai_backend import ServerThread
 
@@ -137,7 +137,7 @@ def test_the_kuberay_client_sends_the_key_from_the_variable_its_backend_names(mo
         b = b.model_copy(update={"params": {"api_key_env": "PARIS_KEY"}})
 
         async def health():
-            client = KubeRayClient()
+            client = ModelHttpClient()
             try:
                 return await client.health(b)
             finally:

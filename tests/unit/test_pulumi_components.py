@@ -541,9 +541,9 @@ def test_a_kuberay_stack_output_becomes_an_own_capacity_backend_reached_over_htt
     dropped) -> a first-rung routing-table backend that the KubeRay client calls."""
     from infra.pulumi_stack import outputs_to_endpoints
     from infra.serve_config import routed_entry
+    from orchestrator.serving.model_http_client import ModelHttpClient
     from orchestrator.spec.org import Cluster
     from providers import base
-    from providers.kuberay_client import KubeRayClient
 
     cluster = Cluster.model_validate({
         "id": "k8s-paris", "provider": "kubernetes", "country": "FR", "zone": "EU", "address": "paris-gpu",
@@ -558,7 +558,7 @@ def test_a_kuberay_stack_output_becomes_an_own_capacity_backend_reached_over_htt
     b = routed_entry(d, p, e, e.connection)
     assert (b.kind, b.address, b.tier, b.place.country) == ("kubernetes", url, 0, "FR")
     client = base.get("kubernetes").client()
-    assert isinstance(client, KubeRayClient) and client.url(b, "health") == url + "/healthz"
+    assert isinstance(client, ModelHttpClient) and client.url(b, "health") == url + "/healthz"
     assert base.get("kubernetes").direct is False  # an in-cluster URL, without a key: only the router calls it
 
 

