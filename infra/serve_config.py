@@ -78,9 +78,9 @@ class RayPlacement:
 
 #: Route prefix under which a replica app answers OpenAI's API on the cluster's Serve port (`ServeHttp`).
 REPLICA_ROUTE_PREFIX = "/sovra-replica/"
-#: The replica key's variable, in the replicas (`orchestrator.serving.model_http` requires it there) and in the
-#: router, whose HTTP client sends it (a backend names it in `api_key_env`).
-REPLICA_KEY_ENV = "SOVRA_SERVE_API_KEY"
+#: Where the router holds the replica key, whose HTTP client sends it (a backend names it in `api_key_env`). Not
+#: SOVRA_SERVE_API_KEY, the variable replicas check: an org may name that one for a KubeRay service's own key.
+REPLICA_KEY_ENV = "SOVRA_REPLICA_KEY"
 #: App args value: each process derives that key from the cluster's Ray token (`model_http.install_replica_key`).
 REPLICA_KEY_FROM_RAY_TOKEN = "ray-token"
 

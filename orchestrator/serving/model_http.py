@@ -72,11 +72,12 @@ KEY_VARIABLE = "SOVRA_SERVE_API_KEY"
 FROM_RAY_TOKEN = "ray-token"
 
 
-def install_replica_key() -> None:
-    """Set this process's replica key (KEY_VARIABLE) from the Ray cluster's auth token: an HMAC of it, so the key
-    is never written anywhere (not in the Serve config, not in Ray's logs, which print runtime environments) and
-    only processes holding the token, which controls the cluster anyway, can compute it. Run in the router and in
-    each replica of a cluster whose replicas answer over HTTP (`infra.serve_config.ServeHttp`)."""
+def install_replica_key(variable: str = KEY_VARIABLE) -> None:
+    """Put the replica key in this process's `variable` (a replica checks KEY_VARIABLE), derived from the Ray
+    cluster's auth token: an HMAC of it, so the key is never written anywhere (not in the Serve config, not in
+    Ray's logs, which print runtime environments) and only processes holding the token, which controls the cluster
+    anyway, can compute it. Run in the router and in each replica of a cluster whose replicas answer over HTTP
+    (`infra.serve_config.ServeHttp`)."""
     token = os.environ.get("RAY_AUTH_TOKEN")
     path = os.environ.get("RAY_AUTH_TOKEN_PATH")
     if not token and path:
@@ -85,7 +86,7 @@ def install_replica_key() -> None:
     if not token:
         raise RuntimeError("this Ray has no auth token (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH) to derive the "
                            "replica key from; start Ray with token authentication (Sovra's local Ray has it)")
-    os.environ[KEY_VARIABLE] = hmac.new(token.encode(), b"sovra replica key v1", "sha256").hexdigest()
+    os.environ[variable] = hmac.new(token.encode(), b"sovra replica key v1", "sha256").hexdigest()
 
 
 def _authorize(request: Request) -> None:

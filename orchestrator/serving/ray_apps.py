@@ -128,7 +128,9 @@ def build_router_state_app(cfg: dict[str, Any]):
     from orchestrator.spec.org import Admin, Tenant
 
     if cfg.get("replica_key") == FROM_RAY_TOKEN:  # the key of the replicas it reaches over HTTP
-        install_replica_key()
+        from infra.serve_config import REPLICA_KEY_ENV
+
+        install_replica_key(REPLICA_KEY_ENV)
     table = RoutingTable.of(Backend.from_wire(b) for b in cfg["backends"])
     tenant_list = [Tenant.model_validate(t) for t in cfg["tenants"]]
     admins = [Admin.model_validate(a) for a in cfg.get("admins", [])]

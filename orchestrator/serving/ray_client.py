@@ -143,8 +143,9 @@ class RayClient(BackendClient):
     """One cached DeploymentHandle per Serve app; calls fail fast, as undelivered, while an app has no replica.
 
     A backend with a `url` param is called over HTTP instead (`ModelHttpClient`, with the replica key); Serve's
-    replica states still say when its app has no replica, so it fails fast the same way. HAProxy answers 503
-    while no replica can take a call, which the HTTP client counts as not processed, so the request fails over."""
+    replica states, when known, still refuse it before sending while its app has no replica. What HAProxy took
+    cannot be proven undelivered (it answers 500 both for "no server" and for a server lost mid-request), so a
+    failure there is a 502 that is not resent; the breaker then ejects the backend."""
 
     def __init__(self, watch: ReplicaWatch | None = None, assign_check_s: float = 0.2):
         self._handles: dict[str, Any] = {}

@@ -83,7 +83,7 @@ def test_the_router_reaches_the_replicas_over_http_and_the_key_is_in_no_config_t
     for app in (EU_APP, US_APP):
         assert apps[app]["route_prefix"] == f"/sovra-replica/{app}"
     table = router["args"]["backends"]
-    assert {b["params"]["api_key_env"] for b in table} == {"SOVRA_SERVE_API_KEY"}
+    assert {b["params"]["api_key_env"] for b in table} == {"SOVRA_REPLICA_KEY"}
     key = _replica_key(deployed["settings"])
     assert key not in json.dumps(apps)  # not in the Serve config (Ray logs what it holds), nor in /v1/routes
     routes = httpx.get(deployed["url"] + "/v1/routes", headers={"Authorization": f"Bearer {BOTH_KEY}"}).text

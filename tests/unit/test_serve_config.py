@@ -125,7 +125,7 @@ def test_over_serve_http_replicas_answer_under_their_route_and_no_key_is_in_any_
     b = sc.backend_entry(rp, http)
     assert b.address == app["name"]  # Serve's replica states still tell the router when the app is down
     assert b.params == {"url": "http://127.0.0.1:8123/sovra-replica/sovra.chat.onprem-paris",
-                        "api_key_env": "SOVRA_SERVE_API_KEY"}
+                        "api_key_env": "SOVRA_REPLICA_KEY"}
     router = sc.router_app([b], tenants=[], audit_path=None, http=http)
     assert sc.holds_replica_key(router) and not sc.holds_replica_key(sc.router_app([b], tenants=[], audit_path=None))
     assert "runtime_env" not in json.dumps(router) and "runtime_env" not in json.dumps(app)
