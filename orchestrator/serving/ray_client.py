@@ -49,8 +49,9 @@ class ReplicaWatch:
     """Serve's replica states for the apps the router uses, fetched on demand (one fetch at a time).
 
     Nothing polls while every call is assigned promptly: the view is refreshed only when a call has waited for a
-    replica, when a probe asks, or when /readyz asks. A "down" view older than `trust_s` is not believed, so a
-    stale view can delay a send but never refuse one to an app that has recovered.
+    replica, when a probe asks, when /readyz asks, or, behind calls over HTTP (which have no assignment to wait
+    on), in the background when it is older than `behind_s` (`nudge`). A "down" view older than `trust_s` is not
+    believed, so a stale view can delay a send but never refuse one to an app that has recovered.
     """
 
     def __init__(self, status: Callable[[], Any] | None = None, *, trust_s: float = 1.0,
@@ -66,6 +67,11 @@ class ReplicaWatch:
         """Serve reported, within `trust_s`, no RUNNING replica of `app` (or no such app)."""
         return (self._at is not None and self._clock() - self._at <= self.trust_s
                 and self._running.get(app, 0) == 0)
+
+    def nudge(self, behind_s: float) -> None:
+        """Start a refresh in the background when the view is older than `behind_s`; never waits for it."""
+        if self._refreshing is None and (self._at is None or self._clock() - self._at > behind_s):
+            self._refreshing = asyncio.ensure_future(self._refresh())
 
     async def fresh(self, max_age_s: float) -> None:
         """Make the view at most `max_age_s` old; concurrent callers share one fetch."""
@@ -142,20 +148,23 @@ def _cancelled_by_us() -> bool:
 class RayClient(BackendClient):
     """One cached DeploymentHandle per Serve app; calls fail fast, as undelivered, while an app has no replica.
 
-    A backend with a `url` param is called over HTTP instead (`ModelHttpClient`, with the replica key); Serve's
-    replica states, when known, still refuse it before sending while its app has no replica. What HAProxy took
+    A backend with a `url` param is called over HTTP instead (`ModelHttpClient`, with the replica key). Serve's
+    replica states, kept at most about `http_watch_s` old behind such calls (fetched in the background, one call
+    at a time), refuse it before sending while its app has no running replica. What HAProxy took
     cannot be proven undelivered (it answers 500 both for "no server" and for a server lost mid-request), so a
     failure there is a 502 that is not resent; the breaker then ejects the backend."""
 
-    def __init__(self, watch: ReplicaWatch | None = None, assign_check_s: float = 0.2):
+    def __init__(self, watch: ReplicaWatch | None = None, assign_check_s: float = 0.2, http_watch_s: float = 0.5):
         self._handles: dict[str, Any] = {}
         self._http: BackendClient | None = None
         self.watch = watch or ReplicaWatch()
         self.assign_check_s = assign_check_s
+        self.http_watch_s = http_watch_s
 
     def _over_http(self, backend: Backend) -> BackendClient | None:
         if "url" not in backend.params:
             return None
+        self.watch.nudge(self.http_watch_s)
         if self._http is None:
             from orchestrator.serving.model_http_client import ModelHttpClient
 

@@ -121,3 +121,35 @@ def test_a_backend_served_over_http_goes_over_http_with_its_key_and_not_while_se
 
     asyncio.run(run())
     assert seen == [("/sovra-replica/sovra.m.paris/v1/chat/completions", "Bearer replica-key", "hi")]
+
+
+def test_a_nudge_refreshes_a_stale_view_in_the_background_once_and_never_waits():
+    now = [0.0]
+    status = Status({"a": 1})
+    watch = ReplicaWatch(status, trust_s=1.0, clock=lambda: now[0])
+
+    async def run():
+        status.gate.clear()  # the controller is slow: the nudge must not wait for it
+        watch.nudge(0.5)
+        watch.nudge(0.5)  # one fetch in flight at a time
+        await asyncio.sleep(0.05)
+        assert not watch.down("a")
+        status.running = {"a": 0}
+        status.gate.set()
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if watch.down("a"):
+                break
+        assert watch.down("a") and status.calls == 1
+        watch.nudge(0.5)  # fresh enough: nothing asked
+        await asyncio.sleep(0.05)
+        assert status.calls == 1
+        now[0] = 0.6
+        watch.nudge(0.5)
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if status.calls == 2:
+                break
+        assert status.calls == 2
+
+    asyncio.run(run())
