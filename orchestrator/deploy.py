@@ -282,7 +282,7 @@ def _serve_http(key: str, settings: Settings) -> sc.ServeHttp | None:
     start) the router calls them by handle, which costs less than a second trip through Serve's Python proxy."""
     if key != LOCAL:
         return None
-    rec = settings.local_ray().running()
+    rec = settings.local_ray().record()  # `_connect` has just made sure it runs
     return sc.ServeHttp(settings.router_port) if rec is not None and rec.serve_http else None
 
 

@@ -96,3 +96,26 @@ def ray_driver(settings) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def replicas_of(app: str) -> list[dict]:
+    """The live ModelServer replica actors of Serve app `app` (this process must be a driver of its Ray)."""
+    from ray.util import list_named_actors
+
+    return [a for a in list_named_actors(all_namespaces=True) if app in a["name"] and "ModelServer" in a["name"]]
+
+
+def timed_chats(url: str, key: str, n: int) -> list[tuple[float, int, str]]:
+    """n sequential chats to the router at `url` as the tenant of `key`: (seconds, HTTP status, X-Sovra-Target)."""
+    import time
+
+    import httpx
+
+    out = []
+    with httpx.Client(timeout=130) as http:  # one pooled client: a new one per call costs ~100 ms by itself
+        for _ in range(n):
+            t0 = time.perf_counter()
+            r = http.post(url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                          json={"model": "m", "messages": [{"role": "user", "content": "eu-secret dead set"}]})
+            out.append((time.perf_counter() - t0, r.status_code, r.headers.get("X-Sovra-Target", "")))
+    return out

@@ -10,7 +10,6 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 import ray
@@ -18,7 +17,7 @@ import ray
 from infra import serve_config as sc
 from infra.serve_api import ServeApi
 from orchestrator import deploy, planning
-from tests.integration.conftest import ray_driver
+from tests.integration.conftest import ray_driver, replicas_of, timed_chats
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SPECS = Path(__file__).parent / "specs"
@@ -125,39 +124,21 @@ def test_eu_tenant_never_reaches_us_even_when_every_eu_backend_is_gone(deployed)
     assert "eu-secret" not in text and EU_KEY not in text
 
 
-def _replicas_of(app: str) -> list[dict]:
-    from ray.util import list_named_actors
-
-    return [a for a in list_named_actors(all_namespaces=True) if app in a["name"] and "ModelServer" in a["name"]]
-
-
-def _timed(d, key: str, n: int) -> list[tuple[float, int, str]]:
-    """n sequential chats: (seconds, HTTP status, target)."""
-    out = []
-    with httpx.Client(timeout=130) as http:  # one pooled client: a new one per call costs ~100 ms by itself
-        for _ in range(n):
-            t0 = time.perf_counter()
-            r = http.post(d["url"] + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                          json={"model": "m", "messages": [{"role": "user", "content": "eu-secret dead set"}]})
-            out.append((time.perf_counter() - t0, r.status_code, r.headers.get("X-Sovra-Target", "")))
-    return out
-
-
 def test_a_dead_eu_set_fails_closed_within_two_seconds_and_a_wider_tenant_fails_over(deployed):
     """Every EU replica killed while its Serve app still exists (as after a node loss): EU requests get 503 fast
     instead of waiting for Serve to restart a replica; a tenant allowed EU and US, whom the cost policy sends to the
     dead EU backend first, is served from the US; US traffic keeps its latency."""
     _wait_admitted(deployed, EU_KEY, "onprem-paris")
     _wait_admitted(deployed, BOTH_KEY, "onprem-paris")
-    us_before = sorted(t for t, _, _ in _timed(deployed, US_KEY, 20))
-    victims = _replicas_of(EU_APP)
+    us_before = sorted(t for t, _, _ in timed_chats(deployed["url"], US_KEY, 20))
+    victims = replicas_of(EU_APP)
     assert victims
     for v in victims:
         ray.kill(ray.get_actor(v["name"], namespace=v["namespace"]), no_restart=True)
     killed_at = time.perf_counter()
-    eu = _timed(deployed, EU_KEY, 12)
-    both = _timed(deployed, BOTH_KEY, 6)
-    us_during = sorted(t for t, _, _ in _timed(deployed, US_KEY, 20))
+    eu = timed_chats(deployed["url"], EU_KEY, 12)
+    both = timed_chats(deployed["url"], BOTH_KEY, 6)
+    us_during = sorted(t for t, _, _ in timed_chats(deployed["url"], US_KEY, 20))
     window_s = time.perf_counter() - killed_at
     # Serve restarts the replicas on this single node after a while; only the requests in the outage matter here
     assert all(status == 503 or (status == 200 and target == "onprem-paris") for _, status, target in eu), eu
@@ -222,7 +203,7 @@ def test_replica_killed_under_load_resends_nothing_it_may_have_received(deployed
     _up(deployed["settings"], _spec(tmp_path, 4, 4))
     app = max((EU_APP, US_APP), key=lambda n: deployed["api"].apps()[n].running)
     key, target = (EU_KEY, "onprem-paris") if app == EU_APP else (US_KEY, "onprem-virginia")
-    replicas = _replicas_of(app)
+    replicas = replicas_of(app)
     assert len(replicas) >= 2
     _wait_admitted(deployed, key, target)
     c = client(deployed, key)

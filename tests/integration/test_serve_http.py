@@ -19,7 +19,7 @@ from infra import serve_config as sc
 from infra.ray_cluster import free_port
 from infra.serve_api import ServeApi
 from orchestrator import deploy, planning
-from tests.integration.conftest import ray_driver
+from tests.integration.conftest import ray_driver, replicas_of, timed_chats
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SPECS = Path(__file__).parent / "specs"
@@ -120,34 +120,21 @@ def test_second_up_changes_nothing(deployed):
     assert result.changed is False
 
 
-def _timed(d, key: str, n: int) -> list[tuple[float, int, str]]:
-    out = []
-    with httpx.Client(timeout=130) as http:
-        for _ in range(n):
-            t0 = time.perf_counter()
-            r = http.post(d["url"] + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                          json={"model": "m", "messages": [{"role": "user", "content": "eu-secret dead set"}]})
-            out.append((time.perf_counter() - t0, r.status_code, r.headers.get("X-Sovra-Target", "")))
-    return out
-
-
 def test_a_dead_eu_set_over_http_never_sends_eu_payloads_elsewhere_nor_resends_them(deployed):
     """Every EU replica killed while its app still exists. Over HTTP the router cannot prove that a request HAProxy
     took never reached the dying replica (HAProxy answers 500 for both), so such a request is a 502 and is not
     resent; once the breaker or Serve's replica states say the set is down, requests are refused before sending
     (503 for EU, the US for a tenant allowed both). Throughout, nothing of the EU tenant's leaves the EU."""
-    from ray.util import list_named_actors
-
-    victims = [a for a in list_named_actors(all_namespaces=True) if EU_APP in a["name"] and "ModelServer" in a["name"]]
+    victims = replicas_of(EU_APP)
     assert victims
     for v in victims:
         ray.kill(ray.get_actor(v["name"], namespace=v["namespace"]), no_restart=True)
     deadline = time.time() + 30
-    while any(EU_APP in a["name"] and "ModelServer" in a["name"] for a in list_named_actors(all_namespaces=True)):
+    while replicas_of(EU_APP):
         assert time.time() < deadline, "the killed EU replicas did not die"
         time.sleep(0.05)
-    eu = _timed(deployed, EU_KEY, 10)
-    both = _timed(deployed, BOTH_KEY, 6)
+    eu = timed_chats(deployed["url"], EU_KEY, 10)
+    both = timed_chats(deployed["url"], BOTH_KEY, 6)
     print(f"\ndead EU set over HTTP: EU {[(round(t, 3), s, tg) for t, s, tg in eu]}; "
           f"EU+US {[(round(t, 3), s, tg) for t, s, tg in both]}")
     assert all(status in (502, 503) or (status == 200 and target == "onprem-paris") for _, status, target in eu), eu
