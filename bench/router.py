@@ -8,10 +8,13 @@ Every variant ends at the same replica: one `ModelServer` running the echo engin
 (`orchestrator.deploy.up`) on the local Ray that Sovra starts (`infra.ray_cluster.LocalRay`), in a temporary
 SOVRA_HOME on free ports, with a tenant key, `X-Sovra-Residency: EU` and the audit trail on, as `up` configures it:
   (s) sovra   client -> Serve proxy -> Sovra's router (the Serve ingress `up` deploys) -> the replica, as `up`
-              connects them: by DeploymentHandle behind Serve's own proxy; in HAProxy mode over HTTP, through
-              HAProxy into the replica's own HTTP server, with the replica key (infra.serve_config.ServeHttp)
+              connects them: by DeploymentHandle behind Serve's own proxy (by value, with the router's Serve
+              settings, infra.serve_config.ROUTER_SERVE_ENV); in HAProxy mode over HTTP, through HAProxy into
+              the replica's own HTTP server, with the replica key (infra.serve_config.ServeHttp)
   (b) bare    client -> Serve proxy -> a bare forwarding ingress (bench/serve_ingress.py) -> DeploymentHandle
-              -> the same replica
+              -> the same replica, with Serve's defaults: the issue's baseline
+  (t) tuned   the same bare ingress given what the router is given: by-value handle calls and ROUTER_SERVE_ENV,
+              so that Sovra against it is Sovra's own work on the same transport
   (h) handle  the replica's DeploymentHandle called directly from inside a Serve replica (as both ingresses call
               it), no HTTP per call (bench/serve_ingress.py:handle_caller): the baseline
 and the gateway case users compare Sovra with (LiteLLM-style), ending at an OpenAI-compatible server in its own
@@ -80,8 +83,11 @@ GW_BODY = {**BODY, "model": GW_DEPLOYMENT}
 GW_HEADERS = {"Authorization": f"Bearer {GW_KEY}"}
 # The bench's own Serve applications (bench/serve_ingress.py): (app, route prefix, builder, deployment, role)
 BENCH_APPS_FULL = (("bench-bare", "/bare", "bare_ingress", "BareIngress", "bare"),
+                   ("bench-tuned", "/tuned", "bare_ingress", "BareIngress", "tuned"),
                    ("bench-handle", "/handle", "handle_caller", "HandleCaller", "handle caller"))
 BENCH_APPS = tuple(a[:3] for a in BENCH_APPS_FULL)
+# (t): the bare ingress given what Sovra's router is given, its Serve settings and by-value handle calls
+TUNED = {"args": {"by_value": True}}  # and the runtime_env {"env_vars": infra.serve_config.ROUTER_SERVE_ENV}
 GOAL = {"sovra_over_bare_rps": 1.0, "added_p50_ms_haproxy": 1.5, "gateway_added_p50_ms_haproxy": 1.5,
         "rss_mb": 300.0}
 # Quoted next to the gateway goal; the issue's figure for the same call on this machine, not measured by this bench.
@@ -91,8 +97,9 @@ MODES = {"default": {"SOVRA_SERVE_HAPROXY": "0"}, "haproxy": {"SOVRA_SERVE_HAPRO
 # Shutdown only: Serve otherwise waits out 30 s drain periods before it stops proxies and direct-ingress replicas.
 DRAIN_ENV = {"RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
 DECISION_REPEATS = 7  # decision cost: median of this many timed loops
-VARIANTS = ("sovra", "bare", "handle", "gateway", "direct")
-LABELS = {"sovra": "(s) Sovra router", "bare": "(b) bare Serve ingress", "handle": "(h) handle, called directly",
+VARIANTS = ("sovra", "bare", "tuned", "handle", "gateway", "direct")
+LABELS = {"sovra": "(s) Sovra router", "bare": "(b) bare Serve ingress",
+          "tuned": "(t) bare ingress, Sovra's Serve settings", "handle": "(h) handle, called directly",
           "gateway": "(g) Sovra → openai-compatible server", "direct": "(o) openai-compatible server, called directly"}
 ROUTED = ("sovra", "gateway")  # the variants whose answers carry the router's own time
 # shape -> (concurrency, Sizes attribute for n, streamed)
@@ -269,6 +276,10 @@ def child_cluster(workdir: str) -> None:
         current = [dict(a.config) for a in api.apps().values() if a.config]
         bench_apps = [{"name": name, "route_prefix": prefix, "import_path": f"bench.serve_ingress:{builder}",
                        "args": {"model_app": model_app}} for name, prefix, builder in BENCH_APPS]
+        for app in bench_apps:
+            if app["name"] == "bench-tuned":
+                app["args"].update(TUNED["args"])
+                app["runtime_env"] = {"env_vars": dict(sc.ROUTER_SERVE_ENV)}
         api.apply(sc.serve_config([*current, *bench_apps], host="127.0.0.1", port=settings.router_port))
         api.wait(lambda apps: {a[0] for a in BENCH_APPS} <= set(apps)
                  and all(a.status == "RUNNING" for a in apps.values()),
@@ -503,6 +514,7 @@ def measure_mode(pool: cf.Executor, ready: dict[str, Any], sizes: Sizes, log, se
     url = ready["router_url"]
     targets = {"sovra": {"kind": "http", "url": url, "headers": HEADERS},
                "bare": {"kind": "http", "url": url + "/bare"},
+               "tuned": {"kind": "http", "url": url + "/tuned"},
                "handle": {"kind": "handle"},
                # the same tenant key and residency header as (s); the router sends the server's own key
                "gateway": {"kind": "http", "url": url, "headers": HEADERS, "body": GW_BODY},
@@ -621,12 +633,17 @@ def derive(res: dict[str, Any]) -> dict[str, Any]:
     """Ratios and differences, each of two numbers measured side by side in the same mode (same Ray)."""
     per_mode: dict[str, dict[str, Any]] = {}
     for mode, v in res["modes"].items():
-        s, b, h, g, o = v["sovra"], v["bare"], v["handle"], v["gateway"], v["direct"]
+        s, b, t, h, g, o = v["sovra"], v["bare"], v["tuned"], v["handle"], v["gateway"], v["direct"]
         per_mode[mode] = {
             "sovra_over_bare_rps_c16": _r(s["c16"]["rps"] / b["c16"]["rps"]),
             # the same ratio per round (each pair measured minutes apart at most): how much of it is noise
             "sovra_over_bare_rps_c16_rounds": [_r(x / y) if x and y else None for x, y in
                                                zip(s["c16"].get("rps_rounds", []), b["c16"].get("rps_rounds", []))],
+            # against a bare ingress given Sovra's Serve settings: what Sovra's own work costs on the same transport
+            "sovra_over_tuned_rps_c16": _r(s["c16"]["rps"] / t["c16"]["rps"]),
+            "sovra_over_tuned_rps_c16_rounds": [_r(x / y) if x and y else None for x, y in
+                                                zip(s["c16"].get("rps_rounds", []), t["c16"].get("rps_rounds", []))],
+            "sovra_minus_tuned_p50_ms": _r(s["c1"]["p50_ms"] - t["c1"]["p50_ms"]),
             "sovra_added_p50_ms": _r(s["c1"]["p50_ms"] - h["c1"]["p50_ms"]),
             "bare_added_p50_ms": _r(b["c1"]["p50_ms"] - h["c1"]["p50_ms"]),
             "sovra_minus_bare_p50_ms": _r(s["c1"]["p50_ms"] - b["c1"]["p50_ms"]),
@@ -643,7 +660,7 @@ def derive(res: dict[str, Any]) -> dict[str, Any]:
             "gateway_router_overhead_p50_ms_c1": g["c1"]["router_overhead_p50_ms"],
             "gateway_router_overhead_p50_ms_c16": g["c16"]["router_overhead_p50_ms"],
             "router_rss_mb": res["procs"].get(mode, {}).get("rss_mb", {}).get("router"),
-            "cpu_us_c16": {name: v[name]["c16"].get("cpu_us_per_request", {}) for name in ("sovra", "bare")}}
+            "cpu_us_c16": {name: v[name]["c16"].get("cpu_us_per_request", {}) for name in ("sovra", "bare", "tuned")}}
     goals: dict[str, dict[str, Any]] = {}
     for mode, d in per_mode.items():
         goals[f"sovra/bare req/s at C=16, {mode}"] = {
@@ -694,18 +711,24 @@ def ratio_lines(res: dict[str, Any], der: dict[str, Any]) -> list[str]:
             f"{_f(d['bare_over_handle_rps_c16'], '.3f')}; router's own time (X-Sovra-Overhead-Ms) p50: C=1 "
             f"{_f(d['router_overhead_p50_ms_c1'], '.3f')} ms, C=16 {_f(d['router_overhead_p50_ms_c16'], '.3f')} ms")
         lines.append(
+            f"{mode}: against the bare ingress given Sovra's Serve settings (t): sovra/tuned req/s at C=16 "
+            f"{_f(d['sovra_over_tuned_rps_c16'], '.3f')} (per round: "
+            f"{', '.join(_f(x, '.3f') for x in d.get('sovra_over_tuned_rps_c16_rounds', []))}); sovra - tuned p50 "
+            f"at C=1 {_f(d['sovra_minus_tuned_p50_ms'], '+.2f')} ms")
+        lines.append(
             f"{mode}: Sovra in front of an openai-compatible server: added p50 of Sovra over the server called "
             f"directly (C=1) {_f(d['gateway_added_p50_ms'], '+.2f')} ms; Sovra/direct req/s at C=16 "
             f"{_f(d['gateway_over_direct_rps_c16'], '.3f')}; added TTFC p50 {_f(d['gateway_added_ttfc_p50_ms'], '+.2f')} "
             f"ms; router's own time p50: C=1 {_f(d['gateway_router_overhead_p50_ms_c1'], '.3f')} ms, C=16 "
             f"{_f(d['gateway_router_overhead_p50_ms_c16'], '.3f')} ms")
         cpu = d.get("cpu_us_c16", {})
-        if cpu.get("sovra") and cpu.get("bare"):
-            lines.append(f"{mode}: CPU µs per request at C=16 by process (warm-up included), sovra | bare: " + ", ".join(
-                f"{role} {cpu['sovra'].get(role, 0)} | {cpu['bare'].get(role, 0)}"
-                for role in sorted(set(cpu["sovra"]) | set(cpu["bare"]))
-                if cpu["sovra"].get(role, 0) or cpu["bare"].get(role, 0))
-                + f"; all of them {sum(cpu['sovra'].values())} | {sum(cpu['bare'].values())}")
+        names = [n for n in ("sovra", "bare", "tuned") if cpu.get(n)]
+        if len(names) > 1:
+            roles = sorted({role for n in names for role in cpu[n]})
+            lines.append(f"{mode}: CPU µs per request at C=16 by process (warm-up included), {' | '.join(names)}: "
+                         + ", ".join(f"{role} " + " | ".join(str(cpu[n].get(role, 0)) for n in names)
+                                     for role in roles if any(cpu[n].get(role, 0) for n in names))
+                         + "; all of them " + " | ".join(str(sum(cpu[n].values())) for n in names))
     dec = res["decision"]
     if dec["rows"]:
         lines.append("routing decision alone (pure choice function, no I/O; µs of CPU per decision, wall median in "
@@ -751,10 +774,13 @@ one echo-engine replica (`ModelServer`, 0.25 CPU, min = max = 1 replica) and Sov
 (one replica, 0.25 CPU), with a tenant key, the deployment's residency (EU) and the audit trail, as for any
 deployment. In haproxy mode `up` also gives each replica app a route on Serve's port
 (`/sovra-replica/<app>`, `infra.serve_config.ServeHttp`), so HAProxy forwards straight into the replica's own HTTP
-server, and the router calls it there with the replica key; in default mode the router calls its handle. The bare
+server, and the router calls it there with the replica key; in default mode the router calls its handle by value
+(over the replica's own gRPC server, `orchestrator.serving.ray_client`) and runs with Serve's settings of
+`infra.serve_config.ROUTER_SERVE_ENV` (its code on the replica's main event loop). The bare
 ingress (`bench/serve_ingress.py`: a raw ASGI app that forwards the JSON body to the same
 replica through a DeploymentHandle, one replica, 0.25 CPU, 256 ongoing requests like the router) is then added to
-the same Serve config, declaratively, with the handle baseline: a Serve replica (`handle_caller`, 0.25 CPU) that
+the same Serve config, declaratively, twice: (b) with Serve's defaults, (t) with the router's Serve settings and
+by-value handle calls; and the handle baseline: a Serve replica (`handle_caller`, 0.25 CPU) that
 runs the whole measurement itself, calling the replica's `ModelServer` handle as the ingresses do, with no HTTP
 per call (one POST starts a measurement and brings its latencies back). The gateway case: `bench/openai_echo.py`,
 a raw asyncio HTTP/1.1 server (uvloop) answering OpenAI's chat completions (JSON and SSE) and /v1/models with no
@@ -789,6 +815,12 @@ LIMITS = """\
   the issue defines it), Sovra over HTTP into the replica's own server, which is what `up` deploys there because
   it costs less than a handle call on this machine. A bare ingress that did the same would gain the same; the
   ratio says what Sovra as deployed costs against a plain Serve ingress, not that its code is faster than none.
+- **In default mode Sovra's router runs with Serve's settings tuned and the bare ingress (b) with Serve's
+  defaults,** as a user would write it: the router's handle calls go by value (over the replica's gRPC server,
+  not as Ray actor tasks through the object store) and its code runs on the replica's main event loop. That halves
+  the router's and the replica's CPU per request there, and is why Sovra outruns (b). (t) is the same bare ingress
+  given the same settings: Sovra against (t) is what Sovra's own work (auth, residency, choice, metrics, the audit
+  trail) costs on one transport. The (h) handle is by reference in default mode (Serve's default).
 - **Serve's default proxy dominates the default mode.** A request crosses Serve's Python proxy actor and an actor
   call into the ingress replica before either ingress sees it, for Sovra and bare alike. HAProxy mode removes
   that hop, and RAY_SERVE_THROUGHPUT_OPTIMIZED (set with it) makes handle calls cheaper too (compare the handle
@@ -818,8 +850,10 @@ def markdown(res: dict[str, Any], der: dict[str, Any], info: dict[str, Any]) -> 
     head, rows = table(res)
     lines = ["# Router benchmark", "", sizes, "", box, "",
              ("Paths: (s) client → proxy → Sovra's router (the Serve ingress `up` deploys) → the echo replica, as "
-              "`up` connects them: by DeploymentHandle in default mode, over HTTP through HAProxy into the replica's "
-              "own HTTP server in haproxy mode; (b) client → proxy → bare Serve ingress → DeploymentHandle → the same replica; (h) "
+              "`up` connects them: by DeploymentHandle in default mode (by value, with the router's Serve settings), "
+              "over HTTP through HAProxy into the replica's own HTTP server in haproxy mode; (b) client → proxy → bare "
+              "Serve ingress → DeploymentHandle → the same replica, with Serve's defaults; (t) the same bare ingress "
+              "given the router's Serve settings and by-value handle calls; (h) "
               "DeploymentHandle → the same replica, called from inside a Serve replica with no HTTP per call; (g) "
               "client → proxy → Sovra's router → HTTP → an OpenAI-compatible server outside Ray (an org.yaml "
               "endpoint routed by `up`); (o) client → the same server, called directly. The proxy is Serve's own "

@@ -25,13 +25,18 @@ async def _body(receive) -> bytes:
 
 
 def bare_ingress(args: dict[str, Any]):
-    """Serve application builder: `args["model_app"]` is the Serve application of the replica to forward to."""
+    """Serve application builder: `args["model_app"]` is the Serve application of the replica to forward to. With
+    `args["by_value"]` the handle calls go by value, as Sovra's router makes them (`orchestrator.serving.ray_client`);
+    the bench then gives this app the router's Serve settings too (`infra.serve_config.ROUTER_SERVE_ENV`)."""
     from ray import serve
 
     model_app = args["model_app"]
+    by_value = bool(args.get("by_value"))
 
     def build():  # Serve recognises an app *builder* by a zero-argument function
         handle = serve.get_deployment_handle("ModelServer", app_name=model_app)
+        if by_value:
+            handle = handle.options(_by_reference=False)
         stream_handle = handle.options(stream=True)
 
         async def app(scope, receive, send):

@@ -30,6 +30,13 @@ HOURS_PER_MONTH = 730
 #: Requests one model replica takes at once (Serve's max_ongoing_requests); beyond its replicas' sum the router
 #: spills over to the next rung of the ladder.
 MAX_ONGOING_PER_REPLICA = 32
+#: Serve's own settings for the router's replica alone, as Serve's throughput-optimized mode sets them for every
+#: replica: the router's code never blocks its event loop (all I/O is async; the audit line is one small write), so
+#: it runs on the replica's main loop with Serve's handle router, instead of a thread and a loop of its own that
+#: every request and every handle call would cross. With by-value handle calls (orchestrator.serving.ray_client)
+#: this roughly halves the router's and the replica's CPU per request behind Serve's default proxy
+#: (bench/results/router.md). Not for model replicas: an engine may block its loop.
+ROUTER_SERVE_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
 
 
 def app_name(deployment: str, target: str) -> str:
@@ -221,7 +228,8 @@ def router_app(backends: Sequence[Backend], *, tenants: Iterable[Tenant], audit_
         # No Serve access log: the audit trail already records every request (with every attempt), so a second
         # line per request in Serve's logs would only cost the router's CPU on each request and fill the node's disk.
         "deployments": [{"name": "Router", "num_replicas": 1, "logging_config": {"enable_access_log": False},
-                         "ray_actor_options": {"num_cpus": num_cpus, "resources": {HEAD_NODE_RESOURCE: 0.001}}}],
+                         "ray_actor_options": {"num_cpus": num_cpus, "resources": {HEAD_NODE_RESOURCE: 0.001},
+                                               "runtime_env": {"env_vars": dict(ROUTER_SERVE_ENV)}}}],
     }
 
 

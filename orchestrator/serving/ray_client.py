@@ -186,7 +186,12 @@ class RayClient(BackendClient):
 
         h = self._handles.get(backend.address)
         if h is None:
-            h = self._handles[backend.address] = serve.get_deployment_handle(DEPLOYMENT, app_name=backend.address)
+            # By value: Serve sends the call to the replica it assigned over that replica's own gRPC server (Serve's
+            # inter-deployment transport, Ray's token and TLS applied) instead of as a Ray actor task through the
+            # object store. Same assignment, same replica, same failures (a lost replica is ActorUnavailableError);
+            # it costs the router and the replica about half the CPU (bench/results/router.md, default mode).
+            h = serve.get_deployment_handle(DEPLOYMENT, app_name=backend.address).options(_by_reference=False)
+            self._handles[backend.address] = h
         return h
 
     def _refuse_if_down(self, backend: Backend) -> None:

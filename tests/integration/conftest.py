@@ -53,7 +53,9 @@ def sovra_ray(tmp_path_factory):
     settings = Settings(home=home, router_port=free_port(), dashboard_port=free_port(), gcs_port=free_port(),
                         timeout_s=300)
     env = {"SOVRA_HOME": str(home), "SOVRA_ROUTER_PORT": str(settings.router_port),
-           "SOVRA_RAY_DASHBOARD_PORT": str(settings.dashboard_port), "SOVRA_RAY_PORT": str(settings.gcs_port)}
+           "SOVRA_RAY_DASHBOARD_PORT": str(settings.dashboard_port), "SOVRA_RAY_PORT": str(settings.gcs_port),
+           # Serve's actors report their tasks to Ray's state API, so a test can see how Serve hands requests on
+           "RAY_SERVE_ENABLE_TASK_EVENTS": "1"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     local = settings.local_ray()

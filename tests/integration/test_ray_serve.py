@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import math
+import re
 import threading
 import time
 from pathlib import Path
@@ -92,6 +93,41 @@ def test_openai_client_chat_stream_embeddings_and_errors(deployed):
         client(deployed, "sk-wrong").chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(openai.BadRequestError):
         client(deployed).chat.completions.create(model="m", messages=[])
+
+
+def _request_tasks(actor_class: str) -> int:
+    """Ray actor tasks through which Serve handed requests to actors of `actor_class` (from Ray's task events)."""
+    from ray.util.state import list_tasks
+
+    return sum(1 for t in list_tasks(filters=[("type", "=", "ACTOR_TASK")], limit=10_000, raise_on_missing_output=False)
+               if t.name.startswith(f"{actor_class}.handle_request"))
+
+
+def _eu_replica_class() -> str:
+    """The class name Ray shows for the EU ModelServer replicas (their actor's class, as its creation task names it)."""
+    from ray.util.state import list_tasks
+
+    tasks = list_tasks(filters=[("type", "=", "ACTOR_CREATION_TASK")], limit=10_000, raise_on_missing_output=False)
+    # "SERVE_REPLICA::<app>#<deployment>#<id>:<class>.__init__"; the actor's name holds no ':'
+    [name] = {m[1] for t in tasks if (m := re.fullmatch(rf"SERVE_REPLICA::{re.escape(EU_APP)}#[^:]+:(.+)\.__init__",
+                                                         t.name))}
+    return name
+
+
+def test_the_router_calls_replicas_by_value_not_as_ray_actor_tasks(deployed):
+    """The router's handle calls go to the replica Serve assigned over its gRPC server, not as Ray actor tasks
+    through the object store (what costs the router and the replica most behind Serve's default proxy). Serve's
+    proxy still hands each request to the router as an actor task: that count proves task events are recorded."""
+    for _ in range(8):
+        raw = client(deployed).chat.completions.with_raw_response.create(
+            model="m", messages=[{"role": "user", "content": "eu-secret"}])
+        assert raw.headers["X-Sovra-Target"] == "onprem-paris"
+    deadline = time.time() + 30  # task events reach the GCS in batches, about once a second
+    while _request_tasks(f"ServeReplica:{sc.ROUTER_APP}:Router") < 8:
+        assert time.time() < deadline, "Ray recorded no request task of the router"
+        time.sleep(0.5)
+    replica_class = _eu_replica_class()
+    assert replica_class.endswith("ModelServer") and _request_tasks(replica_class) == 0
 
 
 def test_eu_tenant_never_reaches_us_even_when_every_eu_backend_is_gone(deployed):

@@ -128,7 +128,9 @@ def test_over_serve_http_replicas_answer_under_their_route_and_no_key_is_in_any_
                         "api_key_env": "SOVRA_REPLICA_KEY"}
     router = sc.router_app([b], tenants=[], audit_path=None, http=http)
     assert sc.holds_replica_key(router) and not sc.holds_replica_key(sc.router_app([b], tenants=[], audit_path=None))
-    assert "runtime_env" not in json.dumps(router) and "runtime_env" not in json.dumps(app)
+    # the key travels in no runtime_env (Ray writes those to its logs): the router's holds Serve's settings only
+    assert "runtime_env" not in json.dumps(app)
+    assert router["deployments"][0]["ray_actor_options"]["runtime_env"] == {"env_vars": sc.ROUTER_SERVE_ENV}
     # the same deployment's apps are recognised whichever way they answer
     assert [a["name"] for a in sc.merge([app, sc.model_app(rp)], {"chat"}, [])] == []
 
