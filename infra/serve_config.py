@@ -36,7 +36,13 @@ MAX_ONGOING_PER_REPLICA = 32
 #: every request and every handle call would cross. With by-value handle calls (orchestrator.serving.ray_client)
 #: this roughly halves the router's and the replica's CPU per request behind Serve's default proxy
 #: (bench/results/router.md). Not for model replicas: an engine may block its loop.
-ROUTER_SERVE_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+#: A by-value call is one gRPC message each way, and gRPC refuses one over 4 MiB by default: an embeddings answer for
+#: a few thousand inputs is larger, and a request within the router's 4 MB body limit can pickle larger (a float is
+#: 2 bytes of JSON and 9 pickled). The router (which receives answers) and the model replicas called by handle (which
+#: receive requests) lift it to what a handle call by reference takes in practice.
+GRPC_MESSAGE_ENV = {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(1 << 30)}
+ROUTER_SERVE_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+                    **GRPC_MESSAGE_ENV}
 
 
 def app_name(deployment: str, target: str) -> str:
@@ -139,6 +145,8 @@ def model_app(rp: RayPlacement, http: ServeHttp | None = None) -> dict[str, Any]
             "engine_options": dict(sorted(d.spec.serving.options.items())), "sovra_version": __version__}
     if http is not None:
         args["replica_key"] = REPLICA_KEY_FROM_RAY_TOKEN
+    else:  # called by handle, by value (orchestrator.serving.ray_client)
+        actor["runtime_env"] = {"env_vars": dict(GRPC_MESSAGE_ENV)}
     return {
         "name": name,
         "route_prefix": http.route(name) if http is not None else None,

@@ -240,7 +240,7 @@ class BedrockClient(BackendClient):
         try:
             return answer(backend.model, resp)
         except (KeyError, TypeError) as exc:
-            raise Failed(f"{backend.target}: Converse answered without {exc}") from None
+            raise Failed(f"Converse answered without {exc}") from None
 
     async def chat_stream(self, backend: Backend, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         request = converse_request(body)
@@ -280,7 +280,7 @@ class BedrockClient(BackendClient):
                 tokens += int(data.get("inputTextTokenCount") or 0)
             return openai_wire.embeddings(backend.model, vectors, tokens)
         except (KeyError, TypeError, ValueError) as exc:
-            raise Failed(f"{backend.target}: the embedding answer has an unexpected shape ({exc!r})") from None
+            raise Failed(f"the embedding answer has an unexpected shape ({exc!r})") from None
 
     async def _state(self, backend: Backend) -> dict[str, Any]:
         def control() -> Any:

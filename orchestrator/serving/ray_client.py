@@ -40,9 +40,14 @@ def _verdict(exc: BaseException, backend: Backend) -> AttemptFailed | BadRequest
         return Refused(f"{backend.target}: replicas' queues are full", throttled=True)
     if isinstance(getattr(exc, "cause", None), EngineError):  # the engine refused the request itself: a 400
         return BadRequest(str(exc.cause))
+    # The dispatcher names the target in front of these; gRPC's own text (a debug dump) is not for people.
     if isinstance(exc, (rex.RayActorError, rex.ActorUnavailableError, sex.ReplicaUnavailableError)):
-        return Failed(f"{backend.target}: replica lost while handling the request ({type(exc).__name__})")
-    return Failed(f"{backend.target}: {type(exc).__name__}: {str(exc)[:300]}")
+        return Failed(f"replica lost while handling the request ({type(exc).__name__})")
+    code, details = getattr(exc, "code", None), getattr(exc, "details", None)
+    if callable(code) and callable(details):  # grpc.aio.AioRpcError: the by-value call itself failed
+        return Failed(f"the by-value call to the replica failed ({getattr(code(), 'name', code())}: "
+                      f"{str(details())[:200]})")
+    return Failed(f"{type(exc).__name__}: {str(exc)[:300]}")
 
 
 class ReplicaWatch:

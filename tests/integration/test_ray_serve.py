@@ -130,6 +130,18 @@ def test_the_router_calls_replicas_by_value_not_as_ray_actor_tasks(deployed):
     assert replica_class.endswith("ModelServer") and _request_tasks(replica_class) == 0
 
 
+def test_payloads_past_grpcs_default_message_size_reach_the_replica_and_come_back(deployed):
+    """By value, a call is one gRPC message each way, and gRPC refuses messages over 4 MiB unless told otherwise.
+    An embeddings answer for many inputs is easily larger (here about 6 MiB pickled), and a request within the
+    router's 4 MB body limit can pickle larger still (a float is 2 bytes of JSON and 9 pickled)."""
+    n = 150_000
+    emb = client(deployed).embeddings.create(model="m", input=["ab"] * n)
+    assert len(emb.data) == n and emb.data[-1].embedding == [2.0, 1.0]
+    raw = client(deployed).chat.completions.with_raw_response.create(
+        model="m", messages=[{"role": "user", "content": "eu-secret"}], extra_body={"sovra_test_floats": [0.0] * 700_000})
+    assert raw.parse().choices[0].message.content == "served-by onprem-paris"
+
+
 def test_eu_tenant_never_reaches_us_even_when_every_eu_backend_is_gone(deployed):
     raw = client(deployed, US_KEY).chat.completions.with_raw_response.create(
         model="m", messages=[{"role": "user", "content": "hi"}])

@@ -153,3 +153,22 @@ def test_a_nudge_refreshes_a_stale_view_in_the_background_once_and_never_waits()
         assert status.calls == 2
 
     asyncio.run(run())
+
+
+def test_a_failed_by_value_call_is_not_resent_and_reads_for_people():
+    """gRPC's own error text is a debug dump; the verdict keeps its code and details, and leaves naming the target
+    to the dispatcher (which puts it in front once)."""
+    import grpc
+
+    from policies.residency import Place
+    from orchestrator.router.errors import Failed
+    from orchestrator.serving.ray_client import _verdict
+    from tests import factories
+
+    exc = grpc.aio.AioRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                               details="Received message larger than max (5719882 vs. 4194304)",
+                               debug_error_string="UNKNOWN:Error received from peer {grpc_status:8}")
+    verdict = _verdict(exc, factories.backend("onprem-paris", Place("EU", "FR", "FR", "self")))
+    assert isinstance(verdict, Failed) and not verdict.resend
+    assert str(verdict) == ("the by-value call to the replica failed (RESOURCE_EXHAUSTED: Received message larger "
+                            "than max (5719882 vs. 4194304))")

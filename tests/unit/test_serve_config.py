@@ -42,7 +42,8 @@ def test_model_app_autoscales_from_planned_replicas_to_its_share_of_max():
     a = apps["onprem-paris"]
     assert a["name"] == "sovra.chat.onprem-paris" and a["route_prefix"] is None
     assert a["args"]["engine"] == "llama-cpp" and a["deployments"][0]["ray_actor_options"] == {
-        "num_cpus": 0.25, "resources": {"sovra.target/onprem-paris": 0.001}}  # replicas run only on its nodes
+        "num_cpus": 0.25, "resources": {"sovra.target/onprem-paris": 0.001},  # replicas run only on its nodes
+        "runtime_env": {"env_vars": sc.GRPC_MESSAGE_ENV}}  # by-value calls past gRPC's 4 MiB default
 
 
 @pytest.mark.parametrize(("model", "engine", "gpus", "expected"), [
