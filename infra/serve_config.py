@@ -30,17 +30,17 @@ HOURS_PER_MONTH = 730
 #: Requests one model replica takes at once (Serve's max_ongoing_requests); beyond its replicas' sum the router
 #: spills over to the next rung of the ladder.
 MAX_ONGOING_PER_REPLICA = 32
+#: A by-value call is one gRPC message each way, and gRPC refuses one over 4 MiB by default: an embeddings answer for
+#: a few thousand inputs is larger, and a request within the router's 4 MB body limit can pickle larger (a float is
+#: 2 bytes of JSON and 9 pickled). The router (which receives answers) and the model replicas called by handle (which
+#: receive requests) lift it to what a handle call by reference takes in practice.
+GRPC_MESSAGE_ENV = {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(1 << 30)}
 #: Serve's own settings for the router's replica alone, as Serve's throughput-optimized mode sets them for every
 #: replica: the router's code never blocks its event loop (all I/O is async; the audit line is one small write), so
 #: it runs on the replica's main loop with Serve's handle router, instead of a thread and a loop of its own that
 #: every request and every handle call would cross. With by-value handle calls (orchestrator.serving.ray_client)
 #: this roughly halves the router's and the replica's CPU per request behind Serve's default proxy
 #: (bench/results/router.md). Not for model replicas: an engine may block its loop.
-#: A by-value call is one gRPC message each way, and gRPC refuses one over 4 MiB by default: an embeddings answer for
-#: a few thousand inputs is larger, and a request within the router's 4 MB body limit can pickle larger (a float is
-#: 2 bytes of JSON and 9 pickled). The router (which receives answers) and the model replicas called by handle (which
-#: receive requests) lift it to what a handle call by reference takes in practice.
-GRPC_MESSAGE_ENV = {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(1 << 30)}
 ROUTER_SERVE_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
                     **GRPC_MESSAGE_ENV}
 

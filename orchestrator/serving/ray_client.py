@@ -1,6 +1,6 @@
-"""Reach model replicas through Ray Serve deployment handles (backend kind "ray"; address = Serve app name), or over
-Serve's HTTP ingress where the backend gives a `url` (`infra.serve_config.ServeHttp`: the replicas' own HTTP
-servers behind Serve's HAProxy, which cost the router less than a handle call).
+"""Reach model replicas through Ray Serve deployment handles, by value (backend kind "ray"; address = Serve app
+name), or over Serve's HTTP ingress where the backend gives a `url` (`infra.serve_config.ServeHttp`: the replicas'
+own HTTP servers behind Serve's HAProxy, which cost the router less than a handle call).
 
 Where the payload leaves: a handle call is first *assigned* to a replica (Serve reserves a slot on a live replica,
 retrying dead ones itself), and only then is the request sent. So a call still unassigned has delivered nothing.
@@ -38,8 +38,11 @@ def _verdict(exc: BaseException, backend: Backend) -> AttemptFailed | BadRequest
         return NotDelivered(f"{backend.target}: Serve app unavailable", down=True)
     if isinstance(exc, sex.BackPressureError):
         return Refused(f"{backend.target}: replicas' queues are full", throttled=True)
-    if isinstance(getattr(exc, "cause", None), EngineError):  # the engine refused the request itself: a 400
-        return BadRequest(str(exc.cause))
+    # The engine refused the request itself: a 400. Serve raises it wrapped (a RayTaskError that is also an
+    # EngineError, the engine's own in `cause`) or, for some by-value failures, as itself.
+    cause = getattr(exc, "cause", exc)
+    if isinstance(cause, EngineError):
+        return BadRequest(str(cause))
     # The dispatcher names the target in front of these; gRPC's own text (a debug dump) is not for people.
     if isinstance(exc, (rex.RayActorError, rex.ActorUnavailableError, sex.ReplicaUnavailableError)):
         return Failed(f"replica lost while handling the request ({type(exc).__name__})")

@@ -11,7 +11,8 @@ from tests.integration.conftest import ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-VARIANTS = {"sovra": "(s) Sovra router", "bare": "(b) bare Serve ingress", "handle": "(h) handle, called directly",
+VARIANTS = {"sovra": "(s) Sovra router", "bare": "(b) bare Serve ingress",
+            "tuned": "(t) bare ingress, Sovra's Serve settings", "handle": "(h) handle, called directly",
             "gateway": "(g) Sovra → openai-compatible server", "direct": "(o) openai-compatible server, called directly"}
 
 
@@ -35,13 +36,15 @@ def test_router_bench_quick_measures_every_variant_in_both_proxy_modes_and_print
         ratios = derived["per_mode"][mode]
         rounds = ratios["sovra_over_bare_rps_c16_rounds"]
         assert len(rounds) == 1 and rounds[0] > 0, rounds  # --quick: one round
-        for key in ("sovra_over_bare_rps_c16", "sovra_added_p50_ms", "bare_added_p50_ms", "sovra_added_ttfc_p50_ms",
+        assert len(ratios["sovra_over_tuned_rps_c16_rounds"]) == 1
+        for key in ("sovra_over_bare_rps_c16", "sovra_over_tuned_rps_c16", "sovra_added_p50_ms", "bare_added_p50_ms", "sovra_added_ttfc_p50_ms",
                     "gateway_added_p50_ms", "gateway_over_direct_rps_c16", "gateway_added_ttfc_p50_ms"):
             assert ratios[key] is not None, (mode, key)
         # CPU per request by process: the router's replica worked for (s) only, the bare ingress's for (b) only
         cpu = ratios["cpu_us_c16"]
         assert cpu["sovra"]["router"] > 0 and cpu["bare"]["bare"] > 0, (mode, cpu)
         assert cpu["sovra"]["router"] > cpu["bare"]["router"] and cpu["bare"]["bare"] > cpu["sovra"]["bare"], cpu
+        assert cpu["tuned"]["tuned"] > cpu["sovra"]["tuned"] and cpu["tuned"]["tuned"] > cpu["bare"]["tuned"], cpu
         assert cpu["sovra"]["replica"] > 0 and cpu["sovra"]["load generator"] > 0, cpu
         assert f"{mode}: CPU µs per request at C=16 by process" in r.stdout
         # the gateway's answers came through Sovra's router (its header), the direct ones did not
@@ -56,6 +59,7 @@ def test_router_bench_quick_measures_every_variant_in_both_proxy_modes_and_print
         assert label in r.stdout
     for mode in ("default", "haproxy"):
         assert f"{mode}: sovra/bare req/s at C=16 " in r.stdout
+        assert f"{mode}: against the bare ingress given Sovra's Serve settings (t): sovra/tuned req/s" in r.stdout
         assert f"{mode}: Sovra in front of an openai-compatible server: added p50 of Sovra over the server" in r.stdout
     for token in ("added p50 over the handle at C=1", "X-Sovra-Overhead-Ms", "routing decision alone", "goals: ",
                   "router replica RSS", "Sovra/direct req/s at C=16", "openai-compatible server called directly",

@@ -95,22 +95,31 @@ def test_openai_client_chat_stream_embeddings_and_errors(deployed):
         client(deployed).chat.completions.create(model="m", messages=[])
 
 
-def _request_tasks(actor_class: str) -> int:
+def _task_names(d, kind: str) -> list[str]:
+    """Names of this Ray's tasks of `kind` from its state API, at this cluster's own dashboard with its token (Ray's
+    address discovery may find another cluster's leftover session on the same machine)."""
+    import httpx
+
+    from infra.ray_cluster import auth_headers
+
+    settings = d["settings"]
+    resp = httpx.get(f"{settings.local_ray().record().dashboard}/api/v0/tasks", timeout=60,
+                     headers=auth_headers(settings.local_ray().token()),
+                     params={"limit": 10_000, "filter_keys": "type", "filter_predicates": "=", "filter_values": kind})
+    resp.raise_for_status()
+    return [t["name"] for t in resp.json()["data"]["result"]["result"]]
+
+
+def _request_tasks(d, actor_class: str) -> int:
     """Ray actor tasks through which Serve handed requests to actors of `actor_class` (from Ray's task events)."""
-    from ray.util.state import list_tasks
-
-    return sum(1 for t in list_tasks(filters=[("type", "=", "ACTOR_TASK")], limit=10_000, raise_on_missing_output=False)
-               if t.name.startswith(f"{actor_class}.handle_request"))
+    return sum(1 for name in _task_names(d, "ACTOR_TASK") if name.startswith(f"{actor_class}.handle_request"))
 
 
-def _eu_replica_class() -> str:
+def _eu_replica_class(d) -> str:
     """The class name Ray shows for the EU ModelServer replicas (their actor's class, as its creation task names it)."""
-    from ray.util.state import list_tasks
-
-    tasks = list_tasks(filters=[("type", "=", "ACTOR_CREATION_TASK")], limit=10_000, raise_on_missing_output=False)
     # "SERVE_REPLICA::<app>#<deployment>#<id>:<class>.__init__"; the actor's name holds no ':'
-    [name] = {m[1] for t in tasks if (m := re.fullmatch(rf"SERVE_REPLICA::{re.escape(EU_APP)}#[^:]+:(.+)\.__init__",
-                                                         t.name))}
+    pattern = rf"SERVE_REPLICA::{re.escape(EU_APP)}#[^:]+:(.+)\.__init__"
+    [name] = {m[1] for n in _task_names(d, "ACTOR_CREATION_TASK") if (m := re.fullmatch(pattern, n))}
     return name
 
 
@@ -118,16 +127,20 @@ def test_the_router_calls_replicas_by_value_not_as_ray_actor_tasks(deployed):
     """The router's handle calls go to the replica Serve assigned over its gRPC server, not as Ray actor tasks
     through the object store (what costs the router and the replica most behind Serve's default proxy). Serve's
     proxy still hands each request to the router as an actor task: that count proves task events are recorded."""
-    for _ in range(8):
+    for _ in range(6):
         raw = client(deployed).chat.completions.with_raw_response.create(
             model="m", messages=[{"role": "user", "content": "eu-secret"}])
         assert raw.headers["X-Sovra-Target"] == "onprem-paris"
+    chunks = list(client(deployed).chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "eu-secret"}], stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "served-by onprem-paris"
+    assert client(deployed).embeddings.create(model="m", input="abcd").data[0].embedding == [4.0, 1.0]
     deadline = time.time() + 30  # task events reach the GCS in batches, about once a second
-    while _request_tasks(f"ServeReplica:{sc.ROUTER_APP}:Router") < 8:
+    while _request_tasks(deployed, f"ServeReplica:{sc.ROUTER_APP}:Router") < 8:
         assert time.time() < deadline, "Ray recorded no request task of the router"
         time.sleep(0.5)
-    replica_class = _eu_replica_class()
-    assert replica_class.endswith("ModelServer") and _request_tasks(replica_class) == 0
+    replica_class = _eu_replica_class(deployed)
+    assert replica_class.endswith("ModelServer") and _request_tasks(deployed, replica_class) == 0
 
 
 def test_payloads_past_grpcs_default_message_size_reach_the_replica_and_come_back(deployed):

@@ -160,9 +160,9 @@ def test_a_failed_by_value_call_is_not_resent_and_reads_for_people():
     to the dispatcher (which puts it in front once)."""
     import grpc
 
-    from policies.residency import Place
     from orchestrator.router.errors import Failed
     from orchestrator.serving.ray_client import _verdict
+    from policies.residency import Place
     from tests import factories
 
     exc = grpc.aio.AioRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(), grpc.aio.Metadata(),
@@ -172,3 +172,22 @@ def test_a_failed_by_value_call_is_not_resent_and_reads_for_people():
     assert isinstance(verdict, Failed) and not verdict.resend
     assert str(verdict) == ("the by-value call to the replica failed (RESOURCE_EXHAUSTED: Received message larger "
                             "than max (5719882 vs. 4194304))")
+
+
+def test_an_engine_refusal_is_a_400_however_serve_delivers_it():
+    """By reference Serve raises the replica's exception wrapped in a RayTaskError (its `cause`); by value it raises
+    the exception itself. Either way the engine refused the request: the client gets 400, nothing is resent."""
+    from ray.exceptions import RayTaskError
+
+    from orchestrator.router.errors import BadRequest
+    from orchestrator.serving.engines import EngineError
+    from orchestrator.serving.ray_client import _verdict
+    from policies.residency import Place
+    from tests import factories
+
+    backend = factories.backend("local", Place("EU", "FR", "FR", "self"))
+    refusal = EngineError("engine 'llama-cpp' serves no embeddings")
+    wrapped = RayTaskError("embed", "traceback", refusal).as_instanceof_cause()
+    for exc in (refusal, wrapped):
+        verdict = _verdict(exc, backend)
+        assert isinstance(verdict, BadRequest) and "serves no embeddings" in str(verdict)
