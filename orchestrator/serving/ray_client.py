@@ -197,7 +197,7 @@ class RayClient(BackendClient):
             # By value: Serve sends the call to the replica it assigned over that replica's own gRPC server (Serve's
             # inter-deployment transport, Ray's token and TLS applied) instead of as a Ray actor task through the
             # object store. Same assignment, same replica, same failures (a lost replica is ActorUnavailableError);
-            # it costs the router and the replica about half the CPU (bench/results/router.md, default mode).
+            # it costs the replica about 40 % less CPU per call (bench/results/router.md, default mode).
             h = serve.get_deployment_handle(DEPLOYMENT, app_name=backend.address).options(_by_reference=False)
             self._handles[backend.address] = h
         return h
