@@ -43,12 +43,20 @@ class ServeApi:
         self.dashboard = dashboard.rstrip("/")
         self._http = httpx.Client(base_url=self.dashboard, timeout=timeout_s, headers=auth_headers(token))
 
-    def _request(self, method: str, json_body: Any = None, path: str = APPS_PATH) -> dict[str, Any]:
-        try:
-            resp = self._http.request(method, path, json=json_body)
-        except httpx.HTTPError as exc:
-            raise ClusterError(f"cannot reach the Ray dashboard at {self.dashboard} ({exc}); is the cluster up?"
-                               ) from exc
+    def _request(self, method: str, json_body: Any = None, path: str = APPS_PATH, *, reads: int = 3,
+                 pause_s: float = 0.5) -> dict[str, Any]:
+        """A read answered 5xx is asked again (up to `reads` times): the dashboard answers 500 while Serve's
+        controller is being replaced or shut down (it held a handle to the one that just died, as right after
+        `down` removed every application), and the next read finds the new state. Writes are sent once."""
+        for attempt in range(1, reads + 1):
+            try:
+                resp = self._http.request(method, path, json=json_body)
+            except httpx.HTTPError as exc:
+                raise ClusterError(f"cannot reach the Ray dashboard at {self.dashboard} ({exc}); is the cluster up?"
+                                   ) from exc
+            if method != "GET" or resp.status_code < 500 or attempt == reads:
+                break
+            time.sleep(pause_s)
         if resp.status_code in (401, 403):
             raise ClusterError(f"the Ray dashboard at {self.dashboard} refused Sovra's token "
                                f"({'none sent' if resp.status_code == 401 else 'wrong token'}); give the cluster "
