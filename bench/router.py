@@ -86,8 +86,6 @@ BENCH_APPS_FULL = (("bench-bare", "/bare", "bare_ingress", "BareIngress", "bare"
                    ("bench-tuned", "/tuned", "bare_ingress", "BareIngress", "tuned"),
                    ("bench-handle", "/handle", "handle_caller", "HandleCaller", "handle caller"))
 BENCH_APPS = tuple(a[:3] for a in BENCH_APPS_FULL)
-# (t): the bare ingress given what Sovra's router is given, its Serve settings and by-value handle calls
-TUNED = {"args": {"by_value": True}}  # and the runtime_env {"env_vars": infra.serve_config.ROUTER_SERVE_ENV}
 GOAL = {"sovra_over_bare_rps": 1.0, "added_p50_ms_haproxy": 1.5, "gateway_added_p50_ms_haproxy": 1.5,
         "rss_mb": 300.0}
 # Quoted next to the gateway goal; the figure for the same call on this machine, not measured by this bench.
@@ -277,8 +275,8 @@ def child_cluster(workdir: str) -> None:
         bench_apps = [{"name": name, "route_prefix": prefix, "import_path": f"bench.serve_ingress:{builder}",
                        "args": {"model_app": model_app}} for name, prefix, builder in BENCH_APPS]
         for app in bench_apps:
-            if app["name"] == "bench-tuned":
-                app["args"].update(TUNED["args"])
+            if app["name"] == "bench-tuned":  # (t): what the router is given, by-value calls and its Serve settings
+                app["args"]["by_value"] = True
                 app["runtime_env"] = {"env_vars": dict(sc.ROUTER_SERVE_ENV)}
         api.apply(sc.serve_config([*current, *bench_apps], host="127.0.0.1", port=settings.router_port))
         api.wait(lambda apps: {a[0] for a in BENCH_APPS} <= set(apps)
