@@ -3,10 +3,13 @@
 `bench/router.py` measures the whole path `up` deploys, where Ray, the proxy and the replica dominate and two runs
 differ by up to 30 %. This one isolates what Sovra adds inside its replica: the same ASGI calls that Serve makes
 (scope, receive, send; no HTTP server, no Ray) against a backend client that answers at once, measured as process
-CPU time, variants interleaved in rounds. Variants:
+CPU time and wall time per request (requests one at a time: fsync's cost is waiting, not CPU), variants interleaved
+in rounds. Variants:
 
 - (s) Sovra's app as `up` builds it: tenant key, `X-Sovra-Residency: EU`, deployment resolution, dispatch, metrics,
-  the hash-chained audit trail on a temporary disk;
+  the hash-chained audit trail on a temporary disk under the working directory (a `send` line written to the OS
+  before the payload leaves, the request's line after: the default durability);
+- (f) the same with `audit: {fsync: true}`: each line forced to disk before the payload leaves;
 - (n) the same with the audit trail off, so the trail's share shows;
 - (b) a bare ASGI app that reads the body, parses it, calls the same client and writes the JSON answer: what
   `bench/serve_ingress.py` does in its replica.
@@ -72,10 +75,10 @@ def _backend() -> Backend:
                    cost=0.0, kind="ray", address="sovra.bench.local")
 
 
-def sovra_app(audit_dir: Path | None):
+def sovra_app(audit_dir: Path | None, *, fsync: bool = False):
     tenants = TenantDirectory.of([Tenant(name="eu", key_sha256=hashlib.sha256(KEY.encode()).hexdigest(),
                                          residency=Residency(zones=("EU",)))])
-    audit = AuditLog(audit_dir / "router.jsonl") if audit_dir is not None else None
+    audit = AuditLog(audit_dir, writer="bench", fsync=fsync) if audit_dir is not None else None
     state = RouterState(Dispatcher(RoutingTable.of([_backend()])), tenants, {"ray": Instant()}, audit, probe=False)
     return create_app(state)
 
@@ -122,27 +125,30 @@ async def _one(app) -> int:
     return status
 
 
-async def _cpu_us(app, n: int) -> float:
+async def _cpu_us(app, n: int) -> tuple[float, float]:
+    """(CPU µs, wall µs) per request."""
     gc.collect()
-    t0 = time.process_time()
+    t0, w0 = time.process_time(), time.perf_counter()
     for _ in range(n):
         status = await _one(app)
         if status != 200:
             raise SystemExit(f"benchmark request answered {status}, not 200")
-    return (time.process_time() - t0) / n * 1e6
+    return (time.process_time() - t0) / n * 1e6, (time.perf_counter() - w0) / n * 1e6
 
 
-async def measure(n: int, rounds: int) -> dict[str, list[float]]:
-    with tempfile.TemporaryDirectory() as tmp:
-        apps = {"s": sovra_app(Path(tmp)), "n": sovra_app(None), "b": bare_app()}
+async def measure(n: int, rounds: int, fsync_n: int) -> dict[str, list[tuple[float, float]]]:
+    # on this disk, under the working directory: /tmp may be a RAM disk, where fsync costs nothing
+    with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent) as tmp:
+        apps = {"s": sovra_app(Path(tmp) / "s"), "f": sovra_app(Path(tmp) / "f", fsync=True),
+                "n": sovra_app(None), "b": bare_app()}
         for app in apps.values():  # warm: imports, caches, the audit file
             await _cpu_us(app, 200)
-        out: dict[str, list[float]] = {k: [] for k in apps}
+        out: dict[str, list[tuple[float, float]]] = {k: [] for k in apps}
         for _ in range(rounds):
             order = list(apps)
             random.shuffle(order)
-            for k in order:
-                out[k].append(await _cpu_us(apps[k], n))
+            for k in order:  # fsync is slow: fewer requests, the same per-request figure
+                out[k].append(await _cpu_us(apps[k], fsync_n if k == "f" else n))
         return out
 
 
@@ -157,23 +163,29 @@ async def profile(n: int) -> None:
         pstats.Stats(pr).sort_stats("tottime").print_stats(30)
 
 
-NAMES = {"s": "(s) Sovra router app, audit on", "n": "(n) Sovra router app, audit off",
+NAMES = {"s": "(s) Sovra router app, audit on (write-ahead to the OS)",
+         "f": "(f) Sovra router app, audit on, fsync per line", "n": "(n) Sovra router app, audit off",
          "b": "(b) bare ASGI forwarder"}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=5000, help="requests per variant per round")
+    ap.add_argument("--fsync-n", type=int, default=300, help="requests per round for the fsync variant")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args(argv)
-    res = asyncio.run(measure(args.n, args.rounds))
-    med = {k: statistics.median(v) for k, v in res.items()}
-    rows = [[NAMES[k], f"{med[k]:.1f}", f"{min(v):.1f}–{max(v):.1f}"] for k, v in res.items()]
-    print_rows(f"CPU per request in one process ({args.rounds} rounds × {args.n}, median)",
-               ["variant", "µs/request", "range"], rows)
-    print(f"Sovra − bare: {med['s'] - med['b']:.1f} µs/request; of it the audit trail: "
-          f"{med['s'] - med['n']:.1f} µs; Sovra/bare CPU: {med['s'] / med['b']:.1f}×")
+    res = asyncio.run(measure(args.n, args.rounds, args.fsync_n))
+    cpu = {k: statistics.median(c for c, _ in v) for k, v in res.items()}
+    wall = {k: statistics.median(w for _, w in v) for k, v in res.items()}
+    rows = [[NAMES[k], f"{cpu[k]:.1f}", f"{min(c for c, _ in v):.1f}–{max(c for c, _ in v):.1f}", f"{wall[k]:.1f}"]
+            for k, v in res.items()]
+    print_rows(f"Per request in one process ({args.rounds} rounds × {args.n}, fsync {args.fsync_n}; median)",
+               ["variant", "CPU µs", "CPU range", "wall µs"], rows)
+    print(f"Sovra − bare: {cpu['s'] - cpu['b']:.1f} µs CPU/request; of it the audit trail (write-ahead and record): "
+          f"{cpu['s'] - cpu['n']:.1f} µs; Sovra/bare CPU: {cpu['s'] / cpu['b']:.1f}×")
+    print(f"fsync per line: +{wall['f'] - wall['s']:.0f} µs wall/request over the default "
+          f"({wall['f'] / wall['s']:.1f}× the router's own time)")
     if args.profile:
         asyncio.run(profile(args.n))
     return 0

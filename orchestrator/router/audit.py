@@ -1,13 +1,16 @@
-"""The audit trail: one hash-chained JSON line per request with every attempt; never the payload nor a key.
+"""The audit trail: a hash-chained line before every payload leaves and one per request with every attempt's
+outcome; never the payload nor a key.
 
 A compliance officer reads it to prove where every payload went (`sovra audit`) and that no line was
-removed or edited since (`sovra audit verify`). The chain itself lives in `audit_chain`.
+removed or edited since (`sovra audit verify`). The chains live in `audit_chain`, signed checkpoints in
+`audit_sign`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import os
 import threading
 import time
@@ -18,18 +21,27 @@ from pathlib import Path
 from typing import IO, Any
 
 from orchestrator.router.audit_chain import (
+    FILE_MODE,
     GENESIS,
+    WRITER,
+    Head,
     Part,
     VerifyResult,
+    chain_segments,
     last_sealed,
     opened,
     parse,
+    private_dir,
     seal,
-    verify,
-    verify_parts,
+    segment_name,
+    trail_dir,
+    verify_chains,
 )
+from orchestrator.router.errors import AuditUnavailable
 
-__all__ = ["OUTCOMES", "Attempt", "AuditLog", "AuditRecord", "Filter", "ReadResult", "RequestContext",
+log = logging.getLogger("sovra.audit")
+
+__all__ = ["OUTCOMES", "Attempt", "AuditLog", "AuditRecord", "Filter", "Head", "ReadResult", "RequestContext",
            "VerifyResult", "now_iso", "read", "verify"]
 
 OUTCOMES = frozenset({"ok", "not_sent", "refused", "rejected", "failed", "timeout", "cancelled",
@@ -55,6 +67,7 @@ class Attempt:
     zone: str
     country: str | None
     outcome: str
+    send_seq: int | None = None  # the seq of the line written before the payload left, when one was
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -110,10 +123,16 @@ class AuditRecord:
                 "deployment": self.deployment, "model": self.model, "residency": self.residency,
                 "target": served.target if served else None, "zone": served.zone if served else None,
                 "country": served.country if served else None,
-                "attempts": [{"target": a.target, "zone": a.zone, "country": a.country, "outcome": a.outcome}
-                             for a in self.attempts],
+                "attempts": [_attempt_json(a) for a in self.attempts],
                 "status": self.status, "outcome": self.outcome, "latency_ms": self.latency_ms,
                 "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+
+
+def _attempt_json(a: Attempt) -> dict[str, Any]:
+    out = {"target": a.target, "zone": a.zone, "country": a.country, "outcome": a.outcome}
+    if a.send_seq is not None:
+        out["send_seq"] = a.send_seq
+    return out
 
 
 @dataclass
@@ -145,11 +164,20 @@ class RequestContext:
     def attempt(self, target: str, zone: str, country: str | None, outcome: str) -> None:
         """Append a finished attempt."""
         Attempt(target, zone, country, outcome)  # rejects an unknown outcome now, not in the `finally`
-        self._attempts.append([target, zone, country, outcome])
+        self._attempts.append([target, zone, country, outcome, None])
 
-    def sending(self, target: str, zone: str, country: str | None) -> None:
+    def sending(self, target: str, zone: str, country: str | None, send_seq: int | None = None) -> None:
         """Mark a send as started, immediately before the payload leaves; `settle` says how it ended."""
-        self._attempts.append([target, zone, country, None])
+        self._attempts.append([target, zone, country, None, send_seq])
+
+    def ended(self, target: str, zone: str, country: str | None, outcome: str) -> None:
+        """An attempt ended: settle the send in flight to `target`, or append it when none was marked."""
+        last = self._attempts[-1] if self._attempts else None
+        if last is not None and last[3] is None and last[0] == target:
+            Attempt("-", "-", None, outcome)
+            last[3] = outcome
+        else:
+            self.attempt(target, zone, country, outcome)
 
     def settle(self, outcome: str) -> None:
         """Set the outcome of the latest attempt (also to amend one, e.g. `ok` -> `stream_interrupted`)."""
@@ -174,7 +202,7 @@ class RequestContext:
 
     @property
     def attempts(self) -> tuple[Attempt, ...]:
-        return tuple(Attempt(t, z, c, o or "cancelled") for t, z, c, o in self._attempts)
+        return tuple(Attempt(t, z, c, o or "cancelled", n) for t, z, c, o, n in self._attempts)
 
     def record(self, *, latency_ms: float | None = None) -> AuditRecord:
         """The record as of now (latency from the injected clock unless given); safe in a `finally`."""
@@ -193,36 +221,133 @@ def _count(value: object, default: int) -> int:
 
 
 class AuditLog:
-    """Appends chained lines to `path`, rotating at `max_bytes` into `path.1` … `path.<backups>`, oldest highest.
+    """One writer's chain in the trail directory `path`: segments `<writer>-<first seq>.jsonl`, a new one past
+    `max_bytes`, none ever renamed or deleted. Files 0600, the directory 0700.
 
-    One writer per file: threads share it through a lock. A new writer continues the chain from the last good
-    line; a line torn by a crash is left alone and the next record starts on a new line.
+    Lines: `send` (written before a payload leaves, `sending`), `request` (the request's record with every
+    attempt's outcome, `write`), `unauthenticated` (a count of requests that never authenticated, at most one line
+    per `unauthenticated_every_s`: strangers cannot flush the trail), `close` (the writer stopped cleanly).
+
+    Durability: every line is written to the OS (unbuffered `write`) before `sending` returns, so a payload that
+    left is on record even if the router process is killed; `fsync=True` also forces it to disk before the payload
+    leaves (survives the node losing power), at the cost `bench/router.py` measures. When a write fails the log is
+    unhealthy until one succeeds; `refuse=True` (the default) turns a failed write-ahead into `AuditUnavailable`,
+    so nothing is sent unrecorded.
+
+    One writer per chain: threads share it through a lock. A writer restarted under the same name continues its
+    chain from the last good line; a line torn by a crash is left alone and the next line starts on a new line.
     """
 
-    def __init__(self, path: str | Path, *, max_bytes: int = 50_000_000, backups: int = 10,
-                 fsync: bool = False):
-        if backups < 1:
-            raise ValueError("backups must be at least 1: rotation needs somewhere to put the full file")
+    def __init__(self, path: str | Path, *, writer: str = "router", max_bytes: int = 50_000_000,
+                 fsync: bool = False, refuse: bool = True, unauthenticated_every_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], str] | None = None):
+        if not WRITER.match(writer):
+            raise ValueError(f"audit writer name {writer!r}: use letters, digits, '.', '_' or '-' (at most 80)")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._max_bytes, self._backups, self._fsync = max_bytes, backups, fsync
+        private_dir(self.path)
+        self.writer = writer
+        self.fsync, self.refuse = fsync, refuse
+        self._max_bytes = max_bytes
+        self._clock, self._wall = clock, wall or now_iso
         self._lock = threading.Lock()
         self._file: IO[bytes] | None = None
-        self._size = 0  # of the open file: this writer is its only one
-        last = last_sealed(self.path)
+        self._size = 0  # of the open segment: this writer is its only one
+        segments = chain_segments(self.path).get(writer, [])
+        last = last_sealed(segments)
+        self._segment: Path | None = segments[-1] if segments else None
         self._head: str = last["hash"] if last else GENESIS
         self._seq: int = last["seq"] + 1 if last else 0
+        self._last_time: str | None = last.get("time") if last else None
+        self.failures = 0  # writes that failed since the process started
+        self.healthy = True  # the last write succeeded
+        self._strangers, self._strangers_since, self._strangers_at = 0, None, clock()
+        self._every_s = unauthenticated_every_s
 
     @property
     def head(self) -> str:
-        """The hash of the newest record in the chain (64 zeros before the first)."""
+        """The hash of this writer's newest line (64 zeros before the first)."""
         return self._head
 
-    def write(self, record: AuditRecord) -> None:
-        """Append one record, chained to the one before."""
-        body = record.to_json()
+    def own_head(self) -> Head | None:
+        """This writer's newest line as a checkpoint names it; None before the first."""
         with self._lock:
-            body["seq"] = self._seq
+            return None if self._seq == 0 else Head(self.writer, self._seq - 1, self._head, self._last_time)
+
+    def heads(self) -> list[Head]:
+        """Every chain's newest line: this writer's from memory (what it wrote), the others' from their files."""
+        own = self.own_head()
+        out = [own] if own else []
+        for writer, segments in chain_segments(self.path).items():
+            if writer != self.writer and (last := last_sealed(segments)) is not None:
+                with contextlib.suppress(ValueError):
+                    out.append(Head.of({**last, "writer": writer}))
+        return sorted(out, key=lambda h: h.writer)
+
+    def sending(self, ctx: RequestContext, target: str, zone: str, country: str | None) -> int | None:
+        """Record that a payload is about to leave for `target`, before it does; returns the line's seq (None when
+        the write failed and the org chose to go on). Raises `AuditUnavailable` rather than let it leave unrecorded."""
+        body = {"kind": "send", "time": self._wall(), "request_id": ctx.request_id, "tenant": ctx.tenant,
+                "deployment": ctx.deployment, "model": ctx.model, "residency": ctx.residency, "target": target,
+                "zone": zone, "country": country}
+        try:
+            return self._append(body)
+        except OSError as exc:
+            if self.refuse:
+                raise AuditUnavailable(
+                    "the audit trail cannot be written on this router "
+                    f"({exc.strerror or type(exc).__name__}), so no payload is sent; retry later") from None
+            log.warning("audit write failed (%s); sending anyway, as org.yaml `audit: {on_failure: continue}` says",
+                        exc)
+            return None
+
+    def write(self, record: AuditRecord) -> None:
+        """Append a request's record, chained to the line before."""
+        self._append({"kind": "request", **record.to_json()})
+
+    def unauthenticated(self) -> None:
+        """Count a request that never authenticated; a line sums them at most once per interval."""
+        with self._lock:
+            if self._strangers == 0:
+                self._strangers_since = self._wall()
+            self._strangers += 1
+            due = self._clock() - self._strangers_at >= self._every_s
+        if due:
+            self._flush_strangers()
+
+    def close(self) -> None:
+        """End the chain cleanly: the unauthenticated count, then a `close` line."""
+        with contextlib.suppress(OSError):
+            self._flush_strangers()
+            self._append({"kind": "close", "time": self._wall()})
+        with self._lock:
+            self._close()
+
+    def read(self, flt: Filter | None = None, *, limit: int | None = None) -> ReadResult:
+        """`read` over a consistent snapshot of the trail."""
+        with opened(self.path) as chains:
+            return _read_chains(chains, flt or Filter(), limit)
+
+    def verify(self, expect: Mapping[str, Head] | None = None) -> VerifyResult:
+        """`verify` that also knows the newest hash this writer wrote, so a cut end of its chain is caught."""
+        with contextlib.ExitStack() as stack:
+            with self._lock:
+                chains, head = stack.enter_context(opened(self.path)), self._head
+            return verify_chains(chains, heads={self.writer: head}, expect=expect)
+
+    def _flush_strangers(self) -> None:
+        with self._lock:
+            count, since = self._strangers, self._strangers_since
+            self._strangers, self._strangers_at = 0, self._clock()
+        if count:
+            try:
+                self._append({"kind": "unauthenticated", "time": self._wall(), "since": since, "count": count})
+            except OSError:
+                with self._lock:
+                    self._strangers += count
+
+    def _append(self, body: dict[str, Any]) -> int:
+        with self._lock:
+            body["writer"], body["seq"] = self.writer, self._seq
             line, digest = seal(body, self._head)
             try:
                 fh = self._open(len(line))
@@ -230,58 +355,43 @@ class AuditLog:
                 while rest:  # unbuffered: a crash tears at most this line; a short write is finished or raises
                     rest = rest[fh.write(rest):]
                 self._size += len(line)
-                if self._fsync:
+                if self.fsync:
                     os.fsync(fh.fileno())
-            except BaseException:
-                self._close()  # the next write re-checks the file's end before appending
+            except BaseException as exc:
+                self._close()  # the next write re-checks the segment's end before appending
+                if isinstance(exc, OSError):
+                    self.failures += 1
+                    self.healthy = False
                 raise
-            self._head, self._seq = digest, self._seq + 1
-
-    def read(self, flt: Filter | None = None, *, limit: int | None = None) -> ReadResult:
-        """`read` over a consistent snapshot of the files (no rotation can slip between them)."""
-        with self._snapshot() as (parts, _):
-            return _read_parts(parts, flt or Filter(), limit)
-
-    def verify(self) -> VerifyResult:
-        """`verify` that also knows the newest hash this writer wrote, so a cut end of the trail is caught."""
-        with self._snapshot() as (parts, head):
-            return verify_parts(parts, head=head)
-
-    def close(self) -> None:
-        with self._lock:
-            self._close()
-
-    @contextlib.contextmanager
-    def _snapshot(self) -> Iterator[tuple[list[Part], str]]:
-        with contextlib.ExitStack() as stack:
-            with self._lock:
-                parts, head = stack.enter_context(opened(self.path)), self._head
-            yield parts, head
+            self._head, self._seq, self._last_time = digest, self._seq + 1, body.get("time")
+            self.healthy = True
+            return body["seq"]
 
     def _open(self, incoming: int) -> IO[bytes]:
         if self._file is None:
-            self._file = self.path.open("ab", buffering=0)
-            if _ends_torn(self.path):
+            if self._segment is None:
+                self._segment = self.path / segment_name(self.writer, self._seq)
+            self._file = _open_private(self._segment)
+            if _ends_torn(self._segment):
                 self._file.write(b"\n")
             self._size = os.fstat(self._file.fileno()).st_size
         if self._size and self._size + incoming > self._max_bytes:
-            self._rotate()
-            self._file = self.path.open("ab", buffering=0)
+            self._close()  # a new segment, named by the seq it starts at; the full one is kept as it is
+            self._segment = self.path / segment_name(self.writer, self._seq)
+            self._file = _open_private(self._segment)
             self._size = 0
         return self._file
-
-    def _rotate(self) -> None:
-        self._close()
-        for i in range(self._backups - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{i}")
-            if older.exists():
-                os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
-        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
 
     def _close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _open_private(path: Path) -> IO[bytes]:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+    os.fchmod(fd, FILE_MODE)
+    return os.fdopen(fd, "ab", buffering=0)
 
 
 def _ends_torn(path: Path) -> bool:
@@ -339,11 +449,12 @@ def utc_key(value: str) -> str:
 
 @dataclass(frozen=True)
 class ReadResult:
-    """Records (oldest first) and how many unreadable lines were skipped; iterating it yields the records."""
+    """Records (oldest first), unreadable lines skipped, and requests that never authenticated (counted only)."""
 
     records: tuple[dict[str, Any], ...]
     torn: int
     files: tuple[str, ...]
+    unauthenticated: int = 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.records)
@@ -355,23 +466,57 @@ class ReadResult:
 def read(path: str | Path, *, tenant: str | None = None, deployment: str | None = None,
          model: str | None = None, zone: str | None = None, status: int | None = None, since: str | None = None,
          limit: int | None = None) -> ReadResult:
-    """Records from the rotated files, oldest first, filtered (see `Filter`); the newest `limit` if given.
-
-    Torn or unparseable lines are skipped and counted, never fatal.
-    """
+    """Request records of every chain in the trail `path` (a directory, or one of its segment files), oldest first,
+    filtered (see `Filter`); the newest `limit` if given. A payload recorded as sent whose request has no record
+    (the router stopped mid-request) is shown as an `unfinished` record. Torn lines are skipped and counted."""
     flt = Filter(tenant=tenant, deployment=deployment, model=model, zone=zone, status=status, since=since)
-    with opened(Path(path)) as parts:
-        return _read_parts(parts, flt, limit)
+    with opened(trail_dir(Path(path))) as chains:
+        return _read_chains(chains, flt, limit)
 
 
-def _read_parts(parts: list[Part], flt: Filter, limit: int | None) -> ReadResult:
-    kept: deque[dict[str, Any]] = deque(maxlen=limit)
-    torn = 0
-    for part in parts:
-        for raw in part.lines():
-            rec = parse(raw)
-            if rec is None:
-                torn += 1
-            elif flt.matches(rec):
-                kept.append(rec)
-    return ReadResult(tuple(kept), torn, tuple(p.name for p in parts))
+def verify(path: str | Path, *, expect: Mapping[str, Head] | None = None) -> VerifyResult:
+    """Check every chain of the trail `path` (a directory, or one of its segment files)."""
+    with opened(trail_dir(Path(path))) as chains:
+        return verify_chains(chains, expect=expect)
+
+
+def _read_chains(chains: Mapping[str, list[Part]], flt: Filter, limit: int | None) -> ReadResult:
+    kept: list[dict[str, Any]] = []
+    torn = strangers = 0
+    for parts in chains.values():
+        mine: deque[dict[str, Any]] = deque(maxlen=limit)
+        sends: dict[int, dict[str, Any]] = {}  # write-ahead lines not yet answered by their request's record
+        for part in parts:
+            for raw in part.lines():
+                rec = parse(raw)
+                if rec is None:
+                    torn += 1
+                    continue
+                kind = rec.get("kind")
+                if kind == "send" and isinstance(rec.get("seq"), int):
+                    sends[rec["seq"]] = rec
+                elif kind == "request":
+                    for a in rec.get("attempts") or ():
+                        if isinstance(a, dict) and isinstance(a.get("send_seq"), int):
+                            sends.pop(a["send_seq"], None)
+                    if flt.matches(rec):
+                        mine.append(rec)
+                elif kind == "unauthenticated" and isinstance(rec.get("count"), int):
+                    strangers += rec["count"]
+        kept += mine
+        kept += (u for u in map(_unfinished, sends.values()) if flt.matches(u))
+    kept.sort(key=lambda r: str(r.get("time", "")))
+    if limit is not None:
+        kept = kept[-limit:] if limit else []
+    files = tuple(p.name for parts in chains.values() for p in parts)
+    return ReadResult(tuple(kept), torn, files, strangers)
+
+
+def _unfinished(send: Mapping[str, Any]) -> dict[str, Any]:
+    """A request whose payload was recorded as leaving, with no record of how it ended: the router stopped first."""
+    return {"kind": "request", "time": send.get("time"), "request_id": send.get("request_id"),
+            "tenant": send.get("tenant"), "deployment": send.get("deployment"), "model": send.get("model"),
+            "residency": send.get("residency"), "target": None, "zone": None, "country": None,
+            "attempts": [{"target": send.get("target"), "zone": send.get("zone"), "country": send.get("country"),
+                          "outcome": "unknown", "send_seq": send.get("seq")}],
+            "status": None, "outcome": "unfinished", "writer": send.get("writer"), "seq": send.get("seq")}

@@ -1,4 +1,6 @@
-"""`GET /v1/audit` and `GET /v1/audit/verify`: the audit trail read through the router, wherever it runs.
+"""The audit trail read through the router, wherever it runs: `GET /v1/audit` (records), `GET /v1/audit/verify`
+(every chain), `POST /v1/audit/verify` (the same, and that the trail still extends a signed checkpoint given in the
+body), `GET /v1/audit/checkpoint` (the router's signed heads, `audit_sign`).
 
 Only admins (org.yaml `admins`) may read it; a tenant's key gets 403. An open router (no tenants, loopback only)
 with no admins is open here too.
@@ -6,8 +8,8 @@ with no admins is open here too.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -16,8 +18,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from orchestrator.router.audit import AuditLog, Filter
+from orchestrator.router.audit import AuditLog, Filter, now_iso
+from orchestrator.router.audit_sign import CheckpointError, Signer, check
 from orchestrator.router.errors import BadRequest, RouterError, Unauthorized
+from orchestrator.router.tenants import bearer_digest
 from orchestrator.spec.org import Admin, Tenant
 
 MAX_LIMIT = 100_000
@@ -56,10 +60,7 @@ class AdminGuard:
                 return
             raise NoAdmins("no admins are configured: add `admins: [{name, key_sha256}]` to org.yaml and redeploy "
                            "the router (`sovra serve --org org.yaml`) to read the audit trail through it")
-        if not authorization or not authorization.lower().startswith("bearer "):
-            raise Unauthorized("missing admin key: send 'Authorization: Bearer <admin key>' "
-                               "(`sovra audit` sends $SOVRA_ADMIN_KEY)")
-        digest = hashlib.sha256(authorization[7:].strip().encode()).hexdigest()
+        digest = bearer_digest(authorization, "admin key (`sovra audit` sends $SOVRA_ADMIN_KEY)")
         if _any_equal(digest, self.admin_digests):
             return
         if _any_equal(digest, self.tenant_digests):
@@ -75,8 +76,9 @@ def _any_equal(digest: str, digests: tuple[str, ...]) -> bool:
 
 
 def audit_routes(log: AuditLog | None, admins: Sequence[Admin], *, open_router: bool,
-                 tenants: Sequence[Tenant] = ()) -> list[Route]:
-    """The two routes, to mount in the router app. `tenants` lets a tenant's key get 403 rather than 401."""
+                 tenants: Sequence[Tenant] = (), signer: Signer | None = None) -> list[Route]:
+    """The routes, to mount in the router app. `tenants` lets a tenant's key get 403 rather than 401; without a
+    `signer` the router signs no checkpoints."""
     guard = AdminGuard.of(admins, tenants, open_router=open_router)
 
     async def records(request: Request) -> Response:
@@ -87,19 +89,53 @@ def audit_routes(log: AuditLog | None, admins: Sequence[Admin], *, open_router: 
         except RouterError as exc:
             return _error(exc)
         return JSONResponse({"file": str(trail.path), "torn": result.torn, "files": list(result.files),
-                             "records": list(result.records)}, headers=_NO_TARGET)
+                             "unauthenticated": result.unauthenticated, "records": list(result.records)},
+                            headers=_NO_TARGET)
 
     async def verify(request: Request) -> Response:
         try:
             trail = _authorized(guard, log, request)
             if request.query_params:
                 raise BadRequest(f"unknown query parameter(s): {', '.join(sorted(request.query_params))}")
-            result = await run_in_threadpool(trail.verify)
+            expect = None
+            if request.method == "POST":
+                expect = _checkpoint_heads(await request.body(), signer)
+            result = await run_in_threadpool(trail.verify, expect)
         except RouterError as exc:
             return _error(exc)
-        return JSONResponse({"file": str(trail.path), **result.to_json()}, headers=_NO_TARGET)
+        return JSONResponse({"file": str(trail.path), "writer": trail.writer, **result.to_json()},
+                            headers=_NO_TARGET)
 
-    return [Route("/v1/audit", records, methods=["GET"]), Route("/v1/audit/verify", verify, methods=["GET"])]
+    async def checkpoint(request: Request) -> Response:
+        try:
+            trail = _authorized(guard, log, request)
+            if signer is None:
+                raise AuditDisabled("this router has no checkpoint key: it signs no checkpoints")
+            heads = await run_in_threadpool(trail.heads)
+        except RouterError as exc:
+            return _error(exc)
+        return JSONResponse(signer.sign(heads, time=now_iso()), headers=_NO_TARGET)
+
+    return [Route("/v1/audit", records, methods=["GET"]),
+            Route("/v1/audit/verify", verify, methods=["GET", "POST"]),
+            Route("/v1/audit/checkpoint", checkpoint, methods=["GET"])]
+
+
+MAX_CHECKPOINT_BYTES = 1_048_576
+
+
+def _checkpoint_heads(raw: bytes, signer: Signer | None) -> dict:
+    """The heads of a posted checkpoint, which this router's own key must have signed."""
+    if signer is None:
+        raise AuditDisabled("this router has no checkpoint key, so it cannot check a checkpoint")
+    if len(raw) > MAX_CHECKPOINT_BYTES:
+        raise BadRequest(f"a checkpoint is at most {MAX_CHECKPOINT_BYTES} bytes")
+    try:
+        return check(json.loads(raw), public_key=signer.public_key)
+    except ValueError:
+        raise BadRequest("the body is not a JSON checkpoint (from `sovra audit checkpoint`)") from None
+    except CheckpointError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def _authorized(guard: AdminGuard, log: AuditLog | None, request: Request) -> AuditLog:

@@ -1,7 +1,11 @@
-"""The hash chain over the rotated audit files: how a line is sealed, found again, and checked.
+"""The audit trail's hash chains: how a line is sealed, where each writer's chain lives, and how chains are checked.
 
-Each line carries `prev` (the previous line's `hash`, or 64 zeros for the first ever) and `hash`, the sha256
-of its canonical JSON without `hash`. Editing, removing or reordering a line breaks the chain where it happened.
+A trail is a directory. Each writer (one router replica) keeps its own chain there, in segments named
+`<writer>-<first seq>.jsonl` (`chain_segments`): rotation opens a new segment and never renames or deletes one.
+Each line carries `seq` (0, 1, 2… per writer), `prev` (the previous line's `hash`, 64 zeros for seq 0) and `hash`,
+the sha256 of its canonical JSON without `hash`. Editing, removing or reordering a line breaks the chain there;
+a gap in `seq` is named exactly. What a chain alone cannot show (a cut tail, the whole trail rewritten with the
+same hashing) a signed checkpoint of the heads shows (`audit_sign`).
 """
 
 from __future__ import annotations
@@ -12,13 +16,16 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 GENESIS = "0" * 64
+WRITER = re.compile(r"^[A-Za-z0-9._-]{1,80}$")
+_SEGMENT = re.compile(r"^(?P<writer>[A-Za-z0-9._-]{1,80})-(?P<seq>\d{12})\.jsonl$")
 _REQUEST_ID = re.compile(rb'"request_id":"((?:[^"\\]|\\.)*)"')
+DIR_MODE, FILE_MODE = 0o700, 0o600
 
 
 def canonical(obj: dict[str, Any]) -> bytes:
@@ -31,7 +38,7 @@ def seal(body: dict[str, Any], prev: str) -> tuple[bytes, str]:
 
     The line is `canonical` of the record with its hash, whose bytes are those of the record without it with one
     member added. The record is encoded once, as the members sorting before "hash" and those after, and the
-    hash goes in between: this runs once per request.
+    hash goes in between: this runs for every line.
     """
     if "hash" in body:
         raise ValueError("a record to seal must not carry a hash already")
@@ -47,21 +54,45 @@ def _members(*objects: bytes) -> bytes:
     return b"{" + b",".join(o[1:-1] for o in objects if o != b"{}") + b"}"
 
 
-def chain_files(base: Path) -> list[Path]:
-    """`base.N … base.1, base`, oldest first, as a size-rotating writer leaves them."""
-    numbered = [(int(p.name[len(base.name) + 1:]), p) for p in base.parent.glob(base.name + ".*")
-                if p.name[len(base.name) + 1:].isdigit()]
-    files = [p for _, p in sorted(numbered, reverse=True)]
-    return [*files, base] if base.exists() else files
+def segment_name(writer: str, first_seq: int) -> str:
+    return f"{writer}-{first_seq:012d}.jsonl"
+
+
+def chain_segments(directory: Path) -> dict[str, list[Path]]:
+    """writer -> its segments, oldest first (by the seq each starts at)."""
+    found: dict[str, list[tuple[int, Path]]] = {}
+    if directory.is_dir():
+        for path in directory.iterdir():
+            m = _SEGMENT.match(path.name)
+            if m and path.is_file():
+                found.setdefault(m["writer"], []).append((int(m["seq"]), path))
+    return {w: [p for _, p in sorted(parts)] for w, parts in sorted(found.items())}
+
+
+def trail_dir(path: Path) -> Path:
+    """The trail a path names: the directory itself, or the directory holding a segment file."""
+    return path if path.is_dir() or not path.suffix else path.parent
+
+
+def private_dir(path: Path) -> None:
+    """Create `path` (and parents) readable by its owner only; an existing one is narrowed to 0700."""
+    path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    os.chmod(path, DIR_MODE)
 
 
 @dataclass(frozen=True)
 class Part:
-    """One opened file of the chain, read only up to `size`: lines written afterwards are not half-seen."""
+    """One opened segment, read only up to `size`: lines written afterwards are not half-seen."""
 
     name: str
     fh: IO[bytes]
     size: int
+
+    @property
+    def first_seq(self) -> int | None:
+        """The seq its first record must carry, from its name (None for a file not named as a segment)."""
+        m = _SEGMENT.match(self.name)
+        return int(m["seq"]) if m else None
 
     def lines(self) -> Iterator[bytes]:
         """Raw lines with their newline; a torn last line comes without one."""
@@ -76,17 +107,18 @@ class Part:
 
 
 @contextlib.contextmanager
-def opened(base: Path) -> Iterator[list[Part]]:
-    """Open every file of the chain at once: a rotation renaming them afterwards cannot make us miss one."""
+def opened(directory: Path) -> Iterator[dict[str, list[Part]]]:
+    """Every writer's segments, opened at once: a segment added afterwards is simply not in this snapshot."""
     with contextlib.ExitStack() as stack:
-        parts = []
-        for path in chain_files(base):
-            try:
-                fh = stack.enter_context(path.open("rb"))
-            except FileNotFoundError:  # rotated away between listing and opening
-                continue
-            parts.append(Part(path.name, fh, os.fstat(fh.fileno()).st_size))
-        yield parts
+        chains: dict[str, list[Part]] = {}
+        for writer, paths in chain_segments(directory).items():
+            for path in paths:
+                try:
+                    fh = stack.enter_context(path.open("rb"))
+                except FileNotFoundError:  # archived between listing and opening
+                    continue
+                chains.setdefault(writer, []).append(Part(path.name, fh, os.fstat(fh.fileno()).st_size))
+        yield chains
 
 
 def parse(raw: bytes) -> dict[str, Any] | None:
@@ -98,9 +130,9 @@ def parse(raw: bytes) -> dict[str, Any] | None:
     return rec if isinstance(rec, dict) else None
 
 
-def last_sealed(base: Path) -> dict[str, Any] | None:
-    """The newest line that parses and carries a hash, sought from the end: a writer continues there."""
-    for path in reversed(chain_files(base)):
+def last_sealed(segments: list[Path]) -> dict[str, Any] | None:
+    """The newest line of a chain that parses and carries a hash, sought from the end: a writer continues there."""
+    for path in reversed(segments):
         for raw in _backwards(path):
             rec = parse(raw)
             if rec is not None and isinstance(rec.get("hash"), str) and isinstance(rec.get("seq"), int):
@@ -121,85 +153,186 @@ def _backwards(path: Path, chunk: int = 1 << 16) -> Iterator[bytes]:
             yield rest
 
 
+# -- checking --------------------------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Break:
-    """The first place where the chain does not hold, and what is wrong there."""
+    """The first place where a chain does not hold, and what is wrong there."""
 
+    writer: str
     file: str
     line: int
+    seq: int | None
     request_id: str | None
-    problem: str  # "edited" | "removed_or_reordered" | "torn" | "truncated"
+    problem: str  # "edited" | "removed_or_reordered" | "seq_gap" | "torn" | "truncated" | "not_extended"
     detail: str
+
+    @property
+    def message(self) -> str:
+        at = f"seq {self.seq}" if self.seq is not None else f"{self.file} line {self.line}"
+        return (f"writer {self.writer}: chain BROKEN at {at} ({self.file} line {self.line}, request "
+                f"{self.request_id or '?'}): {self.problem}: {self.detail}")
 
 
 @dataclass(frozen=True)
-class VerifyResult:
-    """Whether the trail is intact from its first available record on; `broken` names the first bad record."""
+class Head:
+    """A chain's newest record: what a checkpoint signs and what an auditor remembers."""
 
-    ok: bool
+    writer: str
+    seq: int
+    hash: str
+    time: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def of(cls, data: Mapping[str, Any]) -> Head:
+        writer, seq, digest = data.get("writer"), data.get("seq"), data.get("hash")
+        if not (isinstance(writer, str) and WRITER.match(writer) and isinstance(seq, int) and seq >= 0
+                and isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+            raise ValueError(f"not a chain head (writer, seq, hash): {dict(data)!r:.200}")
+        time = data.get("time")
+        return cls(writer, seq, digest, time if isinstance(time, str) else None)
+
+
+@dataclass(frozen=True)
+class ChainResult:
+    """One writer's chain: how far it holds, which seqs it did not see, whether it was closed."""
+
+    writer: str
     records: int
     files: tuple[str, ...]
-    first: dict[str, Any] | None  # request_id, time, seq of the first available record
-    from_start: bool  # the first available record is the first ever written (nothing rotated away)
+    first_seq: int | None
+    last: Head | None
+    closed: bool  # its newest line is a `close`: its writer stopped cleanly (a restart under its name reopens it)
     torn: int  # lines cut short by a crash that the chain continues across: lost writes, not tampering
     broken: Break | None = None
 
     @property
-    def message(self) -> str:
-        """One sentence for people."""
-        if self.broken is not None:
-            b = self.broken
-            return (f"chain BROKEN at {b.file} line {b.line} (request {b.request_id or '?'}): "
-                    f"{b.problem}: {b.detail}")
-        if not self.records:
-            return "no records yet"
-        where = f"{self.records} record(s) in {len(self.files)} file(s)"
-        if self.from_start:
-            text = f"chain intact: {where}, from the first record ever written"
-        else:
-            f = self.first or {}
-            text = (f"chain verified from {f.get('request_id')} (seq {f.get('seq')}, {f.get('time')}): "
-                    f"{where}; earlier records were rotated away")
-        if self.torn:
-            text += (f"; {self.torn} torn line(s) from interrupted writes skipped "
-                     "(the chain continues across them)")
-        return text
+    def ok(self) -> bool:
+        return self.broken is None
+
+    @property
+    def missing(self) -> str | None:
+        """The seqs before the first available record, when there are any: rotated segments archived or removed."""
+        if not self.first_seq:
+            return None
+        return f"seq 0–{self.first_seq - 1}" if self.first_seq > 1 else "seq 0"
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "message": self.message, "records": self.records, "files": list(self.files),
-                "first": self.first, "from_start": self.from_start, "torn": self.torn,
-                "broken": None if self.broken is None else dataclasses.asdict(self.broken)}
+        return {"writer": self.writer, "ok": self.ok, "records": self.records, "files": list(self.files),
+                "first_seq": self.first_seq, "last": self.last.to_json() if self.last else None,
+                "missing": self.missing, "closed": self.closed, "torn": self.torn,
+                "broken": None if self.broken is None else {**dataclasses.asdict(self.broken),
+                                                             "message": self.broken.message}}
 
 
-def verify(base: str | Path, *, head: str | None = None) -> VerifyResult:
-    """Check the chain over every rotated file, oldest first; `head` (the writer's last hash) catches a cut end."""
-    with opened(Path(base)) as parts:
-        return verify_parts(parts, head=head)
+@dataclass(frozen=True)
+class VerifyResult:
+    """Every chain of a trail, and what a checkpoint (when given) adds; `message` is for people."""
+
+    chains: tuple[ChainResult, ...]
+    checkpoint: bool = False  # checked against signed heads
+    problems: tuple[Break, ...] = ()  # checkpoint heads the trail no longer extends
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.chains) and not self.problems
+
+    @property
+    def records(self) -> int:
+        return sum(c.records for c in self.chains)
+
+    @property
+    def broken(self) -> Break | None:
+        return next((c.broken for c in self.chains if c.broken), None) or next(iter(self.problems), None)
+
+    @property
+    def message(self) -> str:
+        if self.broken is not None:
+            return self.broken.message
+        if not self.chains:
+            return "no records yet"
+        parts = [f"{len(self.chains)} chain(s), {self.records} record(s): every chain intact"]
+        gaps = [f"{c.writer}: {c.missing} not in the trail (archived or removed)" for c in self.chains if c.missing]
+        parts += gaps
+        torn = sum(c.torn for c in self.chains)
+        if torn:
+            parts.append(f"{torn} torn line(s) from interrupted writes skipped (the chains continue across them)")
+        if self.checkpoint:
+            parts.append("the trail extends the signed checkpoint")
+        else:
+            parts.append("without a checkpoint this cannot prove that no records were cut from a chain's end or that "
+                         "the trail was not rewritten whole (`sovra audit verify --checkpoint FILE`)")
+        return "; ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "message": self.message, "records": self.records, "checkpoint": self.checkpoint,
+                "chains": [c.to_json() for c in self.chains],
+                "problems": [{**dataclasses.asdict(p), "message": p.message} for p in self.problems]}
 
 
-def verify_parts(parts: list[Part], *, head: str | None = None) -> VerifyResult:
-    """`verify` over already opened files (the writer opens them under its lock)."""
-    check = _Checker(head)
-    for part in parts:
-        for number, raw in enumerate(part.lines(), start=1):
-            broken = check.line(part.name, number, raw)
-            if broken is not None:
-                return check.result(parts, broken)
-    return check.result(parts, check.end())
+def verify_chains(chains: Mapping[str, list[Part]], *, heads: Mapping[str, str] | None = None,
+                  expect: Mapping[str, Head] | None = None) -> VerifyResult:
+    """Check every chain. `heads` (writer -> the newest hash a live writer wrote) catches a cut end of that chain;
+    `expect` (writer -> a head from a signed checkpoint or an auditor's memory) must still be in the trail."""
+    results, problems = [], []
+    for writer, parts in chains.items():
+        check = _Checker(writer, (heads or {}).get(writer), (expect or {}).get(writer))
+        results.append(check.run(parts))
+        if check.expected_problem is not None:
+            problems.append(check.expected_problem)
+    for writer, head in (expect or {}).items():
+        if writer not in chains:
+            problems.append(Break(writer, "-", 0, head.seq, None, "not_extended",
+                                  f"the checkpoint names this writer at seq {head.seq}, but the trail holds no "
+                                  "segment of it: its chain was removed"))
+    return VerifyResult(tuple(results), checkpoint=expect is not None, problems=tuple(problems))
 
 
 class _Checker:
-    """Walks lines in order, remembering the last good hash and torn lines not yet bridged."""
+    """Walks one chain's lines in order, remembering the last good record and torn lines not yet bridged."""
 
-    def __init__(self, head: str | None):
+    def __init__(self, writer: str, head: str | None, expect: Head | None):
+        self.writer = writer
         self.head, self.head_seen = head, head is None or head == GENESIS
-        self.last: str | None = None  # hash of the last good record
+        self.expect = expect
+        self.expect_seen = False
+        self.expected_problem: Break | None = None
+        self.last: str | None = None
+        self.last_rec: dict[str, Any] | None = None
         self.records, self.torn = 0, 0
-        self.first: dict[str, Any] | None = None
-        self.from_start = False
+        self.first_seq: int | None = None
+        self.closed = False
         self.pending: tuple[str, int, bytes] | None = None  # first torn line since the last good record
         self.pending_count = 0
-        self.where: tuple[str, int] = ("-", 0)  # the last line seen
+        self.where: tuple[str, int] = ("-", 0)
+        self.segment_start: int | None = None  # the seq the current segment's first record must carry
+
+    def run(self, parts: list[Part]) -> ChainResult:
+        broken = None
+        for part in parts:
+            self.segment_start = part.first_seq
+            for number, raw in enumerate(part.lines(), start=1):
+                broken = self.line(part.name, number, raw)
+                if broken is not None:
+                    break
+            if broken is not None:
+                break
+        else:
+            broken = self.end()
+        self._check_expected(broken)
+        last = None if self.last_rec is None else Head(self.writer, self.last_rec["seq"], self.last_rec["hash"],
+                                                       self.last_rec.get("time"))
+        return ChainResult(self.writer, self.records, tuple(p.name for p in parts), self.first_seq, last,
+                           self.closed, self.torn, broken)
+
+    def _break(self, file: str, number: int, rec: Mapping[str, Any] | None, problem: str, detail: str) -> Break:
+        seq = rec.get("seq") if rec is not None and isinstance(rec.get("seq"), int) else None
+        rid = rec.get("request_id") if rec is not None and isinstance(rec.get("request_id"), str) else None
+        return Break(self.writer, file, number, seq, rid, problem, detail)
 
     def line(self, file: str, number: int, raw: bytes) -> Break | None:
         body = raw[:-1] if raw.endswith(b"\n") else raw
@@ -210,31 +343,54 @@ class _Checker:
                 self.pending = (file, number, body)
             self.pending_count += 1
             return None
-        rid = rec.get("request_id") if isinstance(rec.get("request_id"), str) else None
-        if "hash" not in rec or "prev" not in rec:
-            return Break(file, number, rid, "edited",
-                         "the line carries no hash: written before the chain existed, or inserted")
+        if "hash" not in rec or "prev" not in rec or not isinstance(rec.get("seq"), int):
+            return self._break(file, number, rec, "edited",
+                               "the line carries no hash or seq: written before the chain existed, or inserted")
         stored = rec.pop("hash")
         if _canonical_or_none({**rec, "hash": stored}) != body:
-            return Break(file, number, rid, "edited", "the line is not as the router wrote it")
+            return self._break(file, number, rec, "edited", "the line is not as the router wrote it")
         if not isinstance(stored, str) or hashlib.sha256(canonical(rec)).hexdigest() != stored:
-            return Break(file, number, rid, "edited", "its hash does not match its content")
-        prev = rec.get("prev")
+            return self._break(file, number, rec, "edited", "its hash does not match its content")
+        if rec.get("writer") != self.writer:
+            return self._break(file, number, rec, "edited",
+                               f"it names writer {rec.get('writer')!r} but lies in {self.writer}'s chain")
+        seq, prev = rec["seq"], rec.get("prev")
+        if self.segment_start is not None:
+            start, self.segment_start = self.segment_start, None
+            if seq != start:  # a segment is named by the seq it starts at: its first lines were removed
+                return self._break(file, number, rec, "removed_or_reordered",
+                                   f"the segment starts at seq {start} but its first record is seq {seq}: "
+                                   "records were removed from its start")
         if self.last is None:
             if self.pending is not None:  # unreadable lines before the first record: no telling what they were
                 return self._torn("an unreadable line precedes the first record")
-            self.first = {"request_id": rid, "time": rec.get("time"), "seq": rec.get("seq")}
-            self.from_start = prev == GENESIS
-        elif prev != self.last:
-            if self.pending is not None:
-                return self._torn("the next record chains to a record that is no longer readable: "
-                                  "a record was damaged")
-            return Break(file, number, rid, "removed_or_reordered",
-                         "it does not chain to the record before it: records were removed or reordered")
+            if (seq == 0) != (prev == GENESIS):
+                return self._break(file, number, rec, "edited", "seq 0 and the genesis link must go together")
+            self.first_seq = seq
+        else:
+            expected = self.last_rec["seq"] + 1 if self.last_rec else 0
+            if prev != self.last:
+                if self.pending is not None:
+                    return self._torn("the next record chains to a record that is no longer readable: "
+                                      "a record was damaged")
+                return self._break(file, number, rec, "removed_or_reordered",
+                                   "it does not chain to the record before it: records were removed or reordered")
+            if seq != expected:
+                return self._break(file, number, rec, "seq_gap", f"seq {expected} was expected here")
         self.torn += self.pending_count
         self.pending, self.pending_count = None, 0
         self.last, self.records = stored, self.records + 1
+        rec["hash"] = stored
+        self.last_rec = rec
+        self.closed = rec.get("kind") == "close"
         self.head_seen = self.head_seen or stored == self.head
+        if self.expect is not None and seq == self.expect.seq:
+            self.expect_seen = True
+            if stored != self.expect.hash:
+                self.expected_problem = self._break(
+                    file, number, rec, "not_extended",
+                    f"the checkpoint's record at seq {seq} had hash {self.expect.hash[:12]}…; the trail's has "
+                    f"{stored[:12]}…: the chain was rewritten")
         return None
 
     def end(self) -> Break | None:
@@ -242,20 +398,33 @@ class _Checker:
             return self._torn("the last line is incomplete: a crash mid-write, or damage")
         if not self.head_seen:
             file, number = self.where
-            return Break(file, number + 1, None, "truncated",
-                         f"the newest record the router wrote (hash {self.head[:12]}…) is missing: "
-                         "records were removed from the end")
+            return Break(self.writer, file, number + 1, None, None, "truncated",
+                         f"the newest record this writer wrote (hash {self.head[:12]}…) is missing: records were "
+                         "removed from the end")
         self.torn += self.pending_count
         return None
+
+    def _check_expected(self, broken: Break | None) -> None:
+        e = self.expect
+        if e is None or self.expect_seen or self.expected_problem is not None:
+            return
+        last_seq = self.last_rec["seq"] if self.last_rec else None
+        if broken is not None and broken.problem != "truncated":
+            detail = f"the checkpoint names seq {e.seq}, which the chain does not reach unbroken"
+        elif last_seq is None or last_seq < e.seq:
+            have = "no record" if last_seq is None else f"records only up to seq {last_seq}"
+            detail = (f"the checkpoint names seq {e.seq} (hash {e.hash[:12]}…) but the chain holds {have}: "
+                      f"records from seq {0 if last_seq is None else last_seq + 1} were cut from its end")
+        else:
+            detail = (f"the checkpoint names seq {e.seq}, which is no longer in the trail (the chain now starts at "
+                      f"seq {self.first_seq}): the segment holding it was archived or removed")
+        file, number = self.where
+        self.expected_problem = Break(self.writer, file, number, e.seq, None, "not_extended", detail)
 
     def _torn(self, detail: str) -> Break:
         assert self.pending is not None
         file, number, body = self.pending
-        return Break(file, number, _request_id_in(body), "torn", detail)
-
-    def result(self, parts: list[Part], broken: Break | None) -> VerifyResult:
-        return VerifyResult(ok=broken is None, records=self.records, files=tuple(p.name for p in parts),
-                            first=self.first, from_start=self.from_start, torn=self.torn, broken=broken)
+        return Break(self.writer, file, number, None, _request_id_in(body), "torn", detail)
 
 
 def _canonical_or_none(obj: dict[str, Any]) -> bytes | None:

@@ -72,6 +72,7 @@ def test_router_cpu_bench_measures_the_app_against_a_bare_forwarder_in_one_proce
     r = subprocess.run([sys.executable, "bench/router_cpu.py", "-n", "200", "--rounds", "2"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
-    for label in ("(s) Sovra router app, audit on", "(n) Sovra router app, audit off", "(b) bare ASGI forwarder",
-                  "Sovra − bare:", "of it the audit trail:"):
+    for label in ("(s) Sovra router app, audit on", "(f) Sovra router app, audit on, fsync per line",
+                  "(n) Sovra router app, audit off", "(b) bare ASGI forwarder", "Sovra − bare:",
+                  "of it the audit trail (write-ahead and record):", "fsync per line: +"):
         assert label in r.stdout
