@@ -11,15 +11,17 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from orchestrator.router import direct_report
+from orchestrator.router.access import Access, ReadinessView, cross_site, preflight
 from orchestrator.router.audit import CLIENT_CLOSED, AuditLog, RequestContext
 from orchestrator.router.backends import Backend
 from orchestrator.router.body import json_object, refuse_declared, refuse_over
@@ -27,36 +29,16 @@ from orchestrator.router.clients import BackendClient
 from orchestrator.router.dispatch import Dispatcher
 from orchestrator.router.errors import BadRequest, RouterError
 from orchestrator.router.gate import RequestResidency
+from orchestrator.router.limits import TenantLimits
 from orchestrator.router.metrics import RouterMetrics
 from orchestrator.router.probe import Prober
+from orchestrator.router.requests import ChatRequest, EmbeddingRequest
 from orchestrator.router.tenants import TenantDirectory
+from orchestrator.spec.org import Tenant
 from policies.residency import allows
 
 log = logging.getLogger("sovra.router")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-
-class _Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[dict[str, Any]] | None = None
-
-
-class ChatRequest(BaseModel):
-    """The fields the router checks; everything else is passed to the backend untouched."""
-
-    model_config = ConfigDict(extra="allow")
-    model: str = Field(min_length=1, max_length=256)
-    messages: list[_Message] = Field(min_length=1, max_length=10_000)
-    stream: bool = False
-    max_tokens: int | None = Field(default=None, ge=1, le=131_072)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-
-
-class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    model: str = Field(min_length=1, max_length=256)
-    input: str | list[str] = Field(min_length=1)
 
 
 @dataclass
@@ -69,7 +51,11 @@ class RouterState:
     audit: AuditLog | None = None
     metrics: RouterMetrics = field(default_factory=RouterMetrics)
     probe: bool = True  # payload-free probes of ejected backends (orchestrator.router.probe)
+    limits: TenantLimits = field(default_factory=TenantLimits)  # requests in flight per tenant
+    ready_wait_s: float = 0.5  # /readyz waits this long for fresh backend state, then answers from the last
     extra_routes: Sequence[Route] = ()  # e.g. the admin-only audit endpoints
+    access: Access = field(default_factory=Access)  # admins' and the metrics scraper's keys
+    direct_mode: bool = True  # org.yaml `router.direct_mode`: may tenants route client-side?
 
     def client(self, backend: Backend) -> BackendClient:
         return self.clients[backend.kind]
@@ -85,12 +71,6 @@ def create_app(state: RouterState) -> Callable:
         log.warning("SOVRA ROUTER IS RUNNING OPEN: no tenants are configured in org.yaml, so any caller is "
                     "accepted with no residency bound beyond each deployment's. Sovra binds it to loopback only.")
 
-    async def chat(request: Request) -> Response:
-        return await _handle(state, request.scope, request.receive, "chat") or Response(status_code=CLIENT_CLOSED)
-
-    async def embeddings(request: Request) -> Response:
-        return await _handle(state, request.scope, request.receive, "embed") or Response(status_code=CLIENT_CLOSED)
-
     async def models(request: Request) -> Response:
         try:
             tenant = state.tenants.authenticate(request.headers.get("authorization"))
@@ -103,31 +83,29 @@ def create_app(state: RouterState) -> Callable:
         return JSONResponse({"object": "list", "data": data}, headers=_where(None))
 
     async def routes(request: Request) -> Response:
-        # The routing table for client-side routing: only what this tenant may ever reach, plus its bound.
         try:
             tenant = state.tenants.authenticate(request.headers.get("authorization"))
+            if not state.direct_mode:
+                raise direct_report.disabled()
         except RouterError as exc:
             return _error(exc)
-        bound = RequestResidency(tenant.residency)
-        table = state.dispatcher.table
-        out = {}
-        for name in table.names(state.tenants.visible(tenant)):
-            route = table.routes[name]
-            within = bound.bound_by(route.residency)
-            out[name] = {"model": route.model, "residency": route.residency.model_dump(mode="json"),
-                         "policy": route.policy,
-                         "backends": [b.to_wire() for b in route.backends if within.permits(b.place)]}
-        return JSONResponse({"tenant": tenant.name, "residency": tenant.residency.model_dump(mode="json"),
-                             "deployments": out}, headers=_where(None))
+        return JSONResponse(_tenant_table(state, tenant), headers=_where(None))
+
+    async def report(request: Request) -> Response:
+        return await direct_report.report(state, request)
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"}, headers=_where(None))
 
-    async def readyz(_: Request) -> Response:
-        await asyncio.gather(*(c.refresh() for c in state.clients.values()), return_exceptions=True)
-        return _readiness(state)
+    async def readyz(request: Request) -> Response:
+        await _refreshed(state)
+        return _readiness(state, state.access.readiness(state.tenants, request.headers.get("authorization")))
 
-    async def metrics(_: Request) -> Response:
+    async def metrics(request: Request) -> Response:
+        try:
+            state.access.check_metrics(state.tenants, request.headers.get("authorization"))
+        except RouterError as exc:
+            return _error(exc)
         body, content_type = state.metrics.render()
         return Response(body, media_type=content_type, headers=_where(None))
 
@@ -141,12 +119,15 @@ def create_app(state: RouterState) -> Callable:
                 prober.cancel()
             for client in state.clients.values():  # release pooled backend connections when the replica stops
                 await client.aclose()
+            if state.audit is not None:  # the chain ends cleanly: the strangers' count, then a `close` line
+                state.audit.close()
 
     slow = Starlette(lifespan=lifespan, routes=[
-        Route("/v1/chat/completions", chat, methods=["POST"]),
-        Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/chat/completions", _Payload(state, "chat"), methods=["POST"]),
+        Route("/v1/embeddings", _Payload(state, "embed"), methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/routes", routes, methods=["GET"]),
+        Route("/v1/audit/report", report, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -157,14 +138,27 @@ def create_app(state: RouterState) -> Callable:
         # The two payload routes skip Starlette's middleware, routing and Request objects: on the path every
         # request takes, they cost more CPU than the router's own work. Anything else (other paths and methods,
         # lifespan, the Starlette routes above, which serve the same two paths too) goes through Starlette.
+        if scope["type"] == "http":  # before either path: what a web page could make a browser send
+            refused = cross_site(scope) if state.tenants.open else preflight(scope)
+            if refused is not None:
+                return await _error(refused)(scope, receive, send)
         op = _FAST.get(_route_path(scope)) if scope["type"] == "http" and scope.get("method") == "POST" else None
         if op is None:
             return await slow(scope, receive, send)
-        response = await _handle(state, scope, receive, op)
-        if response is not None:
-            await response(scope, receive, send)
+        await _serve(state, scope, receive, send, op)
 
     return app
+
+
+class _Payload:
+    """The payload routes as ASGI endpoints for Starlette (which calls an instance as an ASGI app), so both ways
+    in share `_serve`."""
+
+    def __init__(self, state: RouterState, op: str):
+        self.state, self.op = state, op
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        await _serve(self.state, scope, receive, send, self.op)
 
 
 _FAST = {"/v1/chat/completions": "chat", "/v1/embeddings": "embed"}
@@ -178,17 +172,69 @@ def _route_path(scope: dict[str, Any]) -> str:
     return path
 
 
-def _readiness(state: RouterState) -> Response:
-    """Per deployment, the backends its own residency allows that are neither ejected nor known down."""
-    deployments = {}
-    for name, route in state.dispatcher.table.routes.items():
-        allowed = [b for b in route.backends if allows(route.residency, b.place)]
+async def _refreshed(state: RouterState) -> None:
+    """Ask every client to bring its view up to date, waiting at most `ready_wait_s`: a slow source (Serve's
+    controller under load) must not hold /readyz, which then answers from the last view. The refresh goes on in
+    the background and serves a later call."""
+    refresh = asyncio.ensure_future(
+        asyncio.gather(*(c.refresh() for c in state.clients.values()), return_exceptions=True))
+    await asyncio.wait({refresh}, timeout=state.ready_wait_s)
+
+
+def _readiness(state: RouterState, view: ReadinessView) -> Response:
+    """Ready when every deployment has a backend its own residency allows that is neither ejected nor known down.
+    The aggregate is everyone's; per deployment, admins see all, a tenant its own (within its bound), others none."""
+    table = state.dispatcher.table
+
+    def detail(route: Any, bound: RequestResidency | None) -> dict[str, Any]:
+        allowed = [b for b in route.backends
+                   if (bound.permits(b.place) if bound else allows(route.residency, b.place))]
         healthy = [b for b in state.dispatcher.healthy(tuple(allowed)) if not state.down(b)]
-        deployments[name] = {"ready": bool(healthy), "healthy": len(healthy), "backends": len(allowed),
-                             "down": sorted(b.target for b in allowed if b not in healthy)}
-    ready = bool(deployments) and all(d["ready"] for d in deployments.values())
-    return JSONResponse({"status": "ready" if ready else "not_ready", "deployments": deployments},
-                        status_code=200 if ready else 503, headers=_where(None))
+        return {"ready": bool(healthy), "healthy": len(healthy), "backends": len(allowed),
+                "down": sorted(b.target for b in allowed if b not in healthy)}
+
+    every = {name: detail(route, None) for name, route in table.routes.items()}
+    ready = bool(every) and all(d["ready"] for d in every.values())
+    audit = _audit_state(state.audit)
+    ready = ready and audit != "failing"
+    body: dict[str, Any] = {"status": "ready" if ready else "not_ready", "audit": audit}
+    if view == "all":
+        body["deployments"] = every
+    elif not isinstance(view, str):  # a tenant: its deployments, as far as its own bound reaches
+        bound = RequestResidency(view.residency)
+        body["deployments"] = {name: detail(table.routes[name], bound.bound_by(table.routes[name].residency))
+                               for name in table.names(state.tenants.visible(view))}
+    return JSONResponse(body, status_code=200 if ready else 503, headers=_where(None))
+
+
+def _audit_state(audit: AuditLog | None) -> str:
+    """`ok`, `off` (no trail), `failing` (the last write failed: payload requests are refused until one succeeds),
+    or `failing, sending unrecorded` (the org opted out of refusing)."""
+    if audit is None:
+        return "off"
+    if audit.healthy:
+        return "ok"
+    return "failing" if audit.refuse else "failing, sending unrecorded (org.yaml audit.on_failure: continue)"
+
+
+def _tenant_table(state: RouterState, tenant: Tenant) -> dict[str, Any]:
+    """`/v1/routes`: the routing table for client-side routing, holding only what this tenant may ever reach and
+    direct mode can call, each backend in its narrowed form (`Backend.for_tenant`: no Ray addresses, Snowflake users
+    or roles, Azure subscriptions); the targets within reach that only the router can call are named, no more."""
+    from providers import base
+
+    bound = RequestResidency(tenant.residency)
+    table = state.dispatcher.table
+    out = {}
+    for name in table.names(state.tenants.visible(tenant)):
+        route = table.routes[name]
+        within = [b for b in route.backends if bound.bound_by(route.residency).permits(b.place)]
+        direct = {b.id: base.get(b.kind).direct for b in within}
+        out[name] = {"model": route.model, "residency": route.residency.model_dump(mode="json"),
+                     "policy": route.policy,
+                     "backends": [b.for_tenant().to_wire() for b in within if direct[b.id]],
+                     "proxy_only": [{"target": b.target, "kind": b.kind} for b in within if not direct[b.id]]}
+    return {"tenant": tenant.name, "residency": tenant.residency.model_dump(mode="json"), "deployments": out}
 
 
 class _Timed:
@@ -213,8 +259,19 @@ class _Timed:
         return max(0.0, (time.perf_counter() - start - self.backend_s) * 1000)
 
 
-async def _handle(state: RouterState, scope: dict[str, Any], receive: Callable, op: str) -> _Answer | None:
-    """Answer one chat or embeddings request; None when the client went away before it was read whole."""
+@dataclass
+class _Outcome:
+    """How a request ended, as the trail records it; filled as it goes (a stream's by its body iterator)."""
+
+    status: int = CLIENT_CLOSED  # until proven otherwise: the client went away
+    outcome: str = "cancelled"
+    usage: Any = None
+
+
+async def _serve(state: RouterState, scope: dict[str, Any], receive: Callable, send: Callable, op: str) -> None:
+    """Answer one chat or embeddings request and record it. Everything that must happen once a payload may have
+    left (closing a stream, releasing its backend's slot, the record) is in this one `finally`, independent of
+    whether the answer or a stream's body ever started: the client may go away, or Serve cancel us, at any await."""
     start = time.perf_counter()
     headers = _headers(scope)
     rid = headers.get("x-request-id") or ""
@@ -222,50 +279,80 @@ async def _handle(state: RouterState, scope: dict[str, Any], receive: Callable, 
     ctx = RequestContext(request_id=rid)
     served: list[Backend] = []
     timer = _Timed()
-    status, outcome, usage, label = 499, "cancelled", None, "-"  # until proven otherwise: the client went away
-    streaming = False
+    end = _Outcome()
+    label = "-"
+    stream: Any = None
+    recorded = False
+    release: Callable[[], None] = _nothing  # the tenant's in-flight slot, once taken
     try:
-        tenant = state.tenants.authenticate(headers.get("authorization"))
-        ctx.tenant = tenant.name
-        residency = RequestResidency.build(tenant.residency, headers.get("x-sovra-residency"))
-        ctx.residency = residency.describe()
-        body = await _body(receive, headers.get("content-length"))
-        parsed = _validate(ChatRequest if op == "chat" else EmbeddingRequest, body)
-        route = state.dispatcher.table.resolve(parsed.model, state.tenants.visible(tenant))
-        ctx.deployment, ctx.model, label = route.name, route.model, route.name
-        ctx.residency = residency.bound_by(route.residency).describe()
-        observe = _observer(ctx, served)
-        if op == "chat" and parsed.stream:
-            stream, backend = await state.dispatcher.send_stream(
-                route, residency, timer.wrap(lambda b: state.client(b).chat_stream(b, body)), observe)
-            headers = _where(backend, timer.overhead_ms(start))
-            streaming = True
-            return StreamingResponse(_sse(stream, lambda s, o, u: _finish(state, ctx, served, s, o, u, start, label)),
-                                     media_type="text/event-stream", headers=headers)
-        call: Callable = (lambda b: state.client(b).chat(b, body)) if op == "chat" else (
-            lambda b: state.client(b).embed(b, body))
-        result, backend = await state.dispatcher.send(route, residency, timer.wrap(call), observe)
-        status, outcome, usage = 200, "ok", result.get("usage")
-        overhead = timer.overhead_ms(start)
-        state.metrics.overhead(overhead / 1000)
-        return _Json(200, result, _where(backend, overhead))
-    except _ClientGone:
-        return None  # recorded as cancelled (499) below; there is no one to answer
-    except RouterError as exc:
-        status, outcome = exc.status, exc.code or exc.type
-        return _error(exc)
-    except Exception:  # never let one request take the router down; the client still gets JSON
-        log.exception("request %s failed", rid)
-        status, outcome = 500, "internal_error"
-        return _error(RouterError("internal router error; see the router log for request id " + rid))
-    finally:  # cancellation included: every request leaves a record (a stream's record is written when it ends)
-        if not streaming:
-            _finish(state, ctx, served, status, outcome, usage, start, label)
+        answer: _Answer | None = None
+        try:
+            tenant = state.tenants.authenticate(headers.get("authorization"))
+            ctx.tenant = tenant.name
+            release = state.limits.acquire(tenant)  # freed in the `finally` below, however the request ends
+            residency = RequestResidency.build(tenant.residency, _every(scope, b"x-sovra-residency") or None)
+            ctx.residency = residency.describe()
+            body = await _body(receive, headers.get("content-length"))
+            parsed = _validate(ChatRequest if op == "chat" else EmbeddingRequest, body)
+            route = state.dispatcher.table.resolve(parsed.model, state.tenants.visible(tenant))
+            ctx.deployment, ctx.model, label = route.name, route.model, route.name
+            ctx.residency = residency.bound_by(route.residency).describe()
+            observe, before = _observer(ctx, served), _write_ahead(state, ctx)
+            if op == "chat" and parsed.stream:
+                stream, backend = await state.dispatcher.send_stream(
+                    route, residency, timer.wrap(lambda b: state.client(b).chat_stream(b, body)), observe, before)
+                answer = StreamingResponse(_sse(stream, end), media_type="text/event-stream",
+                                           headers=_where(backend, timer.overhead_ms(start)))
+            else:
+                call: Callable = (lambda b: state.client(b).chat(b, body)) if op == "chat" else (
+                    lambda b: state.client(b).embed(b, body))
+                result, backend = await state.dispatcher.send(route, residency, timer.wrap(call), observe, before)
+                end.status, end.outcome, end.usage = 200, "ok", result.get("usage")
+                overhead = timer.overhead_ms(start)
+                state.metrics.overhead(overhead / 1000)
+                answer = _Json(200, result, _where(backend, overhead))
+        except _ClientGone:
+            return  # recorded as cancelled (499) below; there is no one to answer
+        except RouterError as exc:
+            end.status, end.outcome = exc.status, exc.code or exc.type
+            answer = _error(exc)
+        except Exception:  # never let one request take the router down; the client still gets JSON
+            log.exception("request %s failed", rid)
+            end.status, end.outcome = 500, "internal_error"
+            answer = _error(RouterError("internal router error; see the router log for request id " + rid))
+        if stream is None:  # a whole answer is on record before the client has it, like every refusal
+            recorded = True
+            _finish(state, ctx, served, end, start, label)
+        await answer(scope, receive, send)
+    finally:  # cancellation included
+        release()
+        if stream is not None:  # settles the attempt and frees its slot even if the body never started
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(Exception):
+                    await stream.aclose()
+        if not recorded:
+            _finish(state, ctx, served, end, start, label)
+
+
+def _nothing() -> None:
+    return None
+
+
+def _write_ahead(state: RouterState, ctx: RequestContext) -> Callable[[Backend], None]:
+    """Before each send: the trail's `send` line (raising `AuditUnavailable` stops the send), then the attempt."""
+    audit = state.audit
+
+    def before(backend: Backend) -> None:
+        country = backend.place.country
+        seq = audit.sending(ctx, backend.target, backend.zone, country) if audit is not None else None
+        ctx.sending(backend.target, backend.zone, country, seq)
+
+    return before
 
 
 def _observer(ctx: RequestContext, served: list[Backend]) -> Callable[[Backend, str], None]:
     def observe(backend: Backend, outcome: str) -> None:
-        ctx.attempt(backend.target, backend.zone, backend.place.country, outcome)
+        ctx.ended(backend.target, backend.zone, backend.place.country, outcome)
         if outcome == "ok":
             served.append(backend)
 
@@ -274,6 +361,12 @@ def _observer(ctx: RequestContext, served: list[Backend]) -> Callable[[Backend, 
 
 class _ClientGone(Exception):
     """The client disconnected while its request body was being read."""
+
+
+def _every(scope: dict[str, Any], name: bytes) -> tuple[str, ...]:
+    """Every value of a header that may be repeated, in order: each `X-Sovra-Residency` line narrows the bound, so
+    none may be dropped (as `_headers` drops all but the first)."""
+    return tuple(value.decode("latin-1") for key, value in scope["headers"] if key == name)
 
 
 def _headers(scope: dict[str, Any]) -> dict[str, str]:
@@ -310,45 +403,46 @@ def _validate(model: type[BaseModel], body: dict[str, Any]) -> Any:
         raise BadRequest(f"{where}: {first['msg']}") from None
 
 
-async def _sse(stream: AsyncIterator[dict[str, Any]], done: Callable[[int, str, Any], None]) -> AsyncIterator[bytes]:
-    status, outcome, usage = 499, "cancelled", None
+async def _sse(stream: AsyncIterator[dict[str, Any]], end: _Outcome) -> AsyncIterator[bytes]:
+    """The stream as server-sent events; how it ended goes in `end` (`_serve` closes the stream and records)."""
     try:
-        try:
-            async for chunk in stream:
-                usage = chunk.get("usage") or usage
-                yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
-            status, outcome = 200, "ok"
-            yield b"data: [DONE]\n\n"
-        except RouterError as exc:  # after the first byte nothing may be resent: tell the client, stop
-            status, outcome = exc.status, exc.code or "stream_interrupted"
-            yield b"data: " + json.dumps(exc.body()).encode() + b"\n\n"
-        except Exception as exc:
-            log.warning("stream broke: %s", exc)
-            status, outcome = 502, "stream_interrupted"
-            err = {"error": {"message": "the backend stream broke", "type": "api_error", "code": outcome}}
-            yield b"data: " + json.dumps(err).encode() + b"\n\n"
+        async for chunk in stream:
+            end.usage = chunk.get("usage") or end.usage
+            yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+        end.status, end.outcome = 200, "ok"
+        yield b"data: [DONE]\n\n"
+    except RouterError as exc:  # after the first byte nothing may be resent: tell the client, stop
+        end.status, end.outcome = exc.status, exc.code or "stream_interrupted"
+        yield b"data: " + json.dumps(exc.body()).encode() + b"\n\n"
+    except Exception as exc:
+        log.warning("stream broke: %s", exc)
+        end.status, end.outcome = 502, "stream_interrupted"
+        err = {"error": {"message": "the backend stream broke", "type": "api_error", "code": end.outcome}}
+        yield b"data: " + json.dumps(err).encode() + b"\n\n"
     finally:
         # Close the dispatcher's stream first (shielded: this may run while the response is being cancelled), so
-        # the attempt's own outcome is observed before the record is written.
+        # the attempt's own outcome is observed before `_serve` writes the record.
         with anyio.CancelScope(shield=True):
             with contextlib.suppress(Exception):
                 await stream.aclose()  # type: ignore[attr-defined]
-        done(status, outcome, usage)
 
 
-def _finish(state: RouterState, ctx: RequestContext, served: list[Backend], status: int, outcome: str, usage: Any,
-            start: float, label: str) -> None:
+def _finish(state: RouterState, ctx: RequestContext, served: list[Backend], end: _Outcome, start: float,
+            label: str) -> None:
     latency = time.perf_counter() - start
-    usage = usage if isinstance(usage, dict) else {}
     where = served[-1] if served else None
-    state.metrics.observe(label, where.target if where else "none", where.zone if where else "none", status, latency)
-    if state.audit is not None:
-        try:
-            state.audit.write(ctx.finish(status=status, outcome=outcome, latency_ms=round(latency * 1000, 3),
-                                         prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                                         completion_tokens=int(usage.get("completion_tokens") or 0)))
-        except Exception:  # the answer is already decided; a failing disk must not turn it into a 500
-            log.exception("audit write failed for request %s", ctx.request_id)
+    state.metrics.observe(label, where.target if where else "none", where.zone if where else "none", end.status,
+                          latency)
+    if state.audit is None:
+        return
+    if end.status == 401 and ctx.tenant == "-":  # never authenticated: counted, so strangers cannot flush the trail
+        state.audit.unauthenticated()
+        return
+    ctx.usage(end.usage)  # a backend's token counts, only where they are counts
+    try:
+        state.audit.write(ctx.finish(status=end.status, outcome=end.outcome, latency_ms=round(latency * 1000, 3)))
+    except Exception:  # the answer is decided; the `send` line already holds where the payload went
+        log.exception("audit write failed for request %s", ctx.request_id)
 
 
 class _Json:

@@ -79,6 +79,18 @@ class Backend(BaseModel):
     def from_wire(cls, data: Mapping[str, Any]) -> Backend:
         return cls.model_validate(data)
 
+    def for_tenant(self) -> Backend:
+        """The narrowed form `/v1/routes` gives a tenant for direct mode (and all the SDK keeps of a table): only
+        the params its kind's direct client needs (`Provider.direct_params`); a kind only the router can call
+        keeps none. The full record stays in the router's config."""
+        from providers import base
+
+        provider = base.get(self.kind)
+        keep = provider.direct_params if provider.direct else frozenset()
+        if set(self.params) <= keep:
+            return self
+        return self.model_copy(update={"params": {k: v for k, v in self.params.items() if k in keep}})
+
 
 @dataclass(frozen=True, slots=True)
 class Route:

@@ -22,6 +22,7 @@ from orchestrator.router.errors import (
     BackendRefused,
     NoAllowedBackend,
     NotDelivered,
+    NotSent,
     Refused,
     RouterError,
     Saturated,
@@ -35,9 +36,15 @@ from orchestrator.router.health import Breaker
 T = TypeVar("T")
 #: Told of every attempt as it ends: (backend, outcome), outcome as in the audit trail ("ok", "not_sent", ...).
 Observer = Callable[[Backend, str], None]
+#: Told of every send immediately before its payload may leave (the audit's write-ahead); raising stops the send.
+Before = Callable[[Backend], None]
 
 
 def _ignore(_b: Backend, _o: str) -> None:
+    return None
+
+
+def _nothing(_b: Backend) -> None:
     return None
 
 
@@ -72,6 +79,7 @@ class Dispatcher:
     ewma_alpha: float = 0.3
     timeout_s: float = 120.0       # a whole answer, or a stream's first chunk
     chunk_timeout_s: float = 60.0  # a stream's idle time between two chunks
+    stream_deadline_s: float = 600.0  # a stream's whole life, from its send: one stream cannot hold a slot forever
     in_flight: dict[str, int] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)
     _plans: dict[tuple[str, tuple[str, ...], RequestResidency], _Plan] = field(
@@ -98,19 +106,19 @@ class Dispatcher:
         return [b for b in backends if not self.breaker.is_open(b.id)]
 
     async def send(self, route: Route, residency: RequestResidency, call: Callable[[Backend], Awaitable[T]],
-                   observe: Observer = _ignore) -> tuple[T, Backend]:
+                   observe: Observer = _ignore, before: Before = _nothing) -> tuple[T, Backend]:
         """Run `call` on the best allowed backend; resend only undelivered attempts; fail closed when none is left."""
-        return await self._dispatch(route, residency, call, observe, stream=False)
+        return await self._dispatch(route, residency, call, observe, before, stream=False)
 
     async def send_stream(self, route: Route, residency: RequestResidency,
-                          call: Callable[[Backend], Awaitable[AsyncIterator[Any]]], observe: Observer = _ignore
-                          ) -> tuple[AsyncIterator[Any], Backend]:
+                          call: Callable[[Backend], Awaitable[AsyncIterator[Any]]], observe: Observer = _ignore,
+                          before: Before = _nothing) -> tuple[AsyncIterator[Any], Backend]:
         """As `send`, for a call returning a stream: the stream stays in flight (and under the idle-chunk timeout)
         until it ends, and its outcome is observed then."""
-        return await self._dispatch(route, residency, call, observe, stream=True)
+        return await self._dispatch(route, residency, call, observe, before, stream=True)
 
     async def _dispatch(self, route: Route, residency: RequestResidency, call: Callable[[Backend], Awaitable[Any]],
-                        observe: Observer, *, stream: bool) -> tuple[Any, Backend]:
+                        observe: Observer, before: Before, *, stream: bool) -> tuple[Any, Backend]:
         bound = residency.bound_by(route.residency)
         plan = self.plan(route, bound)
         if not plan.allowed:
@@ -133,6 +141,7 @@ class Dispatcher:
                 raise NoAllowedBackend(f"refused to send to {backend.target}: outside {bound.describe()}")
             fresh = backend.id not in tried
             tried.add(backend.id)
+            before(backend)  # recorded before the payload may leave; an audit that cannot write stops it here
             try:
                 return await self._attempt(backend, call, observe, counted, stream=stream), backend
             except AttemptFailed as exc:
@@ -182,6 +191,10 @@ class Dispatcher:
                 self._fail(backend, exc, counted)
                 observe(backend, exc.outcome)
                 raise
+            except NotSent:  # the adapter could not build the request: nothing left, the backend did nothing wrong
+                self.breaker.release(bid)
+                observe(backend, "not_sent")
+                raise
             except RouterError:  # the backend refused the request itself (4xx): it is healthy, nothing to resend
                 self.breaker.release(bid)
                 observe(backend, "rejected")
@@ -194,27 +207,37 @@ class Dispatcher:
             self.breaker.success(bid)
             if stream:
                 handed_over = True
-                return self._rest(backend, result, observe, counted)
+                return _Handed(self._rest(backend, result, observe, counted, start + self.stream_deadline_s),
+                               lambda: self._never_read(backend, result, observe))
             observe(backend, "ok")
             return result
         finally:
             if not handed_over:
                 self.in_flight[bid] -= 1
 
-    async def _rest(self, backend: Backend, stream: AsyncIterator[Any], observe: Observer, counted: set[str]
-                    ) -> AsyncIterator[Any]:
-        """The stream as the client reads it: in flight until it ends; each chunk bounded by the idle timeout."""
+    async def _rest(self, backend: Backend, stream: AsyncIterator[Any], observe: Observer, counted: set[str],
+                    deadline: float) -> AsyncIterator[Any]:
+        """The stream as the client reads it: in flight until it ends; each chunk bounded by the idle timeout, and
+        the whole stream by `deadline` (on `clock`). Passing the deadline is the router's limit, not the backend's
+        failure: it ends the stream (attempt `timeout`) without counting against the breaker."""
         outcome = "cancelled"
         try:
             while True:
+                wait = min(self.chunk_timeout_s, deadline - self.clock())
                 try:
-                    async with asyncio.timeout(self.chunk_timeout_s):
+                    if wait <= 0:
+                        raise TimeoutError
+                    async with asyncio.timeout(wait):
                         chunk = await anext(stream)
                 except StopAsyncIteration:
                     outcome = "ok"
                     return
                 except TimeoutError:
                     outcome = "timeout"
+                    if wait < self.chunk_timeout_s:
+                        self.breaker.release(backend.id)
+                        raise UpstreamTimeout(f"{backend.target}: the stream ran past the router's limit of "
+                                              f"{self.stream_deadline_s:g} s for one stream") from None
                     self._fail(backend, TimedOut("stream idle"), counted)
                     raise UpstreamTimeout(f"{backend.target} sent nothing for {self.chunk_timeout_s:g} s") from None
                 except AttemptFailed as exc:
@@ -231,6 +254,18 @@ class Dispatcher:
                 except BaseException:  # closing a broken or cancelled stream must not hide the real outcome
                     pass
             observe(backend, outcome)
+
+    async def _never_read(self, backend: Backend, stream: AsyncIterator[Any], observe: Observer) -> None:
+        """What `_rest`'s `finally` does, for a stream closed before its first read (the response never started)."""
+        self.in_flight[backend.id] -= 1
+        self.breaker.release(backend.id)
+        close = getattr(stream, "aclose", None)
+        if close is not None:
+            try:
+                await close()
+            except BaseException:
+                pass
+        observe(backend, "cancelled")
 
     def _observe_latency(self, bid: str, start: float) -> None:
         elapsed = (self.clock() - start) * 1000
@@ -258,6 +293,36 @@ class Dispatcher:
             if healthy:
                 raise Saturated(f"all {healthy} allowed backends of {route.name!r} are at capacity", retry_after_s=1)
         return None
+
+
+class _Handed:
+    """A stream handed to the caller. An async generator's `finally` runs only once it has started, so closing a
+    stream nobody read (the client went away before the response started) would leak its in-flight slot and
+    outcome: `aclose` settles both either way. The caller must `aclose` it."""
+
+    __slots__ = ("_closed", "_gen", "_started", "_unread")
+
+    def __init__(self, gen: AsyncIterator[Any], unread: Callable[[], Awaitable[None]]):
+        self._gen, self._unread = gen, unread
+        self._started = self._closed = False
+
+    def __aiter__(self) -> _Handed:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._closed:
+            raise StopAsyncIteration
+        self._started = True
+        return await anext(self._gen)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._started:
+            await self._gen.aclose()  # type: ignore[attr-defined]
+        else:
+            await self._unread()
 
 
 def _ladder(allowed: tuple[Backend, ...], policy: RoutingPolicy) -> tuple[tuple[Backend, ...], ...]:

@@ -1,18 +1,25 @@
 """The request-side residency gate: the tenant's bound, narrowed (never widened) by `X-Sovra-Residency`, and by
 the residency of the deployment the request addresses.
 
+A request may carry the header more than once (a gateway appends its own): every one narrows, so the bound is their
+intersection; none is ever ignored, and each one that tries to widen the tenant's bound is refused.
+
 Every send of a payload asks `RequestResidency.permits(place)`, which calls the planner's residency function.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from orchestrator.router.errors import InvalidResidency, ResidencyWidening
 from orchestrator.spec.common import Residency
 from orchestrator.spec.zones import COUNTRY_ZONE, GLOBAL, ZONES
 from policies.residency import Place, allows
+
+#: The most `X-Sovra-Residency` lines one request may carry (each narrows; more is not a gateway chain).
+MAX_HEADERS = 16
 
 
 def parse_header(value: str) -> Residency:
@@ -47,10 +54,10 @@ def _within(bound: Residency, narrow: Residency) -> list[str]:
 
 @dataclass(frozen=True)
 class RequestResidency:
-    """The residency one request is bound by: the tenant's ∩ the header's ∩ the addressed deployment's."""
+    """The residency one request is bound by: the tenant's ∩ every header's ∩ the addressed deployment's."""
 
     tenant: Residency
-    header: Residency | None = None
+    header: tuple[Residency, ...] = ()  # one per `X-Sovra-Residency` line, all of which must permit
     deployment: Residency | None = None
 
     def __post_init__(self) -> None:
@@ -61,13 +68,19 @@ class RequestResidency:
         return self._hash  # type: ignore[attr-defined]
 
     @classmethod
-    def build(cls, tenant: Residency, header_value: str | None) -> RequestResidency:
-        """Parse and check the header against the tenant's bound: 400 if unknown, 403 if it tries to widen."""
-        return _build(tenant, header_value)
+    def build(cls, tenant: Residency, header_value: str | Sequence[str] | None) -> RequestResidency:
+        """Parse and check the header (or every one of repeated headers) against the tenant's bound: 400 if one is
+        unknown, 403 if one tries to widen."""
+        if header_value is None or isinstance(header_value, str):
+            return _build(tenant, header_value)
+        values = tuple(header_value)
+        if len(values) > MAX_HEADERS:
+            raise InvalidResidency(f"X-Sovra-Residency is repeated {len(values)} times; at most {MAX_HEADERS}")
+        return _build(tenant, values[0] if len(values) == 1 else values or None)
 
     def permits(self, place: Place) -> bool:
         """May this request's payload be processed at `place`? The one check before every send."""
-        return (allows(self.tenant, place) and (self.header is None or allows(self.header, place))
+        return (allows(self.tenant, place) and all(allows(h, place) for h in self.header)
                 and (self.deployment is None or allows(self.deployment, place)))
 
     def bound_by(self, deployment: Residency) -> RequestResidency:
@@ -81,7 +94,7 @@ class RequestResidency:
 
 @functools.lru_cache(maxsize=4096)  # written into every audit record: the same few bounds, over and over
 def _describe(request: RequestResidency) -> str:
-    parts = [r.describe() for r in (request.tenant, request.header, request.deployment)
+    parts = [r.describe() for r in (request.tenant, *request.header, request.deployment)
              if r is not None and not r.unrestricted]
     return " ∩ ".join(dict.fromkeys(parts)) or "unrestricted"
 
@@ -94,14 +107,19 @@ def _bound(request: RequestResidency, deployment: Residency) -> RequestResidency
 # A pure function of two immutable values, asked on every request with the same few (tenant, header) pairs: cached,
 # so a request costs a lookup instead of building two Residency models. Refusals raise and are never cached.
 @functools.lru_cache(maxsize=1024)
-def _build(tenant: Residency, header_value: str | None) -> RequestResidency:
+def _build(tenant: Residency, header_value: str | tuple[str, ...] | None) -> RequestResidency:
     if header_value is None:
         return RequestResidency(tenant)
-    header = parse_header(header_value)
+    values = (header_value,) if isinstance(header_value, str) else header_value
+    return RequestResidency(tenant, tuple(dict.fromkeys(_narrowing(tenant, v) for v in values)))
+
+
+def _narrowing(tenant: Residency, value: str) -> Residency:
+    """One header's residency, checked to lie inside the tenant's bound (403 naming what is outside it)."""
+    header = parse_header(value)
     wider = _within(tenant, header)
     if wider:
         raise ResidencyWidening(
             f"X-Sovra-Residency may only narrow your tenant's residency ({tenant.describe()}); "
             f"{', '.join(wider)} is outside it")
-    return RequestResidency(tenant, Residency(zones=header.zones, countries=header.countries,
-                                              sovereign=tenant.sovereign))
+    return Residency(zones=header.zones, countries=header.countries, sovereign=tenant.sovereign)

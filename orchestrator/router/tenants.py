@@ -35,9 +35,7 @@ class TenantDirectory:
         """The tenant owning the bearer key, or 401. Every tenant's digest is compared, so timing leaks nothing."""
         if self.open:
             return OPEN_TENANT
-        if not authorization or not authorization.lower().startswith("bearer "):
-            raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-        digest = hashlib.sha256(authorization[7:].strip().encode()).hexdigest()
+        digest = bearer_digest(authorization)
         found: Tenant | None = None
         for tenant in self.tenants:
             if hmac.compare_digest(digest, tenant.key_sha256):
@@ -46,10 +44,28 @@ class TenantDirectory:
             raise Unauthorized("invalid API key")
         return found
 
+    def find(self, authorization: str | None) -> Tenant | None:
+        """The tenant owning the bearer key, or None (no key, an empty one or another key: never an error)."""
+        try:
+            return None if self.open else self.authenticate(authorization)
+        except Unauthorized:
+            return None
+
     @staticmethod
     def visible(tenant: Tenant) -> frozenset[str] | None:
         """The deployments `tenant` may address (None = all); others answer 404 as if they did not exist."""
         return _visible(tenant)
+
+
+def bearer_digest(authorization: str | None, what: str = "API key") -> str:
+    """The sha256 hex digest of the key in `Authorization: Bearer <key>`; 401 when there is none or it is empty
+    (whitespace only), so that no configured digest can be matched by sending nothing."""
+    if not authorization or not authorization[:7].lower() == "bearer ":
+        raise Unauthorized(f"missing {what}: send 'Authorization: Bearer <key>'")
+    key = authorization[7:].strip()
+    if not key:
+        raise Unauthorized(f"empty {what}: send 'Authorization: Bearer <key>' with the key after 'Bearer '")
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 @functools.lru_cache(maxsize=1024)

@@ -198,7 +198,12 @@ class RayClient(BackendClient):
             # inter-deployment transport, Ray's token and TLS applied) instead of as a Ray actor task through the
             # object store. Same assignment, same replica, same failures (a lost replica is ActorUnavailableError);
             # it costs the replica about 40 % less CPU per call (bench/results/router.md, default mode).
-            h = serve.get_deployment_handle(DEPLOYMENT, app_name=backend.address).options(_by_reference=False)
+            from ray.exceptions import TaskCancelledError
+
+            try:
+                h = serve.get_deployment_handle(DEPLOYMENT, app_name=backend.address).options(_by_reference=False)
+            except TaskCancelledError:  # Serve cancelled this request (its client left) while asking the
+                raise asyncio.CancelledError from None  # controller: a cancellation, not a router failure (500)
             self._handles[backend.address] = h
         return h
 

@@ -30,7 +30,10 @@ class EchoEngine(Engine, name="echo"):
         return {"ok": True}
 
     async def embed(self, body: dict[str, Any]) -> dict[str, Any]:
+        """[len(input), 1.0], or as many numbers as `dimensions` asks (the rest 1.0), so a test can ask for a big
+        answer without more inputs than the router takes."""
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        width = max(2, int(body.get("dimensions") or 2))
         return {"object": "list", "model": self.model, "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)},
-                "data": [{"object": "embedding", "index": i, "embedding": [float(len(s)), 1.0]}
+                "data": [{"object": "embedding", "index": i, "embedding": [float(len(s))] + [1.0] * (width - 1)}
                          for i, s in enumerate(inputs)]}

@@ -1,0 +1,77 @@
+"""What the router checks of a request before any attempt: the fields some adapter converts (Bedrock's `int(n)`,
+Cortex's sampling options, an engine's `dimensions`) are typed here, strictly, so a client's mistake is a 400 at the
+router and never an adapter's exception that would be taken for the backend's failure (and open a breaker that
+every tenant shares). Everything else is passed to the backend untouched (`extra="allow"`).
+
+Strict types: a JSON string is not a number here ("2" is not 2), since the body is forwarded as the client sent it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: OpenAI's own limit on inputs per embeddings request.
+MAX_EMBEDDING_INPUTS = 2048
+#: All inputs of one embeddings request together: OpenAI's 300k tokens per request at about 4 characters a token.
+MAX_EMBEDDING_CHARS = 1_200_000
+#: Stop sequences one request may give (OpenAI takes 4; vLLM servers more).
+MAX_STOP = 16
+
+_Text = Annotated[str, Field(strict=True)]
+_Int = Annotated[int, Field(strict=True)]
+_Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # an int is a number too
+_Flag = Annotated[bool, Field(strict=True)]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: _Text | list[dict[str, Any]] | None = None
+
+
+class ChatRequest(BaseModel):
+    """The chat fields the router checks; everything else is passed to the backend untouched."""
+
+    model_config = ConfigDict(extra="allow")
+    model: _Text = Field(min_length=1, max_length=256)
+    messages: list[_Message] = Field(min_length=1, max_length=10_000)
+    stream: _Flag = False
+    stream_options: dict[str, Any] | None = None
+    n: _Int | None = Field(default=None, ge=1, le=128)
+    max_tokens: _Int | None = Field(default=None, ge=1, le=131_072)
+    max_completion_tokens: _Int | None = Field(default=None, ge=1, le=131_072)
+    temperature: _Number | None = Field(default=None, ge=0, le=2)
+    top_p: _Number | None = Field(default=None, ge=0, le=1)
+    presence_penalty: _Number | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: _Number | None = Field(default=None, ge=-2, le=2)
+    stop: _Text | Annotated[list[_Text], Field(max_length=MAX_STOP)] | None = None
+    seed: _Int | None = Field(default=None, ge=-(2 ** 63), le=2 ** 63 - 1)
+    logprobs: _Flag | None = None
+    top_logprobs: _Int | None = Field(default=None, ge=0, le=20)
+    user: _Text | None = Field(default=None, max_length=256)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: _Text | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+
+class EmbeddingRequest(BaseModel):
+    """The embeddings fields the router checks; `input` is bounded in count and size."""
+
+    model_config = ConfigDict(extra="allow")
+    model: _Text = Field(min_length=1, max_length=256)
+    input: _Text | list[_Text] = Field(min_length=1)
+    dimensions: _Int | None = Field(default=None, ge=1, le=65_536)
+    encoding_format: Literal["float", "base64"] | None = None
+    user: _Text | None = Field(default=None, max_length=256)
+
+    @field_validator("input")
+    @classmethod
+    def _bounded(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and len(value) > MAX_EMBEDDING_INPUTS:
+            raise ValueError(f"holds {len(value)} inputs; send at most {MAX_EMBEDDING_INPUTS} per request")
+        chars = len(value) if isinstance(value, str) else sum(map(len, value))
+        if chars > MAX_EMBEDDING_CHARS:
+            raise ValueError(f"holds {chars} characters; send at most {MAX_EMBEDDING_CHARS} per request")
+        return value
