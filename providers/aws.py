@@ -131,6 +131,7 @@ _AUTH = {"accessdeniedexception", "accessdenied", "unrecognizedclientexception",
          "invalidclienttokenid", "signaturedoesnotmatch", "unauthorizedoperation"}
 _NOT_FOUND = {"resourcenotfoundexception", "resourcenotfound", "notfoundexception"}
 _INVALID = {"validationexception", "validationerror"}
+_TIMED_OUT = {"modeltimeoutexception"}  # Bedrock: "processing time exceeded the model timeout length" (HTTP 408)
 _MISSING_ENDPOINT = re.compile(r"endpoint\b.*\bnot found|could not find endpoint", re.IGNORECASE)
 
 
@@ -175,7 +176,29 @@ def _client_error(exc: Any, where: str) -> AttemptFailed | BadRequest:
         return Refused(said, status=404, down=True)
     if key in _INVALID:
         return BadRequest(said)
-    return Failed(said)  # ModelError, InternalFailure, any 5xx or unknown code: it may have been processed
+    if key == "modelerror":
+        return _model_error(exc.response, said)
+    if key in _TIMED_OUT or status == 504:
+        return TimedOut(said)
+    return Failed(said)  # InternalFailure, any other 5xx (a bare 503 too) or unknown code: it may have been processed
+
+
+def _model_error(response: dict[str, Any], said: str) -> AttemptFailed | BadRequest:
+    """SageMaker's ModelError (HTTP 424) is the container's own answer, whose status it carries as
+    `OriginalStatusCode` (docs.aws.amazon.com/sagemaker/latest/APIReference/API_runtime_InvokeEndpoint.html). A
+    container that rejected the request (4xx) judged the request, not itself: a 400 for the client, no breaker
+    count; one that throttled (429) did not process it; anything else may have been processed."""
+    try:
+        original = int(response.get("OriginalStatusCode") or 0)
+    except (TypeError, ValueError):
+        original = 0
+    if original == 429:
+        return Refused(f"{said} (the container throttled)", throttled=True)
+    if 400 <= original < 500:
+        return BadRequest(f"{said} (the container rejected the request with HTTP {original})")
+    if original == 504:
+        return TimedOut(said)
+    return Failed(said)
 
 
 def _retry_after(headers: dict[str, str]) -> int | None:

@@ -87,6 +87,9 @@ class AzureML(Provider):
     sdk_module = "azure.ai.ml"
     scopes = _SCOPES  # type: ignore[assignment]  (None: the region's own zone, narrowed for DataZone below)
     connection_model = AzureMLConnection
+    # Its client finds the scoring URI and key through the workspace (subscription, resource group), which
+    # tenants are not shown: only the router calls it.
+    direct = False
 
     def describe(self) -> str:
         return "Azure ML managed online endpoints and serverless deployments (Regional / DataZone / Global)"

@@ -16,6 +16,7 @@ from orchestrator.errors import ProviderError
 from orchestrator.spec.zones import zone_of
 
 if TYPE_CHECKING:
+    from orchestrator.router.backends import Backend
     from orchestrator.router.clients import BackendClient
     from orchestrator.spec import Target
 
@@ -74,6 +75,10 @@ class Provider(abc.ABC):
     #: can an app call these backends itself (the SDK's direct mode, with its own credentials), from outside the
     #: cluster? Ray replicas cannot: they are reached only through the router.
     direct: ClassVar[bool] = True
+    #: the backend params a tenant's direct-mode client is given (`/v1/routes`): what its client needs to reach the
+    #: backend, never account internals (users, roles, subscription ids, the router host's profiles, the names of
+    #: its key variables). The SDK keeps only these of whatever a table says.
+    direct_params: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -128,6 +133,11 @@ class Provider(abc.ABC):
     def client(self) -> BackendClient:
         """The router's client for this provider's backends (one per router replica; SDK imported lazily)."""
         raise ProviderError(f"the router cannot send requests to {self.name} backends")
+
+    def direct_url(self, backend: Backend) -> str | None:
+        """Where a direct-mode client sends `backend`'s payloads (and the app's credentials): scheme and host,
+        which the app must have allowed; None when it cannot be told (then direct mode skips the backend)."""
+        return None
 
     def locate(self, target: Target, model: str, connection: Connection) -> Locator:
         """The backend serving `model` at `target`, reached with `connection` (validated by `connection()`).

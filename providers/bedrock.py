@@ -21,7 +21,7 @@ from pydantic import Field
 from orchestrator.errors import ProviderError
 from orchestrator.router.backends import Backend
 from orchestrator.router.clients import BackendClient
-from orchestrator.router.errors import AttemptFailed, BadRequest, Failed
+from orchestrator.router.errors import AttemptFailed, BadRequest, Failed, building
 from providers import aws, openai_wire
 from providers.base import Connection, LiveSetting, Locator, Provider
 
@@ -50,12 +50,17 @@ class Bedrock(Provider):
     scopes = {"in-region": None, "eu": "EU", "us": "US", "us-gov": "US", "apac": "APAC", "ca": "CA", "jp": "APAC",
               "au": "APAC", "global": "GLOBAL"}
     connection_model = BedrockConnection
+    direct_params = frozenset({"region"})  # not `profile`: the router host's own AWS profile
 
     def describe(self) -> str:
         return "AWS Bedrock managed models (per token; in-region, geographic or global inference profiles)"
 
     def client(self) -> BackendClient:
         return BedrockClient()
+
+    def direct_url(self, backend: Backend) -> str | None:
+        region = backend.params.get("region")  # boto3's endpoint for it (an app's AWS_ENDPOINT_URL is its own)
+        return f"https://bedrock-runtime.{region}.amazonaws.com" if region else None
 
     def locate(self, target, model, connection) -> Locator:
         """The vendor model id, prefixed by the target's inference-profile scope; params: the source region."""
@@ -214,6 +219,16 @@ def stream_chunks(model: str, events: Iterable[Mapping[str, Any]]) -> Iterator[d
         yield openai_wire.chunk(model, id, finish_reason=finish)
 
 
+def embedding_payloads(body: Mapping[str, Any], *, cohere: bool) -> list[str]:
+    """The InvokeModel bodies for an OpenAI embeddings request: one for a Cohere model (every text), else one per
+    input for a Titan model (with `dimensions` when asked)."""
+    inputs = openai_wire.inputs_of(body)
+    if cohere:
+        return [json.dumps({"texts": inputs, "input_type": "search_document"})]
+    extra = {"dimensions": int(body["dimensions"])} if body.get("dimensions") else {}
+    return [json.dumps({"inputText": text, **extra}) for text in inputs]
+
+
 def _closing(stream: Any, model: str) -> Iterator[dict[str, Any]]:
     try:
         yield from stream_chunks(model, stream)
@@ -234,7 +249,8 @@ class BedrockClient(BackendClient):
         return self._clients.get(service, backend.params["region"], backend.params.get("profile"))
 
     async def chat(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
-        request = converse_request(body)
+        with building(backend.target):
+            request = converse_request(body)
         resp = await aws.call(backend.target, lambda: self._get("bedrock-runtime", backend).converse(
             modelId=backend.address, **request))
         try:
@@ -243,8 +259,11 @@ class BedrockClient(BackendClient):
             raise Failed(f"Converse answered without {exc}") from None
 
     async def chat_stream(self, backend: Backend, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        request = converse_request(body)
+        with building(backend.target):
+            request = converse_request(body)
 
+        # Bounded without a line cap of ours: botocore's event-stream decoder refuses a message over 24 MB
+        # (`botocore.eventstream._MAX_PAYLOAD_LENGTH`), and each message is one event.
         def start() -> Iterator[dict[str, Any]]:
             resp = self._get("bedrock-runtime", backend).converse_stream(modelId=backend.address, **request)
             return _closing(resp["stream"], backend.model)
@@ -252,34 +271,33 @@ class BedrockClient(BackendClient):
         return await openai_wire.first_then_rest(aws.events(backend.target, start))
 
     async def embed(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
-        """Titan (one InvokeModel per input) or Cohere (one per request) embedding models."""
-        inputs = openai_wire.inputs_of(body)
+        """Titan (one InvokeModel per input) or Cohere (one per request) embedding models. Every payload is built
+        before the first is sent, so a request Bedrock cannot take never counts against the backend."""
         cohere = ".cohere.embed" in f".{backend.address}"
+        with building(backend.target):
+            payloads = embedding_payloads(body, cohere=cohere)
 
-        def invoke(payload: dict[str, Any]) -> dict[str, Any]:
-            resp = self._get("bedrock-runtime", backend).invoke_model(modelId=backend.address, body=json.dumps(payload),
+        def invoke(payload: str) -> dict[str, Any]:
+            resp = self._get("bedrock-runtime", backend).invoke_model(modelId=backend.address, body=payload,
                                      contentType="application/json", accept="application/json")
             return json.loads(resp["body"].read())
 
         try:
             if cohere:
-                data = await aws.call(backend.target, lambda: invoke({"texts": inputs, "input_type": "search_document"}))
+                data = await aws.call(backend.target, lambda: invoke(payloads[0]))
                 return openai_wire.embeddings(backend.model, data["embeddings"])
             vectors, tokens = [], 0
-            for i, text in enumerate(inputs):
-                payload: dict[str, Any] = {"inputText": text}
-                if body.get("dimensions"):
-                    payload["dimensions"] = int(body["dimensions"])
+            for i, payload in enumerate(payloads):
                 try:
                     data = await aws.call(backend.target, lambda p=payload: invoke(p))
                 except AttemptFailed as exc:
                     if i and exc.resend:  # earlier inputs were processed: the request as a whole is not resendable
-                        raise Failed(f"{exc} (after {i} of {len(inputs)} inputs were embedded)") from exc
+                        raise Failed(f"{exc} (after {i} of {len(payloads)} inputs were embedded)") from exc
                     raise
                 vectors.append(data["embedding"])
                 tokens += int(data.get("inputTextTokenCount") or 0)
             return openai_wire.embeddings(backend.model, vectors, tokens)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:  # only the answers are read in here
             raise Failed(f"the embedding answer has an unexpected shape ({exc!r})") from None
 
     async def _state(self, backend: Backend) -> dict[str, Any]:

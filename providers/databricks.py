@@ -47,9 +47,13 @@ class Databricks(Provider):
     sdk_module = "databricks.sdk"
     scopes = {"in-region": None, "cross-geo": "GLOBAL"}
     connection_model = DatabricksConnection
+    direct_params = frozenset({"host"})  # not `profile`: the router host's own ~/.databrickscfg
 
     def describe(self) -> str:
         return "Databricks Model Serving (pay-per-token foundation models; GPU model serving)"
+
+    def direct_url(self, backend) -> str | None:
+        return backend.params.get("host")
 
     def client(self):
         self.sdk()  # the install hint, before the router first needs credentials

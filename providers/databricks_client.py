@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from orchestrator.router.backends import Backend
-from orchestrator.router.clients import HttpClient
+from orchestrator.router.clients import HttpClient, refused_503
 from orchestrator.router.errors import (
     AttemptFailed,
     BadRequest,
@@ -32,6 +32,7 @@ from orchestrator.router.errors import (
     Refused,
     RequestTooLarge,
     RouterError,
+    TimedOut,
 )
 from providers.openai_wire import blocking
 
@@ -46,14 +47,20 @@ def verdict(status: int, content: bytes, retry_after: str | None) -> Exception:
 
     429 REQUEST_LIMIT_EXCEEDED and 503 TEMPORARILY_UNAVAILABLE say the request was not processed (another allowed
     backend may take it); 401/403 are the router's own credentials, 404 RESOURCE_DOES_NOT_EXIST a missing endpoint:
-    both mark the backend down. Other 4xx are the request's own fault (never resent); 5xx may follow processing.
+    both mark the backend down. Other 4xx are the request's own fault (never resent); 5xx may follow processing
+    (a 504 is a timeout after delivery).
     """
     code, message = _error_of(content)
     what = f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
     if status == 429:
         return Refused(what, throttled=True, retry_after_s=_seconds(retry_after))
-    if status == 503:
+    if status == 503 and (code == "TEMPORARILY_UNAVAILABLE" or refused_503(content, retry_after)):
+        # Databricks' REST error codes: 503 TEMPORARILY_UNAVAILABLE, "the service is temporarily unavailable" (the
+        # API reference's error-code table): its refusal. A 503 without it, a Retry-After or a body saying so may
+        # be a gateway that lost the endpoint mid-request: Failed below, never resent.
         return Refused(what, retry_after_s=_seconds(retry_after))
+    if status == 504:  # a gateway gave up waiting: the endpoint may still be processing it
+        return TimedOut(what)
     if status in (401, 403):
         return Refused(f"{what} (Databricks refused the router's credentials)", status=401, down=True)
     if status == 404:

@@ -32,7 +32,8 @@ class KubeRayConnection(Connection):
     api_key_env: str | None = Field(
         default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="Name of the environment variable holding the service's key where the router runs (org.yaml "
-                    "`provision: {api_key_env: ...}`); the key itself is never in the routing table.")
+                    "`provision: {api_key_env: ...}`, else SOVRA_KUBERAY_KEY, which the router derives from its "
+                    "cluster's Ray token); the key itself is never in the routing table.")
 
 
 class Kubernetes(Provider):

@@ -25,9 +25,14 @@ class OpenAICompatible(Provider):
     sdk_module = None
     provisioner = "none"
     connection_model = OpenAICompatibleConnection
+    # not `api_key_env`: a direct-mode app names its own key variable per host (the SDK's `direct_keys`)
+    direct_params = frozenset({"served_model"})
 
     def describe(self) -> str:
         return "An OpenAI-compatible server you run (NVIDIA NIM, vLLM, TGI), declared in org.yaml `endpoints:`"
+
+    def direct_url(self, backend) -> str | None:
+        return backend.address
 
     def client(self):
         from orchestrator.router.clients import HttpClient

@@ -17,8 +17,8 @@ from pydantic import Field
 
 from orchestrator.errors import ProviderError
 from orchestrator.router.backends import Backend
-from orchestrator.router.clients import BackendClient, sse_event
-from orchestrator.router.errors import AttemptFailed, BadRequest, Failed
+from orchestrator.router.clients import MAX_SSE_LINE, BackendClient, sse_event
+from orchestrator.router.errors import AttemptFailed, BadRequest, Failed, building
 from providers import aws, openai_wire
 from providers.base import Connection, LiveSetting, Locator, Provider
 
@@ -47,12 +47,17 @@ class SageMaker(Provider):
     sdk_module = "boto3"
     scopes = {"regional": None}
     connection_model = SageMakerConnection
+    direct_params = frozenset({"region", "streaming"})  # not `profile`: the router host's own AWS profile
 
     def describe(self) -> str:
         return "AWS SageMaker real-time inference endpoints (GPU instances, per instance-hour)"
 
     def client(self) -> BackendClient:
         return SageMakerClient()
+
+    def direct_url(self, backend: Backend) -> str | None:
+        region = backend.params.get("region")  # boto3's endpoint for it (an app's AWS_ENDPOINT_URL is its own)
+        return f"https://runtime.sagemaker.{region}.amazonaws.com" if region else None
 
     def locate(self, target, model, connection) -> Locator:
         """The org-declared endpoint; Sovra does not create SageMaker endpoints yet."""
@@ -108,22 +113,33 @@ def _tgi_finish(reason: str | None) -> str:
 _DONE = object()
 
 
-def sse_chunks(model: str, parts: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+def sse_chunks(model: str, parts: Iterable[bytes], limit: int = MAX_SSE_LINE) -> Iterator[dict[str, Any]]:
     """Payload parts (bytes cut anywhere, even inside a UTF-8 sequence) as OpenAI chunks. Each line is an event:
     `data: {chat.completion.chunk}` (the Messages API), TGI's `data: {"token": ...}`, or a bare JSON line (LMI);
-    `data: [DONE]` ends the stream."""
-    id, pending = openai_wire.new_id(), b""
+    `data: [DONE]` ends the stream. A line over `limit` bytes is a broken container (`Failed`), as for every
+    backend; parts without a newline are appended, not re-joined, so a line cut small costs no more to read."""
+    id, pending = openai_wire.new_id(), bytearray()
     for part in parts:
-        *lines, pending = (pending + part).split(b"\n")
-        for line in lines:
-            out = _event(model, id, line)
-            if out is _DONE:
-                return
-            if out is not None:
-                yield out
-    out = _event(model, id, pending)
+        pending += part
+        if b"\n" in part:
+            *lines, rest = bytes(pending).split(b"\n")
+            pending = bytearray(rest)
+            for line in lines:
+                out = _event(model, id, _bounded(line, limit))
+                if out is _DONE:
+                    return
+                if out is not None:
+                    yield out
+        _bounded(pending, limit)
+    out = _event(model, id, bytes(pending))
     if out is not None and out is not _DONE:
         yield out
+
+
+def _bounded(line: bytes | bytearray, limit: int) -> bytes | bytearray:
+    if len(line) > limit:
+        raise Failed(f"a server-sent-events line from the endpoint is over {limit} bytes")
+    return line
 
 
 def _event(model: str, id: str, raw: bytes) -> Any:
@@ -194,12 +210,15 @@ class SageMakerClient(BackendClient):
             raise Failed(f"{backend.target}: the endpoint answered with a body that is not JSON") from None
 
     async def chat(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
-        return answer(backend.model, await self._invoke(backend, self._body(backend, body, False)))
+        with building(backend.target):
+            payload = self._body(backend, body, False)
+        return answer(backend.model, await self._invoke(backend, payload))
 
     async def chat_stream(self, backend: Backend, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         if backend.params.get("streaming") == "false":
             return openai_wire.replay(openai_wire.as_chunks(await self.chat(backend, body)))
-        payload = self._body(backend, body, True)
+        with building(backend.target):
+            payload = self._body(backend, body, True)
 
         def start() -> Iterator[dict[str, Any]]:
             resp = self._get("sagemaker-runtime", backend).invoke_endpoint_with_response_stream(
@@ -210,7 +229,8 @@ class SageMakerClient(BackendClient):
 
     async def embed(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
         """Text-embeddings-inference containers: `{"inputs": [...]}` -> one vector per input."""
-        payload = json.dumps({"inputs": openai_wire.inputs_of(body)}).encode()
+        with building(backend.target):
+            payload = json.dumps({"inputs": openai_wire.inputs_of(body)}).encode()
         return _embeddings(backend.model, await self._invoke(backend, payload))
 
     async def _state(self, backend: Backend) -> dict[str, Any]:

@@ -134,9 +134,16 @@ class SnowflakeCortex(Provider):
     sdk_module = "snowflake.connector"
     scopes: ClassVar[dict[str, str | None]] = {label.lower(): zone for label, zone in CROSS_REGION_ZONES.items()}
     connection_model = SnowflakeCortexConnection
+    # not user, role or connection_name: a direct-mode app signs in as itself (SNOWFLAKE_USER, ...)
+    direct_params = frozenset({"account", "host", "warehouse", "database", "timeout_s"})
 
     def describe(self) -> str:
         return "Snowflake Cortex AI functions (per token; cross-region setting decides the zone)"
+
+    def direct_url(self, backend) -> str | None:
+        if not backend.params.get("account") and not backend.params.get("host"):
+            return None
+        return base_url(backend.params)
 
     def zone_for_scope(self, scope: str, country: str | None) -> str:
         """One label as the base class does (unknown labels rejected); a comma list is the union of its labels'

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from orchestrator.router.backends import Backend
-from orchestrator.router.clients import BackendClient, sse_event
+from orchestrator.router.clients import BackendClient, refused_503, sse_event, sse_lines
 from orchestrator.router.errors import (
     AttemptFailed,
     BadRequest,
@@ -28,6 +28,7 @@ from orchestrator.router.errors import (
     Refused,
     RouterError,
     TimedOut,
+    building,
 )
 from providers import openai_wire as wire
 from providers.snowflake import SETTING, base_url, connect_kwargs
@@ -106,8 +107,13 @@ def _rest_verdict(exc: _RestStatus) -> BaseException:
         return Refused(f"Cortex has no such model here: {exc}", status=404, down=True)
     if exc.status == 400:
         return BadRequest(f"Cortex rejected the request: {exc}")
-    if exc.status in (503, 504):  # Snowflake: "the request was not processed"
-        return Refused(f"Cortex REST: {exc}")
+    # A 503 is a refusal (not processed, so another backend may take it) only with evidence: a Retry-After or a
+    # body saying so (`clients.refused_503`); a 504 is a gateway that gave up waiting while Cortex may still run it.
+    if exc.status == 503 and refused_503(exc.text.encode(), exc.retry_after):
+        retry = int(exc.retry_after) if (exc.retry_after or "").isdigit() else None
+        return Refused(f"Cortex REST: {exc}", retry_after_s=retry)
+    if exc.status == 504:
+        return TimedOut(f"Cortex REST: {exc}")
     return Failed(f"Cortex REST: {exc}")
 
 
@@ -190,8 +196,10 @@ class CortexClient(BackendClient):
     # -- operations ----------------------------------------------------------------------------------------------
 
     async def chat(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
-        messages, options = _messages(body), _options(body)
-        rows = await self._query(backend, COMPLETE_SQL, [backend.address, json.dumps(messages), json.dumps(options)])
+        with building(backend.target):
+            messages, options = _messages(body), _options(body)
+            args = [backend.address, json.dumps(messages), json.dumps(options)]
+        rows = await self._query(backend, COMPLETE_SQL, args)
         return _completion(backend.model, rows, options)
 
     async def chat_stream(self, backend: Backend, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
@@ -201,16 +209,17 @@ class CortexClient(BackendClient):
             return wire.replay(wire.as_chunks(await self.chat(backend, body)))
 
     async def embed(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
-        inputs = wire.inputs_of(body)
-        if not inputs:
-            raise BadRequest("embeddings need a non-empty `input`")
-        fn = "EMBED_TEXT_1024" if backend.address in EMBED_1024 else "EMBED_TEXT_768"
-        # VECTOR cast to ARRAY: one JSON shape from the connector; ordered by the input's index
-        values = ", ".join("(?, ?)" for _ in inputs)
-        sql = (f"SELECT column1, SNOWFLAKE.CORTEX.{fn}(?, column2)::ARRAY FROM VALUES {values} ORDER BY column1")
-        args: list[Any] = [backend.address]
-        for i, text in enumerate(inputs):
-            args += [i, text]
+        with building(backend.target):
+            inputs = wire.inputs_of(body)
+            if not inputs:
+                raise BadRequest("embeddings need a non-empty `input`")
+            fn = "EMBED_TEXT_1024" if backend.address in EMBED_1024 else "EMBED_TEXT_768"
+            # VECTOR cast to ARRAY: one JSON shape from the connector; ordered by the input's index
+            values = ", ".join("(?, ?)" for _ in inputs)
+            sql = (f"SELECT column1, SNOWFLAKE.CORTEX.{fn}(?, column2)::ARRAY FROM VALUES {values} ORDER BY column1")
+            args: list[Any] = [backend.address]
+            for i, text in enumerate(inputs):
+                args += [i, text]
         rows = await self._query(backend, sql, args)
         try:
             vectors = [json.loads(v) if isinstance(v, str) else list(v) for _, v in rows]
@@ -247,7 +256,8 @@ class CortexClient(BackendClient):
 
     async def _rest_stream(self, backend: Backend, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         account = self._account(backend)
-        payload = {"model": backend.address, "messages": _messages(body), "stream": True, **_options(body)}
+        with building(backend.target):
+            payload = {"model": backend.address, "messages": _messages(body), "stream": True, **_options(body)}
         url = base_url(backend.params) + REST_COMPLETE
         for attempt in (1, 2):
             conn = await wire.blocking(account.get)
@@ -256,7 +266,7 @@ class CortexClient(BackendClient):
             try:
                 request = self._client().build_request("POST", url, json=payload, headers=headers,
                                                        timeout=httpx.Timeout(self._timeout(backend), connect=5.0))
-                resp = await self._client().send(request, stream=True)
+                resp = await self._client().send(request, stream=True, follow_redirects=False)
             except httpx.HTTPError as exc:
                 raise verdict(exc, sent=True) from None
             if resp.status_code == 200:
@@ -281,10 +291,11 @@ class _NoRest(Exception):
 
 
 async def _chunks(model: str, resp: httpx.Response) -> AsyncIterator[dict[str, Any]]:
-    """Cortex's server-sent events as OpenAI chunks; its `usage` (cumulative per event) ends the stream."""
+    """Cortex's server-sent events as OpenAI chunks; its `usage` (cumulative per event) ends the stream. Lines are
+    read with the router's bound (`sse_lines`), not httpx's `aiter_lines`, which buffers a line of any length."""
     id_, usage, first = wire.new_id(), None, True
     try:
-        async for line in resp.aiter_lines():
+        async for line in sse_lines(resp.aiter_bytes()):
             if not line.startswith("data:"):
                 continue
             event = sse_event(line[5:], "Cortex")

@@ -11,6 +11,7 @@ import abc
 import asyncio
 import json
 import os
+import re
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -22,7 +23,16 @@ if TYPE_CHECKING:  # imported where used: `sovra plan` loads the provider regist
     import httpx
 
 from orchestrator.router.backends import Backend
-from orchestrator.router.errors import AttemptFailed, Failed, NotDelivered, Refused, RouterError, TimedOut
+from orchestrator.router.errors import (
+    AttemptFailed,
+    Failed,
+    NotDelivered,
+    Refused,
+    RouterError,
+    TimedOut,
+    building,
+    upstream_words,
+)
 
 #: The longest server-sent-events line a backend may send (a chunk is one line); longer is a broken backend.
 MAX_SSE_LINE = 1_048_576
@@ -68,7 +78,8 @@ class BackendClient(abc.ABC):
 
 
 class _Upstream4xx(RouterError):
-    """A backend rejected the request itself: passed through, never retried elsewhere."""
+    """A backend rejected the request itself: passed through, never retried elsewhere; its type and code only from
+    the router's fixed vocabulary (`errors.upstream_words`), since they reach the audit trail."""
 
     def __init__(self, status: int, body: Any):
         err = body.get("error") if isinstance(body, dict) else None
@@ -76,10 +87,9 @@ class _Upstream4xx(RouterError):
             message, kind, code = err.get("message"), err.get("type"), err.get("code")
         else:  # `{"error": "text"}` and other shapes servers send
             message, kind, code = err, None, None
-        super().__init__(str(message or "upstream rejected the request")[:2000])
+        self.type, self.code, text = upstream_words(kind, code, message)
+        super().__init__(text)
         self.status = status
-        self.type = str(kind or "invalid_request_error")
-        self.code = str(code) if code is not None else None
 
 
 # -- transports: one pooled HTTP/1.1 keep-alive client library behind the same operations ---------------------------
@@ -142,13 +152,14 @@ class _HttpxTransport(_Transport):
                    ) -> _Streamed:
         try:
             resp = await self._client.send(self._client.build_request(
-                "POST", url, content=content, headers={**_JSON, **headers} if headers else _JSON), stream=True)
+                "POST", url, content=content, headers={**_JSON, **headers} if headers else _JSON), stream=True,
+                follow_redirects=False)  # only the gate decides where a payload goes (whatever the client passed)
         except self._errors as exc:
             raise _httpx_verdict(exc) from exc
         return _HttpxStreamed(resp)
 
     async def get_status(self, url: str, timeout_s: float, headers: dict[str, str] | None = None) -> int:
-        return (await self._client.get(url, timeout=timeout_s, headers=headers)).status_code
+        return (await self._client.get(url, timeout=timeout_s, headers=headers, follow_redirects=False)).status_code
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -230,8 +241,9 @@ class _AiohttpTransport(_Transport):
         import aiohttp
 
         try:
+            # aiohttp follows redirects by default, re-sending the body to wherever `Location` says: never
             resp = await self._get().post(url, data=content, headers={**_JSON, **headers} if headers else _JSON,
-                                          proxy=self._proxy(url))
+                                          proxy=self._proxy(url), allow_redirects=False)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _aiohttp_verdict(exc) from exc
         return _AiohttpStreamed(resp)
@@ -239,7 +251,7 @@ class _AiohttpTransport(_Transport):
     async def get_status(self, url: str, timeout_s: float, headers: dict[str, str] | None = None) -> int:
         import aiohttp
 
-        async with self._get().get(url, proxy=self._proxy(url), headers=headers,
+        async with self._get().get(url, proxy=self._proxy(url), headers=headers, allow_redirects=False,
                                    timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
             return resp.status
 
@@ -279,15 +291,22 @@ async def _read_limited(chunks: AsyncIterator[bytes], limit: int) -> bytes:
     return b"".join(parts)
 
 
-async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
-    """Whole lines, split before decoding so no UTF-8 sequence is cut; a line over MAX_SSE_LINE is a Failed."""
-    pending = b""
+async def sse_lines(chunks: AsyncIterator[bytes], limit: int = MAX_SSE_LINE) -> AsyncIterator[str]:
+    """Whole lines, split before decoding so no UTF-8 sequence is cut; a line over `limit` bytes is a Failed. Bytes
+    without a newline are appended, not re-joined, so a line trickled a byte at a time costs no more to read. Every
+    adapter reading server-sent events over HTTP reads its lines here."""
+    pending = bytearray()
     async for chunk in chunks:
-        *complete, pending = (pending + chunk).split(b"\n")
-        for line in complete:
-            yield line.decode(errors="replace").rstrip("\r")
-        if len(pending) > MAX_SSE_LINE:
-            raise Failed(f"a server-sent-events line is over {MAX_SSE_LINE} bytes")
+        pending += chunk
+        if b"\n" in chunk:
+            *complete, rest = bytes(pending).split(b"\n")
+            pending = bytearray(rest)
+            for line in complete:
+                if len(line) > limit:
+                    raise Failed(f"a server-sent-events line is over {limit} bytes")
+                yield line.decode(errors="replace").rstrip("\r")
+        if len(pending) > limit:
+            raise Failed(f"a server-sent-events line is over {limit} bytes")
     if pending:
         yield pending.decode(errors="replace").rstrip("\r")
 
@@ -323,14 +342,36 @@ def _seconds(value: str | None) -> int | None:
         return None
 
 
+#: What servers say in a 503 when they did not take the request on: OpenAI documents "The engine is currently
+#: overloaded, please try again later" and "Slow Down" for its 503s (platform.openai.com/docs/guides/error-codes),
+#: and answers "The server is overloaded or not ready yet."; vLLM, NIM and TGI servers speak OpenAI's API; Ray
+#: Serve's proxy says "Request dropped due to backpressure"; HAProxy's own 503 page "No server is available to
+#: handle this request".
+_REFUSAL_503 = re.compile(rb"overloaded|not ready yet|slow down|dropped due to backpressure|"
+                          rb"no server is available", re.IGNORECASE)
+
+
+def refused_503(content: bytes, retry_after: str | None) -> bool:
+    """Is a 503 a refusal (the request was not processed, so another backend may take it)? Only with evidence: a
+    Retry-After, or a body that says so. A bare 503 may come from a proxy that lost the backend mid-request."""
+    return bool(retry_after) or _REFUSAL_503.search(content[:4096]) is not None
+
+
 def _answer(target: str, status: int, content: bytes, retry_after: str | None = None) -> dict[str, Any]:
     """A backend's HTTP answer -> its JSON object, or the verdict / client error it amounts to."""
-    if status in (429, 503):  # the backend says it did not process it: another allowed backend may
-        raise Refused(f"HTTP {status}", throttled=status == 429, retry_after_s=_seconds(retry_after))
+    if status == 429:  # throttled: the backend says it did not process it, another allowed backend may
+        raise Refused("HTTP 429", throttled=True, retry_after_s=_seconds(retry_after))
+    if status == 503 and refused_503(content, retry_after):
+        raise Refused("HTTP 503", retry_after_s=_seconds(retry_after))
+    if status == 504:  # a gateway gave up waiting on the backend, which may still be processing it
+        raise TimedOut("HTTP 504: a gateway timed out waiting for the backend")
     if status in (401, 403):  # the router's own credentials for this backend were refused: nothing was processed
         raise Refused(f"HTTP {status}: the backend refused the router's credentials", status=401, down=True)
-    if status >= 500:
+    if status >= 500:  # a 503 without evidence of a refusal included: it may have been received
         raise Failed(f"HTTP {status}")
+    if 300 <= status < 400:  # the backend received the payload and pointed elsewhere: an answer, never followed
+        raise Failed(f"HTTP {status}: the backend answered with a redirect, which Sovra never follows (only the "
+                     "residency gate decides where a payload goes)")
     try:
         data = json.loads(content)
     except ValueError:
@@ -378,9 +419,15 @@ class HttpClient(BackendClient):
             out["stream"] = stream
         return out
 
-    async def _post(self, backend: Backend, op: str, body: dict[str, Any]) -> dict[str, Any]:
-        resp = await self._transport.post(self.url(backend, op), _encode(body), stream=False,
-                                          headers=await self.headers(backend))
+    def _request(self, backend: Backend, op: str, body: dict[str, Any], *, stream: bool | None) -> tuple[str, bytes]:
+        """The URL and the encoded body of one call, built before anything is sent: what cannot be built is
+        `NotSent` (`errors.building`), never the backend's failure."""
+        with building(backend.target):
+            return self.url(backend, op), _encode(self.body(backend, body, stream=stream))
+
+    async def _post(self, backend: Backend, op: str, body: dict[str, Any], *, stream: bool | None) -> dict[str, Any]:
+        url, payload = self._request(backend, op, body, stream=stream)
+        resp = await self._transport.post(url, payload, stream=False, headers=await self.headers(backend))
         try:
             content = await resp.read(MAX_ANSWER_BYTES)
         finally:
@@ -388,25 +435,25 @@ class HttpClient(BackendClient):
         return _answer(backend.target, resp.status, content, resp.retry_after)
 
     async def chat(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
-        return await self._post(backend, "chat", self.body(backend, body, stream=False))
+        return await self._post(backend, "chat", body, stream=False)
 
     async def health(self, backend: Backend) -> bool:
         """`GET /v1/models` (or the adapter's own path): it carries no payload."""
         return await self._transport.get_status(self.url(backend, "health"), 2.0, await self.headers(backend)) == 200
 
     async def embed(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
-        return await self._post(backend, "embed", self.body(backend, body, stream=None))
+        return await self._post(backend, "embed", body, stream=None)
 
     async def chat_stream(self, backend: Backend, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        resp = await self._transport.post(self.url(backend, "chat"), _encode(self.body(backend, body, stream=True)),
-                                          stream=True, headers=await self.headers(backend))
-        if resp.status >= 400:
+        url, payload = self._request(backend, "chat", body, stream=True)
+        resp = await self._transport.post(url, payload, stream=True, headers=await self.headers(backend))
+        if resp.status >= 300:
             try:
                 content = await resp.read(MAX_ANSWER_BYTES)
             finally:
                 await resp.aclose()
             _answer(backend.target, resp.status, content, resp.retry_after)
-        events = _events(_lines(resp.chunks()))
+        events = _events(sse_lines(resp.chunks()))
         try:
             first = await anext(events, None)
         except BaseException:

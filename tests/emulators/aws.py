@@ -184,6 +184,13 @@ FAULTS: dict[str, tuple[int, str, str]] = {
     "invalid": (400, "ValidationException", "Malformed input request: temperature must be at most 1."),
     "endpoint-missing": (400, "ValidationError", f"Endpoint sovra-missing of account {ACCOUNT} not found."),
     "model-error": (424, "ModelError", "Received server error (500) from primary with message \"CUDA OOM\"."),
+    "model-rejected": (424, "ModelError", "Received client error (422) from primary with message \"max_tokens must "
+                       "be at most 4096\"."),
+}
+#: modeled fields a fault's error body carries besides its message (SageMaker's ModelError: the container's status)
+FAULT_FIELDS: dict[str, dict[str, Any]] = {
+    "model-error": {"OriginalStatusCode": 500, "OriginalMessage": "CUDA OOM"},
+    "model-rejected": {"OriginalStatusCode": 422, "OriginalMessage": "max_tokens must be at most 4096"},
 }
 #: other switches: "slow" (answer after `slow_s`), "malformed" (200 with a body that is not JSON), "stream-break"
 #: (a stream that fails after its first events: bedrock sends a throttlingException event, which must still not be
@@ -283,7 +290,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {"x-amzn-errortype": f"{kind}:http://internal.amazon.com/coral/com.amazon.bedrock/"}
         if status == 429:
             headers["retry-after"] = "7"
-        self._send(status, json.dumps({"message": message}).encode(), headers)
+        self._send(status, json.dumps({"message": message, **FAULT_FIELDS.get(fault, {})}).encode(), headers)
 
     def _stream(self, messages: list[bytes]) -> None:
         self.send_response(200)

@@ -8,7 +8,8 @@ server-sent events, embeddings), and the compliance-security-profile setting
 answers errors in Databricks' shape (`{"error_code", "message"}`).
 
 Faults (set `emulator.fault`, cleared with None): "throttle" (429 REQUEST_LIMIT_EXCEEDED with Retry-After),
-"unavailable" (503 TEMPORARILY_UNAVAILABLE), "server_error" (500), "unauthorized" (403 with any token), "slow"
+"unavailable" (503 TEMPORARILY_UNAVAILABLE), "server_error" (500), "gateway_timeout" (a gateway's 504),
+"bare_unavailable" (a gateway's 503, with no code and no Retry-After), "unauthorized" (403 with any token), "slow"
 (answers after `delay_s`), "malformed" (200 with a body that is not JSON), "bad_request" (400 on invocations).
 An unknown endpoint name is a 404 RESOURCE_DOES_NOT_EXIST; `closed_url()` is a port nothing listens on.
 """
@@ -119,6 +120,11 @@ class DatabricksEmulator:
                           {"Retry-After": self.retry_after})
         if self.fault == "server_error":
             return _error(500, "INTERNAL_ERROR", "Internal error.")
+        if self.fault == "gateway_timeout":  # a gateway in front of the endpoint gave up waiting on it
+            return Response(b"upstream request timeout", status_code=504, media_type="text/plain")
+        if self.fault == "bare_unavailable":  # a 503 with no sign that the request was not processed
+            return Response(b"upstream connect error or disconnect/reset before headers", status_code=503,
+                            media_type="text/plain")
         if self.fault == "slow":
             await asyncio.sleep(self.delay_s)
         if self.fault == "malformed":

@@ -15,23 +15,40 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 
+#: What an overloaded OpenAI-compatible server answers with its 503: it did not take the request on.
+OVERLOADED = {"error": {"message": "The server is overloaded or not ready yet.", "type": "server_error"}}
+
+
 @dataclass
 class FakeBackend:
-    """Answers `served-by <name>`; records every payload it received; can be switched to fail."""
+    """Answers `served-by <name>`; records every payload it received; can be switched to fail (`failing`: refuse
+    as an overloaded server does, which may be resent elsewhere; `status`: any other error status)."""
 
     name: str
     received: list[dict] = field(default_factory=list)
+    authorization: list[str | None] = field(default_factory=list)  # the Authorization header of each request
     failing: bool = False
     delay_s: float = 0.0
     chunk_gap_s: float = 0.0  # pause between streamed chunks
     odd_error: bool = False   # answer 400 with `{"error": "text"}`, a shape some servers send
+    status: int | None = None  # answer this status with a plain error body (a bare 503, a gateway's 504, ...)
+    error_body: dict | None = None  # ... or with this body
+    retry_after: str | None = None  # ... with this Retry-After header
+
+    def _error(self) -> JSONResponse:
+        body = self.error_body or {"error": {"message": f"HTTP {self.status}", "type": "api_error"}}
+        headers = {"Retry-After": self.retry_after} if self.retry_after else None
+        return JSONResponse(body, status_code=self.status or 500, headers=headers)
 
     def app(self) -> Starlette:
         async def chat(request: Request):
             body = await request.json()
             self.received.append(body)
+            self.authorization.append(request.headers.get("authorization"))
             if self.failing:
-                return JSONResponse({"error": {"message": "down", "type": "api_error"}}, status_code=503)
+                return JSONResponse(OVERLOADED, status_code=503)
+            if self.status is not None:
+                return self._error()
             if self.odd_error:
                 return JSONResponse({"error": "quota text, not an object"}, status_code=400)
             if self.delay_s:
@@ -59,8 +76,11 @@ class FakeBackend:
         async def embeddings(request: Request):
             body = await request.json()
             self.received.append(body)
+            self.authorization.append(request.headers.get("authorization"))
             if self.failing:
-                return JSONResponse({"error": {"message": "down"}}, status_code=503)
+                return JSONResponse(OVERLOADED, status_code=503)
+            if self.status is not None:
+                return self._error()
             inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
             return JSONResponse({"object": "list", "model": body["model"],
                                  "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)},

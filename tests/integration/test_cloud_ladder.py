@@ -95,14 +95,16 @@ def eu_payloads_at_bedrock(d) -> list[str]:
 def test_up_routes_the_managed_and_declared_backends_beside_the_ray_replica(ladder):
     routes = httpx.get(ladder["url"] + "/v1/routes", headers={"Authorization": f"Bearer {ANY_KEY}"}).json()
     backends = {b["target"]: b for b in routes["deployments"]["ladder"]["backends"]}
-    assert set(backends) == EU_TARGETS | {BEDROCK}
+    # a tenant's table holds what direct mode can call; the Ray replica is only named (no Serve address)
+    assert set(backends) == (EU_TARGETS - {RAY}) | {BEDROCK}
+    assert routes["deployments"]["ladder"]["proxy_only"] == [{"target": RAY, "kind": "ray"}]
     assert {t: (b["kind"], b["tier"]) for t, b in backends.items()} == {
-        RAY: ("ray", 0), SAGEMAKER: ("aws-sagemaker", 0), DATABRICKS: ("databricks", 1), BEDROCK: ("aws-bedrock", 1)}
+        SAGEMAKER: ("aws-sagemaker", 0), DATABRICKS: ("databricks", 1), BEDROCK: ("aws-bedrock", 1)}
     assert backends[BEDROCK]["address"] == "mistral.mistral-small-2402-v1:0"
     wire = json.dumps(routes)
     assert ladder["dbx"].token not in wire and "AWS_SECRET" not in wire
     eu = httpx.get(ladder["url"] + "/v1/routes", headers={"Authorization": f"Bearer {EU_KEY}"}).json()
-    assert {b["target"] for b in eu["deployments"]["ladder"]["backends"]} == EU_TARGETS
+    assert {b["target"] for b in eu["deployments"]["ladder"]["backends"]} == EU_TARGETS - {RAY}
     # `sovra status` shows every rung; routed backends in their vendor's own words, asked without a payload
     status = ladder["sovra"]("status", "-o", "json")
     assert status.returncode == 0, status.stdout + status.stderr

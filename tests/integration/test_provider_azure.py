@@ -17,7 +17,7 @@ import providers
 from orchestrator.errors import ProviderError
 from orchestrator.router.backends import Backend, RoutingTable
 from orchestrator.router.dispatch import Dispatcher
-from orchestrator.router.errors import Failed, NotDelivered, Refused, UpstreamTimeout
+from orchestrator.router.errors import Failed, NotDelivered, Refused, TimedOut, UpstreamTimeout
 from orchestrator.router.gate import RequestResidency
 from orchestrator.spec import Residency
 from orchestrator.spec.zones import COUNTRY_ZONE, GLOBAL
@@ -263,12 +263,15 @@ def test_a_slow_arm_answer_is_not_delivered(az):
     assert az.count("scoring") == scored  # the URI was never learnt: the payload never left
 
 
-SCORING_FAULTS = [(Fault(status=429, retry_after_s=5), Refused), (Fault(status=503), Refused),
-                  (Fault(status=500), Failed), (Fault(malformed=True), Failed)]
+# a 503 is a refusal only with evidence (here a Retry-After); a bare one may have been received, a 504 too
+SCORING_FAULTS = [(Fault(status=429, retry_after_s=5), Refused), (Fault(status=503, retry_after_s=2), Refused),
+                  (Fault(status=503), Failed), (Fault(status=504), TimedOut), (Fault(status=500), Failed),
+                  (Fault(malformed=True), Failed)]
 
 
 @pytest.mark.parametrize(("fault", "verdict"), SCORING_FAULTS,
-                         ids=[str(f.status or "malformed") for f, _ in SCORING_FAULTS])
+                         ids=[f"{f.status or 'malformed'}{'-retry-after' if f.retry_after_s else ''}"
+                              for f, _ in SCORING_FAULTS])
 def test_scoring_faults_get_their_verdicts(az, fault, verdict):
     b = backend(az, "chat-fr")
     for op in ("chat", "chat_stream"):

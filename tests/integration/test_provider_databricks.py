@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from orchestrator.catalog import load_catalog
 from orchestrator.errors import ProviderError
 from orchestrator.router.backends import Backend
+from orchestrator.router.clients import refused_503
 from orchestrator.router.errors import BadRequest, Failed, NotDelivered, Refused, RouterError, TimedOut
 from orchestrator.spec import Residency
 from policies.residency import Place
@@ -197,10 +198,11 @@ def test_a_closed_port_is_not_delivered(sdk_env):
        body=st.one_of(st.binary(max_size=64), st.dictionaries(st.sampled_from(["error_code", "message", "error"]),
                                                               st.text(max_size=20)).map(lambda d: repr(d).encode())))
 def test_every_error_answer_has_one_verdict(status, retry_after, body):
-    """Only what Databricks says it did not process (429, 503) or could not take (401/403/404) may go elsewhere;
-    4xx are the request's own fault; every other 5xx may have been processed."""
+    """Only what Databricks says it did not process (429; 503 with TEMPORARILY_UNAVAILABLE, a Retry-After or a body
+    saying so) or could not take (401/403/404) may go elsewhere; 4xx are the request's own fault; every other 5xx
+    may have been processed (a 504 is a timeout after delivery)."""
     v = verdict(status, body, retry_after)
-    if status in (429, 503, 401, 403, 404):
+    if status in (429, 401, 403, 404) or (status == 503 and refused_503(body, retry_after)):
         assert isinstance(v, Refused) and v.resend
         assert v.retry_after_s is None or v.retry_after_s >= 1
         assert v.down == (status in (401, 403, 404))
@@ -208,6 +210,7 @@ def test_every_error_answer_has_one_verdict(status, retry_after, body):
         assert isinstance(v, RouterError) and v.status in (400, 413)
     else:
         assert isinstance(v, Failed) and not v.resend
+        assert isinstance(v, TimedOut) == (status == 504)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -343,7 +346,7 @@ def test_sdk_direct_mode_calls_a_databricks_backend_itself_with_the_apps_own_cre
     state = RouterState(Dispatcher(RoutingTable.of([backend()])), TenantDirectory.of([tenant]), {})
     with ServerThread(create_app(state)) as router:
         async def scenario():
-            async with sdk.AsyncClient(router.url, api_key=key, mode="direct") as c:
+            async with sdk.AsyncClient(router.url, api_key=key, mode="direct", direct_hosts=["127.0.0.1"]) as c:
                 answer = await c.chat("d", [{"role": "user", "content": "direct hello"}])
                 return answer, c.unreachable
 
