@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from orchestrator.router.access import Access
 from orchestrator.router.app import RouterState, create_app
 from orchestrator.router.audit import AuditLog, read
 from orchestrator.router.backends import RoutingTable
@@ -18,12 +19,13 @@ from orchestrator.router.clients import HttpClient
 from orchestrator.router.dispatch import Dispatcher
 from orchestrator.router.tenants import TenantDirectory
 from orchestrator.spec import Residency
-from orchestrator.spec.org import Tenant
+from orchestrator.spec.org import Admin, Tenant
 from policies.residency import Place
 from tests import factories
 from tests.fakes.openai_backend import FakeBackend, ServerThread
 
 EU_KEY, US_KEY, ANY_KEY = "sk-test-eu", "sk-test-us", "sk-test-any"
+ADMIN = {"Authorization": "Bearer sk-test-admin"}  # /metrics and /readyz's detail are for admins
 
 
 def sha(k: str) -> str:
@@ -57,7 +59,7 @@ def stack(tmp_path_factory):
         Tenant(name="us-retail", key_sha256=sha(US_KEY), residency=Residency(zones=("US",)), deployments=("m",)),
         Tenant(name="global", key_sha256=sha(ANY_KEY), residency=Residency(zones=("GLOBAL",)))])
     state = RouterState(Dispatcher(RoutingTable.of(backends), backoff_s=0.0), tenants, {"openai-compatible": HttpClient()},
-                        AuditLog(audit_path))
+                        AuditLog(audit_path), access=Access.of([Admin(name="ops", key_sha256=sha("sk-test-admin"))]))
     router = ServerThread(create_app(state)).__enter__()
     yield {"url": router.url, "fakes": fakes, "state": state, "audit": audit_path}
     router.__exit__()
@@ -144,12 +146,12 @@ def test_audit_has_one_line_per_request_with_target_and_no_payload(stack):
     assert len(records) == n_before + 1
     last = records[-1]
     assert last["tenant"] == "eu-bank" and last["target"] == "onprem-paris" and last["zone"] == "EU"
-    text = stack["audit"].read_text()
+    text = "".join(f.read_text() for f in stack["audit"].iterdir())  # every writer's chain in the trail
     assert "eu-secret" not in text and EU_KEY not in text
 
 
 def test_metrics_and_healthz(stack):
-    m = httpx.get(stack["url"] + "/metrics")
+    m = httpx.get(stack["url"] + "/metrics", headers=ADMIN)
     assert m.status_code == 200 and "sovra_requests_total" in m.text and "sovra_router_overhead_seconds" in m.text
     assert httpx.get(stack["url"] + "/healthz").json() == {"status": "ok"}
 
@@ -222,7 +224,7 @@ def test_sdk_direct_mode_obeys_residency_policy_and_fails_closed(stack):
     us_before = len(fakes["virginia"].received)
 
     async def scenario():
-        async with sdk.AsyncClient(stack["url"], api_key=EU_KEY, mode="direct") as c:
+        async with sdk.AsyncClient(stack["url"], api_key=EU_KEY, mode="direct", direct_hosts=["127.0.0.1"]) as c:
             a = await c.chat("m", [{"role": "user", "content": "eu-secret direct"}])
             assert a.target == "onprem-paris"  # cost policy, within EU (US is cheaper but forbidden)
             e = await c.embed("m", ["abc"])
@@ -235,10 +237,12 @@ def test_sdk_direct_mode_obeys_residency_policy_and_fails_closed(stack):
                     await c.chat("m", [{"role": "user", "content": "eu-secret direct down"}])
             finally:
                 fakes["paris"].failing = fakes["frankfurt"].failing = False
-        async with sdk.AsyncClient(stack["url"], api_key=EU_KEY, residency="DE", mode="direct") as c:
+        async with sdk.AsyncClient(stack["url"], api_key=EU_KEY, residency="DE", mode="direct",
+                                   direct_hosts=["127.0.0.1"]) as c:
             assert (await c.chat("m", [{"role": "user", "content": "eu-secret"}])).target \
                 == "aws-sagemaker/eu-central-1"
-        async with sdk.AsyncClient(stack["url"], api_key=EU_KEY, residency="US", mode="direct") as c:
+        async with sdk.AsyncClient(stack["url"], api_key=EU_KEY, residency="US", mode="direct",
+                                   direct_hosts=["127.0.0.1"]) as c:
             with pytest.raises(sdk.PermissionDeniedError):
                 await c.chat("m", [{"role": "user", "content": "eu-secret widen"}])
 
@@ -253,7 +257,8 @@ def test_sdk_direct_mode_refreshes_its_table_so_a_narrowed_tenant_takes_effect(s
     wide = state.tenants
 
     async def scenario():
-        async with sdk.AsyncClient(stack["url"], api_key=EU_KEY, mode="direct", routes_ttl_s=0.2) as c:
+        async with sdk.AsyncClient(stack["url"], api_key=EU_KEY, mode="direct", direct_hosts=["127.0.0.1"],
+                                   routes_ttl_s=0.2) as c:
             first = await c.chat("m", [{"role": "user", "content": "eu-secret before"}])
             eu_bank = next(t for t in wide.tenants if t.name == "eu-bank")
             state.tenants = TenantDirectory.of([*(t for t in wide.tenants if t is not eu_bank),
@@ -281,12 +286,12 @@ def test_sdk_direct_mode_names_what_it_cannot_reach():
                            TenantDirectory.of([]), {})
     with ServerThread(create_app(ray_only)) as server:
         async def scenario():
-            async with sdk.AsyncClient(server.url, mode="direct") as c:
+            async with sdk.AsyncClient(server.url, mode="direct", direct_hosts=["127.0.0.1"]) as c:
                 with pytest.raises(sdk.NoAllowedBackendError, match="only through the router"):
                     await c.chat("m", [{"role": "user", "content": "hi"}])
                 return c.unreachable
 
-        assert asyncio.run(scenario()) == ("m/onprem-paris (ray)",)
+        assert asyncio.run(scenario()) == ("m/onprem-paris (ray): reached only through the router",)
 
 
 def test_sdk_direct_mode_fetches_the_routing_table_once_for_concurrent_first_calls(stack):
@@ -300,7 +305,8 @@ def test_sdk_direct_mode_fetches_the_routing_table_once_for_concurrent_first_cal
 
     async def scenario():
         http = httpx.AsyncClient(event_hooks={"request": [count]})
-        async with sdk.AsyncClient(stack["url"], api_key=EU_KEY, mode="direct", http=http) as c:
+        async with sdk.AsyncClient(stack["url"], api_key=EU_KEY, mode="direct", direct_hosts=["127.0.0.1"],
+                                   http=http) as c:
             answers = await asyncio.gather(*(c.chat("m", [{"role": "user", "content": "eu-secret at once"}])
                                              for _ in range(8)))
         assert {a.zone for a in answers} == {"EU"}
@@ -337,7 +343,7 @@ def test_a_tenant_limited_to_some_deployments_gets_404_for_the_others(stack):
 
 def test_bogus_model_names_add_no_metric_series(stack):
     def series():
-        return sum(1 for line in httpx.get(stack["url"] + "/metrics").text.splitlines()
+        return sum(1 for line in httpx.get(stack["url"] + "/metrics", headers=ADMIN).text.splitlines()
                    if line.startswith("sovra_requests_total{"))
 
     before = series()
@@ -391,13 +397,13 @@ def test_a_slow_streaming_backend_gets_the_request_once_and_the_client_a_504(sta
 # -- readiness and the router's own time (item 7) ---------------------------------------------------------------
 
 def test_readyz_is_per_deployment_and_503_when_one_has_no_healthy_backend(stack):
-    ok = httpx.get(stack["url"] + "/readyz")
+    ok = httpx.get(stack["url"] + "/readyz", headers=ADMIN)
     assert ok.status_code == 200 and ok.json()["deployments"]["legal"] == {
         "ready": True, "healthy": 1, "backends": 1, "down": []}  # legal's own bound allows only Paris
     breaker = stack["state"].dispatcher.breaker
     breaker.trip("legal@onprem-paris")
     try:
-        down = httpx.get(stack["url"] + "/readyz")
+        down = httpx.get(stack["url"] + "/readyz", headers=ADMIN)
     finally:
         breaker._states.clear()
     assert down.status_code == 503 and down.json()["deployments"]["legal"]["ready"] is False
@@ -444,12 +450,15 @@ def test_a_stream_the_client_aborts_is_recorded(stack):
                                 "messages": [{"role": "user", "content": "eu-secret abort"}]}) as r:
             next(r.iter_raw())
         deadline = time.time() + 5
-        while _last_record(stack)["request_id"] != "abort-me":
+        # the `send` line is there at once (read shows it as `unfinished`); the request's record once it ends
+        while (_last_record(stack)["request_id"], _last_record(stack)["outcome"]) != ("abort-me", "cancelled"):
             assert time.time() < deadline, "the aborted stream was never recorded"
             time.sleep(0.05)
     finally:
         fakes["paris"].chunk_gap_s = 0.0
     rec = _last_record(stack)
     assert rec["status"] == 499 and rec["outcome"] == "cancelled"
-    assert rec["attempts"] == [{"target": "onprem-paris", "zone": "EU", "country": "FR", "outcome": "cancelled"}]
+    assert [{k: v for k, v in a.items() if k != "send_seq"} for a in rec["attempts"]] == [
+        {"target": "onprem-paris", "zone": "EU", "country": "FR", "outcome": "cancelled"}]
+    assert isinstance(rec["attempts"][0]["send_seq"], int)  # its line before the payload left
     assert stack["state"].dispatcher.in_flight["m@onprem-paris"] == 0
