@@ -420,9 +420,11 @@ def outputs_to_endpoints(outputs: Mapping[str, Any], targets: Iterable[Any]) -> 
 
 
 def build_program(deployment: Any, placements: Iterable[Any], targets: Mapping[str, Any],
-                  settings: Mapping[str, Mapping[str, Any]] | None = None) -> Program:
+                  settings: Mapping[str, Mapping[str, Any]] | None = None,
+                  service_keys: Mapping[str, str] | None = None) -> Program:
     """The inline program for one deployment's provisioned placements, from the components package, each
-    component with its target's settings (org.yaml `provision:`, by target id).
+    component with its target's settings (org.yaml `provision:`, by target id) and, for a KubeRay service whose
+    org names no key, the key derived for it (`service_keys`, by target id; a Pulumi secret in the program).
 
     The one call into `infra.pulumi.program` (its `program(...)` returns the inline program; it registers every
     resource through the residency guard, so a tampered region aborts before any change)."""
@@ -431,4 +433,4 @@ def build_program(deployment: Any, placements: Iterable[Any], targets: Mapping[s
     except ImportError as exc:
         raise ProvisionError(f"the Pulumi components are not available ({exc}); install Sovra with the "
                              "`pulumi` extra: pip install 'sovra[pulumi]'") from exc
-    return program(tuple(placements), deployment, dict(targets), settings)
+    return program(tuple(placements), deployment, dict(targets), settings, service_keys)

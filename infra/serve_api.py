@@ -35,13 +35,39 @@ class AppState:
         return sum(s == "RUNNING" for states in self.replicas.values() for s in states)
 
 
+#: What to do instead of sending a Ray token in clear to a dashboard that is not loopback.
+TOKEN_IN_CLEAR_FIX = ("Give the cluster an https:// dashboard address (a TLS proxy in front of Ray's dashboard), "
+                      "reach it through a tunnel on 127.0.0.1, or, if the network to it is trusted, set "
+                      "`insecure_dashboard: true` on the cluster in org.yaml.")
+
+
+def refuse_token_in_clear(dashboard: str, token: str | None, *, insecure_http: bool = False) -> None:
+    """Raise ClusterError when `token` would go over plain http to a dashboard that is not loopback
+    (`infra.transport.is_loopback`), unless the org says the network is trusted (`insecure_http`)."""
+    from infra.transport import TokenInClearError
+    from infra.transport import refuse_token_in_clear as refuse
+
+    if not token or insecure_http:
+        return
+    try:
+        refuse(dashboard, what=f"the Ray token for the dashboard at {dashboard}", fix=TOKEN_IN_CLEAR_FIX)
+    except TokenInClearError as exc:
+        raise ClusterError(str(exc)) from None
+
+
 class ServeApi:
     """A thin client of a cluster's dashboard: `/api/serve/applications/` (GET details, PUT the whole config,
-    DELETE all) and the state API's node list. `token` comes from `infra.ray_cluster.cluster_token`."""
+    DELETE all) and the state API's node list. `token` comes from `infra.ray_cluster.cluster_token`; it is sent
+    only over https or to loopback, unless `insecure_http` (the org's `insecure_dashboard`). https is verified
+    against the CAs the standard variables name (`infra.transport.client_trust`)."""
 
-    def __init__(self, dashboard: str, *, token: str | None, timeout_s: float = 30):
+    def __init__(self, dashboard: str, *, token: str | None, timeout_s: float = 30, insecure_http: bool = False):
+        from infra.transport import client_trust
+
         self.dashboard = dashboard.rstrip("/")
-        self._http = httpx.Client(base_url=self.dashboard, timeout=timeout_s, headers=auth_headers(token))
+        refuse_token_in_clear(self.dashboard, token, insecure_http=insecure_http)
+        self._http = httpx.Client(base_url=self.dashboard, timeout=timeout_s, headers=auth_headers(token),
+                                  verify=client_trust() if self.dashboard.startswith("https:") else True)
 
     def _request(self, method: str, json_body: Any = None, path: str = APPS_PATH, *, reads: int = 3,
                  pause_s: float = 0.5) -> dict[str, Any]:

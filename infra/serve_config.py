@@ -11,15 +11,18 @@ import math
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator import __version__
 from orchestrator.router.backends import Backend
 from orchestrator.serving.engines import PACKAGED_MODELS
 from orchestrator.spec import Deployment, Target
-from orchestrator.spec.org import Admin, Tenant
+from orchestrator.spec.org import Admin, AuditSettings, RouterSettings, Tenant
 from policies.plan import Placement
 from policies.residency import Place
+
+if TYPE_CHECKING:
+    from orchestrator.spec.org import RouterTls
 
 MODEL_IMPORT = "orchestrator.serving.ray_apps:model_server"
 MODEL_HTTP_IMPORT = "orchestrator.serving.ray_apps:model_http"
@@ -213,17 +216,21 @@ def routed_entry(d: Deployment, p: Placement, t: Target, connection: Mapping[str
 
 
 def router_app(backends: Sequence[Backend], *, tenants: Iterable[Tenant], audit_path: str | None,
-               admins: Iterable[Admin] = (), num_cpus: float = 0.25, http: ServeHttp | None = None
-               ) -> dict[str, Any]:
+               admins: Iterable[Admin] = (), router: RouterSettings | None = None,
+               audit: AuditSettings | None = None, num_cpus: float = 0.25,
+               http: ServeHttp | None = None) -> dict[str, Any]:
     """The router application; its arguments are the routing table, serialised by `Backend.to_wire` only. With
     `http`, it derives the replica key when it starts (the table names only the variable it goes in).
 
-    One replica: it is the audit trail's only writer, so the hash chain never forks."""
+    Each router replica writes its own chain of the audit trail (`audit_path`, a directory), so a replica
+    starting while the old one drains never forks a chain."""
     args: dict[str, Any] = {
         "backends": [b.to_wire() for b in sorted(backends, key=lambda b: b.id)],
         "tenants": [t.model_dump(mode="json") for t in sorted(tenants, key=lambda t: t.name)],
         "admins": [a.model_dump(mode="json") for a in sorted(admins, key=lambda a: a.name)],
-        "audit_path": audit_path, "sovra_version": __version__}
+        "router": (router or RouterSettings()).model_dump(mode="json"),  # direct mode, the metrics scrape key
+        "audit_path": audit_path, "audit": (audit or AuditSettings()).model_dump(mode="json"),
+        "sovra_version": __version__}
     if http is not None:
         args["replica_key"] = REPLICA_KEY_FROM_RAY_TOKEN
     return {
@@ -241,8 +248,19 @@ def router_app(backends: Sequence[Backend], *, tenants: Iterable[Tenant], audit_
     }
 
 
-def serve_config(apps: Sequence[Mapping[str, Any]], *, host: str, port: int) -> dict[str, Any]:
-    return {"proxy_location": "HeadOnly", "http_options": {"host": host, "port": port},
+def http_options(*, host: str, port: int, tls: RouterTls | None = None) -> dict[str, Any]:
+    """Serve's `http_options` for the router: where it listens and, with `tls` (org.yaml cluster `tls`: paths on
+    the router's node, never the key itself), the files it serves HTTPS with. Serve reads them when it starts and
+    cannot change them while it runs (`orchestrator.deploy` checks)."""
+    options: dict[str, Any] = {"host": host, "port": port}
+    if tls is not None:
+        options.update(ssl_certfile=tls.cert_file, ssl_keyfile=tls.key_file)
+    return options
+
+
+def serve_config(apps: Sequence[Mapping[str, Any]], *, host: str, port: int, tls: RouterTls | None = None
+                 ) -> dict[str, Any]:
+    return {"proxy_location": "HeadOnly", "http_options": http_options(host=host, port=port, tls=tls),
             "applications": sorted(apps, key=lambda a: a["name"])}
 
 

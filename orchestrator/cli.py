@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -201,6 +202,15 @@ def _print_status(entries: list[dict[str, Any]]) -> None:
                   if r else "no router")
         ready = ((r or {}).get("ready") or {}).get("deployments", {})
         out.print(f"[bold]{e['cluster']}[/] (dashboard {e['dashboard']}): {router}")
+        if r and r.get("warning"):
+            err.print(f"[yellow]warning:[/] router of {e['cluster']}: {r['warning']}", highlight=False)
+        elif r and "https" in r:
+            out.print(f"router serves {'HTTPS' if r['https'] else 'plain HTTP'} on {r['listen']}", highlight=False)
+        if e.get("audit_key"):
+            from orchestrator.router.audit_sign import fingerprint
+
+            out.print(f"audit checkpoint key: {e['audit_key']} (fingerprint {fingerprint(e['audit_key'])})",
+                      highlight=False)
         table = Table("deployment", "model", "residency", "target", "zone", "country", "replicas", "engine",
                       "status", "ready")
         for b in e["backends"]:
@@ -230,7 +240,12 @@ def _first_request(url: str, inputs) -> None:
     for d in chat[:1]:  # `model` names the deployment
         model = d.spec.model.name
         try:
-            with Client(url, api_key=key, timeout_s=300) as client:
+            client = Client(url, api_key=key, timeout_s=300)
+        except ValueError as exc:  # the key would cross a network in clear: the SDK refuses, and so does `up`
+            _say(f"no first request: {exc}")
+            return
+        try:
+            with client:
                 answer = client.chat(d.name, [{"role": "user", "content": FIRST_PROMPT}], max_tokens=32,
                                      temperature=0)
         except SovraAPIError as exc:
@@ -316,7 +331,8 @@ def preview(
             out.print("nothing to provision with Pulumi: every placement is a Ray target, a managed offering or an "
                       "org endpoint (`sovra up` deploys them)")
             return
-        for r in _engine()("preview", pv.open_stacks(found, backend, env, inputs.org)):
+        stacks = pv.open_stacks(found, backend, env, inputs.org, lambda: pv.service_keys(inputs, result))
+        for r in _engine()("preview", stacks):
             counts = ", ".join(f"{n} to {op}" for op, n in sorted(r.changes.items()) if op != "same") or "no changes"
             out.print(f"[bold]{r.stack}[/]: {counts}", highlight=False)
     except SovraError as exc:
@@ -485,7 +501,7 @@ app.add_typer(audit_app, name="audit")
 RouterOpt = Annotated[str | None, typer.Option(
     "--router", help="Router URL to read the trail from (default http://127.0.0.1:$SOVRA_ROUTER_PORT or 8000).")]
 AuditFileOpt = Annotated[Path | None, typer.Option(
-    "--file", help="Read this local audit file (and its rotated .N files) instead of asking the router.")]
+    "--file", help="Read a local copy of the trail (its directory, e.g. ~/.sovra/audit) instead of asking the router.")]
 AdminKeyEnvOpt = Annotated[str, typer.Option(
     "--admin-key-env", help="Environment variable holding the admin key (a key is never taken on the command line).")]
 
@@ -540,22 +556,110 @@ def audit(
 def audit_verify(
     router: RouterOpt = None,
     file: AuditFileOpt = None,
+    checkpoint: Annotated[Path | None, typer.Option(
+        "--checkpoint", help="A checkpoint from `sovra audit checkpoint -o FILE`: fail unless the trail still "
+        "extends it (no tail cut, rewrite, reorder or gap since).")] = None,
+    forget: Annotated[bool, typer.Option(
+        "--forget", help="Forget the heads this auditor verified last for this trail (e.g. after archiving).")] = False,
     admin_key_env: AdminKeyEnvOpt = "SOVRA_ADMIN_KEY",
     output: OutputOpt = Output.table,
 ) -> None:
-    """Prove no audit line was removed, reordered or edited. Exit 0 intact, 1 naming the first broken record."""
+    """Prove no audit line was removed, reordered or edited: every writer's chain and its seq continuity, and with
+    --checkpoint that the trail still extends signed heads. Also checks the heads this auditor verified last.
+    Exit 0 intact, 1 naming the writer and the first broken or missing seq."""
+    from infra.home import sovra_home
     from orchestrator import audit_client as ac
+    from orchestrator.router.audit import now_iso
 
+    source = str(file.resolve()) if file is not None else (router or ac.default_router())
+    memory = ac.Memory(sovra_home(), source)
+    if forget:
+        memory.forget()
     try:
-        result = (ac.verify_file(file) if file is not None
-                  else ac.verify_router(router or ac.default_router(), admin_key_env))
+        given = None if checkpoint is None else _read_json(checkpoint)
+        remembered = memory.load()
+        pinned = ((remembered or {}).get("checkpoint") or {}).get("public_key")
+        if file is not None:
+            result = ac.verify_file(file, given, public_key=pinned if given else None)
+            earlier = ac.extends(file, remembered["checkpoint"]) if remembered and given is None else None
+        else:
+            url = router or ac.default_router()
+            result = ac.verify_router(url, admin_key_env, given)
+            earlier = (ac.verify_router(url, admin_key_env, remembered["checkpoint"])
+                       if remembered and given is None and pinned else None)
     except SovraError as exc:
         _fail(exc)
+    ok = result["ok"] and (earlier is None or earlier["ok"])
+    if earlier is not None and not earlier["ok"]:
+        err.print(f"WARNING: this trail no longer extends the heads this auditor verified on "
+                  f"{remembered.get('verified_at')}: {earlier['message']}", highlight=False)
+    if ok:  # remember what was proven: the router's signed heads, or the local trail's heads
+        try:
+            if file is None:
+                fresh = ac.checkpoint_router(router or ac.default_router(), admin_key_env)
+                if pinned and fresh.get("public_key") != pinned:
+                    err.print(f"WARNING: the router's checkpoint key changed since {remembered.get('verified_at')} "
+                              "(a new key under its $SOVRA_HOME/keys); verify it out of band, then --forget",
+                              highlight=False)
+                    ok = False
+                else:
+                    memory.save(fresh, time=now_iso())
+            else:
+                memory.save(ac.heads_checkpoint(result), time=now_iso())
+        except SovraError as exc:
+            err.print(f"note: the heads were not remembered ({exc})", highlight=False)
     if output is Output.table:
         out.print(f"{result['file']}: {result['message']}", highlight=False)
+        for chain in result.get("chains", []):
+            last = chain.get("last") or {}
+            state = "ok" if chain["ok"] else "BROKEN"
+            out.print(f"  {chain['writer']}: {state}, {chain['records']} record(s), seq "
+                      f"{chain.get('first_seq')}–{last.get('seq')}{', closed' if chain.get('closed') else ''}"
+                      f"{'; missing ' + chain['missing'] if chain.get('missing') else ''}", highlight=False)
+        for problem in result.get("problems", []):
+            out.print(f"  {problem['message']}", highlight=False)
     else:
-        _emit(result, output)
-    raise typer.Exit(0 if result["ok"] else 1)
+        _emit({**result, "extends_remembered": None if earlier is None else earlier["ok"]}, output)
+    raise typer.Exit(0 if ok else 1)
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(
+    router: RouterOpt = None,
+    output_file: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="Write the checkpoint here (keep it away from the router's node).")] = None,
+    admin_key_env: AdminKeyEnvOpt = "SOVRA_ADMIN_KEY",
+) -> None:
+    """Fetch the router's signed heads (Ed25519): later, `sovra audit verify --checkpoint FILE` proves the trail
+    still extends them."""
+    from orchestrator import audit_client as ac
+    from orchestrator.router.audit_sign import check, fingerprint
+
+    try:
+        cp = ac.checkpoint_router(router or ac.default_router(), admin_key_env)
+        heads = check(cp)
+    except SovraError as exc:
+        _fail(exc)
+    text = json.dumps(cp, indent=1)
+    if output_file is None:
+        out.print(text, highlight=False)
+    else:
+        fd = os.open(output_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text + "\n")
+        err.print(f"checkpoint of {len(heads)} chain(s) signed by {cp['public_key']} "
+                  f"(fingerprint {fingerprint(cp['public_key'])}) written to {output_file}", highlight=False)
+
+
+def _read_json(path: Path) -> Any:
+    from orchestrator.audit_client import AuditReadError
+
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise AuditReadError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError:
+        raise AuditReadError(f"{path} is not JSON: give a file written by `sovra audit checkpoint -o`") from None
 
 
 @audit_app.command("settings")

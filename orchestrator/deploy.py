@@ -8,7 +8,6 @@ needs one rather than pretending (`--ray-only` deploys the rest and says what it
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -27,12 +26,12 @@ from infra.ray_cluster import (
     dashboard_url,
     sovra_home,
 )
-from infra.serve_api import AppState, ServeApi
+from infra.serve_api import AppState, ServeApi, refuse_token_in_clear
 from orchestrator.errors import ProviderError, SovraError
 from orchestrator.planning import Inputs
 from orchestrator.router.backends import Backend
 from orchestrator.spec import Target
-from orchestrator.spec.org import Cluster, connection_for
+from orchestrator.spec.org import Cluster, RouterTls, connection_for
 from policies.plan import FleetPlan
 from providers import base as providers
 
@@ -69,7 +68,7 @@ class Settings:
 
     @property
     def audit_path(self) -> str:
-        return str(self.home / "audit" / "router.jsonl")
+        return str(self.home / "audit")
 
 
 @dataclass(frozen=True)
@@ -95,6 +94,25 @@ def _org_cluster(key: str, targets: Iterable[Target]) -> Cluster | None:
     return next((t for t in targets if isinstance(t, Cluster) and t.address == key), None)
 
 
+def _router_cluster(key: str, targets: Iterable[Target]) -> Cluster | None:
+    """The org's cluster whose router is cluster `key`'s (the local Ray's: a `provider: ray` cluster without
+    `address`); clusters sharing one agree on its settings (see `Org`)."""
+    if key != LOCAL:
+        return _org_cluster(key, targets)
+    return next((t for t in targets if isinstance(t, Cluster) and not t.address and is_ray(t)), None)
+
+
+def router_tls(key: str, targets: Iterable[Target]) -> RouterTls | None:
+    """The org's `tls` for the router of cluster `key` (certificate and key paths on its node), or None."""
+    c = _router_cluster(key, targets)
+    return c.tls if c else None
+
+
+def _insecure_dashboard(key: str, targets: Iterable[Target]) -> bool:
+    c = _org_cluster(key, targets) if key != LOCAL else None
+    return bool(c and c.insecure_dashboard)
+
+
 def _token(key: str, settings: Settings, targets: Iterable[Target]) -> str | None:
     """The token every client of cluster `key` sends: the local Ray's own file, or the org's / environment's."""
     if key == LOCAL:
@@ -111,7 +129,8 @@ def _connect(key: str, settings: Settings, say: Say, targets: Iterable[Target], 
         rec = local.ensure(say, resources=[sc.target_resource(t) for t in local_targets],
                            serving=lambda r: ServeApi(r.dashboard, token=local.token()).apps())
         return ServeApi(rec.dashboard, token=local.token())
-    return ServeApi(dashboard_url(key), token=_token(key, settings, targets))
+    return ServeApi(dashboard_url(key), token=_token(key, settings, targets),
+                    insecure_http=_insecure_dashboard(key, targets))
 
 
 def _http(key: str, settings: Settings, targets: Iterable[Target]) -> tuple[str, int]:
@@ -130,14 +149,13 @@ def router_url(key: str, settings: Settings, targets: Iterable[Target]) -> str:
         host = "127.0.0.1"
     elif host in ("0.0.0.0", "::"):  # every interface: reach it where the dashboard is
         host = httpx.URL(dashboard_url(key)).host or "127.0.0.1"
-    return f"http://{host}:{port}"
+    return f"{'https' if router_tls(key, targets) else 'http'}://{host}:{port}"
 
 
 def _loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    from infra.transport import is_loopback
+
+    return is_loopback(host)
 
 
 def refuse_open_router(key: str, inputs: Inputs, settings: Settings) -> None:
@@ -150,6 +168,57 @@ def refuse_open_router(key: str, inputs: Inputs, settings: Settings) -> None:
         f"the org has no tenants, so the router would accept any caller, and on cluster {key} it would listen on "
         f"{host}:{port}. Add tenants with key_sha256 to the org file, or bind the router to loopback with "
         f"`router_host: 127.0.0.1` on cluster{'s' if len(ids) > 1 else ''} {', '.join(ids)}.")
+
+
+def refuse_plain_router(key: str, inputs: Inputs, settings: Settings) -> None:
+    """A router beyond loopback serves HTTPS (the cluster's `tls`), unless the org says its network is trusted
+    (`insecure_http: true`): tenants' keys, prompts and answers would otherwise cross that network in clear."""
+    host, port = _http(key, settings, inputs.targets)
+    c = _router_cluster(key, inputs.targets)
+    if _loopback(host) or (c is not None and (c.tls is not None or c.insecure_http)):
+        return
+    ids = sorted(t.id for t in inputs.targets if isinstance(t, Cluster) and cluster_key(t) == key) or [key]
+    raise DeployError(
+        f"the router of cluster {key} ({', '.join(ids)}) would listen on {host}:{port}, which is not loopback, in "
+        "plain HTTP: tenants' keys, prompts and answers would cross the network in clear. Give the cluster "
+        "`tls: {cert_file: /path/on/head/router.crt, key_file: /path/on/head/router.key}` in org.yaml (files on "
+        "the router's node), or `router_host: 127.0.0.1`; or, if that network is trusted, `insecure_http: true`.")
+
+
+def _check_http_options(api: ServeApi, key: str, wanted: Mapping[str, Any]) -> None:
+    """Serve reads its HTTP options when it starts and keeps them while it runs (a PUT with others only logs a
+    warning): refuse rather than leave a router in plain HTTP that the org wants on HTTPS, or the reverse."""
+    running = api.details().get("http_options") or {}
+    if not running:
+        return  # Serve is not running: this PUT starts it with `wanted`
+    ssl = ("ssl_certfile", "ssl_keyfile")
+    if all((running.get(k) or None) == wanted.get(k) for k in ssl):
+        return
+    now = "HTTPS" if running.get("ssl_certfile") else "plain HTTP"
+    then = "HTTPS" if wanted.get("ssl_certfile") else "plain HTTP"
+    fix = ("`sovra down FILE... --stop-ray`, then `sovra up` again" if key == LOCAL else
+           "remove its Serve applications (`sovra down FILE...`, or `serve shutdown` on the cluster), then run "
+           "`sovra up` again")
+    what = "other certificate files" if now == then else then
+    raise DeployError(f"Serve on cluster {key} already runs its HTTP proxy in {now}, and cannot switch to {what} "
+                      f"while it runs: {fix}.")
+
+
+def _refuse_token_in_clear(key: str, settings: Settings, targets: Iterable[Target]) -> None:
+    """Before anything is sent: a remote cluster's Ray token goes only over https or to loopback (`ServeApi`
+    refuses the same; checked here so that `up` stops before touching any cluster)."""
+    if key != LOCAL:
+        refuse_token_in_clear(dashboard_url(key), _token(key, settings, targets),
+                              insecure_http=_insecure_dashboard(key, targets))
+
+
+def _refuse_tls_over_haproxy(key: str, http: sc.ServeHttp | None, targets: Iterable[Target]) -> None:
+    """Serve's HAProxy ingress (Ray 2.60) ignores Serve's TLS options: the router would answer in plain HTTP."""
+    if http is not None and router_tls(key, targets) is not None:
+        raise DeployError(
+            "the local Ray runs Serve's HAProxy ingress (SOVRA_SERVE_HAPROXY=1), which does not serve HTTPS, and the "
+            "org gives the local router `tls`: stop it (`sovra down FILE... --stop-ray`) and run `sovra up` without "
+            "SOVRA_SERVE_HAPROXY, or remove `tls` from the local cluster")
 
 
 def check_places(api: ServeApi, key: str, targets: Iterable[str]) -> None:
@@ -187,13 +256,17 @@ def _current(api: ServeApi) -> list[dict[str, Any]]:
 
 
 def _apply(api: ServeApi, key: str, settings: Settings, apps: list[dict[str, Any]], current: list[dict[str, Any]],
-           say: Say, targets: Iterable[Target]) -> bool:
-    """PUT the config if it differs from what runs; True when something changed."""
+           say: Say, targets: Iterable[Target], *, check_tls: bool = True) -> bool:
+    """PUT the config if it differs from what runs; True when something changed. Refused (`check_tls`; not when
+    `down` removes apps) when Serve runs with other TLS settings than the org's, which it would silently keep."""
+    host, port = _http(key, settings, targets)
+    config = sc.serve_config(apps, host=host, port=port, tls=router_tls(key, targets))
+    if check_tls:
+        _check_http_options(api, key, config["http_options"])
     if _normalised(apps) == _normalised(current):
         say(f"{key}: nothing to change")
         return False
-    host, port = _http(key, settings, targets)
-    api.apply(sc.serve_config(apps, host=host, port=port))
+    api.apply(config)
     return True
 
 
@@ -255,6 +328,8 @@ def up(inputs: Inputs, plan: FleetPlan, settings: Settings, say: Say, *, ray_onl
         say(f"skipped: {s}")
     for key in sorted(clusters):  # before touching anything
         refuse_open_router(key, inputs, settings)
+        refuse_plain_router(key, inputs, settings)
+        _refuse_token_in_clear(key, settings, inputs.targets)
     local_targets = sorted(t.id for t in inputs.targets if is_ray(t) and cluster_key(t) == LOCAL)
     apis = {key: _connect(key, settings, say, inputs.targets, local_targets=local_targets if key == LOCAL else ())
             for key in sorted(clusters)}
@@ -266,6 +341,7 @@ def up(inputs: Inputs, plan: FleetPlan, settings: Settings, say: Say, *, ray_onl
         current = _current(api)
         names = {rp.deployment.name for rp in rps} | {b.deployment for b in routed.get(key, ())}
         http = _serve_http(key, settings)
+        _refuse_tls_over_haproxy(key, http, inputs.targets)
         configs = sc.merge(current, names, [sc.model_app(rp, http) for rp in rps])
         backends = _table(sc.router_of(current), names,
                           [sc.backend_entry(rp, http) for rp in rps] + routed.get(key, []))
@@ -301,7 +377,9 @@ def _with_router(configs: list[dict[str, Any]], backends: list[Backend], inputs:
     if not backends:
         return configs
     refuse_open_router(key, inputs, settings)
+    refuse_plain_router(key, inputs, settings)
     return [*configs, sc.router_app(backends, tenants=inputs.org.tenants, admins=inputs.org.admins,
+                                    router=inputs.org.router, audit=inputs.org.audit,
                                     audit_path=settings.audit_path if key == LOCAL else None, http=http)]
 
 
@@ -332,7 +410,7 @@ def down(inputs: Inputs, settings: Settings, say: Say, *, stop_ray: bool = False
             api.delete_all()
             changed = True
         elif configs:
-            changed = _apply(api, key, settings, configs, current, say, inputs.targets)
+            changed = _apply(api, key, settings, configs, current, say, inputs.targets, check_tls=False)
         wanted = {c["name"] for c in configs}
         apps = api.wait(lambda apps, wanted=wanted: set(apps) <= wanted
                         and all(a.status == "RUNNING" for a in apps.values()),
@@ -382,10 +460,16 @@ def status(targets: Sequence[Target], settings: Settings) -> list[dict[str, Any]
                 out.append(entry)
                 continue
             dash = rec.dashboard
+            from orchestrator.router.audit_sign import existing_public_key
+
+            entry["audit_key"] = existing_public_key(settings.home / "keys")  # the local router's, on this node
         else:
             dash = dashboard_url(key)
         try:
-            apps = ServeApi(dash, token=_token(key, settings, targets), timeout_s=5).apps()
+            api = ServeApi(dash, token=_token(key, settings, targets), timeout_s=5,
+                           insecure_http=_insecure_dashboard(key, targets))
+            apps = api.apps()
+            options = api.details().get("http_options") or {}
         except ClusterError as exc:
             entry["message"] = str(exc)
             out.append(entry)
@@ -407,12 +491,42 @@ def status(targets: Sequence[Target], settings: Settings) -> list[dict[str, Any]
                        engine=((a.config or {}).get("args") or {}).get("engine") if a else None)
             entry["backends"].append(row)
         if router:
-            url = router_url(key, settings, targets)
+            url, transport = router_transport(router_url(key, settings, targets), options)
             live, ready = _probe_router(url)
             entry["router"] = {"url": url, "status": router.status, "replicas": router.running,
-                               "healthy": live, "ready": ready}
+                               "healthy": live, "ready": ready, **transport}
         out.append(entry)
     return out
+
+
+def local_router_url(settings: Settings) -> str:
+    """The local router's URL (`sovra audit`'s default), https when its Serve proxy serves HTTPS (the org gave the
+    local cluster `tls`); http when the local Ray does not run or does not say."""
+    url = f"http://127.0.0.1:{settings.router_port}"
+    local = settings.local_ray()
+    rec = local.running()
+    if rec is None:
+        return url
+    try:
+        options = ServeApi(rec.dashboard, token=local.token(), timeout_s=5).details().get("http_options") or {}
+    except ClusterError:
+        return url
+    return router_transport(url, options)[0]
+
+
+def router_transport(url: str, options: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The router's URL with the scheme Serve really serves (its running `http_options`; `url` as the org says
+    when Serve does not tell), and how it is reached: `https`, where it listens, and a `warning` when it serves
+    plain HTTP beyond loopback (tenants' keys and payloads cross the network in clear)."""
+    https = bool(options.get("ssl_certfile")) if options else url.startswith("https:")
+    parsed = httpx.URL(url)
+    url = str(parsed.copy_with(scheme="https" if https else "http")).rstrip("/")
+    host = str(options.get("host") or parsed.host)
+    info: dict[str, Any] = {"https": https, "listen": f"{host}:{options.get('port') or parsed.port}"}
+    if not https and not _loopback(host):
+        info["warning"] = (f"plain HTTP on {host}, which is not loopback: tenants' keys, prompts and answers cross "
+                           "the network in clear (give the cluster `tls` in org.yaml)")
+    return url, info
 
 
 def describe_backend(backend: Backend, timeout_s: float = 10.0) -> str:
@@ -437,10 +551,16 @@ def describe_backend(backend: Backend, timeout_s: float = 10.0) -> str:
 
 
 def _probe_router(url: str) -> tuple[bool, dict[str, Any] | None]:
-    """(answers /healthz, the /readyz body: per deployment its healthy allowed backends)."""
+    """(answers /healthz, the /readyz body: per deployment its healthy allowed backends). A router with tenants or
+    admins gives the per-deployment part only to an admin: the key in $SOVRA_ADMIN_KEY, as `sovra audit` sends."""
+    from infra.transport import client_trust
+
+    key = os.environ.get("SOVRA_ADMIN_KEY")
+    verify = client_trust() if url.startswith("https:") else True
     try:
-        live = httpx.get(f"{url}/healthz", timeout=3).status_code == 200
-        ready = httpx.get(f"{url}/readyz", timeout=3).json()
+        live = httpx.get(f"{url}/healthz", timeout=3, verify=verify).status_code == 200
+        ready = httpx.get(f"{url}/readyz", timeout=3, verify=verify,
+                          headers={"Authorization": f"Bearer {key}"} if key else None).json()
     except (httpx.HTTPError, ValueError):
         return False, None
     return live, ready

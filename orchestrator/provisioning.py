@@ -34,9 +34,52 @@ def provisioned(inputs: Any, result: Any) -> Found:
     return found
 
 
-def open_stacks(found: Found, backend: str | None, env: str, org: Any) -> Stacks:
+def service_keys(inputs: Any, result: Any) -> dict[str, str]:
+    """Per KubeRay target whose org names no `api_key_env`, by target id: the key its model server requires,
+    derived from the Ray token of the cluster whose router reaches it (the local Ray's, Sovra's own, when the
+    deployment has no Ray placement; else the cluster of its Ray placements). That router derives the same key
+    when it starts (`ray_apps.build_router_state_app`), so the key is in no config, table or log."""
+    from infra.ray_cluster import cluster_token, ensure_local_token
+    from orchestrator.deploy import LOCAL, cluster_key, is_ray
+    from orchestrator.serving.model_http import SERVICE_PURPOSE, derive_key
+    from orchestrator.spec.org import Cluster, provision_for
+
+    targets = {t.id: t for t in inputs.targets}
+    keys: dict[str, str] = {}
+    for dp in result.deployments:
+        kuberay = [targets[p.target] for p in dp.placements if targets[p.target].provider == "kubernetes"
+                   and not provision_for(inputs.org, targets[p.target]).get("api_key_env")]
+        if not kuberay:
+            continue
+        routers = sorted({cluster_key(targets[p.target]) for p in dp.placements if is_ray(p.provider)}) or [LOCAL]
+        ids = ", ".join(t.id for t in kuberay)
+        if len(routers) > 1:
+            raise ProvisionError(
+                f"{dp.deployment}: the KubeRay service on {ids} would be reached by the routers of several Ray "
+                f"clusters ({', '.join(routers)}), which hold different Ray tokens to derive its key from; name "
+                "its key with `provision: {api_key_env: VAR}` in org.yaml (set where `up` and each router run)")
+        [router] = routers
+        if router == LOCAL:
+            ensure_local_token()  # the token `up` starts the local Ray with: the router derives from it
+            token = cluster_token(None)
+        else:
+            c = next((t for t in inputs.targets if isinstance(t, Cluster) and t.address == router), None)
+            token = cluster_token(router, token_file=c.auth_token_file if c else None)
+        if not token:
+            raise ProvisionError(
+                f"{dp.deployment}: the KubeRay service on {ids} needs a key, derived from the Ray token of the "
+                f"cluster whose router reaches it ({router}), and Sovra knows no token for it; give that cluster "
+                "`auth_token_file` (or set RAY_AUTH_TOKEN), or name the key with `provision: {api_key_env: VAR}`")
+        for t in kuberay:
+            keys[t.id] = derive_key(token, SERVICE_PURPOSE)
+    return keys
+
+
+def open_stacks(found: Found, backend: str | None, env: str, org: Any,
+                keys: Callable[[], dict[str, str]] | None = None) -> Stacks:
     """One stack per deployment, the Pulumi CLI checked first so that nothing is written without it; each
-    component gets its target's `provision:` settings from org.yaml."""
+    component gets its target's `provision:` settings from org.yaml, and a KubeRay one its derived key (`keys`:
+    `service_keys`, called after that check, since it may create the local Ray's token)."""
     from infra import pulumi_stack as ps
     from orchestrator.spec.org import provision_for
 
@@ -46,8 +89,10 @@ def open_stacks(found: Found, backend: str | None, env: str, org: Any) -> Stacks
         needs = "; ".join(f"{d.name} on {t.id} ({t.provider})" for d, pairs in found for _, t in pairs)
         raise PulumiMissingError(f"`sovra` cannot provision yet what this plan needs ({needs}): {exc.fix}") from None
     s = ps.settings(backend, env)
+    derived = keys() if keys is not None else {}
     return [(d, pairs, ps.open_stack(d.name, ps.build_program(d, [p for p, _ in pairs], {t.id: t for _, t in pairs},
-                                                              {t.id: provision_for(org, t) for _, t in pairs}), s))
+                                                              {t.id: provision_for(org, t) for _, t in pairs},
+                                                              derived), s))
             for d, pairs in found]
 
 
@@ -93,7 +138,7 @@ def provision(inputs: Any, result: Any, backend: str | None, env: str, engine: E
     found = provisioned(inputs, result)
     if not found:
         return inputs
-    stacks = open_stacks(found, backend, env, inputs.org)
+    stacks = open_stacks(found, backend, env, inputs.org, lambda: service_keys(inputs, result))
     previews = engine("preview", stacks)
     if any(r.changed for r in previews):
         if confirm is None:
@@ -118,7 +163,7 @@ def refresh(found: Found, backend: str | None, env: str, org: Any, engine: Engin
     no longer satisfies the deployment's residency."""
     from infra import pulumi_stack as ps
 
-    stacks = open_stacks(found, backend, env, org)
+    stacks = open_stacks(found, backend, env, org)  # a refresh reads state, it runs no program: no keys
     return [(r.stack, ps.drift(r), ps.residency_drift(stack, d, [t for _, t in pairs]))
             for (d, pairs, stack), r in zip(stacks, engine("refresh", stacks), strict=True)]
 

@@ -47,6 +47,10 @@ class PlacementInput:
     #: built by `infra.serve_config`, the same builder as the Ray path's, so replicas are pinned the same way.
     app: Mapping[str, Any] | None = None
     extra_tags: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: the key a `hosts_ray` component's model server requires when the org names no `api_key_env`: derived from
+    #: the Ray token of the cluster whose router reaches it (`orchestrator.provisioning.service_keys`), which
+    #: derives the same. Kept out of repr, and only ever handed to Pulumi as a secret.
+    service_key: str | None = field(default=None, repr=False)
 
     @property
     def tags(self) -> dict[str, str]:

@@ -20,7 +20,7 @@ from infra.pulumi.base import (
 )
 from infra.pulumi.guard import TARGET_RESOURCE_PREFIX
 from infra.pulumi.settings import KubeRaySettings
-from orchestrator.serving.model_http import KEY_VARIABLE
+from orchestrator.serving.model_http import KEY_VARIABLE, SERVICE_KEY_ENV
 
 #: What a node of the target offers of its pinning resource; a replica asks for 0.001 (infra.serve_config).
 TARGET_RESOURCE_UNITS = 1000
@@ -34,8 +34,9 @@ def label_value(value: str) -> str:
 class KubeRayCluster(PlacementComponent):
     """A RayService running Sovra's model server (`infra.serve_config.http_model_app`, the Ray path's app served
     over HTTP) on a GPU worker group that offers `sovra.target/<id>`: the replicas ask for that resource, so they
-    run only on this target's nodes. The router reaches the service over HTTP (`url`); `key` is the service's key
-    (`api_key_env`), a secret, or a secret None without one."""
+    run only on this target's nodes. The router reaches the service over HTTP (`url`); `key` is the service's key,
+    a Pulumi secret, which every call must carry: the org's (`api_key_env`), else one derived from the routing
+    cluster's Ray token (`PlacementInput.service_key`), which the router derives too. Never a service without."""
 
     type_token = "sovra:kubernetes:KubeRayCluster"
     hosts_ray = True
@@ -86,22 +87,31 @@ class KubeRayCluster(PlacementComponent):
             s.url or f"http://{service_name}-serve-svc.{s.namespace}.svc.cluster.local:8000")
         self.key = key
         self.service = service
-        self._api_key_env = s.api_key_env
+        self._api_key_env = s.api_key_env or SERVICE_KEY_ENV
 
     def connection(self) -> dict[str, Any]:
-        return {"url": self.scoring_uri, **({"api_key_env": self._api_key_env} if self._api_key_env else {})}
+        """The service's URL and the variable the router holds its key in (never the key)."""
+        return {"url": self.scoring_uri, "api_key_env": self._api_key_env}
 
     def _key(self, name: str, inputs: PlacementInput, s: KubeRaySettings, provider: k8s.Provider
              ) -> tuple[dict[str, Any], pulumi.Output]:
-        """With `api_key_env`: the key, from that variable where `sovra up` runs, kept in a Kubernetes Secret (a
-        Pulumi secret in state) that every pod reads as `SOVRA_SERVE_API_KEY`. Without: no key (a secret None)."""
-        if not s.api_key_env:
-            return {}, pulumi.Output.secret(None)
-        value = os.environ.get(s.api_key_env)
-        if not value:
+        """The service's key, kept in a Kubernetes Secret (a Pulumi secret in state) that every pod reads as
+        `SOVRA_SERVE_API_KEY`: with `api_key_env`, from that variable where `sovra up` runs; without, the key
+        derived from the routing cluster's Ray token (`inputs.service_key`). Neither: refused, since the model
+        server would answer anyone who can reach it (and refuses to start without a key)."""
+        if s.api_key_env:
+            value = os.environ.get(s.api_key_env)
+            if not value:
+                raise ComponentSettingsError(
+                    f"{inputs.target.id}: `provision: {{api_key_env: {s.api_key_env}}}` names an environment "
+                    "variable that is not set here; set it (the same key where the router runs) and re-run")
+        elif inputs.service_key:
+            value = inputs.service_key
+        else:
             raise ComponentSettingsError(
-                f"{inputs.target.id}: `provision: {{api_key_env: {s.api_key_env}}}` names an environment variable "
-                "that is not set here; set it (the same key where the router runs) and re-run")
+                f"{inputs.target.id}: the KubeRay service needs a key, and none was derived for it (no Ray token "
+                "known for the cluster whose router reaches it); name one with `provision: {api_key_env: VAR}` in "
+                "org.yaml, set where `sovra up` and the router run")
         key = pulumi.Output.secret(value)
         secret = k8s.core.v1.Secret(
             f"{name}-key", metadata={"name": f"{inputs.slug()}-key", "namespace": s.namespace,

@@ -62,8 +62,8 @@ class KubeRaySettings:
     `image` must have Sovra installed (with the engine's extra, e.g. `pip install 'sovra[vllm]'`): the RayService
     runs Sovra's model server from it. `url` is where the router reaches that service; the default is its
     in-cluster DNS name, right when the router runs in the same Kubernetes cluster; otherwise give the URL of
-    the Ingress or load balancer in front of `<name>-serve-svc`. With `api_key_env` the service refuses any call
-    without that key."""
+    the Ingress or load balancer in front of `<name>-serve-svc`. The service refuses any call without its key:
+    the one in `api_key_env`, else a key derived from the Ray token of the cluster whose router reaches it."""
 
     image: str = field(metadata={"help": "a Ray image with Sovra installed (e.g. built FROM rayproject/ray-ml:2.60.0-gpu "
                                          "with `pip install 'sovra[vllm]'`): the RayService runs Sovra's model server "
@@ -73,7 +73,8 @@ class KubeRaySettings:
     gpus_per_worker: int | None = None  # default: what one replica of the plan's accelerator needs
     url: str | None = None
     #: name of the environment variable holding the key the model server requires (a bearer token): read where
-    #: `sovra up` runs (stored as a Kubernetes Secret, a Pulumi secret in state) and where the router runs
+    #: `sovra up` runs (stored as a Kubernetes Secret, a Pulumi secret in state) and where the router runs.
+    #: Unset: `up` derives the key from the routing cluster's Ray token, and the router derives the same.
     api_key_env: str | None = None
 
 

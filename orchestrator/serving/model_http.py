@@ -65,19 +65,30 @@ class _Unauthorized(RouterError):
     status, type, code = 401, "invalid_request_error", "invalid_api_key"
 
 
-#: Where the server's required key comes from (a Kubernetes Secret on a KubeRay cluster, or `install_replica_key`);
-#: unset: no key.
+#: Where the server's required key comes from (a Kubernetes Secret on a KubeRay cluster, or `install_replica_key`).
+#: The server refuses to start without one (`require_key`).
 KEY_VARIABLE = "SOVRA_SERVE_API_KEY"
 #: What a Serve config says (app args `replica_key`) for a key derived from the cluster's Ray token.
 FROM_RAY_TOKEN = "ray-token"
+#: What each key derived from a Ray token is for: the replicas behind Serve's HAProxy ingress, and the KubeRay
+#: services whose org names no `api_key_env` (one key per router cluster; the router derives it when it starts).
+REPLICA_PURPOSE = b"sovra replica key v1"
+SERVICE_PURPOSE = b"sovra kuberay service key v1"
+#: The variable a router holds its derived KubeRay service key in; a KubeRay backend's `api_key_env` names it.
+SERVICE_KEY_ENV = "SOVRA_KUBERAY_KEY"
 
 
-def install_replica_key(variable: str = KEY_VARIABLE) -> None:
-    """Put the replica key in this process's `variable` (a replica checks KEY_VARIABLE), derived from the Ray
-    cluster's auth token: an HMAC of it, so the key is never written anywhere (not in the Serve config, not in
+def derive_key(token: str, purpose: bytes) -> str:
+    """A key for `purpose` from a Ray cluster's token: an HMAC of it, so the token cannot be recovered from it."""
+    return hmac.new(token.encode(), purpose, "sha256").hexdigest()
+
+
+def install_replica_key(variable: str = KEY_VARIABLE, purpose: bytes = REPLICA_PURPOSE) -> None:
+    """Put the key for `purpose` in this process's `variable` (a replica checks KEY_VARIABLE), derived from the
+    Ray cluster's auth token: an HMAC of it, so the key is never written anywhere (not in the Serve config, not in
     Ray's logs, which print runtime environments) and only processes holding the token, which controls the cluster
     anyway, can compute it. Run in the router and in each replica of a cluster whose replicas answer over HTTP
-    (`infra.serve_config.ServeHttp`)."""
+    (`infra.serve_config.ServeHttp`), and in a router that reaches KubeRay services with a derived key."""
     token = os.environ.get("RAY_AUTH_TOKEN")
     path = os.environ.get("RAY_AUTH_TOKEN_PATH")
     if not token and path:
@@ -85,15 +96,31 @@ def install_replica_key(variable: str = KEY_VARIABLE) -> None:
             token = fh.read().strip()
     if not token:
         raise RuntimeError("this Ray has no auth token (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH) to derive the "
-                           "replica key from; start Ray with token authentication (Sovra's local Ray has it)")
-    os.environ[variable] = hmac.new(token.encode(), b"sovra replica key v1", "sha256").hexdigest()
+                           "key from; start Ray with token authentication and one of those variables set on its "
+                           "nodes (Sovra's local Ray has it), or name the key's variable in org.yaml "
+                           "(`provision: {api_key_env: ...}` for a KubeRay cluster)")
+    os.environ[variable] = derive_key(token, purpose)
+
+
+def require_key() -> None:
+    """The model server answers only callers holding its key: refuse to start without one rather than answer
+    anyone who can reach it."""
+    if not os.environ.get(KEY_VARIABLE, "").strip():
+        raise RuntimeError(f"the model server refuses to start without a key: ${KEY_VARIABLE} is not set (on a "
+                           "KubeRay cluster it comes from the Kubernetes Secret Sovra provisions; behind Serve's "
+                           "HTTP ingress it is derived from the Ray token)")
+
+
+class _NoKey(RouterError):
+    status, type, code = 503, "api_error", "server_key_missing"
 
 
 def _authorize(request: Request) -> None:
-    """With a key configured, every call (health included) must carry it as a bearer token."""
-    key = os.environ.get(KEY_VARIABLE)
-    if not key:
-        return
+    """Every call (health included) must carry the server's key as a bearer token; with none configured (it was
+    removed after start) the server answers no one."""
+    key = os.environ.get(KEY_VARIABLE, "")
+    if not key.strip():
+        raise _NoKey(f"this model server has no key (${KEY_VARIABLE}), so it answers no one")
     given = request.headers.get("authorization", "")
     if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
         raise _Unauthorized("this model server requires its key (Authorization: Bearer ...)")
@@ -134,7 +161,8 @@ async def _sse(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
 
 
 def create_app(server: ModelServer) -> Starlette:
-    """`respond` as an ASGI app (every path goes to it)."""
+    """`respond` as an ASGI app (every path goes to it); refused without a key, as the Serve deployment is."""
+    require_key()
 
     async def endpoint(request: Request) -> Response:
         return await respond(server, request)

@@ -5,6 +5,7 @@ Kept free of module-level Ray imports so `orchestrator` imports stay light; Ray 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -72,12 +73,13 @@ class HttpModelServer(ModelServer):
 
     def __init__(self, model: str, target: str, engine: str, engine_options: dict[str, Any] | None = None,
                  replica_key: str | None = None) -> None:
-        from orchestrator.serving.model_http import FROM_RAY_TOKEN, install_replica_key
+        from orchestrator.serving.model_http import FROM_RAY_TOKEN, install_replica_key, require_key
 
         if replica_key == FROM_RAY_TOKEN:
             install_replica_key()
         elif replica_key is not None:
             raise ValueError(f"replica_key {replica_key!r}: only {FROM_RAY_TOKEN!r} is known")
+        require_key()  # never a server that answers anyone who can reach it
         super().__init__(model, target, engine, engine_options)
 
     async def __call__(self, request):
@@ -113,29 +115,61 @@ def router(args: dict[str, Any]):
 def build_router_state_app(cfg: dict[str, Any]):
     """The router's ASGI app for a routing table (`infra.serve_config.router_app` args).
 
-    The audit trail lives on the router's own node: at `audit_path` when `up` gives one (the embedded local Ray
-    shares the CLI's machine), else under that node's Sovra home.
+    The audit trail lives on the router's own node: in `audit_path` when `up` gives one (the embedded local Ray
+    shares the CLI's machine), else under that node's Sovra home; this replica writes its own chain there, named
+    by its Serve replica id, and signs checkpoints with the node's key in the home's `keys/` (`audit_sign`).
     """
     from infra.ray_cluster import sovra_home
+    from orchestrator.router.access import Access
     from orchestrator.router.app import RouterState, create_app
     from orchestrator.router.audit import AuditLog
     from orchestrator.router.audit_api import audit_routes
+    from orchestrator.router.audit_sign import Signer
     from orchestrator.router.backends import Backend, RoutingTable
     from orchestrator.router.clients import ClientSet
     from orchestrator.router.dispatch import Dispatcher
+    from orchestrator.router.limits import TenantLimits
     from orchestrator.router.tenants import TenantDirectory
     from orchestrator.serving.model_http import FROM_RAY_TOKEN, install_replica_key
-    from orchestrator.spec.org import Admin, Tenant
+    from orchestrator.spec.org import Admin, AuditSettings, RouterSettings, Tenant
 
     if cfg.get("replica_key") == FROM_RAY_TOKEN:  # the key of the replicas it reaches over HTTP
         from infra.serve_config import REPLICA_KEY_ENV
 
         install_replica_key(REPLICA_KEY_ENV)
     table = RoutingTable.of(Backend.from_wire(b) for b in cfg["backends"])
+    from orchestrator.serving.model_http import SERVICE_KEY_ENV, SERVICE_PURPOSE
+
+    if any(b.params.get("api_key_env") == SERVICE_KEY_ENV for b in table.backends):
+        install_replica_key(SERVICE_KEY_ENV, SERVICE_PURPOSE)  # KubeRay services keyed from this cluster's token
     tenant_list = [Tenant.model_validate(t) for t in cfg["tenants"]]
     admins = [Admin.model_validate(a) for a in cfg.get("admins", [])]
+    settings = RouterSettings.model_validate(cfg.get("router") or {})
     tenants = TenantDirectory.of(tenant_list)
-    audit = AuditLog(cfg.get("audit_path") or sovra_home() / "audit" / "router.jsonl")
-    state = RouterState(Dispatcher(table), tenants, ClientSet(), audit,
-                        extra_routes=audit_routes(audit, admins, open_router=tenants.open, tenants=tenant_list))
+    trail = Path(cfg.get("audit_path") or sovra_home() / "audit")
+    written = AuditSettings.model_validate(cfg.get("audit") or {})
+    audit = AuditLog(trail, writer=_writer_name(), fsync=written.fsync, refuse=written.on_failure == "refuse",
+                     unauthenticated_every_s=written.unauthenticated_every_s)
+    signer = Signer(trail.parent / "keys")
+    limits = TenantLimits(settings.tenant_max_concurrent)  # a tenant's own `max_concurrent` comes with it
+    state = RouterState(Dispatcher(table), tenants, ClientSet(), audit, limits=limits,
+                        extra_routes=audit_routes(audit, admins, open_router=tenants.open, tenants=tenant_list,
+                                                  signer=signer),
+                        access=Access.of(admins, settings), direct_mode=settings.direct_mode)
     return create_app(state)
+
+
+def _writer_name() -> str:
+    """This router replica's name in the audit trail: Serve's replica id (unique per replica, so a replica
+    starting while the old one drains writes its own chain); outside Serve, host and process."""
+    import os
+    import re
+    import socket
+
+    try:
+        from ray import serve
+
+        unique = serve.get_replica_context().replica_id.unique_id
+    except Exception:  # noqa: BLE001  (not in a Serve replica: a test or `sovra serve` in-process)
+        unique = f"{socket.gethostname()}.{os.getpid()}"
+    return "router-" + re.sub(r"[^A-Za-z0-9._-]", "_", unique)[:72]

@@ -29,6 +29,29 @@ def _check_provision(value: dict[str, Any], info: ValidationInfo) -> dict[str, A
     return value
 
 
+def _a_path_not_a_pem(value: str) -> str:
+    # A pasted certificate or key would end up in plans and Serve's config (which Ray logs): say so without echoing it.
+    if "-----BEGIN" in value or "\n" in value:
+        raise ValueError("give the path of the file on the router's node, not its content (the key must never be "
+                         "in org.yaml)")
+    if not value.startswith("/"):
+        raise ValueError("an absolute path on the router's node (Serve's proxy reads it there, from its own "
+                         "working directory)")
+    return value
+
+
+class RouterTls(Frozen):
+    """The router's certificate and key: paths on the router's node (the cluster's head), never their content."""
+
+    cert_file: str = Field(min_length=1, description="PEM certificate chain the router serves HTTPS with (absolute "
+                           "path on the router's node); it must name the host clients use to reach the router.")
+    key_file: str = Field(min_length=1, description="PEM private key of that certificate (absolute path on the "
+                          "router's node, readable by Ray's processes there). Only the path is in org.yaml, plans "
+                          "and Serve's config; the key stays on that node.")
+
+    _paths = field_validator("cert_file", "key_file")(_a_path_not_a_pem)
+
+
 class Cluster(Target):
     """An on-prem cluster: a target the company operates itself."""
 
@@ -44,6 +67,18 @@ class Cluster(Target):
         "head node). A non-loopback host needs tenants in org.yaml: with none the router is open. Clusters sharing "
         "an address share one router, so they must agree.")
     router_port: int = Field(default=8000, ge=1, le=65535, description="The router's port on that cluster.")
+    tls: RouterTls | None = Field(
+        default=None, description="The router serves HTTPS with this certificate and key ({cert_file, key_file}: "
+        "paths on the router's node). Required for a router_host that is not loopback, unless insecure_http. "
+        "Also allowed on the local Ray (its router on 127.0.0.1 then serves HTTPS).")
+    insecure_http: bool = Field(
+        default=False, description="Let the router serve plain HTTP on a router_host that is not loopback (a "
+        "network the company trusts): requests, answers and tenants' keys then cross it in clear. Without it `up` "
+        "refuses such a router unless `tls` is set.")
+    insecure_dashboard: bool = Field(
+        default=False, description="Send the Ray token to a plain http:// dashboard `address` that is not loopback "
+        "(a network the company trusts). Without it Sovra sends the token only over https or to 127.0.0.0/8, ::1 "
+        "and localhost.")
     provision: dict[str, Any] = Field(
         default_factory=dict, validate_default=True, description="For provider: kubernetes, the settings of the KubeRay component that "
         "provisions this cluster's Ray (non-secret): image (a Ray image with Sovra installed; required), namespace, "
@@ -62,18 +97,35 @@ class Cluster(Target):
     def _remote_only(self) -> Cluster:
         # The local Ray's router always listens on 127.0.0.1 (port: --port or $SOVRA_ROUTER_PORT) and its token
         # is Sovra's own: these fields would be silently ignored there.
-        given = sorted({"auth_token_file", "router_host", "router_port"} & self.model_fields_set)
+        given = sorted({"auth_token_file", "router_host", "router_port", "insecure_http", "insecure_dashboard"}
+                       & self.model_fields_set)
         if given and not self.address:
             raise ValueError(f"{', '.join(given)} apply to a cluster with an `address`; the local Ray's router "
                              "listens on 127.0.0.1 ($SOVRA_ROUTER_PORT) and its token is Sovra's own")
         return self
 
 
+#: sha256 of the empty string: never a key (an empty `Authorization: Bearer ` would match it).
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+_SHA256 = r"^[0-9a-f]{64}$"
+
+
+def _a_real_key(value: str | None) -> str | None:
+    if value == EMPTY_SHA256:
+        raise ValueError("this is the sha256 of the empty string, which any empty bearer token would match; "
+                         "hash the real key: printf %s \"$KEY\" | sha256sum")
+    return value
+
+
+#: Requests one tenant may have in flight when neither it nor `router:` says: a quarter of a router replica's 256.
+DEFAULT_TENANT_MAX_CONCURRENT = 64
+
+
 class Tenant(Frozen):
     """An API consumer, bound to a residency it can never widen, and optionally to some deployments."""
 
     name: Name
-    key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 hex digest of the tenant's API key.")
+    key_sha256: str = Field(pattern=_SHA256, description="sha256 hex digest of the tenant's API key.")
     # No default: a tenant that forgot its residency must not silently become unrestricted.
     residency: Residency = Field(
         description="where this tenant's data may be processed, e.g. {zones: [EU]} or {countries: [FR, DE]}; "
@@ -81,6 +133,12 @@ class Tenant(Frozen):
     deployments: tuple[Name, ...] | None = Field(
         default=None, description="Deployments this tenant may call; others answer 404 as if they did not exist. "
         "Omitted = every deployment.")
+    max_concurrent: int | None = Field(
+        default=None, ge=1, le=100_000, description="Requests this tenant may have in flight at once (a stream "
+        "counts until it ends); beyond it the router answers 429 tenant_concurrency_limit with Retry-After, so one "
+        "tenant cannot take the router from the others. Omitted = `router.tenant_max_concurrent`.")
+
+    _real_key = field_validator("key_sha256")(_a_real_key)
 
     @field_validator("residency")
     @classmethod
@@ -95,9 +153,43 @@ class Admin(Frozen):
     """Someone who may read the audit trail through the router (`sovra audit`); a tenant key never can."""
 
     name: Name
-    key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$",
+    key_sha256: str = Field(pattern=_SHA256,
                             description="sha256 hex digest of the admin's key (sent by `sovra audit` from "
                                         "$SOVRA_ADMIN_KEY).")
+
+    _real_key = field_validator("key_sha256")(_a_real_key)
+
+
+class RouterSettings(Frozen):
+    """How the router treats what is not a model request: client-side routing and metrics scrapers."""
+
+    direct_mode: bool = Field(
+        default=True, description="May tenants route client-side (the SDK's mode='direct')? false: `/v1/routes` "
+        "and `/v1/audit/report` answer 403 direct_mode_disabled, so every payload goes through the router.")
+    tenant_max_concurrent: int = Field(
+        default=DEFAULT_TENANT_MAX_CONCURRENT, ge=1, le=100_000, description="Requests one tenant may have in "
+        "flight at once, unless its own `max_concurrent` says otherwise (a stream counts until it ends).")
+    scrape_key_sha256: str | None = Field(
+        default=None, pattern=_SHA256, description="sha256 hex digest of the key a metrics scraper sends to "
+        "`GET /metrics` (admins' keys work too). A router with tenants or admins answers /metrics to no one else.")
+
+    _real_key = field_validator("scrape_key_sha256")(_a_real_key)
+
+
+class AuditSettings(Frozen):
+    """How the router's audit trail is written, and what happens when it cannot be."""
+
+    fsync: bool = Field(
+        default=False, description="Force every line to disk before the payload leaves (survives the node losing "
+        "power, at a cost per request that bench/router_cpu.py measures). false: every line is written to the OS "
+        "before the payload leaves, which survives the router process being killed.")
+    on_failure: Literal["refuse", "continue"] = Field(
+        default="refuse", description="When a line cannot be written (disk full, I/O error): `refuse` (the "
+        "default) answers 503 audit_unavailable and sends nothing until a write succeeds; `continue` sends "
+        "unrecorded payloads (logged and shown by /readyz).")
+    unauthenticated_every_s: float = Field(
+        default=60.0, gt=0, le=86_400, description="Requests that never authenticated are not written one by "
+        "one: one line counts them, at most this often.")
 
 
 class LicenseRule(Frozen):
@@ -195,6 +287,9 @@ class Org(Frozen):
     tenants: tuple[Tenant, ...] = ()
     admins: tuple[Admin, ...] = Field(
         default=(), description="Who may read the audit trail through the router; their keys are not tenants' keys.")
+    router: RouterSettings = Field(default=RouterSettings(), description="Direct mode and the metrics scrape key.")
+    audit: AuditSettings = Field(default=AuditSettings(), description="The router's audit trail: durability and "
+                                 "what to do when it cannot be written.")
     policy: OrgPolicy = OrgPolicy()
 
     @model_validator(mode="after")
@@ -202,13 +297,17 @@ class Org(Frozen):
         by_address: dict[str, list[Cluster]] = {}
         for c in self.clusters:
             if c.address:
-                by_address.setdefault(c.address, []).append(c)
-        for address, cs in sorted(by_address.items()):
-            seen = {(c.router_host, c.router_port, c.auth_token_file) for c in cs}
+                by_address.setdefault(f"address {c.address}", []).append(c)
+            elif c.provider == "ray":  # the local Ray: one router too
+                by_address.setdefault("the local Ray", []).append(c)
+        for where, cs in sorted(by_address.items()):
+            seen = {(c.router_host, c.router_port, c.auth_token_file, c.tls, c.insecure_http, c.insecure_dashboard)
+                    for c in cs}
             if len(seen) > 1:
                 raise ValueError(
-                    f"clusters {', '.join(c.id for c in cs)} share address {address} (one Ray cluster, one router) "
-                    "but differ in router_host, router_port or auth_token_file; give them the same values")
+                    f"clusters {', '.join(c.id for c in cs)} share {where} (one Ray cluster, one router) but differ "
+                    "in router_host, router_port, auth_token_file, tls, insecure_http or insecure_dashboard; give "
+                    "them the same values")
         return self
 
     @model_validator(mode="after")
@@ -222,6 +321,9 @@ class Org(Frozen):
         if len(set(keys)) != len(keys):
             raise ValueError("two tenants share one key_sha256; each tenant needs its own key")
         self._unique_admins(set(keys))
+        if self.router.scrape_key_sha256 in keys:
+            raise ValueError("router.scrape_key_sha256 is a tenant's key_sha256: a tenant key must not read the "
+                             "router's metrics; give the scraper its own key")
         return self
 
     def _unique_admins(self, tenant_keys: set[str]) -> None:

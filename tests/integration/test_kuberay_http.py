@@ -1,7 +1,9 @@
 """The KubeRay path without Kubernetes: the exact Serve application the KubeRay component puts in a RayService's
 `serveConfigV2` runs on the session's real Ray (which carries the cluster's target resource, as the worker group
 does), and a router whose table holds the `kubernetes` backend that `up` makes from the stack's output reaches it
-over HTTP. What is not exercised here: KubeRay itself, the pods, and the Service in front of them."""
+over HTTP. The org names no `api_key_env`, so the service's key is the one `up` derives from the local Ray's token
+(what the Kubernetes Secret holds), and the router derives the same when it starts. What is not exercised here:
+KubeRay itself, the pods, the Secret and the Service in front of them."""
 
 from __future__ import annotations
 
@@ -15,13 +17,13 @@ import pytest
 
 from infra import serve_config as sc
 from infra.serve_api import ServeApi
+from orchestrator.router.audit import read as read_trail
 from tests.fakes.openai_backend import ServerThread
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SPECS = Path(__file__).parent / "specs"
 ORG = SPECS / "kuberay-org.yaml"
 KEY = "sk-test-kuberay-fr"
-SERVICE_KEY = "kuberay-service-key-test"
 TARGET = "k8s-paris"
 # On a KubeRay cluster the app is served at "/"; the session's Ray may already serve a router there.
 PREFIX = "/kuberay-k8s-paris"
@@ -41,8 +43,10 @@ def kuberay(sovra_ray, tmp_path_factory):
     from infra.pulumi.program import placement_inputs
     from infra.pulumi_stack import outputs_to_endpoints
     from orchestrator import planning
+    from orchestrator.provisioning import service_keys
+    from orchestrator.serving.model_http import SERVICE_KEY_ENV
     from orchestrator.spec.org import provision_for
-    from policies.plan import Placement
+    from policies.plan import DeploymentPlan, FleetPlan, Placement
 
     d = tmp_path_factory.mktemp("kuberay")
     spec = d / "contracts.yaml"
@@ -52,11 +56,19 @@ def kuberay(sovra_ray, tmp_path_factory):
     cluster = next(t for t in inputs.targets if t.id == TARGET)
     placement = Placement(target=TARGET, provider="kubernetes", zone=cluster.zone, country=cluster.country,
                           replicas=1, accelerator="cpu-local", compute_usd=1.0, credits_usd=0.0, egress_usd=0.0)
-    [made] = placement_inputs([placement], deployment, [cluster], {TARGET: provision_for(inputs.org, cluster)})
+    # What `sovra up` hands the KubeRay component: the key derived from the token of the Ray whose router reaches
+    # the service (the local one: the deployment has no Ray placement), since the org names no api_key_env.
+    keys = service_keys(inputs, FleetPlan((DeploymentPlan(deployment.name, True, (placement,), ()),)))
+    [made] = placement_inputs([placement], deployment, [cluster], {TARGET: provision_for(inputs.org, cluster)},
+                              keys)
+    assert made.service_key and made.service_key == keys[TARGET]
     # The pods read the service's key from a Kubernetes Secret; here Serve's runtime_env gives the replica the same
-    # variable, and the router (in this process) reads its copy from the variable the connection names.
-    app = {**made.app, "route_prefix": PREFIX, "runtime_env": {"env_vars": {"SOVRA_SERVE_API_KEY": SERVICE_KEY}}}
-    os.environ["KUBERAY_TEST_KEY"] = SERVICE_KEY
+    # variable. The router (in this process, as on the local Ray) derives its copy from the local Ray's token.
+    app = {**made.app, "route_prefix": PREFIX,
+           "runtime_env": {"env_vars": {"SOVRA_SERVE_API_KEY": made.service_key}}}
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", SERVICE_KEY_ENV)}
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(sovra_ray.local_ray().token_path)
 
     record = sovra_ray.local_ray().running()
     api = ServeApi(record.dashboard, token=sovra_ray.local_ray().token())
@@ -66,18 +78,24 @@ def kuberay(sovra_ray, tmp_path_factory):
              what="the KubeRay model server app")
     url = f"http://127.0.0.1:{sovra_ray.router_port}{PREFIX}"
     # What `up` does with the stack's `endpoints` output: an Endpoint the kubernetes adapter locates.
-    [endpoint] = outputs_to_endpoints({"endpoints": {TARGET: {"url": url, "api_key_env": "KUBERAY_TEST_KEY"}}},
+    [endpoint] = outputs_to_endpoints({"endpoints": {TARGET: {"url": url, "api_key_env": SERVICE_KEY_ENV}}},
                                       [cluster])
     backend = sc.routed_entry(deployment, placement, endpoint, endpoint.connection)
     cfg = {"backends": [backend.to_wire()], "tenants": [t.model_dump(mode="json") for t in inputs.org.tenants],
-           "audit_path": str(d / "audit.jsonl")}
+           "audit_path": str(d / "audit")}
     from orchestrator.serving.ray_apps import build_router_state_app
 
     with ServerThread(build_router_state_app(cfg)) as router:
-        yield {"router": router.url, "api": api, "app": app["name"], "backend": backend, "audit": d / "audit.jsonl"}
+        assert os.environ[SERVICE_KEY_ENV] == made.service_key  # derived by the router when it started
+        yield {"router": router.url, "api": api, "app": app["name"], "backend": backend, "audit": d / "audit",
+               "service_key": made.service_key, "made": made, "settings": sovra_ray}
     remaining = [dict(a.config) for n, a in api.apps().items() if a.config and n != app["name"]]
     api.apply(sc.serve_config(remaining, host="127.0.0.1", port=sovra_ray.router_port))
-    os.environ.pop("KUBERAY_TEST_KEY", None)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def _chat(url: str, **extra) -> httpx.Response:
@@ -102,7 +120,7 @@ def test_the_router_reaches_the_kuberay_model_server_over_http(kuberay):
     text = "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-1]
                    if json.loads(e).get("choices"))
     assert text == f"served-by {TARGET}"
-    [record] = [json.loads(line) for line in kuberay["audit"].read_text().splitlines()][:1]
+    [record] = list(read_trail(kuberay["audit"]))[:1]
     assert record["target"] == TARGET
 
 
@@ -112,7 +130,8 @@ def test_the_service_refuses_callers_without_its_key(kuberay):
     r = httpx.post(url + "/v1/chat/completions", timeout=30, headers={"Authorization": "Bearer guess"},
                    json={"model": "m", "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
-    assert kuberay["backend"].params == {"api_key_env": "KUBERAY_TEST_KEY"}  # the name, never the key
+    assert kuberay["backend"].params == {"api_key_env": "SOVRA_KUBERAY_KEY"}  # the name, never the key
+    assert kuberay["service_key"] not in json.dumps(kuberay["backend"].to_wire())
 
 
 def test_its_replica_runs_only_where_the_target_resource_is(kuberay):
@@ -127,7 +146,31 @@ def test_its_replica_runs_only_where_the_target_resource_is(kuberay):
 
 def test_the_health_probe_asks_the_engine_and_carries_no_payload(kuberay):
     r = httpx.get(kuberay["backend"].address + "/healthz", timeout=30,
-                  headers={"Authorization": f"Bearer {SERVICE_KEY}"})
+                  headers={"Authorization": f"Bearer {kuberay['service_key']}"})
     assert r.status_code == 200 and r.json()["ok"] is True and r.json()["engine"] == "echo"
-    ready = httpx.get(f"{kuberay['router']}/readyz", timeout=30)
+    # per-deployment readiness is for admins and for a tenant's own deployments; anyone else sees the aggregate
+    ready = httpx.get(f"{kuberay['router']}/readyz", timeout=30, headers={"Authorization": f"Bearer {KEY}"})
     assert ready.status_code == 200 and "contracts" in ready.text
+
+
+def test_the_model_server_refuses_to_start_without_its_key(kuberay):
+    """The same Serve application with no key in its environment (a RayService whose Secret is missing): its
+    replicas refuse to start, Serve reports why, and nothing answers at its route, rather than a server that
+    answers anyone who can reach it."""
+    api: ServeApi = kuberay["api"]
+    settings = kuberay["settings"]
+    prefix = PREFIX + "-nokey"
+    app = {**kuberay["made"].app, "name": kuberay["app"] + "-nokey", "route_prefix": prefix}
+    others = [dict(a.config) for n, a in api.apps().items() if a.config and n != app["name"]]
+    api.apply(sc.serve_config([*others, app], host="127.0.0.1", port=settings.router_port))
+    try:
+        apps = api.wait(lambda apps: app["name"] in apps and apps[app["name"]].status in ("DEPLOY_FAILED",
+                                                                                          "UNHEALTHY", "RUNNING"),
+                        timeout_s=180, what="the keyless model server to fail")
+        assert apps[app["name"]].status == "DEPLOY_FAILED", apps[app["name"]]
+        why = api.details()["applications"][app["name"]]["deployments"]["ModelServer"]["message"]
+        assert "refuses to start without a key: $SOVRA_SERVE_API_KEY is not set" in why, why
+        r = httpx.get(f"http://127.0.0.1:{settings.router_port}{prefix}/healthz", timeout=30)
+        assert r.status_code != 200, r.text
+    finally:
+        api.apply(sc.serve_config(others, host="127.0.0.1", port=settings.router_port))

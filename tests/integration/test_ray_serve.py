@@ -4,6 +4,7 @@ ingress, the official openai client. Residency is checked from `X-Sovra-Target` 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
 import json
 import math
 import re
@@ -18,6 +19,7 @@ import ray
 from infra import serve_config as sc
 from infra.serve_api import ServeApi
 from orchestrator import deploy, planning
+from orchestrator.router.audit import read as read_trail
 from tests.integration.conftest import ray_driver, replicas_of, timed_chats
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -145,11 +147,12 @@ def test_the_router_calls_replicas_by_value_not_as_ray_actor_tasks(deployed):
 
 def test_payloads_past_grpcs_default_message_size_reach_the_replica_and_come_back(deployed):
     """By value, a call is one gRPC message each way, and gRPC refuses messages over 4 MiB unless told otherwise.
-    An embeddings answer for many inputs is easily larger (here about 6 MiB pickled), and a request within the
-    router's 4 MB body limit can pickle larger still (a float is 2 bytes of JSON and 9 pickled)."""
-    n = 150_000
-    emb = client(deployed).embeddings.create(model="m", input=["ab"] * n)
-    assert len(emb.data) == n and emb.data[-1].embedding == [2.0, 1.0]
+    An embeddings answer for the most inputs the router takes is easily larger (here 2048 vectors of 1024, about
+    18 MiB pickled), and a request within the router's 4 MB body limit can pickle larger still (a float is 2 bytes
+    of JSON and 9 pickled)."""
+    n = 2048  # the router's cap on inputs per request
+    emb = client(deployed).embeddings.create(model="m", input=["ab"] * n, dimensions=1024)
+    assert len(emb.data) == n and emb.data[-1].embedding == [2.0] + [1.0] * 1023
     raw = client(deployed).chat.completions.with_raw_response.create(
         model="m", messages=[{"role": "user", "content": "eu-secret"}], extra_body={"sovra_test_floats": [0.0] * 700_000})
     assert raw.parse().choices[0].message.content == "served-by onprem-paris"
@@ -178,8 +181,8 @@ def test_eu_tenant_never_reaches_us_even_when_every_eu_backend_is_gone(deployed)
         _up(deployed["settings"], SPECS / "two-zones.yaml")
     _wait_admitted(deployed, EU_KEY, "onprem-paris")
     time.sleep(0.5)
-    text = deployed["audit"].read_text()
-    eu = [r for r in map(json.loads, text.splitlines()) if r["tenant"] == "eu"]
+    text = "".join(f.read_text() for f in deployed["audit"].glob("*.jsonl"))
+    eu = [r for r in read_trail(deployed["audit"]) if r["tenant"] == "eu"]
     assert eu and all(r["target"] in ("onprem-paris", None) and r["zone"] in ("EU", None) for r in eu)
     assert sum(r["status"] == 503 for r in eu) >= 5
     assert "eu-secret" not in text and EU_KEY not in text
@@ -220,7 +223,7 @@ def test_a_dead_eu_set_fails_closed_within_two_seconds_and_a_wider_tenant_fails_
         assert time.time() < deadline, "Serve never replaced the killed EU replicas"
         time.sleep(0.5)
     _wait_admitted(deployed, EU_KEY, "onprem-paris")
-    records = [json.loads(line) for line in deployed["audit"].read_text().splitlines()]
+    records = list(read_trail(deployed["audit"]))
     eu_records = [r for r in records if r["tenant"] == "eu"]
     assert all(a["zone"] == "EU" for r in eu_records for a in r["attempts"])
 
@@ -293,11 +296,99 @@ def test_replica_killed_under_load_resends_nothing_it_may_have_received(deployed
     assert len(failed) <= 16  # at most what was in flight, one per concurrent client
     assert all(r == f"served-by {target}" for r in results if not r.startswith("FAILED"))
     time.sleep(0.5)
-    records = {r["request_id"]: r for r in map(json.loads, deployed["audit"].read_text().splitlines())
-               if r["request_id"].startswith("kill-")}
+    records = {r["request_id"]: r for r in read_trail(deployed["audit"]) if r["request_id"].startswith("kill-")}
     bad = [r for r in records.values() if r["status"] == 502]
     assert len(bad) == len(failed)
     assert all([a["outcome"] for a in r["attempts"]] == ["failed"] for r in bad)  # one attempt, never resent
+
+
+def _up_org(settings, org: Path):
+    inputs = planning.load_inputs([SPECS / "two-zones.yaml"], org)
+    return deploy.up(inputs, planning.plan(inputs), settings, [].append)[0]
+
+
+def test_streams_abandoned_before_their_first_byte_are_all_recorded(deployed):
+    """Clients that send a stream and leave at once: Serve cancels the router's handling at any point, before the
+    response starts included. Every payload the router sent must have its request's record (no `send` line left
+    `unfinished`); one Serve's proxy dropped before the router saw it was never sent, so it has neither."""
+    import socket
+    import urllib.parse
+
+    url = urllib.parse.urlsplit(deployed["url"])
+    ids = [f"gone-{i}-{time.time_ns()}" for i in range(12)]
+    for rid in ids:
+        body = json.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "eu-secret"}]})
+        raw = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {url.netloc}\r\nAuthorization: Bearer {EU_KEY}\r\n"
+               f"X-Request-Id: {rid}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+               f"{body}")
+        with socket.create_connection((url.hostname, url.port)) as sock:
+            sock.sendall(raw.encode())
+            time.sleep(0.01 * (ids.index(rid) % 4))  # leave at different points
+    deadline = time.time() + 20
+    while True:
+        mine = [r for r in read_trail(deployed["audit"]) if r["request_id"] in ids]
+        unfinished = [r["request_id"] for r in mine if r["outcome"] == "unfinished"]
+        if not unfinished or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert not unfinished, f"sent, and never recorded how it ended: {unfinished}"
+    assert mine, "no request reached the router: the test proves nothing"
+    assert all(r["status"] in (200, 499) for r in mine), [(r["status"], r["outcome"]) for r in mine]
+    ok = client(deployed).chat.completions.create(model="m", messages=[{"role": "user", "content": "eu-secret"}])
+    assert ok.choices[0].message.content == "served-by onprem-paris"
+
+
+def test_a_router_redeploy_keeps_one_chain_per_replica_and_the_trail_verifies(deployed, sovra, monkeypatch,
+                                                                              tmp_path):
+    """Changing the tenants starts a new router replica while the old one drains: both write, each its own chain,
+    and `sovra audit verify` (and a signed checkpoint) still hold afterwards."""
+    new_key = "sk-test-ray-new"
+    org2 = tmp_path / "org2.yaml"
+    digest = hashlib.sha256(new_key.encode()).hexdigest()
+    org2.write_text(ORG.read_text().replace(
+        "admins:", f"  - {{name: newcomer, key_sha256: {digest}, residency: {{zones: [EU]}}}}\nadmins:"))
+    stop, answered = threading.Event(), []
+
+    def traffic():
+        c = client(deployed)
+        while not stop.is_set():
+            try:
+                c.chat.completions.create(model="m", messages=[{"role": "user", "content": "eu-secret swap"}])
+                answered.append(200)
+            except openai.APIError as exc:
+                answered.append(getattr(exc, "status_code", None))
+
+    t = threading.Thread(target=traffic)
+    t.start()
+    try:
+        _up_org(deployed["settings"], org2)
+        deadline = time.time() + 60
+        while True:  # the new replica serves once the newcomer's key is accepted
+            try:
+                client(deployed, key=new_key).models.list()
+                break
+            except openai.APIError:
+                assert time.time() < deadline, "the new router replica never took over"
+                time.sleep(0.5)
+        time.sleep(1)
+    finally:
+        stop.set()
+        t.join()
+        _up(deployed["settings"], SPECS / "two-zones.yaml")  # back to the module's org (another new replica)
+    assert answered and answered.count(200) >= len(answered) - 2, answered
+    monkeypatch.setenv("SOVRA_ADMIN_KEY", "sk-test-ray-admin")
+    verify = sovra("audit", "verify", "-o", "json")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    writers = [c["writer"] for c in json.loads(verify.stdout)["chains"]]
+    assert len(writers) >= 2 and all(w.startswith("router-") for w in writers), writers
+    cp = tmp_path / "cp.json"
+    made = sovra("audit", "checkpoint", "-o", cp)
+    assert made.returncode == 0, made.stderr
+    assert {h["writer"] for h in json.loads(cp.read_text())["heads"]} == set(writers)
+    checked = sovra("audit", "verify", "--checkpoint", cp)
+    assert checked.returncode == 0 and "extends the signed checkpoint" in checked.stdout, checked.stdout
+    status = sovra("status", "--org", ORG)
+    assert "audit checkpoint key: ed25519:" in status.stdout, status.stdout
 
 
 def test_cli_status_and_audit(deployed, sovra, monkeypatch):
@@ -306,6 +397,7 @@ def test_cli_status_and_audit(deployed, sovra, monkeypatch):
                          what="every app to be RUNNING again")
     _wait_admitted(deployed, EU_KEY, "onprem-paris")  # this test's own traffic, whatever ran before it
     _wait_admitted(deployed, US_KEY, "onprem-virginia")
+    monkeypatch.setenv("SOVRA_ADMIN_KEY", "sk-test-ray-admin")  # readiness per deployment is an admin's to see
     status = sovra("status", "--org", ORG, "-o", "json")
     assert status.returncode == 0, status.stderr
     entries = json.loads(status.stdout)

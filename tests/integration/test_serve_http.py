@@ -19,6 +19,7 @@ from infra import serve_config as sc
 from infra.ray_cluster import free_port
 from infra.serve_api import ServeApi
 from orchestrator import deploy, planning
+from orchestrator.router.audit import read as read_trail
 from tests.integration.conftest import ray_driver, replicas_of, timed_chats
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -67,6 +68,26 @@ def client(d, key=EU_KEY):
     return openai.OpenAI(base_url=d["url"] + "/v1", api_key=key, max_retries=0)
 
 
+def test_haproxy_listens_only_on_loopback_when_the_router_does(deployed):
+    """Ray's template binds HAProxy's stats and Prometheus listeners to every interface; Sovra's local Ray binds
+    them to 127.0.0.1 on free ports, and the router's own frontend where the org says (loopback here)."""
+    import psutil
+
+    listening = set()
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        if "haproxy" not in (proc.info["name"] or "") and not any(
+                "haproxy" in part for part in (proc.info["cmdline"] or [])[:1]):
+            continue
+        try:  # an old HAProxy may exit on a reload while we look
+            listening |= {(c.laddr.ip, c.laddr.port) for c in proc.net_connections(kind="inet")
+                          if c.status == psutil.CONN_LISTEN}
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    assert listening, "no HAProxy listener found: is the test looking at the right processes?"
+    assert {ip for ip, _ in listening} == {"127.0.0.1"}, listening
+    assert not {port for _, port in listening} & {8404, 9101}  # Ray's defaults: Sovra picked free ports
+
+
 def _replica_key(settings) -> str:
     """The key each replica and the router derive from the cluster's Ray token (`install_replica_key`)."""
     import hmac
@@ -87,7 +108,7 @@ def test_the_router_reaches_the_replicas_over_http_and_the_key_is_in_no_config_t
     key = _replica_key(deployed["settings"])
     assert key not in json.dumps(apps)  # not in the Serve config (Ray logs what it holds), nor in /v1/routes
     routes = httpx.get(deployed["url"] + "/v1/routes", headers={"Authorization": f"Bearer {BOTH_KEY}"}).text
-    assert key not in routes and "/sovra-replica/" in routes
+    assert key not in routes and "/sovra-replica/" not in routes  # a tenant's table names no replica address
     logs = Path(ray._private.worker.global_worker.node.get_session_dir_path()) / "logs"
     assert any(logs.rglob("*.log"))
     assert not [p for p in logs.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
@@ -140,7 +161,7 @@ def test_a_dead_eu_set_over_http_never_sends_eu_payloads_elsewhere_nor_resends_t
     assert all(status in (502, 503) or (status == 200 and target == "onprem-paris") for _, status, target in eu), eu
     assert all(status == 502 or (status == 200 and target in ("onprem-paris", "onprem-virginia"))
                for _, status, target in both), both
-    records = [json.loads(line) for line in Path(deployed["settings"].audit_path).read_text().splitlines()]
+    records = list(read_trail(deployed["settings"].audit_path))
     eu_records = [r for r in records if r["tenant"] == "eu"]
     assert eu_records and all(a["zone"] == "EU" for r in eu_records for a in r["attempts"])
     for r in records:  # a payload that may have been received is never sent again

@@ -16,6 +16,14 @@ from orchestrator.serving.model_http import create_app
 from orchestrator.serving.ray_apps import ModelServer
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+SERVER_KEY = "k-server-123"
+AUTH = {"Authorization": f"Bearer {SERVER_KEY}"}
+
+
+@pytest.fixture(autouse=True)
+def server_key(monkeypatch):
+    """The model server never runs without its key (on KubeRay: from the Kubernetes Secret)."""
+    monkeypatch.setenv("SOVRA_SERVE_API_KEY", SERVER_KEY)
 
 
 class _Sick(Engine, name="test-sick-http"):
@@ -32,6 +40,8 @@ class _Sick(Engine, name="test-sick-http"):
 
 def call(engine: str, method: str, path: str, **kw) -> httpx.Response:
     app = create_app(ModelServer("m", "onprem/paris", engine))
+
+    kw.setdefault("headers", AUTH)
 
     async def go():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://k") as c:
@@ -102,6 +112,7 @@ def test_the_model_http_client_probes_and_describes_through_healthz():
         with ServerThread(create_app(ModelServer("m", "onprem/paris", engine))) as server:
             b = factories.backend("onprem/paris", Place("EU", "FR", "FR", "self"), kind="kubernetes",
                                   address=server.url)
+            b = b.model_copy(update={"params": {"api_key_env": "SOVRA_SERVE_API_KEY"}})  # the router holds it too
 
             async def ask(b=b):
                 client = ModelHttpClient()
@@ -147,3 +158,33 @@ def test_the_model_http_client_sends_the_key_from_the_variable_its_backend_names
         assert asyncio.run(health()) is False
         monkeypatch.setenv("PARIS_KEY", "k-123")  # the router's, from where it runs
         assert asyncio.run(health()) is True
+
+
+def test_the_model_server_refuses_to_start_without_a_key(monkeypatch):
+    """Serve's deployment (what a KubeRay RayService runs) and the plain ASGI app alike: no key, no server that
+    answers anyone who can reach it."""
+    from orchestrator.serving.ray_apps import HttpModelServer
+
+    for unset in ("", "   "):
+        monkeypatch.setenv("SOVRA_SERVE_API_KEY", unset)
+        with pytest.raises(RuntimeError, match=r"refuses to start without a key: \$SOVRA_SERVE_API_KEY is not set"):
+            HttpModelServer("m", "onprem/paris", "echo")
+        with pytest.raises(RuntimeError, match=r"refuses to start without a key"):
+            create_app(ModelServer("m", "onprem/paris", "echo"))
+    monkeypatch.delenv("SOVRA_SERVE_API_KEY")
+    with pytest.raises(RuntimeError, match=r"refuses to start without a key"):
+        HttpModelServer("m", "onprem/paris", "echo")
+
+
+def test_a_server_whose_key_is_gone_answers_no_one_over_http(monkeypatch):
+    """Over real HTTP: with its key the server answers only that key; if the key is taken from its environment
+    after it started, it answers no one (503), never everyone."""
+    from tests.fakes.openai_backend import ServerThread
+
+    with ServerThread(create_app(ModelServer("m", "onprem/paris", "echo"))) as server:
+        assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 401
+        assert httpx.get(f"{server.url}/healthz", headers=AUTH, timeout=10).status_code == 200
+        monkeypatch.delenv("SOVRA_SERVE_API_KEY")
+        for headers in ({}, AUTH, {"Authorization": "Bearer"}):
+            r = httpx.post(f"{server.url}/v1/chat/completions", json=CHAT, headers=headers, timeout=10)
+            assert r.status_code == 503 and r.json()["error"]["code"] == "server_key_missing", r.text

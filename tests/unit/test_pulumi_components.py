@@ -329,14 +329,17 @@ def test_a_target_outside_the_residency_is_refused_before_any_resource(mocks, co
 
 
 IMAGE = "registry.paris.internal/sovra-ray:0.1"
+#: What `orchestrator.provisioning.service_keys` derives from the routing cluster's Ray token.
+DERIVED = "derived-service-key-7f3a"
 
 
-def kuberay_input(t, count=3, instance="h100", **settings) -> PlacementInput:
-    """The placement as the program builds it, the Serve application included."""
+def kuberay_input(t, count=3, instance="h100", service_key: str | None = DERIVED, **settings) -> PlacementInput:
+    """The placement as the program builds it, the Serve application (and the derived key) included."""
     from infra.pulumi.program import placement_inputs
 
     d = deployment("d", model="m", residency={"zones": ["EU"]})
-    [i] = placement_inputs(_plan_of(t, count, instance).placements, d, [t], {t.id: {"image": IMAGE, **settings}})
+    [i] = placement_inputs(_plan_of(t, count, instance).placements, d, [t], {t.id: {"image": IMAGE, **settings}},
+                           {t.id: service_key} if service_key else None)
     return i
 
 
@@ -372,7 +375,7 @@ def test_kuberay_service_pins_gpu_workers_and_the_model_server_to_the_target(moc
     assert dep["ray_actor_options"]["resources"] == {"sovra.target/onprem/paris": 0.001}
     assert dep["autoscaling_config"]["min_replicas"] == 3
     assert out["uri"] == "http://sovra-d-paris-serve-svc.sovra.svc.cluster.local:8000" and out["key_secret"] is True
-    assert out["conn"] == {"url": out["uri"]} and not out["conn_secret"]
+    assert out["conn"] == {"url": out["uri"], "api_key_env": "SOVRA_KUBERAY_KEY"} and not out["conn_secret"]
 
 
 def test_kuberay_url_setting_is_where_the_router_reaches_the_service(mocks):
@@ -380,7 +383,7 @@ def test_kuberay_url_setting_is_where_the_router_reaches_the_service(mocks):
 
     c = KubeRayCluster("kr", kuberay_input(ONPREM, url="https://ray-paris.example.internal"))
     assert resolve(conn=pulumi.Output.from_input(c.connection()))["conn"] == {
-        "url": "https://ray-paris.example.internal"}
+        "url": "https://ray-paris.example.internal", "api_key_env": "SOVRA_KUBERAY_KEY"}
 
 
 def test_kuberay_key_is_a_kubernetes_secret_every_pod_reads_and_a_pulumi_secret(mocks, monkeypatch):
@@ -401,6 +404,43 @@ def test_kuberay_key_is_a_kubernetes_secret_every_pod_reads_and_a_pulumi_secret(
         [env] = container["env"]
         assert env["name"] == "SOVRA_SERVE_API_KEY" and env["valueFrom"]["secretKeyRef"]["key"] == "key"
     assert "k-paris-123" not in json.dumps(rs.inputs, default=str)
+
+
+def test_kuberay_without_api_key_env_keeps_the_derived_key_in_a_secret_every_pod_reads(mocks):
+    """No `api_key_env` in the org: the service still requires a key, the one derived from the routing cluster's
+    Ray token, kept in a Kubernetes Secret as a Pulumi secret; the stack output names only the variable the router
+    derives it into, and the key is nowhere in clear (connection, RayService, repr)."""
+    from infra.pulumi.kuberay import KubeRayCluster
+
+    i = kuberay_input(ONPREM)
+    assert DERIVED not in repr(i)
+    c = KubeRayCluster("kr", i)
+    out = resolve(key=c.key, conn=pulumi.Output.from_input(c.connection()))
+    assert out["key"] == DERIVED and out["key_secret"] is True
+    assert out["conn"]["api_key_env"] == "SOVRA_KUBERAY_KEY" and DERIVED not in json.dumps(out["conn"])
+    secret = mocks.one("kubernetes:core/v1:Secret")
+    assert secret.inputs["metadata"]["annotations"] == {DEPLOYMENT_TAG: "d", TARGET_TAG: "onprem/paris"}
+    # What the engine receives, and keeps encrypted in state: the key wrapped as a Pulumi secret
+    from pulumi.runtime import rpc
+
+    assert secret.inputs["stringData"] == {rpc._special_sig_key: rpc._special_secret_sig, "value": {"key": DERIVED}}
+    rs = mocks.one("kubernetes:ray.io/v1:RayService")
+    cluster = rs.inputs["spec"]["rayClusterConfig"]
+    for container in (cluster["headGroupSpec"]["template"]["spec"]["containers"][0],
+                      cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]):
+        [env] = container["env"]
+        assert env["name"] == "SOVRA_SERVE_API_KEY" and env["valueFrom"]["secretKeyRef"]["key"] == "key"
+    assert DERIVED not in json.dumps(rs.inputs, default=str)
+
+
+def test_kuberay_with_no_key_at_all_is_refused_before_any_resource(mocks):
+    """Neither `api_key_env` nor a derived key: refused, rather than a service that answers anyone who can reach
+    it (its model server would refuse to start anyway)."""
+    from infra.pulumi.kuberay import KubeRayCluster
+
+    with pytest.raises(ComponentSettingsError, match=r"onprem/paris: the KubeRay service needs a key.*api_key_env"):
+        declare(lambda: KubeRayCluster("kr", kuberay_input(ONPREM, service_key=None)))
+    assert not [r for r in mocks.resources if r.typ.startswith("kubernetes:")]
 
 
 def test_kuberay_key_variable_unset_where_up_runs_is_refused_before_any_resource(mocks, monkeypatch):
