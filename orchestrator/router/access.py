@@ -11,11 +11,11 @@ make a browser send it.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from infra.transport import is_loopback
 from orchestrator.router.errors import (
     CrossSite,
     RouterError,
@@ -112,16 +112,10 @@ def cross_site(scope: dict[str, Any]) -> RouterError | None:
 
 
 def _loopback(host: str) -> bool:
-    """`127.0.0.1:8000`, `localhost`, `[::1]:8000` and the like."""
+    """A Host header (`127.0.0.1:8000`, `localhost`, `[::1]:8000`…) naming loopback, by Sovra's one rule."""
     name = host.strip()
     if name.startswith("["):
         name = name[1:name.find("]")] if "]" in name else name[1:]
     elif name.count(":") == 1:
         name = name.split(":")[0]
-    name = name.lower().rstrip(".")
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(name)
