@@ -22,6 +22,8 @@ process outside Ray (bench/openai_echo.py, one for the whole run), declared in o
 the same `up` as the only placement of a second deployment (`bench-gw`):
   (g) gateway client -> Serve proxy -> Sovra's router -> HTTP (the router's pooled client) -> the server
   (o) direct  client -> the server, the same payload and the server's key: the baseline of (g)
+  (f) fsync   (g) through a second router application beside `up`'s, the same arguments but org.yaml
+              `audit: {fsync: true}`: the trail's durability policy, fsync per line against as deployed
 in two local Rays, one per Serve proxy mode (the mode is an environment variable read when Ray starts):
   default     Serve's own proxy, a Python actor, in front of the ingress replicas
   haproxy     SOVRA_SERVE_HAPROXY=1 (infra.ray_cluster.serve_fast_path_env): HAProxy forwards straight into them
@@ -95,11 +97,15 @@ MODES = {"default": {"SOVRA_SERVE_HAPROXY": "0"}, "haproxy": {"SOVRA_SERVE_HAPRO
 # Shutdown only: Serve otherwise waits out 30 s drain periods before it stops proxies and direct-ingress replicas.
 DRAIN_ENV = {"RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
 DECISION_REPEATS = 7  # decision cost: median of this many timed loops
-VARIANTS = ("sovra", "bare", "tuned", "handle", "gateway", "direct")
+VARIANTS = ("sovra", "bare", "tuned", "handle", "gateway", "direct", "fsync")
 LABELS = {"sovra": "(s) Sovra router", "bare": "(b) bare Serve ingress",
           "tuned": "(t) bare ingress, Sovra's Serve settings", "handle": "(h) handle, called directly",
-          "gateway": "(g) Sovra → openai-compatible server", "direct": "(o) openai-compatible server, called directly"}
-ROUTED = ("sovra", "gateway")  # the variants whose answers carry the router's own time
+          "gateway": "(g) Sovra → openai-compatible server", "direct": "(o) openai-compatible server, called directly",
+          "fsync": "(f) as (g), the trail fsynced per line"}
+ROUTED = ("sovra", "gateway", "fsync")  # the variants whose answers carry the router's own time
+# (f): a second router application beside `up`'s, built from the same arguments but with org.yaml
+# `audit: {fsync: true}` and its own trail: the durability policy's cost, measured side by side with (g).
+FSYNC_APP, FSYNC_PREFIX = "bench-sovra-fsync", "/fsync"
 # shape -> (concurrency, Sizes attribute for n, streamed)
 SHAPES = {"c1": (1, "c1", False), "c16": (16, "c16", False), "stream": (1, "stream", True)}
 
@@ -278,8 +284,13 @@ def child_cluster(workdir: str) -> None:
             if app["name"] == "bench-tuned":  # (t): what the router is given, by-value calls and its Serve settings
                 app["args"]["by_value"] = True
                 app["runtime_env"] = {"env_vars": dict(sc.ROUTER_SERVE_ENV)}
+        router = next(c for c in current if c["name"] == sc.ROUTER_APP)
+        args = router["args"]
+        bench_apps.append({**router, "name": FSYNC_APP, "route_prefix": FSYNC_PREFIX,
+                           "args": {**args, "audit": {**(args.get("audit") or {}), "fsync": True},
+                                    "audit_path": str(settings.home / "audit-fsync")}})
         api.apply(sc.serve_config([*current, *bench_apps], host="127.0.0.1", port=settings.router_port))
-        api.wait(lambda apps: {a[0] for a in BENCH_APPS} <= set(apps)
+        api.wait(lambda apps: {a[0] for a in BENCH_APPS} | {FSYNC_APP} <= set(apps)
                  and all(a.status == "RUNNING" for a in apps.values()),
                  timeout_s=300, what="the bench's applications to run")
         _reply({"ready": True, "router_url": result.router_url, "dashboard": result.dashboard,
@@ -310,6 +321,7 @@ def _serve_processes(dashboard: str, token: str | None, model_app: str) -> dict[
     from infra.ray_cluster import auth_headers
 
     roles = {f"ServeReplica:{model_app}:ModelServer": "replica", "ServeReplica:sovra-router:Router": "router",
+             f"ServeReplica:{FSYNC_APP}:Router": "router fsync",
              **{f"ServeReplica:{name}:{deployment}": role for name, _, _, deployment, role in BENCH_APPS_FULL}}
     resp = httpx.get(f"{dashboard}/api/v0/actors", headers=auth_headers(token), timeout=30,
                      params={"limit": 1000, "filter_keys": "state", "filter_predicates": "=", "filter_values": "ALIVE"})
@@ -517,7 +529,9 @@ def measure_mode(pool: cf.Executor, ready: dict[str, Any], sizes: Sizes, log, se
                # the same tenant key and residency header as (s); the router sends the server's own key
                "gateway": {"kind": "http", "url": url, "headers": HEADERS, "body": GW_BODY},
                # what the router sends it: the same payload with the server's key
-               "direct": {"kind": "http", "url": server_url, "headers": GW_HEADERS, "body": GW_BODY}}
+               "direct": {"kind": "http", "url": server_url, "headers": GW_HEADERS, "body": GW_BODY},
+               # (g) through the second router, whose trail is fsynced before each payload leaves
+               "fsync": {"kind": "http", "url": url + FSYNC_PREFIX, "headers": HEADERS, "body": GW_BODY}}
     raw: dict[str, dict[str, list]] = {v: {} for v in VARIANTS}
     for r in range(sizes.rounds):
         order = list(VARIANTS)
@@ -631,7 +645,7 @@ def derive(res: dict[str, Any]) -> dict[str, Any]:
     """Ratios and differences, each of two numbers measured side by side in the same mode (same Ray)."""
     per_mode: dict[str, dict[str, Any]] = {}
     for mode, v in res["modes"].items():
-        s, b, t, h, g, o = v["sovra"], v["bare"], v["tuned"], v["handle"], v["gateway"], v["direct"]
+        s, b, t, h, g, o, f = v["sovra"], v["bare"], v["tuned"], v["handle"], v["gateway"], v["direct"], v["fsync"]
         per_mode[mode] = {
             "sovra_over_bare_rps_c16": _r(s["c16"]["rps"] / b["c16"]["rps"]),
             # the same ratio per round (each pair measured minutes apart at most): how much of it is noise
@@ -657,6 +671,11 @@ def derive(res: dict[str, Any]) -> dict[str, Any]:
             "gateway_added_ttfc_p50_ms": _r(g["stream"]["p50_ms"] - o["stream"]["p50_ms"]),
             "gateway_router_overhead_p50_ms_c1": g["c1"]["router_overhead_p50_ms"],
             "gateway_router_overhead_p50_ms_c16": g["c16"]["router_overhead_p50_ms"],
+            # the same router with the trail fsynced per line (f), against (g)
+            "fsync_router_overhead_p50_ms_c1": f["c1"]["router_overhead_p50_ms"],
+            "fsync_router_overhead_p50_ms_c16": f["c16"]["router_overhead_p50_ms"],
+            "fsync_added_p50_ms": _r(f["c1"]["p50_ms"] - g["c1"]["p50_ms"]),
+            "fsync_over_gateway_rps_c16": _r(f["c16"]["rps"] / g["c16"]["rps"]),
             "router_rss_mb": res["procs"].get(mode, {}).get("rss_mb", {}).get("router"),
             "cpu_us_c16": {name: v[name]["c16"].get("cpu_us_per_request", {}) for name in ("sovra", "bare", "tuned")}}
     goals: dict[str, dict[str, Any]] = {}
@@ -719,6 +738,13 @@ def ratio_lines(res: dict[str, Any], der: dict[str, Any]) -> list[str]:
             f"{_f(d['gateway_over_direct_rps_c16'], '.3f')}; added TTFC p50 {_f(d['gateway_added_ttfc_p50_ms'], '+.2f')} "
             f"ms; router's own time p50: C=1 {_f(d['gateway_router_overhead_p50_ms_c1'], '.3f')} ms, C=16 "
             f"{_f(d['gateway_router_overhead_p50_ms_c16'], '.3f')} ms")
+        lines.append(
+            f"{mode}: the audit trail's durability, (f) fsync per line against (g) as deployed (written to the OS): "
+            f"router's own time p50 C=1 {_f(d['fsync_router_overhead_p50_ms_c1'], '.3f')} ms vs "
+            f"{_f(d['gateway_router_overhead_p50_ms_c1'], '.3f')} ms, C=16 "
+            f"{_f(d['fsync_router_overhead_p50_ms_c16'], '.3f')} ms vs "
+            f"{_f(d['gateway_router_overhead_p50_ms_c16'], '.3f')} ms; added p50 at C=1 "
+            f"{_f(d['fsync_added_p50_ms'], '+.2f')} ms; req/s at C=16 (f)/(g) {_f(d['fsync_over_gateway_rps_c16'], '.3f')}")
         cpu = d.get("cpu_us_c16", {})
         names = [n for n in ("sovra", "bare", "tuned") if cpu.get(n)]
         if len(names) > 1:

@@ -13,7 +13,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 VARIANTS = {"sovra": "(s) Sovra router", "bare": "(b) bare Serve ingress",
             "tuned": "(t) bare ingress, Sovra's Serve settings", "handle": "(h) handle, called directly",
-            "gateway": "(g) Sovra → openai-compatible server", "direct": "(o) openai-compatible server, called directly"}
+            "gateway": "(g) Sovra → openai-compatible server", "direct": "(o) openai-compatible server, called directly",
+            "fsync": "(f) as (g), the trail fsynced per line"}
 
 
 def test_router_bench_quick_measures_every_variant_in_both_proxy_modes_and_prints_the_ratios(tmp_path):
@@ -63,7 +64,7 @@ def test_router_bench_quick_measures_every_variant_in_both_proxy_modes_and_print
         assert f"{mode}: Sovra in front of an openai-compatible server: added p50 of Sovra over the server" in r.stdout
     for token in ("added p50 over the handle at C=1", "X-Sovra-Overhead-Ms", "routing decision alone", "goals: ",
                   "router replica RSS", "Sovra/direct req/s at C=16", "openai-compatible server called directly",
-                  "LiteLLM's proxy adds about 7.5 ms"):
+                  "LiteLLM's proxy adds about 7.5 ms", "the audit trail's durability, (f) fsync per line"):
         assert token in r.stdout
     assert (tmp_path / "router-quick.md").read_text().startswith("# Router benchmark")
 
