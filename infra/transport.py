@@ -14,6 +14,10 @@ import ipaddress
 import os
 import ssl
 
+#: Set to 1 to let Sovra's CLI send a key (an admin key) over plain http to a router that is not on this machine:
+#: a network the user trusts. Without it the CLI refuses, as the SDK does without `insecure_http=True`.
+PLAIN_HTTP_ENV = "SOVRA_ALLOW_PLAIN_HTTP"
+
 #: The variables naming CA files a company's CA is given in (a file), and the one naming a directory.
 CA_FILE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
 CA_DIR_VARIABLE = "SSL_CERT_DIR"
@@ -30,6 +34,15 @@ def is_loopback(host: str | None) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def key_may_travel(url: str) -> bool:
+    """May a key go to `url`: over https, to loopback, or over plain http where the user said the network is
+    trusted ($SOVRA_ALLOW_PLAIN_HTTP=1)."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme == "https" or is_loopback(parts.hostname) or os.environ.get(PLAIN_HTTP_ENV) == "1"
 
 
 def client_trust() -> ssl.SSLContext:

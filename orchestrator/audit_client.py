@@ -154,11 +154,17 @@ def _get(router: str, route: str, key_env: str, params: Mapping[str, str]) -> di
 
 def _call(router: str, method: str, route: str, key_env: str, params: Mapping[str, str],
           body: bytes | None) -> dict[str, Any]:
+    from infra.transport import PLAIN_HTTP_ENV, key_may_travel
+
     key = os.environ.get(key_env) or None
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     if body is not None:
         headers["Content-Type"] = "application/json"
     url = router.rstrip("/") + route
+    if key and not key_may_travel(url):
+        raise AuditReadError(f"{router} is plain http to another machine: the admin key (${key_env}) would cross the "
+                             f"network in clear. Give the router `tls:` in org.yaml and use https://, or set "
+                             f"{PLAIN_HTTP_ENV}=1 for a network you trust")
     try:
         response = httpx.request(method, url, params=params, headers=headers, content=body, timeout=60,
                                  verify=_trust(url))

@@ -553,9 +553,9 @@ def describe_backend(backend: Backend, timeout_s: float = 10.0) -> str:
 def _probe_router(url: str) -> tuple[bool, dict[str, Any] | None]:
     """(answers /healthz, the /readyz body: per deployment its healthy allowed backends). A router with tenants or
     admins gives the per-deployment part only to an admin: the key in $SOVRA_ADMIN_KEY, as `sovra audit` sends."""
-    from infra.transport import client_trust
+    from infra.transport import client_trust, key_may_travel
 
-    key = os.environ.get("SOVRA_ADMIN_KEY")
+    key = os.environ.get("SOVRA_ADMIN_KEY") if key_may_travel(url) else None  # never in clear to another machine
     verify = client_trust() if url.startswith("https:") else True
     try:
         live = httpx.get(f"{url}/healthz", timeout=3, verify=verify).status_code == 200

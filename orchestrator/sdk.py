@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import secrets
@@ -97,10 +96,9 @@ def _residency_header(residency: str | Sequence[str] | None) -> dict[str, str]:
 
 
 def _loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    from infra.transport import is_loopback  # Sovra's one rule: decided from the address as written
+
+    return is_loopback(host)
 
 
 def _check_base_url(base_url: str, *, keyed: bool, direct: bool, insecure_http: bool) -> None:
@@ -197,15 +195,22 @@ class AsyncClient:
                                      headers=self._headers) as resp:
             if resp.status_code >= 400:
                 _raise_for(resp.status_code, json.loads(await resp.aread()))
-            async for line in resp.aiter_lines():
-                if line.startswith("data:"):
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        return
-                    event = json.loads(data)
-                    if "error" in event:
-                        _raise_for(502, event)
-                    yield event
+            from orchestrator.router.clients import sse_lines
+            from orchestrator.router.errors import Failed
+
+            try:
+                async for line in sse_lines(resp.aiter_bytes()):  # bounded: an endless line is a broken stream
+                    if line.startswith("data:"):
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            return
+                        event = json.loads(data)
+                        if "error" in event:
+                            _raise_for(502, event)
+                        yield event
+            except Failed as exc:
+                raise SovraAPIError(f"the router's stream broke: {exc}", status=502,
+                                    code="stream_interrupted") from None
 
     async def models(self) -> list[str]:
         resp = await self._http.get(self._base + "/v1/models", headers=self._headers)

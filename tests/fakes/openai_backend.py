@@ -94,9 +94,9 @@ class FakeBackend:
 class ServerThread:
     """Serve an ASGI app on 127.0.0.1 (a free port) in a background thread."""
 
-    def __init__(self, app, port: int = 0):
+    def __init__(self, app, port: int = 0, host: str = "127.0.0.1"):
         # lifespan "auto": an app's shutdown hook (the router closes its backend connections) runs on __exit__
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                                     lifespan="auto"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
