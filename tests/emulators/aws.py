@@ -187,7 +187,9 @@ FAULTS: dict[str, tuple[int, str, str]] = {
     "model-rejected": (424, "ModelError", "Received client error (422) from primary with message \"max_tokens must "
                        "be at most 4096\"."),
 }
-#: modeled fields a fault's error body carries besides its message (SageMaker's ModelError: the container's status)
+#: modeled fields a fault's error body carries besides its message (SageMaker's ModelError: the container's status).
+#: botocore's sagemaker-runtime service model: ModelError is httpStatusCode 424 with members Message,
+#: OriginalStatusCode, OriginalMessage, LogStreamArn (`get_service_model("sagemaker-runtime").shape_for("ModelError")`)
 FAULT_FIELDS: dict[str, dict[str, Any]] = {
     "model-error": {"OriginalStatusCode": 500, "OriginalMessage": "CUDA OOM"},
     "model-rejected": {"OriginalStatusCode": 422, "OriginalMessage": "max_tokens must be at most 4096"},
