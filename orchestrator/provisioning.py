@@ -39,6 +39,7 @@ def service_keys(inputs: Any, result: Any) -> dict[str, str]:
     derived from the Ray token of the cluster whose router reaches it (the local Ray's, Sovra's own, when the
     deployment has no Ray placement; else the cluster of its Ray placements). That router derives the same key
     when it starts (`ray_apps.build_router_state_app`), so the key is in no config, table or log."""
+    import providers
     from infra.ray_cluster import cluster_token, ensure_local_token
     from orchestrator.deploy import LOCAL, cluster_key, is_ray
     from orchestrator.serving.model_http import SERVICE_PURPOSE, derive_key
@@ -47,7 +48,7 @@ def service_keys(inputs: Any, result: Any) -> dict[str, str]:
     targets = {t.id: t for t in inputs.targets}
     keys: dict[str, str] = {}
     for dp in result.deployments:
-        kuberay = [targets[p.target] for p in dp.placements if targets[p.target].provider == "kubernetes"
+        kuberay = [targets[p.target] for p in dp.placements if providers.get(p.provider).derives_service_key
                    and not provision_for(inputs.org, targets[p.target]).get("api_key_env")]
         if not kuberay:
             continue

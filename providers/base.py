@@ -79,6 +79,9 @@ class Provider(abc.ABC):
     #: backend, never account internals (users, roles, subscription ids, the router host's profiles, the names of
     #: its key variables). The SDK keeps only these of whatever a table says.
     direct_params: ClassVar[frozenset[str]] = frozenset()
+    #: do the model servers Sovra provisions here require a key, which `up` derives from the Ray token of the
+    #: cluster whose router reaches them when org.yaml names none (`provision: {api_key_env: ...}`)?
+    derives_service_key: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)

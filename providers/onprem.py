@@ -47,6 +47,7 @@ class Kubernetes(Provider):
     # Reached at a URL that is usually inside the Kubernetes cluster, with a key only the router holds: only the
     # router calls it, never an app directly.
     direct = False
+    derives_service_key = True  # its model server always requires a key (orchestrator.provisioning.service_keys)
 
     def describe(self) -> str:
         return "Kubernetes cluster (a KubeRay RayService provisioned with Pulumi, reached over HTTP)"

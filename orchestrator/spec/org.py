@@ -298,7 +298,7 @@ class Org(Frozen):
         for c in self.clusters:
             if c.address:
                 by_address.setdefault(f"address {c.address}", []).append(c)
-            elif c.provider == "ray":  # the local Ray: one router too
+            elif _serve_deployed(c.provider):  # the embedded local Ray: one router too
                 by_address.setdefault("the local Ray", []).append(c)
         for where, cs in sorted(by_address.items()):
             seen = {(c.router_host, c.router_port, c.auth_token_file, c.tls, c.insecure_http, c.insecure_dashboard)
@@ -356,6 +356,14 @@ class Catalog(Frozen):
         if dupes:
             raise ValueError(f"duplicate target id: {', '.join(dupes)}")
         return self
+
+
+def _serve_deployed(provider: str) -> bool:
+    """Placements on this provider's clusters are deployed on Ray Serve (its adapter says), so an address-less one
+    is the embedded local Ray."""
+    from providers import base
+
+    return base.get(provider).provisioner == "ray-serve"
 
 
 def needs_provisioning(target: Target) -> bool:
