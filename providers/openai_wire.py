@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
@@ -85,23 +86,55 @@ def new_id() -> str:
     return "chatcmpl-" + uuid.uuid4().hex[:24]
 
 
-def completion(model: str, text: str, *, finish_reason: str | None = "stop", prompt_tokens: int | None = None,
-               completion_tokens: int | None = None, id: str | None = None) -> dict[str, Any]:
-    """An OpenAI `chat.completion` with one choice."""
+def completion(model: str, text: str | None, *, finish_reason: str | None = "stop", prompt_tokens: int | None = None,
+               completion_tokens: int | None = None, id: str | None = None,
+               tool_calls: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """An OpenAI `chat.completion` with one choice; `tool_calls` as `tool_call()` builds them (then the text may be
+    None, as OpenAI sends it)."""
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tool_calls:
+        message["tool_calls"] = [dict(c) for c in tool_calls]
     return {"id": id or new_id(), "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": finish_reason}],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
             "usage": usage(prompt_tokens, completion_tokens)}
 
 
+def tool_call(id: str, name: str, arguments: str | Mapping[str, Any], *, index: int | None = None) -> dict[str, Any]:
+    """One OpenAI tool call (`arguments` is a JSON string on the wire; a mapping is encoded). `index` is for stream
+    deltas, where OpenAI numbers the calls of one answer."""
+    args = arguments if isinstance(arguments, str) else json.dumps(arguments, separators=(",", ":"))
+    out: dict[str, Any] = {"id": id, "type": "function", "function": {"name": name, "arguments": args}}
+    if index is not None:
+        out = {"index": index, **out}
+    return out
+
+
+def tool_call_delta(index: int, *, id: str | None = None, name: str | None = None,
+                    arguments: str | None = None) -> dict[str, Any]:
+    """A piece of a streamed tool call: the first names it (id, name), the next carry `arguments` text."""
+    out: dict[str, Any] = {"index": index}
+    function: dict[str, Any] = {}
+    if id is not None:
+        out["id"], out["type"] = id, "function"
+    if name is not None:
+        function["name"] = name
+    if arguments is not None:
+        function["arguments"] = arguments
+    out["function"] = function
+    return out
+
+
 def chunk(model: str, id: str, *, content: str | None = None, role: str | None = None,
-          finish_reason: str | None = None, usage_: Mapping[str, int] | None = None) -> dict[str, Any]:
-    """One `chat.completion.chunk`."""
+          finish_reason: str | None = None, usage_: Mapping[str, int] | None = None,
+          tool_calls: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """One `chat.completion.chunk`; `tool_calls` are `tool_call_delta()`s."""
     delta: dict[str, Any] = {}
     if role:
         delta["role"] = role
     if content is not None:
         delta["content"] = content
+    if tool_calls:
+        delta["tool_calls"] = [dict(c) for c in tool_calls]
     out: dict[str, Any] = {"id": id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
                            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
     if usage_ is not None:
@@ -114,8 +147,10 @@ def as_chunks(answer: Mapping[str, Any]) -> list[dict[str, Any]]:
     finish reason with the usage."""
     model, id = answer.get("model", ""), answer.get("id") or new_id()
     choice = (answer.get("choices") or [{}])[0]
-    text = (choice.get("message") or {}).get("content") or ""
-    return [chunk(model, id, role="assistant", content=text),
+    message = choice.get("message") or {}
+    text = message.get("content") or ""
+    calls = [{"index": i, **c} for i, c in enumerate(message.get("tool_calls") or ())]
+    return [chunk(model, id, role="assistant", content=text, tool_calls=calls),
             chunk(model, id, finish_reason=choice.get("finish_reason") or "stop", usage_=answer.get("usage"))]
 
 
@@ -153,3 +188,35 @@ def inputs_of(body: Mapping[str, Any]) -> list[str]:
     """An embeddings request's `input` as a list of strings."""
     value = body.get("input")
     return [value] if isinstance(value, str) else [str(v) for v in (value or [])]
+
+
+# -- what a vendor cannot carry: refused before anything is sent, never silently dropped -------------------------
+# Adapters call these inside `errors.building(...)`, which turns the ValueError into a 400 (`Untranslatable`) that
+# names the backend, with nothing sent and the backend's breaker untouched.
+
+#: OpenAI chat fields that change what the model does; an adapter that has no place for one must refuse it.
+BEHAVIOUR_FIELDS = ("tools", "tool_choice", "response_format", "seed", "stop", "logprobs", "top_logprobs", "n",
+                    "presence_penalty", "frequency_penalty", "logit_bias", "parallel_tool_calls", "stream_options")
+
+
+def refuse_unsupported(body: Mapping[str, Any], where: str, supported: Iterable[str]) -> None:
+    """ValueError naming every behaviour field the request sets that `where` (e.g. "aws-bedrock model X") cannot
+    carry. A field set to its no-op value (None, `n: 1`, `logprobs: false`, an empty list) is not a request."""
+    allowed = set(supported)
+    unset = (None, False, [], {})
+    asked = [f for f in BEHAVIOUR_FIELDS if f not in allowed and body.get(f) not in unset
+             and not (f == "n" and body.get(f) == 1)]
+    if asked:
+        raise ValueError(f"{where} cannot do {', '.join(f'`{f}`' for f in asked)}; send the request without "
+                         f"{'it' if len(asked) == 1 else 'them'}, or to a deployment whose backends can")
+
+
+def within(body: Mapping[str, Any], field: str, low: float, high: float, where: str) -> float | None:
+    """`body[field]` when it is in the vendor's range [low, high], else a ValueError that says the range (OpenAI's
+    own range is wider for some fields: temperature is 0..2 there, 0..1 at several vendors)."""
+    value = body.get(field)
+    if value is None:
+        return None
+    if not low <= value <= high:
+        raise ValueError(f"`{field}` {value} is outside {where}'s range [{low:g}, {high:g}]")
+    return value
