@@ -40,9 +40,13 @@ def _prepare_targets(targets: Any, doc: Document, loc: tuple, defaults: dict[str
         country = country.upper() if isinstance(country, str) else None
         if isinstance(raw.get("scope"), str):
             try:
-                raw["zone"] = adapter.zone_for_scope(raw["scope"], country if country in COUNTRY_ZONE else None)
+                known = country if country in COUNTRY_ZONE else None
+                raw["zone"] = adapter.zone_for_target(raw["scope"], known, str(raw.get("region") or ""))
             except ValueError as exc:
                 issues.append(doc.issue((*loc, i, "scope"), str(exc)))
+                continue
+            if known is not None and raw["zone"] != COUNTRY_ZONE[known]:
+                raw.pop("country", None)  # a span or GLOBAL: the scope says it processes beyond one country
         elif country in COUNTRY_ZONE:
             raw["zone"] = COUNTRY_ZONE[country]
     return issues

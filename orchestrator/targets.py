@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.spec import Target
-from orchestrator.spec.zones import normalize_country, normalize_zone
+from orchestrator.spec.zones import normalize_country, normalize_zone, parts
 
 
 def filter_targets(
@@ -33,7 +33,7 @@ def filter_targets(
         raise SpecError([SpecIssue("command line", None, None, "filter", str(exc))]) from None
     return [
         t for t in targets
-        if (z is None or t.zone == z)
+        if (z is None or z in parts(t.zone))
         and (provider is None or t.provider == provider)
         and (c is None or t.country == c)
         and (gpu_memory is None or any(a.total_memory_gb >= gpu_memory for a in t.accelerators))

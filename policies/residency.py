@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orchestrator.spec.common import Residency
-from orchestrator.spec.zones import COUNTRY_ZONE, GLOBAL
+from orchestrator.spec.zones import COUNTRY_ZONE, GLOBAL, SPAN_JOIN
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,12 +29,23 @@ class Place:
 
 
 def location_allowed(residency: Residency, zone: str, country: str | None) -> bool:
-    """The location rule alone (zone or country), without sovereignty."""
+    """The location rule alone (zone or country), without sovereignty. A span (`EU+UK+CH`) is allowed only when
+    every place in it is: the vendor, not the caller, picks where in it a request is processed."""
     if zone == GLOBAL:
         return False
+    if SPAN_JOIN in zone:
+        return all(_part_allowed(residency, part) for part in zone.split(SPAN_JOIN))
     if country is not None and country in residency.countries:
         return True
     return zone in residency.zones
+
+
+def _part_allowed(residency: Residency, part: str) -> bool:
+    """One place of a span: a country (allowed by name or by its zone) or a zone (allowed by name only: a zone
+    is wider than any country in it)."""
+    if part in COUNTRY_ZONE:
+        return part in residency.countries or COUNTRY_ZONE[part] in residency.zones
+    return part in residency.zones
 
 
 def _jurisdiction_ok(residency: Residency, jurisdiction: str) -> bool:
@@ -67,6 +78,11 @@ def violations(residency: Residency, place: Place) -> tuple[str, ...]:
 def _location_reason(residency: Residency, place: Place) -> str:
     if place.zone == GLOBAL:
         return f"residency: may process anywhere (GLOBAL), but only {_allowed(residency)} is allowed"
+    if SPAN_JOIN in place.zone:
+        outside = [p for p in place.zone.split(SPAN_JOIN) if not _part_allowed(residency, p)]
+        return (f"residency: may process anywhere in {', '.join(place.zone.split(SPAN_JOIN))} (the vendor picks "
+                f"where), and {', '.join(outside)} {'is' if len(outside) == 1 else 'are'} not in "
+                f"{_allowed(residency)}")
     parts = []
     if residency.zones:
         parts.append(f"zone {place.zone} is not in [{', '.join(residency.zones)}]")

@@ -108,6 +108,12 @@ class Provider(abc.ABC):
             return zone_of(country)
         return zone
 
+    def zone_for_target(self, scope: str, country: str | None, region: str) -> str:
+        """A catalog target's zone from its scope, country and region; the scope alone, unless an adapter needs
+        the region too (a Databricks workspace's Geo follows its cloud's region). A zone that is a span of places
+        (`EU+UK+CH`) or GLOBAL drops the target's country: no one country is where it processes."""
+        return self.zone_for_scope(scope, country)
+
     def sdk(self) -> ModuleType:
         """Import the provider's SDK, or say which extra installs it."""
         if self.sdk_module is None:

@@ -45,9 +45,19 @@ class Databricks(Provider):
     name = "databricks"
     extra = "databricks"
     sdk_module = "databricks.sdk"
-    scopes = {"in-region": None, "cross-geo": "GLOBAL"}
+    #: `in-geo`: cross-Geo processing disabled, so serving processes in the workspace's Geo (`databricks_geo.geo_of`);
+    #: `in-region` is read the same way (no Designated Service promises one region or country).
+    scopes = {"in-geo": None, "in-region": None, "cross-geo": "GLOBAL"}
     connection_model = DatabricksConnection
     direct_params = frozenset({"host"})  # not `profile`: the router host's own ~/.databrickscfg
+
+    def zone_for_target(self, scope: str, country: str | None, region: str) -> str:
+        zone = self.zone_for_scope(scope, country)
+        if zone == "GLOBAL":
+            return zone
+        from providers.databricks_geo import geo_of
+
+        return geo_of(region, country)
 
     def describe(self) -> str:
         return "Databricks Model Serving (pay-per-token foundation models; GPU model serving)"

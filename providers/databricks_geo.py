@@ -10,6 +10,9 @@ profile on the same tab (`GET /api/2.0/settings/types/shield_csp_enablement_ws_d
 default: cross-Geo processing is on by default for workspaces outside the US and EU Geos without that profile.
 
 So the org's declaration (`connection.cross_geo`) decides, and without one Sovra fails closed: GLOBAL.
+
+With cross-Geo processing disabled, serving still processes anywhere in the workspace's Geo, not in its region's
+country: `geo_of` gives that Geo as a span of places (see `orchestrator.spec.zones`).
 """
 
 from __future__ import annotations
@@ -17,8 +20,42 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.errors import ProviderError
-from orchestrator.spec.zones import GLOBAL, zone_of
+from orchestrator.spec.zones import GLOBAL, parts, zone_of
 from providers.base import LiveSetting
+
+# Databricks Geos on AWS and GCP, per docs.databricks.com/aws/en/resources/databricks-geos ("Geo: comprising
+# regions in"): Americas (United States, Brazil, Canada), Asia (Hong Kong, Japan, Korea, Singapore), Australia & New
+# Zealand, Europe (EEA, Switzerland, UK), India, Mainland China, Middle East and Africa (Qatar, South Africa, UAE).
+# Europe's span is EU+UK+CH: the EEA's members outside the EU (NO, IS, LI) host no AWS or GCP region Databricks runs
+# in; should one open, add EEA here, which makes the Geo stricter, never looser.
+_GEOS: tuple[str, ...] = ("US+CA+BR", "HK+JP+KR+SG", "AU+NZ", "EU+UK+CH", "IN", "CN", "QA+ZA+AE")
+#: Azure Databricks follows Azure geographies (learn.microsoft.com/azure/databricks/resources/databricks-geos):
+#: most are one country (Germany, France, Sweden, Norway, Switzerland, UK, ...: the region's country, from
+#: providers/azure_ml_regions.py); these hold two.
+_AZURE_GEOGRAPHIES = {"westeurope": "IE+NL", "northeurope": "IE+NL",  # "Europe"
+                      "eastasia": "HK+SG", "southeastasia": "HK+SG"}  # "Asia Pacific"
+
+
+def geo_of(region: str, country: str | None) -> str:
+    """Where a workspace in `region` (country `country`) processes with cross-Geo processing disabled: its Geo, as a
+    span ("EU+UK+CH") or, for a one-country Geo, the country's zone. ValueError for a region Sovra cannot place."""
+    from providers.aws import REGION_COUNTRY as AWS
+    from providers.azure_ml_regions import REGION_COUNTRY as AZURE
+
+    key = region.replace(" ", "").lower()
+    if key in _AZURE_GEOGRAPHIES:
+        return _AZURE_GEOGRAPHIES[key]
+    if key in AZURE:  # an Azure Databricks workspace: its geography is its region's country
+        return zone_of(AZURE[key])
+    country = country or AWS.get(key)
+    if country is None:
+        raise ValueError(f"databricks: cannot tell the Geo of region {region!r} without the target's `country`")
+    for geo in _GEOS:
+        members = geo.split("+")
+        if country in members or zone_of(country) in members:
+            return geo if "+" in geo else zone_of(country)
+    raise ValueError(f"databricks: {country} is in no Databricks Geo Sovra knows; add it to providers/databricks_geo.py")
+
 
 SETTING = "cross-Geo processing (Designated Services)"
 FIX = ("have an account admin turn ON 'Enforce data processing within workspace Geography for Designated "
@@ -32,13 +69,13 @@ RETRY_TIMEOUT_S = 10
 def cross_geo_setting(target: Any, connection: Any, host: str) -> LiveSetting:
     """The workspace's cross-Geo processing as a LiveSetting: GLOBAL unless the org declares it disabled."""
     csp = compliance_profile(host, connection.profile)
-    in_geo = zone_of(target.country) if target.country else target.zone
+    in_geo = target.zone  # the Geo's span (a cross-Geo target is GLOBAL, whatever the workspace says)
     profile = {True: "on", False: "off", None: "unreadable (needs a workspace admin)"}[csp]
     if connection.cross_geo == "disabled":
         value, zone = "disabled (declared in org.yaml)", in_geo
     elif connection.cross_geo == "enabled":
         value, zone = "enabled (declared in org.yaml)", GLOBAL
-    elif csp is False and in_geo not in ("EU", "US"):
+    elif csp is False and not {"EU", "US"} & set(parts(in_geo)):
         value, zone = "enabled (Databricks' default outside the US and EU without the compliance profile)", GLOBAL
     else:
         value, zone = "unverified (no API exposes it and org.yaml does not declare it)", GLOBAL

@@ -14,7 +14,7 @@ from pydantic import (
     model_validator,
 )
 
-from orchestrator.spec.zones import GLOBAL, normalize_country, normalize_zone
+from orchestrator.spec.zones import GLOBAL, normalize_country, normalize_span, normalize_zone
 
 
 class Frozen(BaseModel):
@@ -24,6 +24,8 @@ class Frozen(BaseModel):
 
 
 Zone = Annotated[str, AfterValidator(normalize_zone)]
+#: a target's zone: one zone, or a span of zones and countries it may process in ("EU+UK+CH"; see `zones`)
+Span = Annotated[str, AfterValidator(normalize_span)]
 Country = Annotated[str, AfterValidator(normalize_country)]
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")]
 TargetId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]*(/[A-Za-z0-9._-]+)*$", max_length=120)]

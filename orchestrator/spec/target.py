@@ -6,8 +6,8 @@ import datetime as dt
 
 from pydantic import Field, model_validator
 
-from orchestrator.spec.common import Accelerator, Country, Frozen, ManagedModel, Operator, TargetId, Usd, Zone
-from orchestrator.spec.zones import GLOBAL, zone_of
+from orchestrator.spec.common import Accelerator, Country, Frozen, ManagedModel, Operator, Span, TargetId, Usd
+from orchestrator.spec.zones import GLOBAL, SPAN_JOIN, zone_of
 
 
 class Target(Frozen):
@@ -20,7 +20,8 @@ class Target(Frozen):
     country: Country | None = Field(
         default=None, description="Country of processing; omit for offerings that may process anywhere in a zone."
     )
-    zone: Zone = Field(description="Data zone of processing (EU, US, APAC, ... or GLOBAL).")
+    zone: Span = Field(description="Data zone of processing (EU, US, APAC, ... or GLOBAL), or the span of zones and "
+                       "countries it may process in, joined by `+` (a Databricks Geo: EU+UK+CH).")
     scope: str | None = Field(
         default=None,
         description="The provider's own label for where it processes (Azure DataZone, Bedrock `eu` profile, "
@@ -44,6 +45,9 @@ class Target(Frozen):
             )
         if not self.accelerators and not self.models:
             raise ValueError("a target needs accelerators (self-hosted) or models (managed)")
+        if self.country is not None and SPAN_JOIN in self.zone:
+            raise ValueError(f"zone {self.zone} is a span of places the target may process in, so it has no one "
+                             "country; remove `country`")
         if self.country is not None and self.zone != GLOBAL and zone_of(self.country) != self.zone:
             raise ValueError(
                 f"country {self.country} belongs to zone {zone_of(self.country)}, not {self.zone}"

@@ -2,6 +2,11 @@
 
 A zone is a legal processing area (the EU, the US, ...), so each country belongs to exactly one zone.
 `GLOBAL` is not a place: it marks offerings that may process anywhere.
+
+A target may also process in several places at once, none of them chosen by the caller: a Databricks Geo (Europe:
+the EU, the UK and Switzerland), an Azure geography of two countries. Its zone is then a *span*: the zones and
+countries it may use, joined by `+` ("EU+UK+CH", "IE+NL", "US+CA+BR"). Data may be processed at a span only where
+it may be processed at every part of it (`policies.residency`).
 """
 
 from __future__ import annotations
@@ -43,6 +48,35 @@ def normalize_zone(value: str) -> str:
     if zone not in ZONES:
         raise ValueError(f"unknown zone {value!r}; valid zones: {', '.join(sorted(ZONES))}")
     return zone
+
+
+#: what joins the parts of a span
+SPAN_JOIN = "+"
+
+
+def parts(zone: str) -> tuple[str, ...]:
+    """The places a zone stands for: itself, or each part of a span."""
+    return tuple(zone.split(SPAN_JOIN)) if SPAN_JOIN in zone else (zone,)
+
+
+def normalize_span(value: str) -> str:
+    """A target's zone: one zone (GLOBAL included), or a span of zones and countries joined by `+` (e.g.
+    "EU+UK+CH"); upper-cased, each part once. ValueError names what a part may be."""
+    if SPAN_JOIN not in value:
+        return normalize_zone(value)
+    out: list[str] = []
+    for raw in value.split(SPAN_JOIN):
+        part = raw.strip().upper()
+        if part == GLOBAL:
+            raise ValueError(f"{value!r}: GLOBAL cannot be part of a span (a target that may process anywhere is "
+                             "just GLOBAL)")
+        if part not in _ZONE_COUNTRIES and part not in COUNTRY_ZONE:
+            raise ValueError(f"{value!r}: {raw.strip()!r} is neither a zone ({', '.join(sorted(_ZONE_COUNTRIES))}) "
+                             "nor an ISO 3166-1 alpha-2 country code")
+        if part not in out:
+            out.append(part)
+    return SPAN_JOIN.join(out) if len(out) > 1 else normalize_zone(out[0]) if out[0] in ZONES else \
+        COUNTRY_ZONE[out[0]]
 
 
 def normalize_country(value: str) -> str:

@@ -257,18 +257,20 @@ def test_connection_rejects_what_it_cannot_take(raw, field):
 def test_catalog_scopes_translate_to_zones():
     assert PROVIDER.zone_for_scope("in-region", "DE") == "EU"
     assert PROVIDER.zone_for_scope("cross-geo", None) == "GLOBAL"
-    assert (EU.zone, EU.country, JP.zone, CROSS.zone, CROSS.country) == ("EU", "DE", "APAC", "GLOBAL", None)
-    with pytest.raises(ValueError, match="valid: cross-geo, in-region"):
+    # a workspace's serving processes in its Geo (tests/unit/test_databricks_geo.py), not its region's country
+    assert (EU.zone, EU.country, JP.zone, CROSS.zone, CROSS.country) == ("EU+UK+CH", None, "HK+JP+KR+SG", "GLOBAL",
+                                                                        None)
+    with pytest.raises(ValueError, match="valid: cross-geo, in-geo, in-region"):
         PROVIDER.zone_for_scope("geo-only", "DE")
 
 
 @pytest.mark.parametrize("target, declared, csp, zone, value", [
-    (EU, "disabled", False, "EU", "disabled (declared in org.yaml)"),
+    (EU, "disabled", False, "EU+UK+CH", "disabled (declared in org.yaml)"),
     (EU, "enabled", False, "GLOBAL", "enabled (declared in org.yaml)"),
     (EU, None, False, "GLOBAL", "unverified"),
     (JP, None, False, "GLOBAL", "enabled (Databricks' default"),
     (JP, None, True, "GLOBAL", "unverified"),
-    (JP, "disabled", True, "APAC", "disabled"),
+    (JP, "disabled", True, "HK+JP+KR+SG", "disabled"),
     (CROSS, "disabled", False, "GLOBAL", "disabled"),
 ])
 def test_live_settings_cross_geo(workspace, target, declared, csp, zone, value):
@@ -342,7 +344,7 @@ def test_sdk_direct_mode_calls_a_databricks_backend_itself_with_the_apps_own_cre
 
     key = "sk-direct-eu"
     tenant = Tenant(name="eu", key_sha256=hashlib.sha256(key.encode()).hexdigest(),
-                    residency=Residency(zones=("EU",)))
+                    residency=Residency(zones=("EU", "UK", "CH")))  # the workspace's Geo: Europe
     state = RouterState(Dispatcher(RoutingTable.of([backend()])), TenantDirectory.of([tenant]), {})
     with ServerThread(create_app(state)) as router:
         async def scenario():
