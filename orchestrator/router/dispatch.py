@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -27,6 +27,7 @@ from orchestrator.router.errors import (
     RouterError,
     Saturated,
     TimedOut,
+    Untranslatable,
     UpstreamError,
     UpstreamTimeout,
 )
@@ -129,12 +130,14 @@ class Dispatcher:
         counted: set[str] = set()  # at most one breaker failure per request per backend
         last: AttemptFailed | None = None
         refusals: list[Refused] = []
+        cannot: list[str] = []  # backends whose vendor cannot carry this request (nothing was sent to them)
+        unable: set[str] = set()
         # `attempt` counts sends against max_attempts; stepping from an undelivered first try to another backend
         # is free (nothing was sent), at most once per other allowed backend, so a dead rung never uses up the
         # attempts a live one further down the ladder needs.
         attempt, free_steps = 0, len(plan.allowed) - 1
         while attempt < self.max_attempts:
-            backend = self._choose(route, plan, ranker, tried)
+            backend = self._choose(route, plan, ranker, tried, unable)
             if backend is None:
                 break
             if not bound.permits(backend.place):  # defence in depth: never send outside the gate
@@ -144,6 +147,10 @@ class Dispatcher:
             before(backend)  # recorded before the payload may leave; an audit that cannot write stops it here
             try:
                 return await self._attempt(backend, call, observe, counted, stream=stream), backend
+            except Untranslatable as exc:  # e.g. tools to a vendor without them: another allowed backend may can
+                cannot.append(f"{backend.target}: {exc.message}")
+                unable.add(backend.id)
+                continue  # nothing left: no attempt used, and `tried` keeps it from being chosen again
             except AttemptFailed as exc:
                 if not exc.resend:
                     error = UpstreamTimeout if isinstance(exc, TimedOut) else UpstreamError
@@ -156,6 +163,9 @@ class Dispatcher:
                 attempt += 1
                 if attempt < self.max_attempts:
                     await self.sleep(self.backoff_s * (2 ** (attempt - 1)))
+        if cannot and not refusals:
+            raise Untranslatable(f"no allowed backend of {route.name!r} can take this request, and it was sent "
+                                 f"nowhere: {'; '.join(cannot)}")
         _raise_if_all_refused(route, refusals)
         raise NoAllowedBackend(
             f"no healthy backend of {route.name!r} is left in {bound.describe()} "
@@ -272,17 +282,20 @@ class Dispatcher:
         prev = self.latency_ms.get(bid)
         self.latency_ms[bid] = elapsed if prev is None else prev + self.ewma_alpha * (elapsed - prev)
 
-    def _choose(self, route: Route, plan: _Plan, ranker: RoutingPolicy, tried: set[str]) -> Backend | None:
+    def _choose(self, route: Route, plan: _Plan, ranker: RoutingPolicy, tried: set[str],
+                unable: Collection[str] = ()) -> Backend | None:
         """The policy's choice among the allowed backends whose circuit admits a request, untried ones first (once
         none is left a tried one may be retried: a Serve app has several replicas, so a retry after one replica's
-        undelivered failure usually lands on a live one), below `max_in_flight`. None when none is available."""
+        undelivered failure usually lands on a live one), below `max_in_flight`; never one in `unable` (its vendor
+        cannot carry the request). None when none is available."""
         check = self.breaker.any_open()
         in_flight, latency, default_cap = self.in_flight, self.latency_ms, self.max_in_flight
         for skip in ((tried, frozenset()) if tried else (frozenset(),)):
             healthy = 0
             for tier in plan.tiers:
-                ok = tier if not (skip or check) else [
-                    b for b in tier if b.id not in skip and (not check or self.breaker.available(b.id))]
+                ok = tier if not (skip or check or unable) else [
+                    b for b in tier if b.id not in skip and b.id not in unable
+                    and (not check or self.breaker.available(b.id))]
                 if not ok:
                     continue
                 healthy += len(ok)

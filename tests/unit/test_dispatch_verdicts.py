@@ -207,3 +207,28 @@ def test_a_stream_the_client_abandons_is_observed_as_cancelled_and_leaves_nothin
 
     run(main())
     assert seen == ["cancelled"] and d.in_flight["m@paris"] == 0
+
+
+def test_a_backend_that_cannot_carry_the_request_steps_aside_for_one_in_the_bound_that_can():
+    """`tools` to a vendor without them: nothing left, so the next allowed backend takes it, and no attempt is
+    used up (max_attempts 1 still reaches it)."""
+    from orchestrator.router.errors import Untranslatable
+
+    t = table("paris", "lyon")
+    d = Dispatcher(t, sleep=no_sleep, max_attempts=1)
+    s = Script(paris=Untranslatable("aws-bedrock cannot do `seed`"))
+    assert run(d.send(t.resolve("m"), EU, s, s.observe))[0] == "lyon"
+    assert s.seen == [("paris", "not_sent"), ("lyon", "ok")]
+    assert not d.breaker.is_open(t.resolve("m").backends[0].id)
+
+
+def test_when_no_allowed_backend_can_carry_it_the_client_gets_a_400_naming_each():
+    from orchestrator.router.errors import Untranslatable
+
+    t = table("paris", "lyon")
+    d = Dispatcher(t, sleep=no_sleep)
+    s = Script(paris=Untranslatable("vendor A cannot do `seed`"), lyon=Untranslatable("vendor B cannot do `seed`"))
+    with pytest.raises(Untranslatable) as exc:
+        run(d.send(t.resolve("m"), EU, s, s.observe))
+    assert exc.value.status == 400 and s.sent == ["paris", "lyon"]
+    assert "paris: vendor A" in exc.value.message and "lyon: vendor B" in exc.value.message
