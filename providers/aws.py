@@ -133,6 +133,12 @@ _NOT_FOUND = {"resourcenotfoundexception", "resourcenotfound", "notfoundexceptio
 _INVALID = {"validationexception", "validationerror"}
 _TIMED_OUT = {"modeltimeoutexception"}  # Bedrock: "processing time exceeded the model timeout length" (HTTP 408)
 _MISSING_ENDPOINT = re.compile(r"endpoint\b.*\bnot found|could not find endpoint", re.IGNORECASE)
+#: Bedrock's ValidationExceptions that judge the backend's model id, not the request: "Invocation of model ID X with
+#: on-demand throughput isn’t supported. Retry your request with the ID or ARN of an inference profile that contains
+#: this model." (profile-only models called by their plain id) and "The provided model identifier is invalid." (an
+#: id this region or account does not know). Every request to that id fails alike, so it is taken out.
+_MISCONFIGURED = re.compile(r"on-demand throughput is(n[’']t| not) supported|inference profile that contains this "
+                            r"model|provided model identifier is invalid", re.IGNORECASE)
 
 
 def verdict(exc: BaseException, where: str) -> AttemptFailed | BadRequest:
@@ -140,7 +146,8 @@ def verdict(exc: BaseException, where: str) -> AttemptFailed | BadRequest:
 
     Only a failure to connect is undelivered; once a request was written, a timeout or a dropped connection may
     follow its processing, so it is Failed and never resent. AWS error codes that say "not processed" (throttled,
-    credentials refused, no such endpoint or model) are Refused; a request AWS calls invalid is the client's 400.
+    credentials refused, no such endpoint or model, a model id Bedrock cannot serve) are Refused; any other request
+    AWS calls invalid is the client's 400.
     """
     from botocore import exceptions as bx
 
@@ -174,6 +181,9 @@ def _client_error(exc: Any, where: str) -> AttemptFailed | BadRequest:
         return Refused(said, status=401, down=True)
     if key in _NOT_FOUND or (key in _INVALID and _MISSING_ENDPOINT.search(message)):
         return Refused(said, status=404, down=True)
+    if key in _INVALID and _MISCONFIGURED.search(message):
+        return Refused(f"{said} (the backend's model id is misconfigured, not the request: it is taken out; "
+                       "`sovra status` says why and `sovra audit settings` names the fix)", down=True)
     if key in _INVALID:
         return BadRequest(said)
     if key == "modelerror":

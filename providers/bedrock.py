@@ -5,15 +5,22 @@ instruct-v0:2`) runs in the client's region; a geographic profile id (`eu.`, `us
 region of that geography; a `global.` profile anywhere. So `locate` builds the id from the target's scope, and
 `live_settings` reads the profile's regions from the account rather than trusting the prefix.
 
-The router speaks OpenAI's chat format; Bedrock's Converse API is translated here (`converse_request`, `answer`,
-`stream_chunks`). Embeddings go through InvokeModel for the Titan and Cohere embedding models.
+The router speaks OpenAI's chat format; Bedrock's Converse API is translated in `bedrock_converse` (tools
+included). Embeddings go through InvokeModel for the Titan and Cohere embedding models.
+
+A target whose id Bedrock cannot serve (a plain id of a profile-only model, an id that does not exist) is the
+backend's fault, not the client's: the attempt is refused with the backend taken out (`aws.verdict`), its health
+stays false while the account says so, `describe` (`sovra status`) says why, and `live_settings` (`sovra audit
+settings`) names the inference profile to use.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+import struct
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from pydantic import Field
@@ -24,13 +31,10 @@ from orchestrator.router.clients import BackendClient
 from orchestrator.router.errors import AttemptFailed, BadRequest, Failed, building
 from providers import aws, openai_wire
 from providers.base import Connection, LiveSetting, Locator, Provider
+from providers.bedrock_converse import FINISH, answer, converse_request, openai_messages, stream_chunks
 
 log = logging.getLogger("sovra.providers.bedrock")
-
-#: Converse stopReason -> OpenAI finish_reason
-FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
-          "content_filtered": "content_filter", "guardrail_intervened": "content_filter"}
-
+__all__ = ["FINISH", "Bedrock", "BedrockClient", "answer", "converse_request", "openai_messages", "stream_chunks"]
 
 class BedrockConnection(Connection):
     """How to reach Bedrock: credentials from boto3's standard chain, optionally a named AWS profile. The region is
@@ -78,14 +82,17 @@ class Bedrock(Provider):
         return Locator(address, params)
 
     def live_settings(self, target, connection) -> list[LiveSetting]:
-        """For each profile id the target uses, the zone its regions (as the account reports them) amount to."""
+        """For each profile id the target uses, the zone its regions (as the account reports them) amount to. A
+        plain id that Bedrock serves only through inference profiles is no setting but a target that cannot
+        serve: a ProviderError naming the profile to use (the report lists the target as unread, held out)."""
         profile = connection.profile if isinstance(connection, BedrockConnection) else None
         control = aws.AwsClients().get("bedrock", target.region, profile)
         out = []
         for m in target.models:
             address = self.locate(target, m.name, connection).address
             if profile_prefix(address) is None and not address.startswith("arn:"):
-                continue  # an in-region id: no account setting widens it
+                self._check_on_demand(target, control, address)  # an in-region id: no account setting widens it
+                continue
             try:
                 regions = profile_regions(control.get_inference_profile(inferenceProfileIdentifier=address))
             except Exception as exc:  # any SDK failure, classified once by aws.verdict
@@ -97,6 +104,18 @@ class Bedrock(Provider):
                     f"give model {m.name} of {target.id} an `id:` with a narrower prefix (e.g. eu.) or a plain "
                     f"in-region id, with the target's `scope` to match"))
         return out
+
+    @staticmethod
+    def _check_on_demand(target, control: Any, address: str) -> None:
+        try:
+            details = control.get_foundation_model(modelIdentifier=address).get("modelDetails") or {}
+            if on_demand(details):
+                return
+            profiles = profiles_for(control, address)
+        except Exception as exc:  # any SDK failure, classified once by aws.verdict
+            raise ProviderError(f"{target.id}: cannot read model {address}: {aws.verdict(exc, target.id)}") from exc
+        raise ProviderError(needs_profile(address, profiles, target.id, target.zone) + "; until then this target "
+                            "cannot serve")
 
 
 def profile_prefix(model: str) -> str | None:
@@ -138,102 +157,110 @@ def profile_regions(profile: Mapping[str, Any]) -> list[str]:
     return sorted({aws.region_of_arn(m.get("modelArn", "")) for m in profile.get("models") or ()} - {""})
 
 
-# -- OpenAI <-> Converse ---------------------------------------------------------------------------------------------
+# -- embeddings (InvokeModel) ---------------------------------------------------------------------------------------
 
 
-def converse_request(body: Mapping[str, Any]) -> dict[str, Any]:
-    """An OpenAI chat body as Converse arguments: system prompts apart, consecutive turns of one role merged (Converse
-    wants them alternating), sampling settings in `inferenceConfig`. Only text is carried: anything else is a 400
-    rather than silently dropped."""
-    if body.get("tools") or body.get("functions"):
-        raise BadRequest("aws-bedrock backends take text chat only here; tools are not translated")
-    if int(body.get("n") or 1) != 1:
-        raise BadRequest("aws-bedrock answers one choice per request; n must be 1")
-    system, turns = openai_wire.split_system(body.get("messages") or [])
-    messages: list[dict[str, Any]] = []
-    for m in turns:
-        role, content = m.get("role"), m.get("content")
-        if role not in ("user", "assistant"):
-            raise BadRequest(f"aws-bedrock: a message with role {role!r} cannot be sent (system, user, assistant)")
-        if isinstance(content, list) and any(not isinstance(p, Mapping) or p.get("type") != "text" for p in content):
-            raise BadRequest("aws-bedrock: only text content parts are translated")
-        block = {"text": openai_wire.text_of(content)}
-        if messages and messages[-1]["role"] == role:
-            messages[-1]["content"].append(block)
-        else:
-            messages.append({"role": role, "content": [block]})
-    out: dict[str, Any] = {"messages": messages}
-    if system:
-        out["system"] = [{"text": s} for s in system]
-    config: dict[str, Any] = {}
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    for key, value in (("maxTokens", max_tokens), ("temperature", body.get("temperature")),
-                       ("topP", body.get("top_p"))):
-        if value is not None:
-            config[key] = value
-    stop = body.get("stop")
-    if stop:
-        config["stopSequences"] = [stop] if isinstance(stop, str) else list(stop)
-    if config:
-        out["inferenceConfig"] = config
-    return out
+#: Cohere Embed on Bedrock takes at most 96 texts per InvokeModel call
+#: (docs.aws.amazon.com/bedrock/latest/userguide/model-parameters-embed.html, ...-embed-v4.html).
+COHERE_BATCH = 96
+#: Embed v4's `output_dimension` values (model-parameters-embed-v4.html).
+COHERE_V4_DIMENSIONS = (256, 512, 1024, 1536)
 
 
-def openai_messages(request: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Converse arguments back as OpenAI messages (system first, one message per text block): the inverse of
-    `converse_request` for text chat, used to check the translation and by the Bedrock emulator."""
-    out: list[dict[str, Any]] = [{"role": "system", "content": s.get("text", "")} for s in request.get("system") or ()]
-    for m in request.get("messages") or ():
-        out += [{"role": m["role"], "content": b["text"]} for b in m.get("content") or () if "text" in b]
-    return out
+def is_cohere(model: str) -> bool:
+    return ".cohere.embed" in f".{model}"
 
 
-def answer(model: str, resp: Mapping[str, Any]) -> dict[str, Any]:
-    """A Converse answer as an OpenAI chat.completion, with Converse's token usage."""
-    content = resp["output"]["message"]["content"]
-    usage = resp.get("usage") or {}
-    return openai_wire.completion(model, "".join(b.get("text", "") for b in content),
-                                  finish_reason=FINISH.get(resp.get("stopReason"), "stop"),
-                                  prompt_tokens=usage.get("inputTokens"), completion_tokens=usage.get("outputTokens"))
-
-
-def stream_chunks(model: str, events: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
-    """ConverseStream events as OpenAI chunks: the role first, each text delta, then the finish reason with the
-    usage (Converse sends `messageStop`, then `metadata` with the usage)."""
-    id, finish, ended = openai_wire.new_id(), None, False
-    for event in events:
-        if "messageStart" in event:
-            yield openai_wire.chunk(model, id, role="assistant", content="")
-        elif "contentBlockDelta" in event:
-            text = (event["contentBlockDelta"].get("delta") or {}).get("text")
-            if text:
-                yield openai_wire.chunk(model, id, content=text)
-        elif "messageStop" in event:
-            finish = FINISH.get(event["messageStop"].get("stopReason"), "stop")
-        elif "metadata" in event:
-            u = event["metadata"].get("usage") or {}
-            ended = True
-            yield openai_wire.chunk(model, id, finish_reason=finish or "stop",
-                                    usage_=openai_wire.usage(u.get("inputTokens"), u.get("outputTokens")))
-    if not ended and finish is not None:
-        yield openai_wire.chunk(model, id, finish_reason=finish)
-
-
-def embedding_payloads(body: Mapping[str, Any], *, cohere: bool) -> list[str]:
-    """The InvokeModel bodies for an OpenAI embeddings request: one for a Cohere model (every text), else one per
-    input for a Titan model (with `dimensions` when asked)."""
+def embedding_payloads(body: Mapping[str, Any], model: str, where: str = "aws-bedrock") -> list[str]:
+    """The InvokeModel bodies for an OpenAI embeddings request: for a Cohere model, one per batch of 96 texts (Embed
+    v4 asked for `float` embeddings, with `dimensions` as its `output_dimension`); for a Titan model one per input
+    (with `dimensions` when asked)."""
     inputs = openai_wire.inputs_of(body)
-    if cohere:
-        return [json.dumps({"texts": inputs, "input_type": "search_document"})]
-    extra = {"dimensions": int(body["dimensions"])} if body.get("dimensions") else {}
-    return [json.dumps({"inputText": text, **extra}) for text in inputs]
+    dims = body.get("dimensions")
+    if not is_cohere(model):
+        extra = {"dimensions": int(dims)} if dims else {}
+        return [json.dumps({"inputText": text, **extra}) for text in inputs]
+    extra: dict[str, Any] = {}
+    if "cohere.embed-v4" in model:
+        extra["embedding_types"] = ["float"]
+        if dims:
+            if int(dims) not in COHERE_V4_DIMENSIONS:
+                raise ValueError(f"{where}: Cohere Embed v4 takes `dimensions` "
+                                 f"{', '.join(map(str, COHERE_V4_DIMENSIONS))}, not {dims}")
+            extra["output_dimension"] = int(dims)
+    elif dims:
+        raise ValueError(f"{where}: Cohere Embed v3 answers its own size only; send the request without `dimensions`")
+    return [json.dumps({"texts": inputs[i:i + COHERE_BATCH], "input_type": "search_document", **extra})
+            for i in range(0, len(inputs), COHERE_BATCH)]
 
 
-def _closing(stream: Any, model: str) -> Iterator[dict[str, Any]]:
+def embedding_vectors(data: Mapping[str, Any], *, cohere: bool) -> list[list[float]]:
+    """The vectors of one InvokeModel answer: Titan's `embedding`; Cohere's `embeddings`, a list (v3's float
+    answer) or an object keyed by embedding type (`{"float": [...]}`: v4, or v3 given `embedding_types`)."""
+    if not cohere:
+        return [list(data["embedding"])]
+    found = data["embeddings"]
+    if isinstance(found, Mapping):
+        found = found["float"]
+    return [list(v) for v in found]
+
+
+def base64_vectors(answer: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's `encoding_format: base64`: each vector as little-endian float32 bytes, base64-encoded."""
+    for item in answer["data"]:
+        v = item["embedding"]
+        item["embedding"] = base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode()
+    return answer
+
+
+def _closing(stream: Any, model: str, include_usage: bool) -> Iterator[dict[str, Any]]:
     try:
-        yield from stream_chunks(model, stream)
+        yield from stream_chunks(model, stream, include_usage=include_usage)
     finally:
         stream.close()  # release the HTTP connection when the caller stops early
+
+
+# -- the backend's own state: lifecycle, and whether its id can be called at all ------------------------------------
+
+#: Lifecycle states that serve (botocore `FoundationModelLifecycleStatus`: ACTIVE, or LEGACY = deprecated but
+#: still invocable until its end-of-life date; `InferenceProfileStatus` has only ACTIVE).
+SERVING = frozenset({"ACTIVE", "LEGACY"})
+
+
+def on_demand(details: Mapping[str, Any]) -> bool:
+    """Whether a plain model id can be invoked on demand: `inferenceTypesSupported` lists ON_DEMAND. Newer models
+    list only INFERENCE_PROFILE (a value Bedrock answers beyond botocore's `InferenceType` enum)."""
+    kinds = details.get("inferenceTypesSupported")
+    return kinds is None or "ON_DEMAND" in kinds
+
+
+def profiles_for(control: Any, vendor_id: str) -> list[str]:
+    """The system-defined inference profiles of this account and region that contain `vendor_id`
+    (ListInferenceProfiles, every page)."""
+    found, token = [], None
+    while True:
+        page = control.list_inference_profiles(typeEquals="SYSTEM_DEFINED", **({"nextToken": token} if token else {}))
+        for p in page.get("inferenceProfileSummaries") or ():
+            if any(m.get("modelArn", "").endswith(f"foundation-model/{vendor_id}") for m in p.get("models") or ()):
+                found.append(p["inferenceProfileId"])
+        token = page.get("nextToken")
+        if not token:
+            return sorted(found)
+
+
+def needs_profile(address: str, profiles: list[str], where: str, zone: str | None = None) -> str:
+    """What to tell an operator whose target calls a profile-only model by its plain id: the profile to use (one of
+    the target's own zone first)."""
+    fitting = [p for p in profiles if zone is not None and Bedrock.scopes.get(profile_prefix(p) or "") == zone]
+    offer = fitting or profiles
+    if not offer:
+        return (f"{where}: Bedrock offers {address} only through an inference profile, and this account has none "
+                "that contains it in this region")
+    best = offer[0]
+    return (f"{where}: Bedrock offers {address} only through an inference profile, not on demand by its plain id; "
+            f"use `{best}`" + (f" (or {', '.join(offer[1:])})" if offer[1:] else "") +
+            f": give the model `id: {best}` and the target `scope: {profile_prefix(best)}`, and check that zone is "
+            "allowed where it is used")
 
 
 # -- the router's client -------------------------------------------------------------------------------------------
@@ -250,7 +277,7 @@ class BedrockClient(BackendClient):
 
     async def chat(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
         with building(backend.target):
-            request = converse_request(body)
+            request = converse_request(body, backend.target)
         resp = await aws.call(backend.target, lambda: self._get("bedrock-runtime", backend).converse(
             modelId=backend.address, **request))
         try:
@@ -260,45 +287,51 @@ class BedrockClient(BackendClient):
 
     async def chat_stream(self, backend: Backend, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         with building(backend.target):
-            request = converse_request(body)
+            request = converse_request(body, backend.target)
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
         # Bounded without a line cap of ours: botocore's event-stream decoder refuses a message over 24 MB
         # (`botocore.eventstream._MAX_PAYLOAD_LENGTH`), and each message is one event.
         def start() -> Iterator[dict[str, Any]]:
             resp = self._get("bedrock-runtime", backend).converse_stream(modelId=backend.address, **request)
-            return _closing(resp["stream"], backend.model)
+            return _closing(resp["stream"], backend.model, include_usage)
 
         return await openai_wire.first_then_rest(aws.events(backend.target, start))
 
     async def embed(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
-        """Titan (one InvokeModel per input) or Cohere (one per request) embedding models. Every payload is built
-        before the first is sent, so a request Bedrock cannot take never counts against the backend."""
-        cohere = ".cohere.embed" in f".{backend.address}"
+        """Titan (one InvokeModel per input) or Cohere (one per 96 inputs) embedding models, answers joined in
+        order. Every payload is built before the first is sent, so a request Bedrock cannot take never counts
+        against the backend; once one call was processed, a later failure is never resent elsewhere."""
+        cohere = is_cohere(backend.address)
         with building(backend.target):
-            payloads = embedding_payloads(body, cohere=cohere)
+            payloads = embedding_payloads(body, backend.address, backend.target)
+            if body.get("encoding_format") not in (None, "float", "base64"):
+                raise ValueError(f"unknown encoding_format {body['encoding_format']!r} (float or base64)")
 
         def invoke(payload: str) -> dict[str, Any]:
             resp = self._get("bedrock-runtime", backend).invoke_model(modelId=backend.address, body=payload,
                                      contentType="application/json", accept="application/json")
             return json.loads(resp["body"].read())
 
-        try:
-            if cohere:
-                data = await aws.call(backend.target, lambda: invoke(payloads[0]))
-                return openai_wire.embeddings(backend.model, data["embeddings"])
-            vectors, tokens = [], 0
-            for i, payload in enumerate(payloads):
-                try:
-                    data = await aws.call(backend.target, lambda p=payload: invoke(p))
-                except AttemptFailed as exc:
-                    if i and exc.resend:  # earlier inputs were processed: the request as a whole is not resendable
-                        raise Failed(f"{exc} (after {i} of {len(payloads)} inputs were embedded)") from exc
-                    raise
-                vectors.append(data["embedding"])
+        vectors, tokens = [], 0
+        for i, payload in enumerate(payloads):
+            try:
+                data = await aws.call(backend.target, lambda p=payload: invoke(p))
+            except AttemptFailed as exc:
+                if i and exc.resend:  # earlier inputs were processed: the request as a whole is not resendable
+                    raise Failed(f"{exc} (after {i} of {len(payloads)} calls had answered)") from exc
+                raise
+            try:
+                got = embedding_vectors(data, cohere=cohere)
                 tokens += int(data.get("inputTextTokenCount") or 0)
-            return openai_wire.embeddings(backend.model, vectors, tokens)
-        except (KeyError, TypeError, ValueError) as exc:  # only the answers are read in here
-            raise Failed(f"the embedding answer has an unexpected shape ({exc!r})") from None
+            except (KeyError, TypeError, ValueError) as exc:
+                raise Failed(f"{backend.target}: the embedding answer has an unexpected shape ({exc!r})") from None
+            if cohere and len(got) != len(json.loads(payload)["texts"]):
+                raise Failed(f"{backend.target}: Cohere answered {len(got)} embeddings for "
+                             f"{len(json.loads(payload)['texts'])} texts")
+            vectors += got
+        out = openai_wire.embeddings(backend.model, vectors, tokens)
+        return base64_vectors(out) if body.get("encoding_format") == "base64" else out
 
     async def _state(self, backend: Backend) -> dict[str, Any]:
         def control() -> Any:
@@ -310,16 +343,24 @@ class BedrockClient(BackendClient):
             return {"status": p.get("status", ""), "profile": backend.address, "regions": profile_regions(p)}
         d = (await aws.call(backend.target, lambda: control().get_foundation_model(
             modelIdentifier=backend.address))).get("modelDetails") or {}
-        return {"status": (d.get("modelLifecycle") or {}).get("status", ""), "model": backend.address,
-                "streaming": bool(d.get("responseStreamingSupported"))}
+        out = {"status": (d.get("modelLifecycle") or {}).get("status", ""), "model": backend.address,
+               "streaming": bool(d.get("responseStreamingSupported"))}
+        if not on_demand(d):  # it can never answer by this id: say why, and what to use (payload-free calls)
+            profiles = await aws.call(backend.target, lambda: profiles_for(control(), backend.address))
+            out["problem"] = needs_profile(backend.address, profiles, backend.target, backend.place.zone)
+            out["status"] = f"{out['status']}, but not callable: {out['problem']}"
+        return out
 
     async def health(self, backend: Backend) -> bool:
-        """The control plane says the profile or model is ACTIVE (no payload is sent)."""
+        """The control plane says the profile or model serves (ACTIVE, or LEGACY: deprecated, still invocable) and,
+        for a plain model id, that it can be invoked on demand (no payload is sent). A backend taken out for a
+        configuration error thus stays out until its configuration is fixed."""
         try:
-            return (await self._state(backend))["status"] == "ACTIVE"
+            state = await self._state(backend)
         except (AttemptFailed, BadRequest) as exc:
             log.debug("bedrock health %s: %s", backend.target, exc)
             return False
+        return "problem" not in state and state["status"] in SERVING
 
     async def describe(self, backend: Backend) -> dict[str, Any]:
         return await self._state(backend)

@@ -4,6 +4,11 @@ The router calls an existing endpoint (named in org.yaml `endpoints:`; provision
 through `sagemaker-runtime`. The body is OpenAI's chat request as JSON, which the Messages API of the TGI and LMI
 (vLLM) containers takes; their answer is an OpenAI chat.completion, or TGI's `[{"generated_text": ...}]`. Streams
 come through `invoke_endpoint_with_response_stream` as payload parts carrying server-sent events.
+
+The body goes to the container as the client sent it (only `model` and `stream` set), so `tools`, `tool_choice`,
+`response_format`, `stream_options`, `seed`, `stop`, `logprobs` reach a Messages-API container untouched and its
+answer (tool calls included) comes back as it gave it; a container that cannot do one answers its own 4xx, which
+the client gets as a 400 (`aws._model_error`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,11 @@ from providers.base import Connection, LiveSetting, Locator, Provider
 
 log = logging.getLogger("sovra.providers.sagemaker")
 _JSON = "application/json"
+#: EndpointStatus values (botocore's sagemaker model, DescribeEndpoint) in which the endpoint still takes requests:
+#: InService; Updating and SystemUpdating (an update or maintenance runs while the current variants serve);
+#: RollingBack (back to its previous configuration, then InService); UpdateRollbackFailed ("in service with a mix
+#: of the old and new endpoint configurations"). Creating, OutOfService, Deleting, Failed do not serve.
+SERVING = frozenset({"InService", "Updating", "SystemUpdating", "RollingBack", "UpdateRollbackFailed"})
 
 
 class SageMakerConnection(Connection):
@@ -240,9 +250,9 @@ class SageMakerClient(BackendClient):
                 "region": aws.region_of_arn(d.get("EndpointArn", ""))}
 
     async def health(self, backend: Backend) -> bool:
-        """describe_endpoint says InService (no payload is sent)."""
+        """describe_endpoint says the endpoint serves (no payload is sent): see SERVING."""
         try:
-            return (await self._state(backend))["status"] == "InService"
+            return (await self._state(backend))["status"] in SERVING
         except (AttemptFailed, BadRequest) as exc:
             log.debug("sagemaker health %s: %s", backend.target, exc)
             return False

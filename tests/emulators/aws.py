@@ -15,6 +15,7 @@ and test credentials (`aws_env`), so the adapters under test run their real boto
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -232,7 +233,19 @@ class FakeAws:
     part_size: int = 7                 # sagemaker stream payload parts are cut every `part_size` bytes
     profiles: dict[str, list[str]] = field(default_factory=dict)  # profile id -> regions (else by prefix)
     lifecycle: str = "ACTIVE"          # foundation model / profile status
+    profile_only: set[str] = field(default_factory=set)    # base model ids Bedrock serves only through profiles
+    unknown_models: set[str] = field(default_factory=set)  # model ids this region does not know
+    tool_use: dict[str, Any] | None = None  # {"name", "input"}: answer a call of that tool when the request offers it
+    endpoint_status: str = "InService"  # SageMaker DescribeEndpoint's EndpointStatus
+    stop_reason: str | None = None     # a Converse stopReason (botocore `StopReason`) to answer instead of end_turn
     connections: list[Any] = field(default_factory=list, repr=False)
+
+    def reset(self) -> None:
+        """Back to a plain account: nothing seen, no switch set (the server keeps running)."""
+        self.requests.clear()
+        self.fault, self.reply, self.profiles, self.lifecycle, self.part_size = None, None, {}, "ACTIVE", 7
+        self.profile_only, self.unknown_models, self.tool_use = set(), set(), None
+        self.endpoint_status, self.stop_reason = "InService", None
 
     @contextlib.contextmanager
     def failing(self, fault: str) -> Iterator[None]:
@@ -337,44 +350,136 @@ class _Handler(BaseHTTPRequestHandler):
             return {"invocations": self._sm_invoke, "invocations-response-stream": self._sm_stream}[parts[2]](seen)
         if seen.method == "POST" and seen.headers.get("x-amz-target") == "SageMaker.DescribeEndpoint":
             return self._sm_describe(seen)
+        if seen.method == "GET" and parts == ["inference-profiles"]:
+            return self._profiles(seen.region)
         if seen.method == "GET" and parts[0] == "inference-profiles":
             return self._profile(parts[1], seen.region)
         if seen.method == "GET" and parts[0] == "foundation-models":
-            return self._json({"modelDetails": {
-                "modelArn": f"arn:aws:bedrock:{seen.region}::foundation-model/{parts[1]}", "modelId": parts[1],
-                "responseStreamingSupported": True, "modelLifecycle": {"status": self.fake.lifecycle}}})
+            return self._model(parts[1], seen.region)
         self._send(404, json.dumps({"message": f"no route {seen.method} {seen.path}"}).encode(),
                    {"x-amzn-errortype": "UnknownOperationException"})
 
-    # bedrock-runtime
+    # bedrock-runtime: Converse and ConverseStream as botocore's bedrock-runtime model (2023-09-30) defines them
+    # (Message, ContentBlock: text | toolUse (ToolUseBlock) | toolResult (ToolResultBlock); ToolConfiguration;
+    # OutputConfig; ConverseStreamOutput: messageStart, contentBlockStart (ContentBlockStart.toolUse =
+    # ToolUseBlockStart), contentBlockDelta (ContentBlockDelta.text | .toolUse = ToolUseBlockDelta{input: str}),
+    # contentBlockStop, messageStop, metadata), with the ValidationExceptions Bedrock answers.
+    def _invalid(self, message: str) -> None:
+        self._send(400, json.dumps({"message": message}).encode(),
+                   {"x-amzn-errortype": "ValidationException:http://internal.amazon.com/coral/com.amazon.bedrock/"})
+
+    def _refusal(self, model_id: str, req: dict[str, Any]) -> str | None:
+        """Bedrock's ValidationException message for this request, if it has one."""
+        base = model_id.split(".", 1)[1] if model_id.split(".", 1)[0] in PROFILE_REGIONS else model_id
+        if model_id in self.fake.unknown_models or base in self.fake.unknown_models:
+            return "The provided model identifier is invalid."  # e.g. github.com/Kilo-Org/kilocode/issues/586
+        if model_id in self.fake.profile_only:  # the plain id; the profile ids (eu.<id>, ...) serve
+            return (f"Invocation of model ID {model_id} with on-demand throughput isn\u2019t supported. Retry your "
+                    "request with the ID or ARN of an inference profile that contains this model.")
+        if any(not s.get("text") for s in req.get("system") or () if "text" in s):
+            return "1 validation error detected: Value at 'system.1.member.text' failed to satisfy constraint: " \
+                   "Member must have length greater than or equal to 1"
+        messages = req.get("messages") or []
+        if not messages or messages[0]["role"] != "user":
+            return "A conversation must start with a user message. Try again with a conversation that starts " \
+                   "with a user message."
+        if any(a["role"] == b["role"] for a, b in itertools.pairwise(messages)):
+            return "A conversation must alternate between user and assistant roles. Make sure the conversation " \
+                   "alternates between user and assistant roles and try again."
+        blocks = [b for m in messages for b in m["content"]]
+        if any("toolUse" in b or "toolResult" in b for b in blocks) and not req.get("toolConfig"):
+            return "The toolConfig field must be defined when using toolUse and toolResult content blocks."
+        for before, m in itertools.pairwise(messages):
+            used = {b["toolUse"]["toolUseId"] for b in before["content"] if "toolUse" in b}
+            answered = {b["toolResult"]["toolUseId"] for b in m["content"] if "toolResult" in b}
+            if answered - used:
+                return "The toolUse blocks of the previous turn do not match the toolResult blocks of this turn."
+        fmt = (req.get("outputConfig") or {}).get("textFormat")
+        if fmt is not None:
+            try:
+                json.loads(fmt["structure"]["jsonSchema"]["schema"])
+            except (KeyError, TypeError, ValueError):
+                return "The JSON schema in outputConfig.textFormat is not valid JSON."
+        temperature = (req.get("inferenceConfig") or {}).get("temperature")
+        if temperature is not None and not 0 <= temperature <= 1:
+            return "Malformed input request: temperature must be at most 1."
+        return None
+
+    def _answer(self, req: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+        """The content blocks and stopReason answered: a toolUse when `tool_use` names an offered tool and the last
+        turn is not its result; JSON when structured output is asked; else the text."""
+        messages = req.get("messages") or []
+        offered = {t["toolSpec"]["name"] for t in (req.get("toolConfig") or {}).get("tools") or ()}
+        answered = any("toolResult" in b for b in messages[-1]["content"]) if messages else False
+        use = self.fake.tool_use
+        if use and use["name"] in offered and not answered:
+            return [{"text": "Let me look."},
+                    {"toolUse": {"toolUseId": "tooluse_kZJMlvQmRJ6eAyJE5GIl7Q", "name": use["name"],
+                                 "input": use.get("input", {})}}], "tool_use"
+        text = self.fake.text_for(messages)
+        if req.get("outputConfig") and self.fake.reply is None:
+            text = json.dumps({"echo": text})
+        return [{"text": text}], self.fake.stop_reason or "end_turn"
+
     def _converse(self, model_id: str, seen: Seen) -> None:
         req = seen.json()
-        text = self.fake.text_for(req.get("messages") or [])
+        refusal = self._refusal(model_id, req)
+        if refusal:
+            return self._invalid(refusal)
+        content, stop = self._answer(req)
+        out = " ".join(b.get("text", "") for b in content)
         prompt = sum(len(b.get("text", "").split()) for m in req.get("messages") or () for b in m["content"])
-        self._json({"output": {"message": {"role": "assistant", "content": [{"text": text}]}},
-                    "stopReason": "end_turn", "metrics": {"latencyMs": 3},
-                    "usage": {"inputTokens": prompt, "outputTokens": len(text.split()),
-                              "totalTokens": prompt + len(text.split())}})
+        self._json({"output": {"message": {"role": "assistant", "content": content}},
+                    "stopReason": stop, "metrics": {"latencyMs": 3},
+                    "usage": {"inputTokens": prompt, "outputTokens": len(out.split()),
+                              "totalTokens": prompt + len(out.split())}})
 
     def _converse_stream(self, model_id: str, seen: Seen) -> None:
         req = seen.json()
-        text = self.fake.text_for(req.get("messages") or [])
-        words = re.findall(r"\S+\s*", text)
+        refusal = self._refusal(model_id, req)
+        if refusal:
+            return self._invalid(refusal)
+        content, stop = self._answer(req)
         events = [event("messageStart", {"role": "assistant"})]
-        events += [event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": w}}) for w in words]
+        n = 0
+        for i, block in enumerate(content):
+            if "text" in block:
+                words = re.findall(r"\S+\s*", block["text"])
+                n += len(words)
+                events += [event("contentBlockDelta", {"contentBlockIndex": i, "delta": {"text": w}}) for w in words]
+            else:
+                use = block["toolUse"]
+                raw = json.dumps(use["input"])
+                events.append(event("contentBlockStart", {"contentBlockIndex": i, "start": {"toolUse": {
+                    "toolUseId": use["toolUseId"], "name": use["name"]}}}))
+                events += [event("contentBlockDelta", {"contentBlockIndex": i, "delta": {"toolUse": {
+                    "input": raw[j:j + 5]}}}) for j in range(0, len(raw), 5)]
+            events.append(event("contentBlockStop", {"contentBlockIndex": i}))
         if self.fake.fault == "stream-break":
             events = events[:2] + [exception_event("throttlingException", "Too many tokens, please wait.")]
         else:
-            events += [event("contentBlockStop", {"contentBlockIndex": 0}),
-                       event("messageStop", {"stopReason": "end_turn"}),
-                       event("metadata", {"usage": {"inputTokens": 5, "outputTokens": len(words), "totalTokens":
-                                                    5 + len(words)}, "metrics": {"latencyMs": 3}})]
+            events += [event("messageStop", {"stopReason": stop}),
+                       event("metadata", {"usage": {"inputTokens": 5, "outputTokens": n, "totalTokens": 5 + n},
+                                          "metrics": {"latencyMs": 3}})]
         self._stream(events)
 
     def _invoke(self, model_id: str, seen: Seen) -> None:
         req = seen.json()
         if "cohere.embed" in model_id:
-            return self._json({"embeddings": [_vector(t) for t in req["texts"]], "id": "e", "texts": req["texts"]})
+            # docs.aws.amazon.com/bedrock/latest/userguide/model-parameters-embed-v3.html and -embed-v4.html: at most
+            # 96 texts a call; `embeddings` is a list of floats, or an object keyed by embedding type when
+            # `embedding_types` is given (v4 always answers by type, `response_type: embeddings_by_type`)
+            texts = req["texts"]
+            if len(texts) > 96:
+                return self._invalid(f"Malformed input request: #/texts: expected maxItems: 96, actual: "
+                                     f"{len(texts)}, please reformat your input and try again.")
+            dims = req.get("output_dimension", 4)
+            vectors = [_vector(t, dims) for t in texts]
+            if "cohere.embed-v4" in model_id or req.get("embedding_types"):
+                return self._json({"id": "e", "texts": texts, "response_type": "embeddings_by_type",
+                                   "embeddings": {t: vectors for t in req.get("embedding_types") or ["float"]}})
+            return self._json({"embeddings": vectors, "id": "e", "texts": texts,
+                               "response_type": "embeddings_floats"})
         self._json({"embedding": _vector(req["inputText"], req.get("dimensions", 4)),
                     "inputTextTokenCount": len(req["inputText"].split())})
 
@@ -389,10 +494,36 @@ class _Handler(BaseHTTPRequestHandler):
                     "status": self.fake.lifecycle,
                     "models": [{"modelArn": f"arn:aws:bedrock:{r}::foundation-model/{base}"} for r in regions]})
 
+    def _model(self, model_id: str, region: str) -> None:
+        """GetFoundationModel. A profile-only model lists `inferenceTypesSupported: ["INFERENCE_PROFILE"]` (what
+        Bedrock answers for newer models, beyond botocore's `InferenceType` enum of ON_DEMAND | PROVISIONED)."""
+        if model_id in self.fake.unknown_models:
+            return self._invalid("The provided model identifier is invalid.")
+        kinds = ["INFERENCE_PROFILE"] if model_id in self.fake.profile_only else ["ON_DEMAND"]
+        self._json({"modelDetails": {
+            "modelArn": f"arn:aws:bedrock:{region}::foundation-model/{model_id}", "modelId": model_id,
+            "responseStreamingSupported": True, "inferenceTypesSupported": kinds,
+            "modelLifecycle": {"status": self.fake.lifecycle}}})
+
+    def _profiles(self, region: str) -> None:
+        """ListInferenceProfiles (SYSTEM_DEFINED): the geographic and global profiles of every profile-only model
+        whose regions include the caller's."""
+        summaries = []
+        for base in sorted(self.fake.profile_only):
+            for prefix, regions in PROFILE_REGIONS.items():
+                if region in regions or prefix == "global":
+                    pid = f"{prefix}.{base}"
+                    summaries.append({"inferenceProfileId": pid, "inferenceProfileName": pid, "status": "ACTIVE",
+                                      "type": "SYSTEM_DEFINED", "inferenceProfileArn":
+                                      f"arn:aws:bedrock:{region}:{ACCOUNT}:inference-profile/{pid}",
+                                      "models": [{"modelArn": f"arn:aws:bedrock:{r}::foundation-model/{base}"}
+                                                 for r in regions]})
+        self._json({"inferenceProfileSummaries": summaries})
+
     # sagemaker control plane: the one call Sovra's live-settings audit makes, for endpoints served here
     def _sm_describe(self, seen: Seen) -> None:
         name = seen.json()["EndpointName"]
-        self._json({"EndpointName": name, "EndpointStatus": "InService", "EndpointConfigName": name,
+        self._json({"EndpointName": name, "EndpointStatus": self.fake.endpoint_status, "EndpointConfigName": name,
                     "EndpointArn": f"arn:aws:sagemaker:{seen.region}:{ACCOUNT}:endpoint/{name.lower()}",
                     "CreationTime": 0, "LastModifiedTime": 0})
 

@@ -96,3 +96,32 @@ def test_an_account_whose_settings_cannot_be_read_fails_closed_until_it_can_be(a
     org.write_text(json.dumps(data))
     assert sovra("audit", "settings").returncode == 1  # still unread, still reported
     assert placed(sovra, dep)[0] == [FRANKFURT]
+
+
+# -- Bedrock: a target whose model id Bedrock serves only through an inference profile ---------------------------------
+
+SONNET = "anthropic.claude-sonnet-4-20250514-v1:0"
+BEDROCK_CATALOG = {"apiVersion": "sovra/v1", "kind": "Catalog", "targets": [{
+    "id": "aws-bedrock/eu-central-1", "provider": "aws-bedrock", "cloud": "aws", "region": "eu-central-1",
+    "country": "DE", "zone": "EU", "scope": "in-region", "operator": {"name": "amazon", "jurisdiction": "US"},
+    "models": [{"name": "sonnet", "id": SONNET, "usd_per_1k_tokens": 0.003}]}]}
+
+
+def test_audit_settings_names_the_profile_a_profile_only_bedrock_model_needs(tmp_path):
+    from tests.emulators.aws import aws_env, fake_aws
+
+    org, catalog = tmp_path / "org.yaml", tmp_path / "catalog.yaml"
+    org.write_text(json.dumps({"apiVersion": "sovra/v1", "kind": "Org", "accounts": [
+        {"provider": "aws-bedrock", "targets": ["aws-bedrock/eu-central-1"], "connection": {}}]}))
+    catalog.write_text(json.dumps(BEDROCK_CATALOG))
+    with fake_aws() as fake:
+        fake.profile_only = {SONNET}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SOVRA_"))}
+        env.update(aws_env(bedrock=fake.url, bedrock_runtime=fake.url), SOVRA_HOME=str(tmp_path / "sovra"),
+                   COLUMNS="200", NO_COLOR="1")
+        r = subprocess.run([str(SOVRA), "audit", "settings", "-o", "json", "--org", str(org), "--catalog",
+                            str(catalog)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 1, r.stdout + r.stderr
+    (unread,) = json.loads(r.stdout)["unread"]
+    assert unread["target"] == "aws-bedrock/eu-central-1" and f"`eu.{SONNET}`" in unread["reason"], unread
+    assert "scope: eu" in unread["reason"]

@@ -91,8 +91,7 @@ def moto():
 @pytest.fixture
 def fake(fake_server):
     """The fake, reset, with boto3 sent to it for every AWS service Sovra calls."""
-    fake_server.requests.clear()
-    fake_server.reply, fake_server.profiles, fake_server.lifecycle, fake_server.part_size = None, {}, "ACTIVE", 7
+    fake_server.reset()
     url = fake_server.url
     with aws_environ(aws_env(bedrock_runtime=url, bedrock=url, sagemaker_runtime=url, sagemaker=url)):
         yield fake_server
@@ -132,7 +131,7 @@ def test_bedrock_chat_translates_to_converse_and_back(fake):
     assert out["usage"] == {"prompt_tokens": 4, "completion_tokens": 5, "total_tokens": 9}
 
 
-def test_bedrock_stream_is_openai_chunks_with_usage_last(fake):
+def test_bedrock_stream_is_openai_chunks_with_usage_only_when_asked(fake):
     fake.reply = "Ceci est une réponse en flux."
     chunks = run(_stream(BedrockClient(), backend(EU, "pixtral-large")))
 
@@ -141,8 +140,15 @@ def test_bedrock_stream_is_openai_chunks_with_usage_last(fake):
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == fake.reply
     assert len(chunks) == 2 + len(fake.reply.split())
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
-    assert chunks[-1]["usage"] == {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}
+    assert not any("usage" in c for c in chunks), "OpenAI sends usage in a stream only when asked"
     assert len({c["id"] for c in chunks}) == 1 and {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    # stream_options.include_usage: as OpenAI, one more chunk with no choices carries the usage (ConverseStream's
+    # `metadata.usage`), after the finish reason
+    asked = run(_stream(BedrockClient(), backend(EU, "pixtral-large"),
+                        {**CHAT, "stream_options": {"include_usage": True}}))
+    assert asked[-2]["choices"][0]["finish_reason"] == "stop"
+    assert asked[-1]["choices"] == [] and asked[-1]["usage"] == {"prompt_tokens": 5, "completion_tokens": 6,
+                                                                 "total_tokens": 11}
 
 
 async def _stream(client, b, body=CHAT):
@@ -171,8 +177,8 @@ def test_bedrock_health_and_describe_read_the_control_plane(fake):
                     "mistral-7b")
     assert run(client.describe(plain)) == {"status": "ACTIVE", "model": "mistral.mistral-7b-instruct-v0:2",
                                            "streaming": True}
-    fake.lifecycle = "LEGACY"
-    assert run(client.health(plain)) is False
+    fake.lifecycle = "LEGACY"  # deprecated, still invocable: it serves (botocore FoundationModelLifecycleStatus)
+    assert run(client.health(plain)) is True
     assert [r.method for r in fake.requests] == ["GET"] * 4, "health and describe never send a payload"
     with fake.failing("access-denied"):
         assert run(client.health(profile)) is False
