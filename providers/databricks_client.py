@@ -67,8 +67,8 @@ def verdict(status: int, content: bytes, retry_after: str | None) -> Exception:
         return Refused(f"{what} (no such serving endpoint in this workspace)", status=404, down=True)
     if status == 413:
         return RequestTooLarge(message or what)
-    if 400 <= status < 500:
-        return BadRequest(message or what)
+    if 400 <= status < 500:  # the request's own fault, said as the endpoint's answer (never the backend failing)
+        return BadRequest(f"the Databricks serving endpoint rejected the request ({what})")
     return Failed(what)
 
 

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 
 from orchestrator.errors import ProviderError
-from orchestrator.spec.zones import GLOBAL, zone_of
+from orchestrator.spec.zones import GLOBAL, SPAN_JOIN, zone_of
 from providers.base import Connection, LiveSetting, Locator, Provider
 
 if TYPE_CHECKING:
@@ -24,10 +24,21 @@ if TYPE_CHECKING:
 
 SETTING = "CORTEX_ENABLED_CROSS_REGION"
 
-#: CORTEX_ENABLED_CROSS_REGION label -> zone; DISABLED (None) is the account region's own zone.
+#: CORTEX_ENABLED_CROSS_REGION label -> the zone of the regions it lets Cortex use; DISABLED (None) is the account
+#: region alone. From Snowflake's "Cross-region inference" page
+#: (docs.snowflake.com/en/user-guide/snowflake-cortex/cross-region-inference): ANY_REGION is any Snowflake region of
+#: any cloud; the cloud-wide AWS_GLOBAL, AZURE_GLOBAL and GCP_GLOBAL keep requests on one cloud but anywhere in the
+#: world (so GLOBAL here: a cloud is not a place); the regional AWS_US, AWS_EU, AZURE_US, AZURE_EU, AWS_APJ (and
+#: AZURE_APAC) keep them in that cloud's regions of one geography: US regions, EU regions, Asia-Pacific regions.
+#: The account's own region is always a processing place too (Cortex answers there when the model is there, and goes
+#: cross-region only otherwise), and it need not lie in the label's geography: AWS_EU is the value Snowflake sets
+#: for London (eu-west-2) and Zurich (eu-central-2) accounts, and AWS_US for Canada (ca-central-1) ones (behaviour
+#: change bundle 2026_06, docs.snowflake.com/release-notes/bcr-bundles/2026_06/bcr-2376), so a London account on
+#: AWS_EU processes in the UK and the EU: `zone_for_cross_region` gives the span "EU+UK".
 CROSS_REGION_ZONES: dict[str, str | None] = {
     "DISABLED": None, "AWS_EU": "EU", "AZURE_EU": "EU", "AWS_US": "US", "AZURE_US": "US",
-    "AWS_APJ": "APAC", "AZURE_APAC": "APAC", "ANY_REGION": GLOBAL}
+    "AWS_APJ": "APAC", "AZURE_APAC": "APAC", "ANY_REGION": GLOBAL,
+    "AWS_GLOBAL": GLOBAL, "AZURE_GLOBAL": GLOBAL, "GCP_GLOBAL": GLOBAL}
 
 #: The connector's keyword arguments that carry secrets; each is read, where the router runs, from the environment
 #: variable SNOWFLAKE_<NAME> (the Snowflake CLI's names), or from connections.toml via `connection_name`.
@@ -40,23 +51,22 @@ def cross_region_labels(value: str) -> list[str]:
 
 
 def zone_for_cross_region(value: str, home_zone: str | None) -> str:
-    """The zone a CORTEX_ENABLED_CROSS_REGION value lets Cortex process in, for an account whose region is in
-    `home_zone`. None means the region is taken to lie inside the labels' zones (a catalog's cross-region target
-    names no country); with DISABLED alone nothing is then known, which is GLOBAL.
+    """Where a CORTEX_ENABLED_CROSS_REGION value lets Cortex process, for an account whose region is in
+    `home_zone` (a zone, or a span of them). None means the region is taken to lie inside the labels' zones (a
+    catalog's cross-region target names no country); with DISABLED alone nothing is then known, which is GLOBAL.
 
-    Cortex answers in the account's region when the model is there and goes cross-region otherwise, so the home zone
-    is always part of the set. A set spanning more than one zone is GLOBAL: Sovra gives a target one zone, and the
-    only one that does not under-state where a request may go is GLOBAL (it fails closed: only an unrestricted
-    residency accepts it). An unknown label is GLOBAL for the same reason.
+    The answer is the account's home zone together with every label's zone: one zone when they agree, else their
+    span joined by `+` in sorted order ("EU+UK" for a London account on AWS_EU, "EU+US" for a Frankfurt one on
+    AWS_US), which a residency accepts only when it allows every part. Any label that may go anywhere (ANY_REGION,
+    a cloud's *_GLOBAL) or that Sovra does not know is GLOBAL: fail closed.
     """
-    zones: set[str | None] = {home_zone}
+    zones: set[str] = set(home_zone.split(SPAN_JOIN)) if home_zone else set()
     for label in cross_region_labels(value):
         if label != "DISABLED":
-            zones.add(CROSS_REGION_ZONES.get(label, GLOBAL))
-    zones.discard(None)
-    if GLOBAL in zones or len(zones) != 1:
+            zones.add(CROSS_REGION_ZONES.get(label) or GLOBAL)
+    if GLOBAL in zones or not zones:
         return GLOBAL
-    return zones.pop()  # type: ignore[return-value]
+    return SPAN_JOIN.join(sorted(zones))
 
 
 class SnowflakeCortexConnection(Connection):
@@ -146,8 +156,9 @@ class SnowflakeCortex(Provider):
         return base_url(backend.params)
 
     def zone_for_scope(self, scope: str, country: str | None) -> str:
-        """One label as the base class does (unknown labels rejected); a comma list is the union of its labels'
-        zones and the region's own, GLOBAL when they differ (see `zone_for_cross_region`)."""
+        """One label as the base class does (unknown labels rejected); a comma list, or a label whose geography
+        does not hold the region's country, is the span of its labels' zones and the region's own (see
+        `zone_for_cross_region`)."""
         labels = cross_region_labels(scope)
         for label in labels:
             if label.lower() not in self.scopes:

@@ -1,10 +1,20 @@
-"""The router's client for Snowflake Cortex backends: chat through SQL `SNOWFLAKE.CORTEX.COMPLETE`, streams through
-the Cortex REST API (server-sent events), embeddings through `EMBED_TEXT_768/1024`, health and state through SQL.
+"""The router's client for Snowflake Cortex backends: chat, streamed or not, through the Cortex REST API
+(`POST /api/v2/cortex/inference:complete`, server-sent events), embeddings through `EMBED_TEXT_768/1024`, health and
+state through SQL.
+
+Why REST for chat: Snowflake is deprecating the SQL function `SNOWFLAKE.CORTEX.COMPLETE`; its SQL successor
+`AI_COMPLETE` takes one prompt string (no conversation, no tools), while the REST API takes the conversation, tools
+and structured output. An account without the REST API is refused (404, marked down) rather than served through a
+function that cannot carry the request.
 
 One connector connection per account settings per router replica, opened on first use and shared by every call
 (the connector is thread-safe per connection; each call takes its own cursor in the shared SDK pool, `blocking`).
-The REST stream rides the same session (`Authorization: Snowflake Token="..."`), so there is one credential.
+The REST calls ride the same session (`Authorization: Snowflake Token="..."`), so there is one credential.
 Every failure becomes a router verdict in one function, `verdict`.
+
+The request and answer shapes follow Snowflake's OpenAPI description of the Cortex REST API
+(snowflakedb/snowflake-rest-api-specs, `cortex-inference.yaml`: CompleteRequest, Tool/tool_spec, ToolChoice,
+ToolUse, ToolResults, StreamingCompleteResponseDelta).
 """
 
 from __future__ import annotations
@@ -33,8 +43,12 @@ from orchestrator.router.errors import (
 from providers import openai_wire as wire
 from providers.snowflake import SETTING, base_url, connect_kwargs
 
-COMPLETE_SQL = "SELECT SNOWFLAKE.CORTEX.COMPLETE(?, PARSE_JSON(?), PARSE_JSON(?))"
 REST_COMPLETE = "/api/v2/cortex/inference:complete"
+#: Cortex's sampling ranges: temperature and top_p are 0..1 inclusive (AI_COMPLETE / COMPLETE "model_parameters",
+#: docs.snowflake.com/en/sql-reference/functions/ai_complete-single-string); OpenAI's temperature goes to 2.
+TEMPERATURE_RANGE = TOP_P_RANGE = (0.0, 1.0)
+#: The OpenAI behaviour fields Cortex has a place for (`request` translates them); the rest are refused.
+SUPPORTED = ("tools", "tool_choice", "response_format", "stream_options", "parallel_tool_calls")
 #: Cortex embedding models whose vectors have 1024 dimensions; the others have 768.
 EMBED_1024 = frozenset({"snowflake-arctic-embed-l-v2.0", "snowflake-arctic-embed-l-v2.0-8k", "nv-embed-qa-4",
                         "multilingual-e5-large", "voyage-multilingual-2"})
@@ -196,17 +210,15 @@ class CortexClient(BackendClient):
     # -- operations ----------------------------------------------------------------------------------------------
 
     async def chat(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
-        with building(backend.target):
-            messages, options = _messages(body), _options(body)
-            args = [backend.address, json.dumps(messages), json.dumps(options)]
-        rows = await self._query(backend, COMPLETE_SQL, args)
-        return _completion(backend.model, rows, options)
+        """The REST stream read to its end and returned whole; an error inside it fails the call (never a
+        truncated answer reported complete)."""
+        try:
+            return await asyncio.wait_for(_collect(self._rest_stream(backend, body)), self._timeout(backend))
+        except Exception as exc:  # noqa: BLE001
+            raise verdict(exc, sent=True) from None
 
     async def chat_stream(self, backend: Backend, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        try:
-            return await wire.first_then_rest(self._rest_stream(backend, body))
-        except _NoRest:  # the account has no Cortex REST API: the whole answer, faithfully, as one chunk
-            return wire.replay(wire.as_chunks(await self.chat(backend, body)))
+        return await wire.first_then_rest(self._rest_stream(backend, body))
 
     async def embed(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
         with building(backend.target):
@@ -256,8 +268,9 @@ class CortexClient(BackendClient):
 
     async def _rest_stream(self, backend: Backend, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         account = self._account(backend)
-        with building(backend.target):
-            payload = {"model": backend.address, "messages": _messages(body), "stream": True, **_options(body)}
+        where = f"Snowflake Cortex ({backend.target})"
+        with building(where):
+            payload = cortex_request(backend.address, body, where)
         url = base_url(backend.params) + REST_COMPLETE
         for attempt in (1, 2):
             conn = await wire.blocking(account.get)
@@ -273,87 +286,220 @@ class CortexClient(BackendClient):
                 break
             text = (await resp.aread()).decode(errors="replace")
             await resp.aclose()
-            if resp.status_code in (404, 405):
-                raise _NoRest()
+            if resp.status_code in (404, 405) and not _UNKNOWN_MODEL.search(text):
+                raise Refused(f"{backend.target}: this Snowflake account has no Cortex REST API (HTTP "
+                              f"{resp.status_code} from {REST_COMPLETE}); Sovra sends chat only there, since the SQL "
+                              "COMPLETE function is deprecated: use an account in a region with the REST API, or "
+                              "ask Snowflake to enable it", status=404, down=True)
             if resp.status_code == 401 and attempt == 1:  # an expired session token: log in again, once
                 await wire.blocking(account.drop)
                 continue
             raise verdict(_RestStatus(resp.status_code, text, resp.headers.get("retry-after")), sent=True)
         try:
-            async for chunk in _chunks(backend.model, resp):
+            async for chunk in _chunks(backend.model, resp, payload.get("max_tokens")):
                 yield chunk
         finally:
             await resp.aclose()
 
 
-class _NoRest(Exception):
-    """The Cortex REST endpoint is not there for this account (HTTP 404/405): nothing was processed."""
-
-
-async def _chunks(model: str, resp: httpx.Response) -> AsyncIterator[dict[str, Any]]:
-    """Cortex's server-sent events as OpenAI chunks; its `usage` (cumulative per event) ends the stream. Lines are
-    read with the router's bound (`sse_lines`), not httpx's `aiter_lines`, which buffers a line of any length."""
-    id_, usage, first = wire.new_id(), None, True
+async def _chunks(model: str, resp: httpx.Response, max_tokens: int | None) -> AsyncIterator[dict[str, Any]]:
+    """Cortex's server-sent events as OpenAI chunks: text deltas as content, tool_use deltas as tool calls (the
+    first names the call, the next carry its input's JSON text); `usage` (cumulative per event) ends the stream.
+    An error reported inside the stream (`{"error": ...}` data, or an `event: error`) breaks it: `Failed`, which
+    the router turns into a `stream_interrupted` error event. Lines are read with the router's bound (`sse_lines`),
+    not httpx's `aiter_lines`, which buffers a line of any length."""
+    id_, usage, first, calls, finish, event = wire.new_id(), None, True, -1, None, ""
     try:
         async for line in sse_lines(resp.aiter_bytes()):
-            if not line.startswith("data:"):
+            if line.startswith("event:"):
+                event = line[6:].strip()
                 continue
-            event = sse_event(line[5:], "Cortex")
-            if event is None:
+            if not line.startswith("data:"):
+                event = "" if not line else event  # a blank line ends the event
+                continue
+            if event == "error":
+                raise Failed(f"Cortex reported an error mid-stream: {line[5:].strip()[:500]}")
+            data = sse_event(line[5:], "Cortex")
+            if data is None:
                 break
-            usage = event.get("usage") or usage
-            choice = (event.get("choices") or [{}])[0]
-            text = (choice.get("delta") or {}).get("content")
-            if text:
-                yield wire.chunk(model, id_, content=text, role="assistant" if first else None)
-                first = False
+            usage = data.get("usage") or usage
+            choice = (data.get("choices") or [{}])[0]
+            finish = choice.get("finish_reason") or finish
+            delta = choice.get("delta") or {}
+            kind = delta.get("type", "text")
+            role = "assistant" if first else None
+            if kind == "text" and delta.get("content"):
+                yield wire.chunk(model, id_, content=delta["content"], role=role)
+            elif kind == "tool_use" and delta.get("tool_use_id"):
+                calls += 1
+                yield wire.chunk(model, id_, role=role, tool_calls=[wire.tool_call_delta(
+                    calls, id=delta["tool_use_id"], name=delta.get("name") or "", arguments=delta.get("input") or "")])
+            elif kind == "tool_use" and calls >= 0 and delta.get("input"):
+                yield wire.chunk(model, id_, tool_calls=[wire.tool_call_delta(calls, arguments=delta["input"])])
+            else:
+                continue  # thinking / reasoning deltas are not part of an OpenAI answer
+            first = False
     except httpx.HTTPError as exc:
         raise verdict(exc, sent=True) from None
     if first:
-        raise Failed("the Cortex stream ended without any text")
+        raise Failed("the Cortex stream ended without any answer")
     usage = usage or {}
-    yield wire.chunk(model, id_, finish_reason="stop",
+    done = usage.get("completion_tokens")
+    capped = max_tokens is not None and done is not None and done >= max_tokens
+    finish = finish or ("tool_calls" if calls >= 0 else "length" if capped else "stop")
+    yield wire.chunk(model, id_, finish_reason=finish,
                      usage_=wire.usage(usage.get("prompt_tokens"), usage.get("completion_tokens")))
 
 
-def _messages(body: Mapping[str, Any]) -> list[dict[str, str]]:
-    """OpenAI messages as Cortex takes them: one system prompt first, then user/assistant turns as text."""
-    system, rest = wire.split_system(body.get("messages") or [])
-    out = [{"role": "system", "content": "\n\n".join(system)}] if system else []
-    for m in rest:
-        role = m.get("role")
-        if role not in ("user", "assistant"):
-            raise BadRequest(f"Cortex takes system, user and assistant messages, not {role!r}")
-        out.append({"role": role, "content": wire.text_of(m.get("content"))})
-    if not out or out[-1]["role"] != "user":
-        raise BadRequest("a Cortex conversation must end with a user message")
-    return out
+async def _collect(chunks: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+    """A whole `chat.completion` from this adapter's own chunks: text joined, tool calls assembled by index."""
+    model, id_, text, calls, finish, usage = "", None, [], {}, "stop", None
+    async for c in chunks:
+        model, id_, usage = c.get("model", model), c.get("id", id_), c.get("usage") or usage
+        choice = c["choices"][0]
+        finish = choice.get("finish_reason") or finish
+        delta = choice.get("delta") or {}
+        if delta.get("content"):
+            text.append(delta["content"])
+        for d in delta.get("tool_calls") or ():
+            call = calls.setdefault(d["index"], {"id": d.get("id", ""), "name": "", "arguments": ""})
+            call["name"] += (d.get("function") or {}).get("name") or ""
+            call["arguments"] += (d.get("function") or {}).get("arguments") or ""
+    usage = usage or {}
+    tool_calls = [wire.tool_call(c["id"], c["name"], c["arguments"] or "{}") for _, c in sorted(calls.items())]
+    return wire.completion(model, "".join(text) or (None if tool_calls else ""), finish_reason=finish, id=id_,
+                           prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"),
+                           tool_calls=tool_calls)
 
 
-def _options(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The sampling options Cortex COMPLETE takes (always an object, so COMPLETE answers JSON with usage)."""
-    out: dict[str, Any] = {}
+# -- the request ---------------------------------------------------------------------------------------------------
+
+
+def cortex_request(model: str, body: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """An OpenAI chat request as Cortex's CompleteRequest. What Cortex has no place for is refused (ValueError,
+    which `building` makes a 400 naming the backend), never dropped."""
+    wire.refuse_unsupported(body, where, SUPPORTED)
+    out: dict[str, Any] = {"model": model, "messages": _messages(body.get("messages") or [], where), "stream": True}
+    for key, (low, high) in (("temperature", TEMPERATURE_RANGE), ("top_p", TOP_P_RANGE)):
+        value = wire.within(body, key, low, high, where)
+        if value is not None:
+            out[key] = float(value)
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    for key, value, kind in (("temperature", body.get("temperature"), float), ("top_p", body.get("top_p"), float),
-                             ("max_tokens", max_tokens, int)):
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise BadRequest(f"`{key}` must be a non-negative number")
-        out[key] = kind(value)
+    if max_tokens is not None:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ValueError("`max_tokens` must be a positive integer")
+        out["max_tokens"] = max_tokens
+    out.update(_tools(body, where))
+    fmt = _response_format(body.get("response_format"), where)
+    if fmt is not None:
+        out["response_format"] = fmt
     return out
 
 
-def _completion(model: str, rows: list[tuple], options: Mapping[str, Any]) -> dict[str, Any]:
-    """COMPLETE's JSON answer (choices[0].messages, usage) as an OpenAI chat.completion."""
+def _tools(body: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """OpenAI `tools` / `tool_choice` as Cortex's `tools: [{tool_spec}]` / `tool_choice: {type, name}`."""
+    tools, choice = body.get("tools") or [], body.get("tool_choice")
+    if body.get("parallel_tool_calls") is False and tools:
+        raise ValueError(f"{where} cannot do `parallel_tool_calls: false` (Cortex has no way to limit an answer to "
+                         "one tool call); send the request without it")
+    if not tools:
+        if choice not in (None, "none", "auto"):
+            raise ValueError("`tool_choice` names a tool, but the request has no `tools`")
+        return {}
+    if choice == "none":  # Cortex's ToolChoice has no "none": a model offered no tools calls none
+        return {}
+    specs = []
+    for tool in tools:
+        fn = tool.get("function") if isinstance(tool, Mapping) else None
+        if not isinstance(tool, Mapping) or tool.get("type") != "function" or not isinstance(fn, Mapping) \
+                or not fn.get("name"):
+            raise ValueError(f"{where} takes function tools only ({{type: function, function: {{name, ...}}}})")
+        spec: dict[str, Any] = {"type": "generic", "name": fn["name"],
+                                "input_schema": fn.get("parameters") or {"type": "object", "properties": {}}}
+        if fn.get("description"):
+            spec["description"] = fn["description"]
+        specs.append({"tool_spec": spec})
+    out: dict[str, Any] = {"tools": specs}
+    if choice in (None, "auto"):
+        out["tool_choice"] = {"type": "auto"}
+    elif choice == "required":
+        out["tool_choice"] = {"type": "required"}
+    elif isinstance(choice, Mapping) and choice.get("type") == "function" and (choice.get("function") or {}).get(
+            "name"):
+        out["tool_choice"] = {"type": "tool", "name": [choice["function"]["name"]]}
+    else:
+        raise ValueError(f"`tool_choice` {choice!r} is not one {where} can take (auto, required, none, or a "
+                         "function by name)")
+    return out
+
+
+def _response_format(fmt: Any, where: str) -> dict[str, Any] | None:
+    """OpenAI `response_format` as Cortex's structured output `{type: json, schema}`. JSON mode (`json_object`)
+    is the schema of any object; a JSON schema is passed as given. Which models honour it is Cortex's to say (a
+    model that cannot answers 400, which stays a 400)."""
+    if fmt is None or (isinstance(fmt, Mapping) and fmt.get("type") == "text"):
+        return None
+    if isinstance(fmt, Mapping) and fmt.get("type") == "json_object":
+        return {"type": "json", "schema": {"type": "object"}}
+    if isinstance(fmt, Mapping) and fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        if isinstance(schema, Mapping):
+            return {"type": "json", "schema": dict(schema)}
+        raise ValueError("`response_format.json_schema.schema` must be a JSON schema object")
+    raise ValueError(f"{where} cannot do `response_format` {fmt!r} (it takes text, json_object or json_schema)")
+
+
+def _messages(messages: list[Mapping[str, Any]], where: str) -> list[dict[str, Any]]:
+    """OpenAI messages as Cortex takes them: one system prompt first, then user and assistant turns alternating,
+    ending with a user turn (CompleteRequest's rules), so consecutive turns of one role are merged. An assistant's
+    tool calls become its `tool_use` contents and each `tool` message a user turn's `tool_results`."""
+    system, rest = wire.split_system(messages)
+    out: list[dict[str, Any]] = [{"role": "system", "content": "\n\n".join(system)}] if system else []
+    names: dict[str, str] = {}  # tool call id -> function name (Cortex's tool_results name the tool)
+    for m in rest:
+        role, text = m.get("role"), wire.text_of(m.get("content"))
+        turn: dict[str, Any]
+        if role == "user":
+            turn = {"role": "user", "content": text}
+        elif role == "assistant":
+            turn = {"role": "assistant", "content": text}
+            uses = [_tool_use(call, names) for call in m.get("tool_calls") or ()]
+            if uses:
+                turn["content_list"] = uses
+        elif role == "tool":
+            call_id = m.get("tool_call_id")
+            if call_id not in names:
+                raise ValueError(f"a tool message answers tool call {call_id!r}, which no earlier assistant turn made")
+            turn = {"role": "user", "content": "", "content_list": [{"type": "tool_results", "tool_results": {
+                "tool_use_id": call_id, "name": names[call_id], "content": [{"type": "text", "text": text}]}}]}
+        else:
+            raise ValueError(f"{where} takes system, user, assistant and tool messages, not {role!r}")
+        _merge(out, turn)
+    if not out or out[-1]["role"] != "user":
+        raise ValueError("a Cortex conversation must end with a user (or tool) message")
+    return out
+
+
+def _tool_use(call: Mapping[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    fn = call.get("function") or {}
+    if not call.get("id") or not fn.get("name"):
+        raise ValueError("an assistant tool call needs an `id` and a `function.name`")
     try:
-        raw = rows[0][0]
-        answer = json.loads(raw) if isinstance(raw, str) else raw
-        text = answer["choices"][0]["messages"]
-        usage = answer.get("usage") or {}
-    except (IndexError, KeyError, TypeError, ValueError):
-        raise Failed("Cortex COMPLETE answered in an unexpected shape") from None
-    done = usage.get("completion_tokens")
-    capped = options.get("max_tokens") is not None and done is not None and done >= options["max_tokens"]
-    return wire.completion(model, text, finish_reason="length" if capped else "stop",
-                           prompt_tokens=usage.get("prompt_tokens"), completion_tokens=done)
+        args = json.loads(fn.get("arguments") or "{}")
+    except ValueError:
+        raise ValueError(f"tool call {call['id']}: `arguments` is not JSON") from None
+    if not isinstance(args, dict):
+        raise TypeError(f"tool call {call['id']}: `arguments` must be a JSON object")
+    names[call["id"]] = fn["name"]
+    return {"type": "tool_use", "tool_use": {"tool_use_id": call["id"], "name": fn["name"], "input": args}}
+
+
+def _merge(out: list[dict[str, Any]], turn: dict[str, Any]) -> None:
+    """Append `turn`, or fold it into the previous turn of the same role (Cortex requires alternation)."""
+    last = out[-1] if out else None
+    if last is None or last["role"] != turn["role"] or last["role"] == "system":
+        out.append(turn)
+        return
+    last["content"] = "\n\n".join(t for t in (last["content"], turn["content"]) if t)
+    if turn.get("content_list"):
+        last["content_list"] = [*last.get("content_list", ()), *turn["content_list"]]

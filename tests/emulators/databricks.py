@@ -12,6 +12,14 @@ Faults (set `emulator.fault`, cleared with None): "throttle" (429 REQUEST_LIMIT_
 "bare_unavailable" (a gateway's 503, with no code and no Retry-After), "unauthorized" (403 with any token), "slow"
 (answers after `delay_s`), "malformed" (200 with a body that is not JSON), "bad_request" (400 on invocations).
 An unknown endpoint name is a 404 RESOURCE_DOES_NOT_EXIST; `closed_url()` is a port nothing listens on.
+
+Chat follows the Foundation Model APIs' OpenAI-shaped chat task (docs.databricks.com/machine-learning/
+foundation-model-apis/api-reference, "Chat request" / "Chat response"): `tools` (function tools) with `tool_choice`
+`required` or a named function is answered with `tool_calls` and `finish_reason: tool_calls` (in a stream: one
+delta naming the call, then its arguments); `response_format` json_object / json_schema gets a JSON object as
+content; a malformed tool is a 400 INVALID_PARAMETER_VALUE. Note that databricks-sdk's `serving_endpoints.query()`
+has no `tools`, `tool_choice`, `response_format` or `top_p` parameter (databricks/sdk/service/serving.py), which is
+one reason the adapter posts the body itself.
 """
 
 from __future__ import annotations
@@ -37,9 +45,35 @@ FAULTS = (None, "throttle", "unavailable", "server_error", "unauthorized", "slow
 
 
 def reply(messages: list[dict[str, Any]]) -> str:
-    """The echo model: the last user turn, prefixed, so tests can assert what was answered."""
+    """The echo model: the last user turn, prefixed, so tests can assert what was answered (a tool's result when
+    the conversation ends with one)."""
+    if messages and messages[-1].get("role") == "tool":
+        return f"echo: tool said {messages[-1].get('content')}"
     last = next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), "")
     return f"echo: {last if isinstance(last, str) else json.dumps(last)}"
+
+
+def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The call the echo model makes when the request forces one: the named (or first) function, its first
+    required parameter set to the last user text."""
+    choice, tools = body.get("tool_choice"), body.get("tools") or []
+    if not tools or not (choice == "required" or isinstance(choice, dict)):
+        return None
+    named = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
+    fn = next((t["function"] for t in tools if t["function"]["name"] == named), tools[0]["function"])
+    required = (fn.get("parameters") or {}).get("required") or ["input"]
+    last = next((m.get("content") for m in reversed(body["messages"]) if m.get("role") == "user"), "")
+    return {"id": "call_emulated_1", "type": "function",
+            "function": {"name": fn["name"], "arguments": json.dumps({required[0]: last})}}
+
+
+def _json_content(body: dict[str, Any], text: str) -> str:
+    """Structured output: a JSON object whose required fields (or `answer`) hold the echo."""
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") not in ("json_object", "json_schema"):
+        return text
+    required = ((fmt.get("json_schema") or {}).get("schema") or {}).get("required") or ["answer"]
+    return json.dumps({key: text for key in required})
 
 
 def vector(text: str) -> list[float]:
@@ -177,22 +211,38 @@ class DatabricksEmulator:
             return self._embeddings(name, body)
         if "messages" not in body:
             return _error(400, "BAD_REQUEST", "Missing required field: messages.")
-        text = reply(body["messages"])
+        if any(t.get("type") != "function" or not (t.get("function") or {}).get("name")
+               for t in body.get("tools") or ()):
+            return _error(400, "INVALID_PARAMETER_VALUE", "Each tool must be {type: function, function: {name}}.")
+        call = _tool_call(body)
+        text = "" if call else _json_content(body, reply(body["messages"]))
         usage = {"prompt_tokens": len(json.dumps(body["messages"]).split()), "completion_tokens": len(text.split())}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         if body.get("stream"):
-            return StreamingResponse(self._events(name, text, usage), media_type="text/event-stream")
+            return StreamingResponse(self._events(name, text, usage, call), media_type="text/event-stream")
+        message: dict[str, Any] = {"role": "assistant", "content": None if call else text}
+        if call:
+            message["tool_calls"] = [call]
         return JSONResponse({"id": "chatcmpl-emu", "object": "chat.completion", "created": int(time.time()),
                              "model": name, "usage": usage,
-                             "choices": [{"index": 0, "finish_reason": "stop",
-                                          "message": {"role": "assistant", "content": text}}]})
+                             "choices": [{"index": 0, "finish_reason": "tool_calls" if call else "stop",
+                                          "message": message}]})
 
-    async def _events(self, name: str, text: str, usage: dict[str, int]):
+    async def _events(self, name: str, text: str, usage: dict[str, int], call: dict[str, Any] | None = None):
         base = {"id": "chatcmpl-emu", "object": "chat.completion.chunk", "created": int(time.time()), "model": name}
-        for i, word in enumerate(text.split(" ")):
-            delta = {"role": "assistant", "content": word} if i == 0 else {"content": " " + word}
+        if call:
+            args = call["function"]["arguments"]
+            deltas = [{"role": "assistant", "tool_calls": [{"index": 0, "id": call["id"], "type": "function",
+                                                              "function": {"name": call["function"]["name"],
+                                                                           "arguments": ""}}]},
+                      {"tool_calls": [{"index": 0, "function": {"arguments": args}}]}]
+        else:
+            deltas = [{"role": "assistant", "content": word} if i == 0 else {"content": " " + word}
+                      for i, word in enumerate(text.split(" "))]
+        for delta in deltas:
             yield f"data: {json.dumps({**base, 'choices': [{'index': 0, 'delta': delta, 'finish_reason': None}]})}\n\n"
-        end = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": usage}
+        finish = "tool_calls" if call else "stop"
+        end = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}], "usage": usage}
         yield f"data: {json.dumps(end)}\n\n"
         if self.sse_done:
             yield "data: [DONE]\n\n"

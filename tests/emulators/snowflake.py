@@ -12,7 +12,16 @@ What runs where, and why:
 - Faults are answered at the wire, as Snowflake answers them: a failed login (390100), Cortex's external-function
   errors (100351, with the remote status 400 "unknown model" or 429), a slow answer, a closed port.
 - The Cortex REST API (`POST /api/v2/cortex/inference:complete`, server-sent events) is served on the same host,
-  accepting only a live session token of this server (`Authorization: Snowflake Token="..."`).
+  accepting only a live session token of this server (`Authorization: Snowflake Token="..."`). It follows Snowflake's
+  OpenAPI description (snowflakedb/snowflake-rest-api-specs `cortex-inference.yaml`): CompleteRequest's message
+  rules (a system message only first, user and assistant alternating, a user message last, `content` a string) are
+  enforced with a 400; `tools: [{tool_spec}]` with `tool_choice {type: required | tool}` is answered with a
+  `tool_use` stream (StreamingToolUse deltas: the first carries `tool_use_id` and `name`, the next `input` text);
+  a user turn's `tool_results` are echoed back; `response_format {type: json, schema}` gets a JSON object answer.
+  Which models take tools is an account's business: here `claude-*` and `openai-*` do, others answer 400.
+- What it cannot show: Cortex's real models, guardrails, the SQL successor `AI_COMPLETE`, Snowflake's exact
+  mid-stream error bytes (it sends `data: {"error": ...}` or an `event: error`, `stream_error`), PAT / key-pair
+  JWT authentication of the REST API (it takes the connector's session token only).
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import itertools
 import json
 import socket
 import threading
@@ -30,12 +40,22 @@ from typing import Any, Self
 
 #: Cortex's answer text for a conversation: deterministic, so tests can assert it.
 ECHO = "echo: "
-DEFAULT_MODELS = ("mistral-large2", "llama3.1-8b", "snowflake-arctic-embed-m-v1.5", "snowflake-arctic-embed-l-v2.0")
+DEFAULT_MODELS = ("mistral-large2", "llama3.1-8b", "claude-3-5-sonnet", "snowflake-arctic-embed-m-v1.5",
+                  "snowflake-arctic-embed-l-v2.0")
+TOOL_MODELS = ("claude-", "openai-")
+
+
+def _said(message: dict[str, Any]) -> str:
+    """A user turn's text: its content, or the text of the tool results it carries."""
+    results = [c["tool_results"] for c in message.get("content_list") or () if c.get("type") == "tool_results"]
+    if results:
+        return " ".join(f"{r['name']} said {t.get('text', '')}" for r in results for t in r.get("content") or ())
+    return str(message.get("content", ""))
 
 
 def answer(messages: list[dict[str, Any]], max_tokens: int | None = None) -> tuple[str, int, int]:
     """The echo model: the last user turn, prefixed; tokens are words. Returns (text, prompt, completion)."""
-    last = next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
+    last = next((_said(m) for m in reversed(messages) if m.get("role") == "user"), "")
     words = (ECHO + last).split()
     if max_tokens is not None:
         words = words[:max_tokens]
@@ -105,6 +125,7 @@ class SnowflakeEmulator:
     retry_after_s: int = 7
     slow_s: float = 0.0
     rest_api: bool = True  # False: the account has no Cortex REST API (HTTP 404), as where it is not enabled
+    stream_error: str | None = None  # "data" ({"error": ...} event) or "event" (event: error) after the first delta
     # what arrived: (path, sqlText or REST body) per request, payloads included, for tests to inspect
     seen: list[tuple[str, Any]] = field(default_factory=list)
     _server: Any = None
@@ -221,17 +242,81 @@ class SnowflakeEmulator:
                                [(b"retry-after", str(self.retry_after_s).encode())])
         if body.get("model") not in self.models:
             return await _json(send, {"code": "400", "message": f"unknown model \"{body.get('model')}\""}, 400)
-        text, prompt, _ = answer(body.get("messages") or [], body.get("max_tokens"))
+        problem = _invalid(body)
+        if problem:
+            return await _json(send, {"code": "400", "message": problem}, 400)
+        messages = body["messages"]
+        text, prompt, _ = answer(messages, body.get("max_tokens"))
+        fmt = body.get("response_format")
+        if fmt:
+            required = (fmt.get("schema") or {}).get("required") or ["answer"]
+            text = json.dumps({key: text for key in required})
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream")]})
-        words = text.split(" ")
-        for i, word in enumerate(words):
+        choice = body.get("tool_choice") or {}
+        if body.get("tools") and choice.get("type") in ("required", "tool"):
+            deltas = self._tool_use(body, messages)
+        else:
+            deltas = [{"type": "text", "content": piece, "content_list": [{"type": "text", "text": piece}]}
+                      for piece in ((" " if i else "") + w for i, w in enumerate(text.split(" ")))]
+        for i, delta in enumerate(deltas):
+            if self.stream_error and i == 1:  # the answer started, then Cortex reports an error and stops
+                error = {"code": "500", "message": "inference failed mid-stream"}
+                frame = (f"event: error\ndata: {json.dumps(error)}\n\n" if self.stream_error == "event"
+                         else f"data: {json.dumps({'error': error})}\n\n")
+                await send({"type": "http.response.body", "body": frame.encode(), "more_body": True})
+                break
             event = {"id": "emulated-1", "created": int(time.time()), "model": body["model"],
-                     "choices": [{"delta": {"content": (" " if i else "") + word}}],
+                     "choices": [{"delta": delta}],
                      "usage": {"prompt_tokens": prompt, "completion_tokens": i + 1, "total_tokens": prompt + i + 1}}
             await send({"type": "http.response.body", "body": f"data: {json.dumps(event)}\n\n".encode(),
                         "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _tool_use(self, body: dict[str, Any], messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A tool_use answer: the chosen (or first) tool, its first required input set to the last user text."""
+        choice = body.get("tool_choice") or {}
+        specs = [t["tool_spec"] for t in body["tools"]]
+        spec = next((t for t in specs if t["name"] in (choice.get("name") or [])), specs[0])
+        required = (spec.get("input_schema") or {}).get("required") or ["input"]
+        last = next((_said(m) for m in reversed(messages) if m.get("role") == "user"), "")
+        args = json.dumps({required[0]: last})
+        half = len(args) // 2
+        return [{"type": "tool_use", "tool_use_id": "tooluse_emulated_1", "name": spec["name"], "input": ""},
+                {"type": "tool_use", "input": args[:half]}, {"type": "tool_use", "input": args[half:]}]
+
+
+def _invalid(body: dict[str, Any]) -> str | None:
+    """What CompleteRequest's rules refuse in `body` (cortex-inference.yaml), as Cortex's 400 says it; else None."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "messages must be a non-empty list"
+    roles = [m.get("role", "user") for m in messages]
+    if any(not isinstance(m.get("content"), str) for m in messages):
+        return "every message needs a string content"
+    if "system" in roles[1:]:
+        return "a system message must be the first message"
+    turns = roles[1:] if roles[0] == "system" else roles
+    if any(r not in ("user", "assistant") for r in turns):
+        return f"unknown role in {roles}"
+    if any(a == b for a, b in itertools.pairwise(turns)):
+        return "user and assistant messages must alternate"
+    if not turns or turns[-1] != "user":
+        return "a user message must be the last message"
+    temperature = body.get("temperature")
+    if temperature is not None and not 0 <= temperature <= 1:
+        return f"temperature {temperature} is out of range"
+    if body.get("tools"):
+        if not body["model"].startswith(TOOL_MODELS):
+            return f"model {body['model']} does not support tool use"
+        for tool in body["tools"]:
+            spec = tool.get("tool_spec") or {}
+            if spec.get("type") != "generic" or not spec.get("name"):
+                return "each tool needs a tool_spec with type and name"
+    fmt = body.get("response_format")
+    if fmt is not None and (fmt.get("type") != "json" or not isinstance(fmt.get("schema"), dict)):
+        return "response_format must be {type: json, schema: {...}}"
+    return None
 
 
 def _first_binding(body: dict) -> str | None:

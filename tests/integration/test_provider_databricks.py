@@ -6,6 +6,7 @@ each payload sent at most once and the token in no log line and no Backend recor
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from pathlib import Path
 
@@ -105,6 +106,57 @@ def test_stream_yields_the_chunks_as_sent(workspace, done):
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop" and chunks[-1]["usage"]["total_tokens"] > 0
     [sent] = workspace.received
     assert sent[1]["stream"] is True
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather at a place",
+    "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}}
+TOOLS = {**CHAT, "tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+         "parallel_tool_calls": True}
+
+
+def test_tools_reach_the_endpoint_as_sent_and_tool_calls_come_back(workspace):
+    """databricks-sdk's `serving_endpoints.query()` has no tools / tool_choice / response_format / top_p
+    parameters: the adapter posts the OpenAI body itself, so none of them is dropped."""
+    answer = run(lambda c: c.chat(backend(), {**TOOLS, "top_p": 0.9}))
+    choice = answer["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["tool_calls"] == [{"id": "call_emulated_1", "type": "function", "function": {
+        "name": "get_weather", "arguments": '{"location": "hello"}'}}]
+    [sent] = workspace.received
+    assert {k: sent[1][k] for k in ("tools", "tool_choice", "parallel_tool_calls", "top_p")} == {
+        "tools": [WEATHER], "tool_choice": TOOLS["tool_choice"], "parallel_tool_calls": True, "top_p": 0.9}
+
+
+def test_a_streamed_tool_call_and_its_result(workspace):
+    chunks = run(lambda c: collect(c, backend(), {**TOOLS, "stream_options": {"include_usage": True}}))
+    deltas = [d for ch in chunks for d in ch["choices"][0]["delta"].get("tool_calls", ())]
+    assert deltas[0]["id"] == "call_emulated_1" and deltas[0]["function"]["name"] == "get_weather"
+    assert "".join(d["function"].get("arguments", "") for d in deltas) == '{"location": "hello"}'
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    assert workspace.received[0][1]["stream_options"] == {"include_usage": True}
+    call = {"id": "call_emulated_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"location": "hello"}'}}
+    follow = {**CHAT, "tools": [WEATHER], "messages": [
+        *CHAT["messages"], {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_emulated_1", "content": "sunny"}]}
+    answer = run(lambda c: c.chat(backend(), follow))
+    assert answer["choices"][0]["message"]["content"] == "echo: tool said sunny"
+    assert workspace.received[-1][1]["messages"] == follow["messages"]
+
+
+@pytest.mark.parametrize("fmt", [
+    {"type": "json_object"},
+    {"type": "json_schema", "json_schema": {"name": "r", "schema": {"type": "object", "required": ["city"]}}}])
+def test_response_format_reaches_the_endpoint_as_sent(workspace, fmt):
+    answer = run(lambda c: c.chat(backend(), {**CHAT, "response_format": fmt}))
+    assert isinstance(json.loads(answer["choices"][0]["message"]["content"]), dict)
+    assert workspace.received[0][1]["response_format"] == fmt
+
+
+def test_a_tool_the_endpoint_cannot_take_is_its_400(workspace):
+    with pytest.raises(BadRequest, match="Each tool must be"):
+        run(lambda c: c.chat(backend(), {**CHAT, "tools": [{"type": "code_interpreter"}]}))
 
 
 def test_embeddings(workspace):

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 
 import pytest
 from hypothesis import given
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from orchestrator.catalog import load_catalog, shipped_catalog_files
 from orchestrator.errors import ProviderError
 from orchestrator.router.backends import Backend
-from orchestrator.router.errors import BadRequest, NotDelivered, Refused, TimedOut
+from orchestrator.router.errors import BadRequest, Failed, NotDelivered, Refused, TimedOut, Untranslatable
 from orchestrator.spec.common import Residency
 from orchestrator.spec.zones import GLOBAL
 from policies.residency import location_allowed
@@ -76,17 +77,24 @@ def run(coro_fn):
 # -- invoke ----------------------------------------------------------------------------------------------------
 
 
-def test_chat_binds_the_payload_and_answers_openai_with_usage(emu):
+def rest_bodies(emu) -> list[dict]:
+    return [body for path, body in emu.seen if path == "rest"]
+
+
+def test_chat_goes_over_the_rest_api_and_answers_openai_with_usage(emu):
     b = backend(emu.connection())
     answer = run(lambda c: c.chat(b, {**ASK, "temperature": 0.2, "max_tokens": 50}))
     assert answer["object"] == "chat.completion" and answer["model"] == "mistral-large-2"
     assert answer["choices"][0]["message"] == {"role": "assistant", "content": "echo: where is my data"}
     assert answer["choices"][0]["finish_reason"] == "stop"
     assert answer["usage"] == {"prompt_tokens": 6, "completion_tokens": 5, "total_tokens": 11}
-    # the vendor's model name (catalog `id`), and the payload only in bind parameters, never in the SQL text
+    # the vendor's model name (catalog `id`); the deprecated SQL COMPLETE is never used
     assert b.address == "mistral-large2"
-    sql = [s for s in emu.statements() if "COMPLETE" in s]
-    assert sql == ["SELECT SNOWFLAKE.CORTEX.COMPLETE(?, PARSE_JSON(?), PARSE_JSON(?))"]
+    [body] = rest_bodies(emu)
+    assert body == {"model": "mistral-large2", "stream": True, "temperature": 0.2, "max_tokens": 50,
+                    "messages": [{"role": "system", "content": "be brief"},
+                                 {"role": "user", "content": "where is my data"}]}
+    assert not any("COMPLETE" in s for s in emu.statements())
 
 
 def test_max_tokens_caps_the_answer_and_says_length(emu):
@@ -107,21 +115,145 @@ def test_stream_comes_over_the_rest_api_as_server_sent_events(emu):
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
     assert chunks[-1]["usage"]["completion_tokens"] == 5
-    rest = [body for path, body in emu.seen if path == "rest"]
+    rest = rest_bodies(emu)
     assert rest and rest[0]["model"] == "mistral-large2" and rest[0]["stream"] is True
     assert rest[0]["messages"][0] == {"role": "system", "content": "be brief"}
 
 
-def test_stream_without_the_rest_api_is_one_faithful_chunk(emu):
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_account_without_the_rest_api_is_refused_not_served_by_sql_complete(emu, stream):
     emu.rest_api = False
+    exc = verdict_of(backend(emu.connection()), stream=stream)
+    assert isinstance(exc, Refused) and exc.status == 404 and exc.down and "Cortex REST API" in str(exc)
+    assert not any("COMPLETE" in s for s in emu.statements())
+
+
+@pytest.mark.parametrize("form", ["data", "event"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_error_inside_the_stream_fails_the_answer_never_a_truncated_stop(emu, form, stream):
+    emu.stream_error = form
     b = backend(emu.connection())
+    got: list = []
 
     async def scenario(c):
-        return [chunk async for chunk in await c.chat_stream(b, ASK)]
+        if not stream:
+            return await c.chat(b, ASK)
+        async for chunk in await c.chat_stream(b, ASK):
+            got.append(chunk)
+        return got
+
+    with pytest.raises(Failed, match="error mid-stream"):
+        run(scenario)
+    assert all(ch["choices"][0]["finish_reason"] is None for ch in got)  # no "stop" was ever sent
+    if stream:
+        assert got and got[0]["choices"][0]["delta"]["content"] == "echo:"
+
+
+def test_consecutive_turns_of_one_role_are_merged_as_cortex_requires(emu):
+    body = {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "first"},
+                         {"role": "user", "content": "second"}, {"role": "assistant", "content": "a"},
+                         {"role": "assistant", "content": "b"}, {"role": "developer", "content": "and terse"},
+                         {"role": "user", "content": "third"}]}
+    answer = run(lambda c: c.chat(backend(emu.connection()), body))
+    assert answer["choices"][0]["message"]["content"] == "echo: third"
+    [sent] = rest_bodies(emu)
+    assert sent["messages"] == [{"role": "system", "content": "be brief\n\nand terse"},
+                                {"role": "user", "content": "first\n\nsecond"},
+                                {"role": "assistant", "content": "a\n\nb"}, {"role": "user", "content": "third"}]
+
+
+# -- tools, structured output, and what Cortex cannot carry ------------------------------------------------------
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather at a place",
+    "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}}
+ASK_TOOL = {"messages": [{"role": "user", "content": "Paris"}], "tools": [WEATHER], "tool_choice": "required"}
+
+
+def test_tools_are_cortex_tool_specs_and_the_answer_is_openai_tool_calls(emu):
+    b = backend(emu.connection(), model="claude-3-5-sonnet")
+    answer = run(lambda c: c.chat(b, ASK_TOOL))
+    choice = answer["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
+    assert choice["message"]["tool_calls"] == [{"id": "tooluse_emulated_1", "type": "function", "function": {
+        "name": "get_weather", "arguments": '{"location": "Paris"}'}}]
+    [sent] = rest_bodies(emu)
+    assert sent["tools"] == [{"tool_spec": {"type": "generic", "name": "get_weather",
+                                            "description": "The weather at a place",
+                                            "input_schema": WEATHER["function"]["parameters"]}}]
+    assert sent["tool_choice"] == {"type": "required"}
+
+
+def test_tool_results_go_back_as_cortex_tool_results(emu):
+    b = backend(emu.connection(), model="claude-3-5-sonnet")
+    call = {"id": "tooluse_emulated_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"location": "Paris"}'}}
+    body = {"tools": [WEATHER], "messages": [
+        {"role": "user", "content": "Paris"}, {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "tooluse_emulated_1", "content": "sunny"}]}
+    answer = run(lambda c: c.chat(b, body))
+    assert answer["choices"][0]["message"]["content"] == "echo: get_weather said sunny"
+    [sent] = rest_bodies(emu)
+    assert sent["tool_choice"] == {"type": "auto"}
+    assert sent["messages"][1:] == [
+        {"role": "assistant", "content": "", "content_list": [{"type": "tool_use", "tool_use": {
+            "tool_use_id": "tooluse_emulated_1", "name": "get_weather", "input": {"location": "Paris"}}}]},
+        {"role": "user", "content": "", "content_list": [{"type": "tool_results", "tool_results": {
+            "tool_use_id": "tooluse_emulated_1", "name": "get_weather", "content": [{"type": "text", "text": "sunny"}]}}]}]
+
+
+def test_a_streamed_tool_call_comes_as_openai_deltas(emu):
+    b = backend(emu.connection(), model="claude-3-5-sonnet")
+    body = {**ASK_TOOL, "tool_choice": {"type": "function", "function": {"name": "get_weather"}}, "stream": True,
+            "stream_options": {"include_usage": True}}
+
+    async def scenario(c):
+        return [chunk async for chunk in await c.chat_stream(b, body)]
 
     chunks = run(scenario)
-    assert [ch["choices"][0]["delta"].get("content") for ch in chunks] == ["echo: where is my data", None]
-    assert chunks[-1]["usage"]["total_tokens"] == 11
+    deltas = [d for ch in chunks for d in ch["choices"][0]["delta"].get("tool_calls", ())]
+    assert deltas[0] == {"index": 0, "id": "tooluse_emulated_1", "type": "function",
+                         "function": {"name": "get_weather", "arguments": ""}}
+    assert "".join(d["function"].get("arguments", "") for d in deltas) == '{"location": "Paris"}'
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls" and chunks[-1]["usage"]["total_tokens"]
+    assert rest_bodies(emu)[0]["tool_choice"] == {"type": "tool", "name": ["get_weather"]}
+
+
+def test_a_model_without_tool_use_is_cortex_own_400(emu):
+    exc = verdict_of_body(backend(emu.connection()), ASK_TOOL)
+    assert isinstance(exc, BadRequest) and "does not support tool use" in str(exc)
+
+
+@pytest.mark.parametrize(("fmt", "schema"), [
+    ({"type": "json_schema", "json_schema": {"name": "where", "schema": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+     {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}),
+    ({"type": "json_object"}, {"type": "object"}),
+])
+def test_response_format_is_cortex_structured_output(emu, fmt, schema):
+    answer = run(lambda c: c.chat(backend(emu.connection()), {**ASK, "response_format": fmt}))
+    assert isinstance(json.loads(answer["choices"][0]["message"]["content"]), dict)
+    assert rest_bodies(emu)[0]["response_format"] == {"type": "json", "schema": schema}
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    ({"seed": 7}, "`seed`"), ({"stop": ["\n"]}, "`stop`"), ({"logprobs": True}, "`logprobs`"),
+    ({"n": 2}, "`n`"), ({"presence_penalty": 0.5}, "`presence_penalty`"),
+    ({"temperature": 1.5}, r"`temperature` 1.5 is outside .*range \[0, 1\]"),
+    ({"top_p": 1.2}, "`top_p`"),
+    ({"tools": [WEATHER], "parallel_tool_calls": False}, "parallel_tool_calls"),
+    ({"response_format": {"type": "grammar"}}, "response_format"),
+])
+def test_what_cortex_cannot_carry_is_a_400_naming_it_and_nothing_is_sent(emu, extra, says):
+    exc = verdict_of_body(backend(emu.connection(), model="claude-3-5-sonnet"), {**ASK, **extra})
+    assert isinstance(exc, Untranslatable) and exc.status == 400
+    assert "Snowflake Cortex" in str(exc) and re.search(says, str(exc))
+    assert not rest_bodies(emu)
+
+
+def test_temperature_at_cortex_bounds_is_sent(emu):
+    run(lambda c: c.chat(backend(emu.connection()), {**ASK, "temperature": 1, "top_p": 0}))
+    assert rest_bodies(emu)[0]["temperature"] == 1.0 and rest_bodies(emu)[0]["top_p"] == 0.0
 
 
 def test_embeddings_keep_input_order_and_pick_the_dimension(emu):
@@ -170,10 +302,14 @@ def test_a_named_connection_from_connections_toml(emu, tmp_path, monkeypatch):
 
 
 def verdict_of(b: Backend, *, stream: bool = False) -> Exception:
+    return verdict_of_body(b, ASK, stream=stream)
+
+
+def verdict_of_body(b: Backend, body: dict, *, stream: bool = False) -> Exception:
     async def scenario(c):
         if stream:
-            return [chunk async for chunk in await c.chat_stream(b, ASK)]
-        return await c.chat(b, ASK)
+            return [chunk async for chunk in await c.chat_stream(b, body)]
+        return await c.chat(b, body)
 
     with pytest.raises(Exception) as caught:
         run(scenario)
@@ -225,7 +361,7 @@ def test_invalid_arguments_are_bad_requests(emu):
                  {"messages": [{"role": "assistant", "content": "x"}]}):
         with pytest.raises(BadRequest):
             run(lambda c, body=body: c.chat(b, body))
-    assert not any("COMPLETE" in s for s in emu.statements())  # refused before anything was sent
+    assert not rest_bodies(emu)  # refused before anything was sent
 
 
 def test_credentials_never_in_logs_nor_in_the_backend_record(emu, monkeypatch, caplog):
@@ -264,7 +400,8 @@ def test_org_connection_rejects_secrets():
     (IN_REGION_EU, "DISABLED", "EU"),
     (CROSS_EU, "AWS_EU", "EU"),
     (IN_REGION_EU, "ANY_REGION", GLOBAL),
-    (IN_REGION_EU, "AWS_US", GLOBAL),  # EU home region plus US: spans zones
+    (IN_REGION_EU, "AWS_US", "EU+US"),  # EU home region plus US regions: a span, allowed only where both are
+    (IN_REGION_EU, "AWS_GLOBAL", GLOBAL),  # one cloud, any region of it
     (IN_REGION_EU, "AWS_EU,AZURE_EU", "EU"),
 ])
 def test_live_settings_read_the_account(emu, target, value, zone):
@@ -299,26 +436,30 @@ def test_live_settings_without_credentials_say_so(emu, monkeypatch):
 # -- zone translation ------------------------------------------------------------------------------------------
 
 LABELS = st.sampled_from(sorted(CROSS_REGION_ZONES) + ["SOME_FUTURE_REGION"])
-HOMES = st.sampled_from(["EU", "US", "APAC", None])
+HOMES = st.sampled_from(["EU", "US", "APAC", "UK", "CH", "CA", None])
+
+
+def places(zone: str) -> set[str]:
+    return set(zone.split("+"))
 
 
 @given(st.lists(LABELS, min_size=1, max_size=4), HOMES, st.booleans())
-def test_zone_is_the_narrowest_that_covers_every_label_and_home(labels, home, lower):
+def test_zone_is_every_place_the_labels_and_the_home_region_may_use(labels, home, lower):
     value = ", ".join(label.lower() if lower else label for label in labels)
     zone = zone_for_cross_region(value, home)
     covered = {home} | {CROSS_REGION_ZONES.get(label, GLOBAL) for label in labels}
     covered.discard(None)
-    if len(covered) == 1:
-        assert zone == covered.pop()
+    if GLOBAL in covered or not covered:
+        assert zone == GLOBAL  # anywhere, an unknown label, or nothing known: fail closed
     else:
-        assert zone == GLOBAL  # spanning zones, ANY_REGION, or an unknown label: fail closed
+        assert places(zone) == covered and zone == "+".join(sorted(covered))
 
 
 @given(st.lists(LABELS, min_size=1, max_size=3), st.lists(LABELS, min_size=1, max_size=3),
-       st.sampled_from(["EU", "US", "APAC"]))
+       st.sampled_from(["EU", "US", "APAC", "UK"]))
 def test_more_labels_never_narrow_the_zone(a, b, home):  # for a known home region (live settings always know it)
     narrow, wide = zone_for_cross_region(",".join(a), home), zone_for_cross_region(",".join(a + b), home)
-    assert wide == narrow or wide == GLOBAL
+    assert wide == GLOBAL or places(narrow) <= places(wide)
 
 
 @given(st.permutations(["AWS_EU", "AZURE_EU", "DISABLED"]))
@@ -327,11 +468,41 @@ def test_order_does_not_matter(labels):
     assert PROVIDER.zone_for_scope(",".join(labels).lower(), "DE") == "EU"
 
 
+@pytest.mark.parametrize(("value", "country", "zone"), [
+    # AWS_EU is Snowflake's default for London and Zurich accounts (BCR 2026_06): their own region is not in the EU
+    ("AWS_EU", "GB", "EU+UK"),
+    ("AWS_EU", "CH", "CH+EU"),
+    ("AWS_EU", "DE", "EU"),
+    ("AWS_US", "CA", "CA+US"),  # ca-central-1's default
+    ("AWS_US,AWS_EU", "GB", "EU+UK+US"),
+    ("AWS_GLOBAL", "DE", GLOBAL), ("AZURE_GLOBAL", "NL", GLOBAL), ("GCP_GLOBAL", "US", GLOBAL),
+    ("AWS_EU,GCP_GLOBAL", "DE", GLOBAL),
+])
+def test_a_geography_is_held_to_every_place_it_may_use(value, country, zone):
+    assert PROVIDER.zone_for_scope(value.lower(), country) == zone
+
+
+def test_a_london_account_on_aws_eu_is_not_eu_only():
+    zone = PROVIDER.zone_for_scope("aws_eu", "GB")
+    assert not location_allowed(Residency(zones=("EU",)), zone, None)  # the UK is a processing place too
+    assert location_allowed(Residency(zones=("EU", "UK")), zone, None)
+    assert not location_allowed(Residency(countries=("GB",)), zone, None)
+
+
+def test_london_live_setting_reads_as_eu_and_uk(emu):
+    london = IN_REGION_EU.model_copy(update={"id": "snowflake-cortex/aws-eu-west-2", "region": "eu-west-2",
+                                             "country": "GB", "zone": "UK"})
+    emu.cross_region, emu.cross_region_level = "AWS_EU", ""  # left at the default Snowflake sets for London
+    [live] = PROVIDER.live_settings(london, PROVIDER.connection(emu.connection()))
+    assert live.zone == "EU+UK" and "not set on the account" in live.fix
+
+
 def test_catalog_scopes_translate_here():
     assert PROVIDER.zone_for_scope("disabled", "JP") == "APAC"
     assert PROVIDER.zone_for_scope("aws_apj", None) == "APAC"
     assert PROVIDER.zone_for_scope("any_region", None) == GLOBAL
-    assert PROVIDER.zone_for_scope("aws_us", "DE") == GLOBAL
+    assert PROVIDER.zone_for_scope("aws_global", None) == GLOBAL
+    assert PROVIDER.zone_for_scope("aws_us", "DE") == "EU+US"
     with pytest.raises(ValueError, match="valid"):
         PROVIDER.zone_for_scope("aws_mars", None)
 

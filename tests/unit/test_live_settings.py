@@ -120,3 +120,42 @@ def test_the_held_zone_never_narrows_what_the_account_may_do(catalog, live):
 def test_as_of_is_a_date():  # the record's timestamp is ISO with an offset (UTC)
     report = ls.check(ORG, [])
     assert dt.datetime.fromisoformat(report.checked_at).tzinfo is not None
+
+
+# -- Snowflake Cortex: CORTEX_ENABLED_CROSS_REGION is read as every place the account may use ---------------------
+
+SNOWFLAKE_ORG = Org.model_validate({"accounts": [{"provider": "snowflake-cortex", "connection": {"account": "a"}}]})
+
+
+def cortex(tid: str, country: str):
+    return factories.target(tid, country=country, models={"m": 0.001}, provider="snowflake-cortex")
+
+
+def test_a_london_cortex_account_on_aws_eu_is_held_to_eu_and_uk():
+    """AWS_EU is the default Snowflake sets for London accounts: EU regions, and the account's own UK region."""
+    from orchestrator.spec.zones import zone_of
+    from providers.snowflake import SETTING, zone_for_cross_region
+
+    london, frankfurt = cortex("snowflake-cortex/eu-west-2", "GB"), cortex("snowflake-cortex/eu-central-1", "DE")
+
+    def read(t, _conn):
+        return [LiveSetting(t.id, SETTING, "AWS_EU", zone_for_cross_region("AWS_EU", zone_of(t.country)))]
+
+    report = ls.check(SNOWFLAKE_ORG, [london, frankfurt], read=read)
+    assert [(f.target, f.zone) for f in report.widened] == [(london.id, "EU+UK")]
+    held = {t.id: t for t in ls.apply([london, frankfurt], report.findings)}
+    assert held[london.id].zone == "EU+UK" and held[london.id].country is None
+    assert held[frankfurt.id] == frankfurt  # AWS_EU from Frankfurt stays in the EU
+
+    eu_only = factories.deployment("eu", residency={"zones": ["EU"]}, rps=1, tokens=100)
+    eu_uk = factories.deployment("euuk", residency={"zones": ["EU", "UK"]}, rps=1, tokens=100)
+    targets = [held[london.id]]
+    assert not factories.solve([eu_only], targets).deployments[0].placements
+    assert [p.target for p in factories.solve([eu_uk], targets).deployments[0].placements] == [london.id]
+
+
+def test_a_cloud_wide_cortex_setting_is_global():
+    from providers.snowflake import zone_for_cross_region
+
+    for value in ("AWS_GLOBAL", "AZURE_GLOBAL", "GCP_GLOBAL", "ANY_REGION", "AWS_EU,GCP_GLOBAL"):
+        assert zone_for_cross_region(value, "EU") == GLOBAL
