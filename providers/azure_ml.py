@@ -1,6 +1,7 @@
-"""Azure ML: managed online endpoints (GPU instances in one region) and serverless endpoints / Azure AI deployments
-(per token, whose deployment type says where inference runs). The router's client is in `azure_ml_client`, the
-ARM calls in `azure_ml_arm`; Azure's deployment types are translated into Sovra zones here and nowhere else."""
+"""Azure ML: managed online endpoints (GPU instances in one region) and serverless API endpoints (per token, hosted in
+their region). Both are regional: a serverless endpoint's SKU is always `Consumption` (azure-ai-ml creates it so).
+Global and DataZone deployment types belong to Azure AI Foundry deployments, the `azure-foundry` adapter.
+The router's client is in `azure_ml_client`, the ARM calls in `azure_ml_arm`."""
 
 from __future__ import annotations
 
@@ -15,17 +16,11 @@ from providers.base import Connection, LiveSetting, Locator, Provider
 
 #: Azure's names for endpoints and deployments; they go into ARM URL paths and a header, so nothing else passes.
 NAME = r"^[A-Za-z][A-Za-z0-9-]{1,63}$"
-#: Deployment types (SKU names) that may process anywhere, per Microsoft's "Deployment types" page.
-GLOBAL_TYPES = ("Global", "GlobalStandard", "GlobalProvisioned", "GlobalProvisionedManaged", "GlobalBatch",
-                "DeveloperTier")
-#: Deployment types that process within a Microsoft data zone: EU or US, by the deployment region's geography.
-DATA_ZONE_TYPES = ("DataZone", "DataZoneStandard", "DataZoneProvisioned", "DataZoneProvisionedManaged",
-                   "DataZoneBatch")
-#: Deployment types that process in the deployment's region. `Consumption` is the SKU of a serverless API
-#: endpoint made in an Azure ML / AI Foundry hub workspace, hosted in the endpoint's region.
-REGIONAL_TYPES = ("Regional", "Standard", "ProvisionedManaged", "Consumption")
-#: The zones Microsoft defines data zones for.
-DATA_ZONES = ("EU", "US")
+#: What an Azure ML endpoint can be: in its region. `Consumption` is the SKU of a serverless API endpoint made in
+#: an Azure ML / AI Foundry hub workspace, hosted in the endpoint's region; `Regional` is the catalog's label.
+REGIONAL_TYPES = ("Regional", "Consumption")
+FOUNDRY_HINT = ("Global and DataZone deployment types are Azure AI Foundry deployments: use provider "
+                "`azure-foundry` (a deployment in an Azure AI services resource), not an Azure ML endpoint")
 
 ORG_HINT = ("name the existing endpoint under `endpoints:` in org.yaml, with `connection: {subscription_id: ..., "
             "resource_group: ..., workspace: ..., endpoint: <name>, kind: online|serverless}` (Sovra does not "
@@ -48,8 +43,8 @@ class AzureMLConnection(Connection):
         default=None, pattern=NAME, description="An online endpoint's deployment to call (sent as the "
         "`azureml-model-deployment` header); default: the endpoint's traffic split.")
     deployment_type: str | None = Field(
-        default=None, description="A serverless / AI Foundry deployment's type as created (GlobalStandard, "
-        "DataZoneStandard, Standard, ...), used when ARM does not report it; `live_settings` reads the real one.")
+        default=None, description="A serverless endpoint's SKU as created (Consumption), used when ARM does not "
+        "report it; `live_settings` reads the real one. Global / DataZone types are azure-foundry deployments.")
     served_model: str | None = Field(
         default=None, min_length=1, description="The model name the endpoint's server expects in `model` (e.g. "
         "vLLM's --served-model-name); default: the deployment's model.")
@@ -68,45 +63,47 @@ class AzureMLConnection(Connection):
             raise ValueError("a managed online endpoint runs on your instances in its region; `deployment_type` "
                              "applies to serverless endpoints only")
         if self.deployment_type and self.deployment_type.lower() not in _SCOPES_LOWER:
-            raise ValueError(f"unknown deployment_type {self.deployment_type!r}; valid: "
-                             f"{', '.join((*GLOBAL_TYPES, *DATA_ZONE_TYPES, *REGIONAL_TYPES))}")
+            raise ValueError(f"unknown deployment_type {self.deployment_type!r} for a serverless endpoint; valid: "
+                             f"{', '.join(REGIONAL_TYPES)}{_foundry_hint(self.deployment_type)}")
         return self
 
 
-_SCOPES: dict[str, str | None] = {**{t: GLOBAL for t in GLOBAL_TYPES}, **{t: None for t in DATA_ZONE_TYPES},
-                                  **{t: None for t in REGIONAL_TYPES}}
+_SCOPES: dict[str, str | None] = {t: None for t in REGIONAL_TYPES}
 _SCOPES_LOWER = {k.lower() for k in _SCOPES}
 
 
+def _foundry_hint(label: str) -> str:
+    """`; <hint>` when `label` is a Foundry deployment type (Global*, DataZone*, ...), else ''."""
+    from providers.azure_foundry import _SCOPES as FOUNDRY
+
+    return f"; {FOUNDRY_HINT}" if label.strip().lower() in {k.lower() for k in FOUNDRY} else ""
+
+
 class AzureML(Provider):
-    """Azure's deployment types say where inference may run: Global* anywhere, DataZone* within the EU or US data
-    zone of the deployment's region, Standard/Regional (and managed online endpoints) in the region itself."""
+    """Managed online and serverless endpoints, each in its own region."""
 
     name = "azure-ml"
     extra = "azure"
     sdk_module = "azure.ai.ml"
-    scopes = _SCOPES  # type: ignore[assignment]  (None: the region's own zone, narrowed for DataZone below)
+    scopes = _SCOPES  # type: ignore[assignment]  (None: the region's own zone)
     connection_model = AzureMLConnection
     # Its client finds the scoring URI and key through the workspace (subscription, resource group), which
     # tenants are not shown: only the router calls it.
     direct = False
 
     def describe(self) -> str:
-        return "Azure ML managed online endpoints and serverless deployments (Regional / DataZone / Global)"
+        return "Azure ML managed online endpoints and serverless API endpoints (regional)"
 
     def zone_for_scope(self, scope: str, country: str | None) -> str:
-        """As the base, except that a DataZone type is EU or US by the region's geography, and nothing else."""
-        zone = super().zone_for_scope(scope, country)
-        if scope.strip().lower() in {t.lower() for t in DATA_ZONE_TYPES} and zone not in DATA_ZONES:
-            raise ValueError(f"{self.name}: {scope} processes within a Microsoft data zone, and those exist only "
-                             f"for EU and US regions; {country} is in {zone}")
-        return zone
+        """As the base; a Foundry deployment type is refused with the adapter to use instead."""
+        try:
+            return super().zone_for_scope(scope, country)
+        except ValueError as exc:
+            raise ValueError(f"{exc}{_foundry_hint(scope)}") from None
 
     def zone_for_deployment(self, deployment_type: str, region: str) -> str:
-        """The zone of a deployment of `deployment_type` made in Azure `region`; ValueError for an unknown type or
-        region (never a guess)."""
-        if self.scopes.get(_canonical(deployment_type)) == GLOBAL:
-            return GLOBAL
+        """The zone of an endpoint of `deployment_type` (its SKU) in Azure `region`; ValueError for an unknown
+        type or region (never a guess)."""
         return self.zone_for_scope(deployment_type, country_of(region))
 
     def client(self):
@@ -157,9 +154,9 @@ class AzureML(Provider):
         except ValueError as exc:  # an unknown type or region cannot be placed: treat it as processing anywhere
             zone, value = GLOBAL, f"{value} ({exc})"
         fix = "" if zone == target.zone else (
-            f"redeploy {conn.endpoint!r} as DataZoneStandard (EU/US data zone) or Standard in {region}, or as a "
-            f"managed online endpoint there, so that it processes in {target.zone}; until then Sovra places it "
-            f"in {zone}")
+            f"recreate {conn.endpoint!r} as a serverless endpoint in {region} (SKU Consumption) or a managed "
+            f"online endpoint there, so that it processes in {target.zone}, or, for a Global or DataZone "
+            f"deployment type, route to it as an azure-foundry deployment; until then Sovra places it in {zone}")
         return LiveSetting(target=target.id, setting="deployment type", value=value, zone=zone, fix=fix)
 
     def _endpoint_connection(self, target, connection) -> AzureMLConnection:
@@ -168,6 +165,3 @@ class AzureML(Provider):
         return connection
 
 
-def _canonical(deployment_type: str) -> str:
-    key = deployment_type.strip().lower()
-    return next((k for k in _SCOPES if k.lower() == key), deployment_type)

@@ -19,6 +19,8 @@ from orchestrator.router.errors import AttemptFailed, NotDelivered, Refused
 
 #: Endpoint kinds Sovra reaches, as org.yaml names them.
 KINDS = ("online", "serverless")
+#: Entra ID scope of Azure ML endpoints that authenticate with Entra ID (online `aad_token`, serverless `AAD`).
+ML_SCOPE = "https://ml.azure.com/.default"
 #: ARM calls are bounded so that a blocked thread cannot outlive the router's own timeout by much.
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 20.0
@@ -70,6 +72,8 @@ class EndpointFacts:
     scoring_uri: str | None
     sku: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    #: how callers authenticate: "key" (listKeys), "aad" (an Entra ID token from the credential, no keys).
+    auth: str = "key"
 
     @property
     def ready(self) -> bool:
@@ -112,7 +116,8 @@ def read_endpoint(ml: Any, kind: str, name: str) -> EndpointFacts:
     """The endpoint's state, location, scoring URI and (serverless) SKU, payload-free."""
     if kind == "online":
         ep = ml.online_endpoints.get(name)
-        return EndpointFacts("online", name, _text(ep.provisioning_state), ep.location, ep.scoring_uri)
+        auth = "aad" if str(getattr(ep, "auth_mode", "") or "").lower() == "aad_token" else "key"
+        return EndpointFacts("online", name, _text(ep.provisioning_state), ep.location, ep.scoring_uri, auth=auth)
     raw: dict[str, Any] = {}
 
     def keep_raw(pipeline_response: Any) -> None:
@@ -128,7 +133,9 @@ def read_endpoint(ml: Any, kind: str, name: str) -> EndpointFacts:
     state = str(props.get("endpointState") or provisioned) if provisioned.lower() == "succeeded" else provisioned
     sku = (raw.get("sku") or {}).get("name")
     headers = {k: str(v) for k, v in (ep.headers or {}).items() if k.lower() not in ("authorization", "api-key")}
-    return EndpointFacts("serverless", name, state, ep.location, ep.scoring_uri, sku, headers)
+    # authMode Key | AAD | KeyAndAAD (azure-ai-ml's ServerlessInferenceEndpointAuthMode): AAD alone has no keys
+    auth = "aad" if str(props.get("authMode") or "Key").lower() == "aad" else "key"
+    return EndpointFacts("serverless", name, state, ep.location, ep.scoring_uri, sku, headers, auth)
 
 
 def read_key(ml: Any, kind: str, name: str) -> Secret:

@@ -2,7 +2,8 @@
 scoring URI, with the endpoint's key as a bearer token.
 
 - The scoring URI and key are read through MLClient (ARM) on first use per endpoint, off the loop, and kept in
-  memory only; a 401/403 from the endpoint (key rotated, token expired) re-reads them once and resends to the same
+  memory only (an endpoint with Entra ID auth, `authMode: AAD`, has no key: an Entra ID token for Azure ML from the
+  router's credential goes instead, renewed before it expires); a 401/403 from the endpoint (key rotated, token expired) re-reads them once and resends to the same
   endpoint, which refused without processing.
 - A serverless endpoint speaks the Azure AI model inference API (`{uri}/chat/completions`, `{uri}/embeddings`);
   a managed online endpoint forwards its scoring URI to the container's scoring route, which for vLLM / TGI
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -45,10 +47,14 @@ class _Ref:
         return cls(arm.Workspace.of(backend.params), backend.params.get("kind", "online"), backend.address)
 
 
+#: A token is renewed when it has less than this left.
+TOKEN_MARGIN_S = 300
+
+
 @dataclass(frozen=True)
 class _Resolved:
     scoring_uri: str
-    key: arm.Secret
+    key: arm.Secret | None  # None: Entra ID
     headers: tuple[tuple[str, str], ...]
 
 
@@ -66,6 +72,7 @@ class AzureMLClient(HttpClient):
         self._ml_lock = threading.Lock()  # MLClients are made in the pool's threads
         self._resolved: dict[_Ref, _Resolved] = {}
         self._resolving: dict[_Ref, asyncio.Lock] = {}
+        self._token: tuple[arm.Secret, float] | None = None
 
     # -- what HttpClient asks ------------------------------------------------------------------------------------
 
@@ -78,7 +85,8 @@ class AzureMLClient(HttpClient):
     async def headers(self, backend: Backend) -> dict[str, str]:
         resolved = await self._ready(backend)
         out = dict(resolved.headers)
-        out["Authorization"] = f"Bearer {resolved.key.reveal()}"
+        secret = resolved.key if resolved.key is not None else await self._entra_token()
+        out["Authorization"] = f"Bearer {secret.reveal()}"
         if backend.params.get("deployment"):
             out["azureml-model-deployment"] = backend.params["deployment"]
         return out
@@ -105,6 +113,7 @@ class AzureMLClient(HttpClient):
                 raise
         # The key was rotated or the token expired: nothing was processed, so read it again and resend, once.
         self._resolved.pop(_Ref.of(backend), None)
+        self._token = None
         await self._ready(backend)
         return await send()
 
@@ -169,8 +178,24 @@ class AzureMLClient(HttpClient):
         if not facts.ready:
             raise Refused(f"Azure ML {ref.kind} endpoint {ref.name!r} is {facts.state}, not ready to score",
                           down=True)
-        key = arm.read_key(ml, ref.kind, ref.name)
+        key = arm.read_key(ml, ref.kind, ref.name) if facts.auth == "key" else None
         return _Resolved(str(facts.scoring_uri), key, tuple(facts.headers.items()))
+
+    async def _entra_token(self) -> arm.Secret:
+        """An Entra ID token for Azure ML endpoints, from the router's credential (the one ARM is read with)."""
+        if self._token is None or self._token[1] - time.time() < TOKEN_MARGIN_S:
+            def get() -> tuple[arm.Secret, float]:
+                with self._ml_lock:
+                    if self._credential is None:
+                        self._credential = self._make_credential()
+                token = self._credential.get_token(arm.ML_SCOPE)
+                return arm.Secret(token.token), float(token.expires_on)
+
+            try:
+                self._token = await blocking(get)
+            except Exception as exc:  # mapped in one place: arm.verdict
+                raise arm.verdict(exc, f"getting an Entra ID token for {arm.ML_SCOPE}") from exc
+        return self._token[0]
 
     def _ml_for(self, workspace: arm.Workspace) -> Any:
         with self._ml_lock:

@@ -180,6 +180,7 @@ def names() -> tuple[str, ...]:
 def _load_adapters() -> None:
     # The one place adapters are listed: importing them registers them (no SDK is imported).
     from providers import (  # noqa: F401
+        azure_foundry,
         azure_ml,
         bedrock,
         databricks,

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 COMPONENTS = MappingProxyType({
     "aws-sagemaker": "infra.pulumi.sagemaker:SageMakerEndpoint",
     "azure-ml": "infra.pulumi.azure_ml:AzureMLOnlineEndpoint",
+    "azure-foundry": "infra.pulumi.azure_foundry:AzureFoundryDeployment",
     "databricks": "infra.pulumi.databricks:DatabricksServingEndpoint",
     "snowflake-cortex": "infra.pulumi.snowflake:SnowflakeCortexAccess",
     "kubernetes": "infra.pulumi.kuberay:KubeRayCluster",

@@ -27,6 +27,9 @@ RAY_CLUSTER = "kubernetes:ray.io/v1:RayCluster"
 # Databricks, Snowflake and Kubernetes resources land in the workspace, account or cluster their provider
 # connects to, which is the target's own (from org.yaml), so they carry no region of their own.
 _GLOBAL_PREFIXES = ("aws:iam/",)
+# A Foundry model deployment has no location: it lands in its resource (whose location is checked), and processes
+# where its type says, which its component checks through the azure-foundry adapter (infra.pulumi.azure_foundry).
+_ACCOUNT_PLACED = ("azure-native:cognitiveservices:Deployment",)
 _CONNECTION_PLACED = ("databricks:", "snowflake:", "kubernetes:", "pulumi:providers:databricks",
                       "pulumi:providers:snowflake", "pulumi:providers:kubernetes", "sovra:", "pulumi:pulumi:Stack")
 
@@ -110,6 +113,8 @@ def declared(type_: str, name: str, props: Mapping[str, Any], provider_region: A
             return Declared(type_, name, unplaced="it has no explicit AWS provider, so its region would come from "
                             "the stack config or AWS_REGION; give it the placement's provider")
         return _with_region(type_, name, provider_region, "its AWS provider has no region")
+    if type_ in _ACCOUNT_PLACED:
+        return Declared(type_, name)
     if type_.startswith("azure-native:"):
         return _with_region(type_, name, props.get("location"), "it has no `location`, so Azure would pick one")
     if type_ in (RAY_SERVICE, RAY_CLUSTER):

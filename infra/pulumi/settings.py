@@ -32,6 +32,23 @@ class AzureMLSettings:
 
 
 @dataclass(frozen=True)
+class AzureFoundrySettings:
+    """The resource and deployment made (default names: `sovra-<deployment>-<region>`), the deployment's type
+    (default: the target's scope), its capacity (thousands of tokens per minute, or PTUs for a provisioned type)
+    and the model (`{model}` is filled in)."""
+
+    resource_group: str = "sovra"
+    account: str | None = None
+    deployment: str | None = None
+    deployment_type: str | None = None
+    capacity: int = 1
+    model_format: str = "Mistral AI"
+    model_name: str = "{model}"
+    model_version: str = "1"
+    disable_local_auth: bool = False
+
+
+@dataclass(frozen=True)
 class DatabricksSettings:
     """The workspace (its URL; it is in the target's region) and the Unity Catalog model served (`{model}` is
     filled in). Without `host` the provider reads DATABRICKS_HOST."""
@@ -82,6 +99,7 @@ class KubeRaySettings:
 SETTINGS: Mapping[str, type] = MappingProxyType({
     "aws-sagemaker": SageMakerSettings,
     "azure-ml": AzureMLSettings,
+    "azure-foundry": AzureFoundrySettings,
     "databricks": DatabricksSettings,
     "snowflake-cortex": SnowflakeSettings,
     "kubernetes": KubeRaySettings,

@@ -1,5 +1,7 @@
-"""A local Azure for the azure-ml adapter: Entra ID token issuance, Azure Resource Manager for an Azure ML
-workspace (online and serverless endpoints, their keys), and the endpoints' scoring hosts, over TLS on 127.0.0.1.
+"""A local Azure for the azure-ml and azure-foundry adapters: Entra ID token issuance, Azure Resource Manager for an
+Azure ML workspace (online and serverless endpoints, their keys) and for Azure AI services resources (Foundry model
+deployments, their keys), the endpoints' scoring hosts and the resources' model inference endpoint, over TLS on
+127.0.0.1.
 
 Why this shape:
 - azure-core refuses bearer tokens over plain HTTP, so the server speaks TLS with a certificate from a `trustme`
@@ -12,6 +14,15 @@ Why this shape:
 - ARM paths are the ones MLClient calls (`.../workspaces/{ws}/onlineEndpoints/{name}`, `/deployments`,
   `/listKeys`, `.../serverlessEndpoints/{name}`, `/listKeys`, and the workspace itself); ARM answers only a bearer
   token this server issued, scoring answers only the endpoint's current key.
+- Foundry shapes follow the Microsoft.CognitiveServices 2024-10-01 REST spec (azure-rest-api-specs
+  specification/cognitiveservices/resource-manager/.../2024-10-01/cognitiveservices.json: `Account` with
+  `properties.endpoints` {"Azure AI Model Inference API": url} and `disableLocalAuth`, `Deployment` with `sku`
+  {name, capacity} and `properties.model`/`provisioningState`, `listKeys` -> `ApiKeys` {key1, key2}); inference
+  follows the Azure AI model inference API (learn.microsoft.com/azure/ai-foundry/foundry-models/how-to/inference and
+  /rest/api/aifoundry/model-inference): `POST {endpoint}/models/chat/completions?api-version=2024-05-01-preview`
+  routed by `model` = deployment name, `api-key` or `Authorization: Bearer` (Entra ID), OpenAI-shaped bodies,
+  tool calls included. A serverless endpoint's `authMode` is Key, AAD or KeyAndAAD (azure-ai-ml's
+  `ServerlessInferenceEndpointAuthMode`); an AAD-only endpoint has no keys to list and takes a bearer token.
 - Faults are answered on the wire, per surface ("token", "arm", "keys", "scoring"): a status (429 with Retry-After,
   500, 401, ...), a slow answer, malformed JSON; a missing endpoint is a real ARM 404; a closed port is an endpoint
   whose scoring URI, or a cloud whose resource manager, points at a port nobody listens on.
@@ -38,6 +49,9 @@ from typing import Any, Self
 #: The cloud name this emulator's metadata document declares (what a user passes as `cloud:`).
 CLOUD = "SovraEmulatorCloud"
 ARM_PREFIX = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.MachineLearningServices/workspaces/{ws}"
+FOUNDRY_PREFIX = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.CognitiveServices/accounts/{account}"
+#: The api-version of the model inference API this emulator speaks.
+INFERENCE_API_VERSION = "2024-05-01-preview"
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,29 @@ class Endpoint:
     streams: bool = True
     scoring_closed: bool = False  # its scoring URI points at a closed port
     model_id: str = "azureml://registries/azureml-mistral/models/Mistral-Large-2411"
+    auth_mode: str = "Key"  # serverless: Key | AAD | KeyAndAAD
+
+
+@dataclass
+class FoundryDeployment:
+    """One model deployment; `sku` is its deployment type (GlobalStandard, DataZoneStandard, ProvisionedManaged...)."""
+
+    name: str
+    sku: str = "DataZoneStandard"
+    capacity: int = 10
+    model: str = "Mistral-Large-2411"
+    provisioning_state: str = "Succeeded"
+
+
+@dataclass
+class FoundryAccount:
+    """An Azure AI services resource (kind AIServices) and its deployments."""
+
+    name: str
+    location: str
+    key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    disable_local_auth: bool = False
+    deployments: dict[str, FoundryDeployment] = field(default_factory=dict)
 
 
 @dataclass
@@ -92,6 +129,7 @@ class AzureEmulator:
         self.location, self.tenant_id, self.client_id = location, tenant_id, client_id
         self.client_secret = secrets.token_urlsafe(24)
         self.endpoints: dict[str, Endpoint] = {}
+        self.accounts: dict[str, FoundryAccount] = {}
         self.faults: dict[str, Fault] = {}
         self.seen: list[Seen] = []
         self.issued_tokens: list[str] = []
@@ -176,6 +214,24 @@ class AzureEmulator:
                                              deployments=(), **kw)
         return ep
 
+    def add_foundry(self, account: str, deployment: str, *, location: str = "swedencentral",
+                    **kw: Any) -> FoundryDeployment:
+        """A deployment in Foundry resource `account` (made on first use, in `location`)."""
+        acc = self.accounts.setdefault(account, FoundryAccount(account, location))
+        dep = acc.deployments[deployment] = FoundryDeployment(deployment, **kw)
+        return dep
+
+    def foundry_connection(self, account: str, deployment: str | None, **extra: Any) -> dict[str, Any]:
+        """An org.yaml `connection:` for a deployment of a Foundry resource here."""
+        out = {"subscription_id": self.subscription_id, "resource_group": self.resource_group,
+               "account": account, "arm_endpoint": self.url, **extra}
+        if deployment is not None:
+            out["deployment"] = deployment
+        return out
+
+    def rotate_foundry_key(self, account: str) -> None:
+        self.accounts[account].key = secrets.token_urlsafe(32)
+
     def rotate_key(self, name: str) -> None:
         """A new primary key: the old one is refused from now on (as after `regenerate-keys`)."""
         ep = self.endpoints[name]
@@ -183,7 +239,8 @@ class AzureEmulator:
 
     def all_secrets(self) -> list[str]:
         """Every credential this emulator handed out or holds: none may appear in logs or records."""
-        return [self.client_secret, *self.issued_tokens, *(e.key for e in self.endpoints.values())]
+        return [self.client_secret, *self.issued_tokens, *(e.key for e in self.endpoints.values()),
+                *(a.key for a in self.accounts.values())]
 
     @contextlib.contextmanager
     def fault(self, surface: str, fault: Fault) -> Iterator[None]:
@@ -235,8 +292,13 @@ class AzureEmulator:
         from starlette.applications import Starlette
         from starlette.routing import Route
 
-        ws = ARM_PREFIX
+        ws, fa = ARM_PREFIX, FOUNDRY_PREFIX
         return Starlette(routes=[
+            Route(fa, self._foundry_account, methods=["GET"]),
+            Route(fa + "/deployments/{name}", self._foundry_deployment, methods=["GET"]),
+            Route(fa + "/listKeys", self._foundry_keys, methods=["POST"]),
+            Route("/foundry/{account}/models/chat/completions", self._foundry_infer, methods=["POST"]),
+            Route("/foundry/{account}/models/embeddings", self._foundry_infer, methods=["POST"]),
             Route("/metadata/endpoints", self._metadata, methods=["GET"]),
             Route("/{tenant}/v2.0/.well-known/openid-configuration", self._openid, methods=["GET"]),
             Route("/{tenant}/oauth2/v2.0/token", self._token, methods=["POST"]),
@@ -360,7 +422,7 @@ class AzureEmulator:
         return JSONResponse({
             "id": self._arm_id("serverlessEndpoints", ep.name), "name": ep.name, "location": ep.location,
             "type": "Microsoft.MachineLearningServices/workspaces/serverlessEndpoints", "sku": {"name": ep.sku},
-            "properties": {"authMode": "Key", "modelSettings": {"modelId": ep.model_id},
+            "properties": {"authMode": ep.auth_mode, "modelSettings": {"modelId": ep.model_id},
                            "inferenceEndpoint": {"uri": f"{scoring_host}/serverless/{ep.name}",
                                                  "headers": {"extra-parameters": "pass-through"}},
                            "provisioningState": ep.provisioning_state, "endpointState": ep.endpoint_state}})
@@ -394,12 +456,15 @@ class AzureEmulator:
         ep, missing = self._endpoint_or_404(request)
         if ep is None:
             return missing
+        if ep.auth_mode == "AAD":  # an Entra-only endpoint has no keys
+            return JSONResponse({"error": {"code": "BadRequest", "message": (
+                f"Endpoint '{ep.name}' uses AAD authentication; keys are not available.")}}, status_code=400)
         return JSONResponse({"primaryKey": ep.key, "secondaryKey": secrets.token_urlsafe(32)})
 
     # scoring ----------------------------------------------------------------------------------------------------
 
     async def _score(self, request: Any) -> Any:
-        from starlette.responses import JSONResponse, StreamingResponse
+        from starlette.responses import JSONResponse
 
         name = request.path_params["name"]
         ep = self.endpoints.get(name)
@@ -407,7 +472,10 @@ class AzureEmulator:
         self.seen.append(seen)
         if ep is None:
             return JSONResponse({"error": {"code": "NotFound", "message": "no such endpoint"}}, status_code=404)
-        if request.headers.get("authorization") != f"Bearer {ep.key}":
+        auth = request.headers.get("authorization", "")
+        by_key = ep.auth_mode != "AAD" and auth == f"Bearer {ep.key}"
+        by_token = ep.auth_mode != "Key" and auth.startswith("Bearer ") and auth[7:] in self.issued_tokens
+        if not (by_key or by_token):
             return JSONResponse({"message": "Unauthorized: invalid key"}, status_code=401)
         if seen.deployment_header is not None and seen.deployment_header not in ep.deployments:
             return JSONResponse({"error": {"code": "DeploymentNotFound",
@@ -417,33 +485,154 @@ class AzureEmulator:
             return faulty
         body = await request.json()
         seen.body = body
-        if "input" in body or request.url.path.endswith("/embeddings"):
-            inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
-            return JSONResponse({"object": "list", "model": body.get("model", ""),
-                                 "data": [{"object": "embedding", "index": i, "embedding": _vector(t)}
-                                          for i, t in enumerate(inputs)],
-                                 "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}})
-        last = next((m.get("content", "") for m in reversed(body.get("messages", [])) if m.get("role") == "user"),
-                    "")
-        text = f"{ep.name} says: {last}"
-        usage = {"prompt_tokens": len(str(last).split()), "completion_tokens": len(text.split()),
-                 "total_tokens": len(str(last).split()) + len(text.split())}
-        if body.get("stream") and ep.streams:
-            async def events() -> Any:
-                for i, word in enumerate(text.split()):
-                    chunk = {"id": "az-1", "object": "chat.completion.chunk", "created": 0, "model": ep.name,
-                             "choices": [{"index": 0, "delta": {"content": (" " if i else "") + word},
-                                          "finish_reason": None}]}
-                    yield f"data: {json.dumps(chunk)}\n\n"
-                end = {"id": "az-1", "object": "chat.completion.chunk", "created": 0, "model": ep.name,
-                       "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": usage}
-                yield f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n"
+        return _reply(ep.name, body, request.url.path.endswith("/embeddings"), ep.streams)
 
-            return StreamingResponse(events(), media_type="text/event-stream")
-        return JSONResponse({"id": "az-1", "object": "chat.completion", "created": int(time.time()),
-                             "model": ep.name, "usage": usage,
-                             "choices": [{"index": 0, "finish_reason": "stop",
-                                          "message": {"role": "assistant", "content": text}}]})
+    # Foundry ----------------------------------------------------------------------------------------------------
+
+    async def _foundry_gate(self, request: Any, surface: str = "arm") -> tuple[FoundryAccount | None, Any]:
+        """Record, check the bearer token and the resource, apply faults: (the account, None) to go on."""
+        from starlette.responses import JSONResponse
+
+        self.seen.append(Seen(surface, request.method, request.url.path))
+        auth = request.headers.get("authorization", "")
+        if not auth.startswith("Bearer ") or auth[7:] not in self.issued_tokens:
+            return None, JSONResponse({"error": {"code": "AuthenticationFailed",
+                                                 "message": "Authentication failed: no valid bearer token."}},
+                                      status_code=401)
+        if request.query_params.get("api-version") is None:
+            return None, JSONResponse({"error": {"code": "MissingApiVersionParameter", "message": (
+                "The api-version query parameter (?api-version=) is required for all requests.")}}, status_code=400)
+        p = request.path_params
+        acc = self.accounts.get(p["account"])
+        if (p["sub"], p["rg"].lower()) != (self.subscription_id, self.resource_group.lower()) or acc is None:
+            return None, JSONResponse({"error": {"code": "ResourceNotFound", "message": (
+                f"The Resource 'Microsoft.CognitiveServices/accounts/{p['account']}' under resource group "
+                f"'{p['rg']}' was not found.")}}, status_code=404)
+        return acc, await self._faulty(surface)
+
+    def _foundry_id(self, account: str, *parts: str) -> str:
+        base = FOUNDRY_PREFIX.format(sub=self.subscription_id, rg=self.resource_group, account=account)
+        return "/".join((base, *parts))
+
+    async def _foundry_account(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        acc, bad = await self._foundry_gate(request)
+        if bad is not None:
+            return bad
+        host = f"{self.url}/foundry/{acc.name}/"
+        return JSONResponse({
+            "id": self._foundry_id(acc.name), "name": acc.name, "type": "Microsoft.CognitiveServices/accounts",
+            "location": acc.location, "kind": "AIServices", "sku": {"name": "S0"},
+            "properties": {"provisioningState": "Succeeded", "customSubDomainName": acc.name, "endpoint": host,
+                           "endpoints": {"Azure AI Model Inference API": host, "OpenAI Language Model Instance API":
+                                         host, "AI Foundry API": host},
+                           "disableLocalAuth": acc.disable_local_auth, "publicNetworkAccess": "Enabled"}})
+
+    async def _foundry_deployment(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        acc, bad = await self._foundry_gate(request)
+        if bad is not None:
+            return bad
+        dep = acc.deployments.get(request.path_params["name"])
+        if dep is None:
+            return JSONResponse({"error": {"code": "DeploymentNotFound", "message": (
+                f"The Resource 'Microsoft.CognitiveServices/accounts/{acc.name}/deployments/"
+                f"{request.path_params['name']}' was not found.")}}, status_code=404)
+        return JSONResponse({
+            "id": self._foundry_id(acc.name, "deployments", dep.name), "name": dep.name,
+            "type": "Microsoft.CognitiveServices/accounts/deployments",
+            "sku": {"name": dep.sku, "capacity": dep.capacity},
+            "properties": {"model": {"format": "Mistral AI", "name": dep.model, "version": "1"},
+                           "provisioningState": dep.provisioning_state, "versionUpgradeOption": "NoAutoUpgrade",
+                           "capabilities": {"chatCompletion": "true"}}})
+
+    async def _foundry_keys(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        acc, bad = await self._foundry_gate(request, "keys")
+        if bad is not None:
+            return bad
+        if acc.disable_local_auth:
+            return JSONResponse({"error": {"code": "BadRequest", "message": (
+                "Failed to list key. disableLocalAuth is set to be true")}}, status_code=400)
+        return JSONResponse({"key1": acc.key, "key2": secrets.token_urlsafe(32)})
+
+    async def _foundry_infer(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        seen = Seen("scoring", "POST", request.url.path)
+        self.seen.append(seen)
+        acc = self.accounts.get(request.path_params["account"])
+        if acc is None:
+            return JSONResponse({"error": {"code": "NotFound", "message": "Resource not found"}}, status_code=404)
+        if request.query_params.get("api-version") != INFERENCE_API_VERSION:
+            return JSONResponse({"error": {"code": "BadRequest", "message": "Unsupported api-version"}},
+                                status_code=400)
+        auth = request.headers.get("authorization", "")
+        by_key = not acc.disable_local_auth and request.headers.get("api-key") == acc.key
+        by_token = auth.startswith("Bearer ") and auth[7:] in self.issued_tokens
+        if not (by_key or by_token):
+            return JSONResponse({"error": {"code": "401", "message": (
+                "Access denied due to invalid subscription key or wrong API endpoint.")}}, status_code=401)
+        faulty = await self._faulty("scoring")
+        if faulty is not None:
+            return faulty
+        body = await request.json()
+        seen.body = body
+        dep = acc.deployments.get(str(body.get("model")))
+        if dep is None or dep.provisioning_state != "Succeeded":
+            return JSONResponse({"error": {"code": "unknown_model", "message": (
+                f"Unknown model: {body.get('model')}")}}, status_code=400)
+        return _reply(dep.name, body, request.url.path.endswith("/embeddings"), True)
+
+
+def _reply(name: str, body: dict[str, Any], embeddings: bool, streams: bool) -> Any:
+    """An OpenAI-shaped answer: embeddings, or a chat answer echoing the last user turn. With `tools`, the first
+    turn calls the first tool (arguments: the user's text) and a turn after the tool's result answers with it."""
+    from starlette.responses import JSONResponse, StreamingResponse
+
+    if "input" in body or embeddings:
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        return JSONResponse({"object": "list", "model": body.get("model", ""),
+                             "data": [{"object": "embedding", "index": i, "embedding": _vector(t)}
+                                      for i, t in enumerate(inputs)],
+                             "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}})
+    messages = body.get("messages", [])
+    last = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
+    calls = None
+    if messages and messages[-1].get("role") == "tool":
+        text: str | None = f"{name} read the tool: {messages[-1].get('content')}"
+    elif body.get("tools"):
+        fn = body["tools"][0]["function"]["name"]
+        text, calls = None, [{"id": "call_1", "type": "function",
+                              "function": {"name": fn, "arguments": json.dumps({"q": last})}}]
+    else:
+        text = f"{name} says: {last}"
+    words = (text or "").split()
+    usage = {"prompt_tokens": len(str(last).split()), "completion_tokens": len(words) or 1,
+             "total_tokens": len(str(last).split()) + (len(words) or 1)}
+    finish = "tool_calls" if calls else "stop"
+    if body.get("stream") and streams:
+        async def events() -> Any:
+            def event(delta: dict[str, Any], reason: str | None = None, **extra: Any) -> str:
+                return "data: " + json.dumps({"id": "az-1", "object": "chat.completion.chunk", "created": 0,
+                                              "model": name, "choices": [{"index": 0, "delta": delta,
+                                                                          "finish_reason": reason}], **extra}) + "\n\n"
+
+            for i, word in enumerate(words):
+                yield event({"content": (" " if i else "") + word})
+            for i, c in enumerate(calls or ()):
+                yield event({"tool_calls": [{"index": i, **c}]})
+            yield event({}, finish, usage=usage) + "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if calls:
+        message["tool_calls"] = calls
+    return JSONResponse({"id": "az-1", "object": "chat.completion", "created": int(time.time()), "model": name,
+                         "usage": usage, "choices": [{"index": 0, "finish_reason": finish, "message": message}]})
 
 
 def _vector(text: str, dim: int = 8) -> list[float]:

@@ -23,7 +23,8 @@ from orchestrator.spec import Residency
 from orchestrator.spec.zones import COUNTRY_ZONE, GLOBAL
 from policies.residency import Place
 from providers import azure_ml_arm as arm
-from providers.azure_ml import DATA_ZONE_TYPES, GLOBAL_TYPES, REGIONAL_TYPES
+from providers.azure_foundry import DATA_ZONE_TYPES, GLOBAL_TYPES
+from providers.azure_ml import REGIONAL_TYPES
 from providers.azure_ml_client import AzureMLClient
 from providers.azure_ml_regions import REGION_COUNTRY
 from tests import factories
@@ -45,8 +46,9 @@ def az():
         emu.add_online("chat-fr", deployments=("blue", "green"))
         emu.add_online("chat-creating", provisioning_state="Creating")
         emu.add_online("chat-closed", scoring_closed=True)
-        emu.add_serverless("mistral-dz", location="swedencentral", sku="DataZoneStandard")
-        emu.add_serverless("mistral-global", location="swedencentral", sku="GlobalStandard")
+        emu.add_serverless("mistral-se", location="swedencentral")
+        emu.add_serverless("mistral-global", location="swedencentral", sku="GlobalStandard")  # ARM never says so
+        emu.add_serverless("mistral-aad", location="swedencentral", auth_mode="AAD")
         emu.add_serverless("mistral-us", location="eastus2", sku="Consumption")
         emu.add_serverless("mistral-odd", location="eastus2", sku="SomeFutureSku")
         emu.add_serverless("mistral-nostream", streams=False)
@@ -112,7 +114,7 @@ def test_online_endpoint_chat_stream_and_embeddings_with_the_named_deployment(az
 
 
 def test_serverless_endpoint_speaks_the_model_inference_paths(az):
-    b = backend(az, "mistral-dz", "serverless", "swedencentral")
+    b = backend(az, "mistral-se", "serverless", "swedencentral")
     before = len(az.seen)
 
     async def scenario(c):
@@ -120,11 +122,11 @@ def test_serverless_endpoint_speaks_the_model_inference_paths(az):
                 await c.embed(b, {"model": "support", "input": "abc"}))
 
     answer, chunks, emb = run(scenario)
-    assert answer["choices"][0]["message"]["content"] == "mistral-dz says: bonjour"
-    assert text(chunks) == "mistral-dz says: bonjour"
+    assert answer["choices"][0]["message"]["content"] == "mistral-se says: bonjour"
+    assert text(chunks) == "mistral-se says: bonjour"
     assert emb["data"][0]["embedding"][0] == 3.0
     paths = [s.path for s in az.seen[before:] if s.surface == "scoring"]
-    assert paths == ["/serverless/mistral-dz/chat/completions"] * 2 + ["/serverless/mistral-dz/embeddings"]
+    assert paths == ["/serverless/mistral-se/chat/completions"] * 2 + ["/serverless/mistral-se/embeddings"]
     assert all(s.deployment_header is None for s in az.seen[before:])
 
 
@@ -137,6 +139,19 @@ def test_an_endpoint_that_does_not_stream_is_streamed_on_in_one_piece(az):
 
 async def _stream_all(c, b):
     return await drain(await c.chat_stream(b, CHAT))
+
+
+def test_a_serverless_endpoint_with_aad_auth_takes_a_token_from_the_credential_not_list_keys(az):
+    b = backend(az, "mistral-aad", "serverless", "swedencentral")
+    keys = az.count("keys")
+
+    async def scenario(c):
+        return await c.chat(b, CHAT), await _stream_all(c, b)
+
+    answer, chunks = run(scenario)
+    assert answer["choices"][0]["message"]["content"] == "mistral-aad says: bonjour"
+    assert text(chunks) == "mistral-aad says: bonjour"
+    assert az.count("keys") == keys  # an AAD endpoint has no keys: none were asked for
 
 
 def test_concurrent_first_calls_read_arm_once(az):
@@ -179,7 +194,7 @@ def test_a_key_refused_again_after_the_re_read_is_refused_down(az):
 
 
 def test_health_and_describe_read_arm_and_send_no_payload(az):
-    online, dz = backend(az, "chat-fr"), backend(az, "mistral-dz", "serverless", "swedencentral")
+    online, dz = backend(az, "chat-fr"), backend(az, "mistral-se", "serverless", "swedencentral")
     creating, missing = backend(az, "chat-creating"), backend(az, "no-such-endpoint")
     scored = az.count("scoring")
 
@@ -191,7 +206,7 @@ def test_health_and_describe_read_arm_and_send_no_payload(az):
     assert health == [True, True, False, False]
     assert az.count("scoring") == scored
     assert d_online["status"] == "Succeeded" and d_online["location"] == "francecentral"
-    assert (d_dz["status"], d_dz["deployment_type"], d_dz["kind"]) == ("Online", "DataZoneStandard", "serverless")
+    assert (d_dz["status"], d_dz["deployment_type"], d_dz["kind"]) == ("Online", "Consumption", "serverless")
     assert d_missing["status"] == "unknown" and "not found" in d_missing["error"]
 
 
@@ -326,8 +341,10 @@ def test_locate_without_an_endpoint_says_to_name_it_in_org_yaml(az):
 
 @pytest.mark.parametrize(("extra", "message"), [
     ({"kind": "serverless", "deployment": "blue"}, "no deployments"),
-    ({"deployment_type": "GlobalStandard"}, "serverless endpoints only"),
+    ({"deployment_type": "Consumption"}, "serverless endpoints only"),
     ({"kind": "serverless", "deployment_type": "Planetary"}, "unknown deployment_type"),
+    ({"kind": "serverless", "deployment_type": "GlobalStandard"}, "azure-foundry"),
+    ({"kind": "serverless", "deployment_type": "DataZoneStandard"}, "azure-foundry"),
     ({"endpoint": "bad/name"}, "endpoint"),
     ({"api_key": "x"}, "valid fields"),
 ])
@@ -342,17 +359,18 @@ def test_connection_errors_name_the_fix(az, extra, message):
 
 @pytest.mark.parametrize(("endpoint", "kind", "region", "value", "zone"), [
     ("chat-fr", "online", "francecentral", "Regional (managed online endpoint in francecentral)", "EU"),
-    ("mistral-dz", "serverless", "swedencentral", "DataZoneStandard", "EU"),
+    ("mistral-se", "serverless", "swedencentral", "Consumption", "EU"),
     ("mistral-global", "serverless", "swedencentral", "GlobalStandard", GLOBAL),
     ("mistral-us", "serverless", "eastus2", "Consumption", "US"),
 ])
 def test_live_settings_read_the_deployment_type_from_arm(az, endpoint, kind, region, value, zone):
     t = target(region, REGION_COUNTRY[region])
     [setting] = ADAPTER.live_settings(t, ADAPTER.connection(az.connection(endpoint, kind)))
-    assert (setting.setting, setting.value, setting.zone) == ("deployment type", value, zone)
+    assert (setting.setting, setting.zone) == ("deployment type", zone) and setting.value.startswith(value)
     assert bool(setting.fix) is (zone != t.zone)
-    if setting.fix:
-        assert "DataZoneStandard" in setting.fix and "Standard in swedencentral" in setting.fix
+    if setting.fix:  # a serverless endpoint is regional: the fix never names a type it cannot have
+        assert "serverless endpoint in swedencentral" in setting.fix and "azure-foundry" in setting.fix
+        assert "DataZoneStandard" not in setting.fix
 
 
 def test_an_unknown_sku_is_treated_as_processing_anywhere(az):
@@ -369,16 +387,13 @@ def test_live_settings_of_a_missing_endpoint_say_what_failed(az):
 @given(region=st.sampled_from(sorted(REGION_COUNTRY)),
        deployment_type=st.sampled_from((*GLOBAL_TYPES, *DATA_ZONE_TYPES, *REGIONAL_TYPES)),
        spelling=st.sampled_from((str, str.lower, str.upper)))
-def test_zone_translation_over_regions_and_deployment_types(region, deployment_type, spelling):
-    country = REGION_COUNTRY[region]
-    home = COUNTRY_ZONE[country]
+def test_azure_ml_endpoints_are_regional_and_wider_types_point_at_azure_foundry(region, deployment_type, spelling):
+    home = COUNTRY_ZONE[REGION_COUNTRY[region]]
     name = spelling(deployment_type)
-    if deployment_type in GLOBAL_TYPES:
-        assert ADAPTER.zone_for_deployment(name, region) == GLOBAL
-    elif deployment_type in REGIONAL_TYPES or home in ("EU", "US"):  # in-region, or a data zone that exists
+    if deployment_type in REGIONAL_TYPES:
         assert ADAPTER.zone_for_deployment(name, region) == home
-    else:  # Microsoft defines data zones for the EU and the US only
-        with pytest.raises(ValueError, match="data zone"):
+    else:  # Global / DataZone types are Foundry deployments', never an Azure ML endpoint's
+        with pytest.raises(ValueError, match="azure-foundry"):
             ADAPTER.zone_for_deployment(name, region)
 
 
@@ -387,7 +402,8 @@ def test_an_unknown_region_or_type_is_an_error_not_a_guess():
         ADAPTER.zone_for_deployment("Standard", "atlantis")
     with pytest.raises(ValueError, match="unknown scope"):
         ADAPTER.zone_for_deployment("Planetary", "francecentral")
-    assert ADAPTER.zone_for_deployment("GlobalStandard", "atlantis") == GLOBAL  # anywhere is anywhere
+    with pytest.raises(ValueError, match="azure-foundry"):  # not an Azure ML endpoint's type at all
+        ADAPTER.zone_for_deployment("GlobalStandard", "francecentral")
 
 
 def test_every_region_country_is_a_known_country():

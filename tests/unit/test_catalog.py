@@ -36,7 +36,8 @@ def test_provider_labels_are_translated_into_zones_by_adapters(targets):
     assert by_id["aws-bedrock/eu"].zone == "EU" and by_id["aws-bedrock/eu"].country is None
     assert by_id["aws-bedrock/global"].zone == "GLOBAL" and by_id["aws-bedrock/apac"].zone == "APAC"
     zones = {(t.provider, t.scope): t.zone for t in targets if t.scope}
-    assert zones.get(("azure-ml", "global")) == "GLOBAL"
+    assert zones.get(("azure-foundry", "GlobalStandard")) == "GLOBAL"  # a Foundry deployment type
+    assert {z for (p, s), z in zones.items() if p == "azure-ml"} <= {"EU", "US", "APAC"}  # serverless: regional
     assert {z for (p, s), z in zones.items() if p == "snowflake-cortex" and s == "any_region"} == {"GLOBAL"}
     assert {z for (p, s), z in zones.items() if p == "snowflake-cortex" and s == "aws_eu"} == {"EU"}
 

@@ -33,6 +33,8 @@ SNOWFLAKE = target("snowflake-cortex/aws-eu-central-1", provider="snowflake-cort
                    country="DE", models={"m": 0.001})
 ONPREM = target("onprem/paris", cloud="onprem", provider="kubernetes", region="paris", country="FR")
 SCORING = "https://sovra-d.francecentral.inference.ml.azure.com/score"
+FOUNDRY = target("azure-foundry/datazone-eu", cloud="azure", provider="azure-foundry", region="swedencentral",
+                 country=None, zone="EU", models={"m": 0.0033}).model_copy(update={"scope": "DataZoneStandard"})
 
 
 class Recorder(pulumi.runtime.Mocks):
@@ -55,6 +57,14 @@ class Recorder(pulumi.runtime.Mocks):
             return (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{args.inputs['resourceGroupName']}/providers/"
                     f"Microsoft.MachineLearningServices/workspaces/{args.inputs['workspaceName']}/onlineEndpoints/"
                     f"{state['name']}"), state
+        if args.typ == "azure-native:cognitiveservices:Account":
+            state["name"] = args.inputs["accountName"]
+            host = f"https://{state['name']}.services.ai.azure.com/"
+            state["properties"] = {**args.inputs["properties"], "endpoints": {"Azure AI Model Inference API": host}}
+            return (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{args.inputs['resourceGroupName']}/providers/"
+                    f"Microsoft.CognitiveServices/accounts/{state['name']}"), state
+        if args.typ == "azure-native:cognitiveservices:Deployment":
+            state["name"] = args.inputs["deploymentName"]
         if args.typ == "databricks:index/modelServing:ModelServing":
             state["endpointUrl"] = f"https://dbc.example.com/serving-endpoints/{args.inputs['name']}/invocations"
         if args.typ == "snowflake:index/service:Service":
@@ -65,6 +75,8 @@ class Recorder(pulumi.runtime.Mocks):
         self.calls.append(args)
         if args.token == "azure-native:machinelearningservices:listOnlineEndpointKeys":
             return {"primaryKey": "primary-secret", "secondaryKey": "secondary-secret"}
+        if args.token == "azure-native:cognitiveservices:listAccountKeys":
+            return {"key1": "foundry-key1", "key2": "foundry-key2"}
         return {}
 
     def of_type(self, typ: str) -> list[pulumi.runtime.MockResourceArgs]:
@@ -257,6 +269,47 @@ def test_azure_ml_with_a_tampered_location_is_refused(mocks):
     assert "azure-native:machinelearningservices:OnlineEndpoint 'az-endpoint': would land in eastus" in message
     assert "azure-ml/francecentral in francecentral" in message
     assert not mocks.of_type("azure-native:machinelearningservices:OnlineEndpoint")
+
+
+# --- Azure AI Foundry --------------------------------------------------------------------------------------
+
+
+def test_foundry_resource_in_the_target_region_and_a_deployment_of_the_targets_type_with_a_secret_key(mocks):
+    from infra.pulumi.azure_foundry import AzureFoundryDeployment
+
+    c = AzureFoundryDeployment("af", placed(FOUNDRY, resource_group="rg", capacity=50))
+    out = resolve(name=c.endpoint_name, uri=c.scoring_uri, key=c.key, where=c.connection())
+
+    account, dep = mocks.one("azure-native:cognitiveservices:Account"), mocks.one(
+        "azure-native:cognitiveservices:Deployment")
+    assert (account.inputs["location"], account.inputs["kind"]) == ("swedencentral", "AIServices")
+    assert dep.inputs["sku"] == {"name": "DataZoneStandard", "capacity": 50}
+    assert dep.inputs["properties"]["model"] == {"format": "Mistral AI", "name": "m", "version": "1"}
+    assert dep.inputs["accountName"] == account.inputs["accountName"] == "sovra-d-swedencentral"
+    for r in (account, dep):
+        assert r.inputs["resourceGroupName"] == "rg"
+        assert_tagged(r, FOUNDRY)
+    assert out["uri"] == "https://sovra-d-swedencentral.services.ai.azure.com/"
+    assert out["key"] == "foundry-key1" and out["key_secret"] is True
+    assert out["where"]["deployment_type"] == "DataZoneStandard" and out["where"]["subscription_id"] == SUBSCRIPTION
+
+
+@pytest.mark.parametrize("wider", ["GlobalStandard", "DeveloperTier", "GlobalProvisionedManaged"])
+def test_a_foundry_deployment_type_wider_than_the_target_is_refused_before_anything_is_declared(mocks, wider):
+    from infra.pulumi.azure_foundry import AzureFoundryDeployment
+
+    with pytest.raises(ResidencyGuardError, match=f"{wider}.*would process in GLOBAL, outside the target's EU"):
+        declare(lambda: AzureFoundryDeployment("af", placed(FOUNDRY, deployment_type=wider)))
+    assert not mocks.resources or all(not r.typ.startswith("azure-native:") for r in mocks.resources)
+
+
+def test_a_foundry_resource_with_a_tampered_location_is_refused(mocks):
+    from infra.pulumi.azure_foundry import AzureFoundryDeployment
+
+    us = FOUNDRY.model_copy(update={"region": "eastus2"})  # a US resource for an EU data-zone target
+    with pytest.raises(ResidencyGuardError, match="EU"):
+        declare(lambda: AzureFoundryDeployment("af", placed(us)))
+    assert not mocks.of_type("azure-native:cognitiveservices:Deployment")
 
 
 # --- Databricks, Snowflake ---------------------------------------------------------------------------------
