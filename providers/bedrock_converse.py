@@ -208,7 +208,8 @@ def stream_chunks(model: str, events: Iterable[Mapping[str, Any]], *, include_us
                   ) -> Iterator[dict[str, Any]]:
     """ConverseStream events as OpenAI chunks: the role first, each text delta, each tool call (named by its
     `contentBlockStart`, its arguments by `contentBlockDelta.delta.toolUse.input` pieces), then the finish reason.
-    With `include_usage`, as OpenAI does, a last chunk with no choices carries the usage (Converse's `metadata`)."""
+    With `include_usage`, as OpenAI does, a last chunk with no choices carries the usage (Converse's `metadata`);
+    without, the finish chunk carries it (OpenAI's chunk has a nullable `usage`), so the trail still counts tokens."""
     id, finish, ended = openai_wire.new_id(), None, False
     tools: dict[int, int] = {}  # contentBlockIndex -> OpenAI tool-call index
     for event in events:
@@ -233,10 +234,12 @@ def stream_chunks(model: str, events: Iterable[Mapping[str, Any]], *, include_us
             finish = FINISH.get(event["messageStop"].get("stopReason"), "stop")
         elif "metadata" in event:
             ended = True
-            yield openai_wire.chunk(model, id, finish_reason=finish or "stop")
+            u = event["metadata"].get("usage") or {}
+            counted = openai_wire.usage(u.get("inputTokens"), u.get("outputTokens"))
             if include_usage:
-                u = event["metadata"].get("usage") or {}
-                yield {**openai_wire.chunk(model, id), "choices": [],
-                       "usage": openai_wire.usage(u.get("inputTokens"), u.get("outputTokens"))}
+                yield openai_wire.chunk(model, id, finish_reason=finish or "stop")
+                yield {**openai_wire.chunk(model, id), "choices": [], "usage": counted}
+            else:  # on the finish chunk, where a client that did not ask ignores it and the audit still counts
+                yield openai_wire.chunk(model, id, finish_reason=finish or "stop", usage_=counted)
     if not ended and finish is not None:
         yield openai_wire.chunk(model, id, finish_reason=finish)
