@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from orchestrator.router import direct_report
+from orchestrator.router import completions, direct_report, responses
 from orchestrator.router.access import Access, ReadinessView, cross_site, preflight
 from orchestrator.router.audit import CLIENT_CLOSED, AuditLog, RequestContext
 from orchestrator.router.backends import Backend
@@ -32,7 +32,7 @@ from orchestrator.router.gate import RequestResidency
 from orchestrator.router.limits import TenantLimits
 from orchestrator.router.metrics import RouterMetrics
 from orchestrator.router.probe import Prober
-from orchestrator.router.requests import ChatRequest, EmbeddingRequest
+from orchestrator.router.requests import ChatRequest, EmbeddingRequest, Translated
 from orchestrator.router.tenants import TenantDirectory
 from orchestrator.spec.org import Tenant
 from policies.residency import allows
@@ -125,6 +125,8 @@ def create_app(state: RouterState) -> Callable:
     slow = Starlette(lifespan=lifespan, routes=[
         Route("/v1/chat/completions", _Payload(state, "chat"), methods=["POST"]),
         Route("/v1/embeddings", _Payload(state, "embed"), methods=["POST"]),
+        Route("/v1/responses", _Payload(state, "responses"), methods=["POST"]),
+        Route("/v1/completions", _Payload(state, "completions"), methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/routes", routes, methods=["GET"]),
         Route("/v1/audit/report", report, methods=["POST"]),
@@ -161,7 +163,11 @@ class _Payload:
         await _serve(self.state, scope, receive, send, self.op)
 
 
-_FAST = {"/v1/chat/completions": "chat", "/v1/embeddings": "embed"}
+_FAST = {"/v1/chat/completions": "chat", "/v1/embeddings": "embed", "/v1/responses": "responses",
+         "/v1/completions": "completions"}
+#: The surfaces sent as chat requests: each turns its body into one and the answer back (`requests.Translated`).
+_TRANSLATED: dict[str, Callable[[dict[str, Any]], Translated]] = {
+    "responses": responses.translate, "completions": completions.translate}
 
 
 def _route_path(scope: dict[str, Any]) -> str:
@@ -269,9 +275,10 @@ class _Outcome:
 
 
 async def _serve(state: RouterState, scope: dict[str, Any], receive: Callable, send: Callable, op: str) -> None:
-    """Answer one chat or embeddings request and record it. Everything that must happen once a payload may have
-    left (closing a stream, releasing its backend's slot, the record) is in this one `finally`, independent of
-    whether the answer or a stream's body ever started: the client may go away, or Serve cancel us, at any await."""
+    """Answer one chat, embeddings, responses or completions request (the last two sent as the chat they become)
+    and record it. Everything that must happen once a payload may have left (closing a stream, releasing its
+    backend's slot, the record) is in this one `finally`, independent of whether the answer or a stream's body ever
+    started: the client may go away, or Serve cancel us, at any await."""
     start = time.perf_counter()
     headers = _headers(scope)
     rid = headers.get("x-request-id") or ""
@@ -293,6 +300,10 @@ async def _serve(state: RouterState, scope: dict[str, Any], receive: Callable, s
             residency = RequestResidency.build(tenant.residency, _every(scope, b"x-sovra-residency") or None)
             ctx.residency = residency.describe()
             body = await _body(receive, headers.get("content-length"))
+            shape = None
+            if op in _TRANSLATED:  # sent as the chat request it becomes, through the same path as any chat
+                shape = _TRANSLATED[op](body)
+                body, op = shape.chat, "chat"
             parsed = _validate(ChatRequest if op == "chat" else EmbeddingRequest, body)
             route = state.dispatcher.table.resolve(parsed.model, state.tenants.visible(tenant))
             ctx.deployment, ctx.model, label = route.name, route.model, route.name
@@ -301,13 +312,17 @@ async def _serve(state: RouterState, scope: dict[str, Any], receive: Callable, s
             if op == "chat" and parsed.stream:
                 stream, backend = await state.dispatcher.send_stream(
                     route, residency, timer.wrap(lambda b: state.client(b).chat_stream(b, body)), observe, before)
-                answer = StreamingResponse(_sse(stream, end), media_type="text/event-stream",
+                events = _sse(stream, end) if shape is None else _translated_sse(stream, end, shape)
+                answer = StreamingResponse(events, media_type="text/event-stream",
                                            headers=_where(backend, timer.overhead_ms(start)))
             else:
                 call: Callable = (lambda b: state.client(b).chat(b, body)) if op == "chat" else (
                     lambda b: state.client(b).embed(b, body))
                 result, backend = await state.dispatcher.send(route, residency, timer.wrap(call), observe, before)
-                end.status, end.outcome, end.usage = 200, "ok", result.get("usage")
+                end.usage = result.get("usage")
+                if shape is not None:
+                    result = shape.answer(result)
+                end.status, end.outcome = 200, "ok"
                 overhead = timer.overhead_ms(start)
                 state.metrics.overhead(overhead / 1000)
                 answer = _Json(200, result, _where(backend, overhead))
@@ -422,6 +437,35 @@ async def _sse(stream: AsyncIterator[dict[str, Any]], end: _Outcome) -> AsyncIte
     finally:
         # Close the dispatcher's stream first (shielded: this may run while the response is being cancelled), so
         # the attempt's own outcome is observed before `_serve` writes the record.
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(Exception):
+                await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def _translated_sse(stream: AsyncIterator[dict[str, Any]], end: _Outcome, shape: Translated
+                           ) -> AsyncIterator[bytes]:
+    """`_sse` for a surface sent as chat (`/v1/responses`, `/v1/completions`): the same bookkeeping, the chunks
+    as that surface's events."""
+    try:
+        for event in shape.start():
+            yield event
+        async for chunk in stream:
+            end.usage = chunk.get("usage") or end.usage
+            for event in shape.feed(chunk):
+                yield event
+        end.status, end.outcome = 200, "ok"
+        for event in shape.end():
+            yield event
+    except RouterError as exc:  # after the first byte nothing may be resent: tell the client, stop
+        end.status, end.outcome = exc.status, exc.code or "stream_interrupted"
+        for event in shape.fail(exc.body()["error"]):
+            yield event
+    except Exception as exc:  # noqa: BLE001  (as `_sse`: any break after the first byte ends in the surface's event)
+        log.warning("stream broke: %s", exc)
+        end.status, end.outcome = 502, "stream_interrupted"
+        for event in shape.fail({"message": "the backend stream broke", "type": "api_error", "code": end.outcome}):
+            yield event
+    finally:
         with anyio.CancelScope(shield=True):
             with contextlib.suppress(Exception):
                 await stream.aclose()  # type: ignore[attr-defined]

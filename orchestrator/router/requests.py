@@ -8,9 +8,14 @@ Strict types: a JSON string is not a number here ("2" is not 2), since the body 
 
 from __future__ import annotations
 
+import abc
+import json
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from orchestrator.router.errors import BadRequest
 
 #: OpenAI's own limit on inputs per embeddings request.
 MAX_EMBEDDING_INPUTS = 2048
@@ -75,3 +80,54 @@ class EmbeddingRequest(BaseModel):
         if chars > MAX_EMBEDDING_CHARS:
             raise ValueError(f"holds {chars} characters; send at most {MAX_EMBEDDING_CHARS} per request")
         return value
+
+
+class Translated(abc.ABC):
+    """A request of another OpenAI surface (`/v1/responses`, `/v1/completions`) as the chat request the router sends
+    through the same gate, ladder and audit as any chat, and the way back to the surface's own answer and events.
+    One instance per request: it keeps what the answer echoes (the request's tools, instructions, ...)."""
+
+    #: The chat body to send (validated by `ChatRequest` like a client's own).
+    chat: dict[str, Any]
+
+    @abc.abstractmethod
+    def answer(self, result: dict[str, Any]) -> dict[str, Any]:
+        """A backend's `chat.completion` as this surface's answer."""
+
+    @abc.abstractmethod
+    def start(self) -> list[bytes]:
+        """Server-sent events to send before the first chunk."""
+
+    @abc.abstractmethod
+    def feed(self, chunk: dict[str, Any]) -> list[bytes]:
+        """The events for one `chat.completion.chunk`."""
+
+    @abc.abstractmethod
+    def end(self) -> list[bytes]:
+        """The events that close a stream that ended well."""
+
+    @abc.abstractmethod
+    def fail(self, error: dict[str, Any]) -> list[bytes]:
+        """The events that close a stream that broke (`error` is OpenAI's `{"message", "type", "code"}`)."""
+
+
+def sse(data: Any, event: str | None = None) -> bytes:
+    """One server-sent event (`event:` line only where the surface names its events, as the Responses API does)."""
+    head = b"event: " + event.encode() + b"\n" if event else b""
+    return head + b"data: " + json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+def strict(model: type[BaseModel], body: dict[str, Any], surface: str, known: Iterable[str] = ()) -> Any:
+    """`body` validated by `model`; a field the router does not know is named in the 400 (never dropped), and the
+    first validation error is quoted with its place in the body."""
+    unknown = sorted(set(body) - set(model.model_fields) - set(known))
+    if unknown:
+        raise BadRequest(f"{surface}: {', '.join(f'`{f}`' for f in unknown)} "
+                         f"{'is' if len(unknown) == 1 else 'are'} not supported by Sovra's router; send the request "
+                         f"without {'it' if len(unknown) == 1 else 'them'}")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise BadRequest(f"{surface}: {where}: {first['msg']}") from None

@@ -49,7 +49,10 @@ async def respond(server: ModelServer, request: Request) -> Response:
         if route == ("POST", "/v1/chat/completions"):
             body = await read_json(request)
             if body.get("stream") is True:
-                return StreamingResponse(_sse(server.chat_stream(body)), media_type="text/event-stream")
+                chunks = server.chat_stream(body)
+                # the first chunk before the status line: an engine's refusal of the request is still a 400
+                first = await anext(chunks, None)
+                return StreamingResponse(_sse(_then(first, chunks)), media_type="text/event-stream")
             return JSONResponse(await server.chat(body))
         if route == ("POST", "/v1/embeddings"):
             return JSONResponse(await server.embed(await read_json(request)))
@@ -144,6 +147,19 @@ async def read_json(request: Request) -> dict[str, Any]:
         refuse_over(size)
         parts.append(chunk)
     return json_object(b"".join(parts))
+
+
+async def _then(first: dict[str, Any] | None, rest: AsyncIterator[dict[str, Any]]
+                ) -> AsyncIterator[dict[str, Any]]:
+    """`first`, then the rest of the stream it came from."""
+    try:
+        if first is None:
+            return
+        yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await rest.aclose()  # type: ignore[attr-defined]
 
 
 async def _sse(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:

@@ -54,24 +54,22 @@ class FakeBackend:
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
             text = f"served-by {self.name}"
+            if (body.get("response_format") or {}).get("type") in ("json_object", "json_schema"):
+                text = json.dumps({"served_by": self.name})
             usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+            calls = _tool_calls(body, self.name)
+            finish = "tool_calls" if calls else "stop"
             if body.get("stream"):
-                async def events():
-                    for i, word in enumerate(text.split()):
-                        if self.chunk_gap_s:
-                            await asyncio.sleep(self.chunk_gap_s)
-                        chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
-                                 "choices": [{"index": 0, "delta": {"content": (" " if i else "") + word},
-                                              "finish_reason": None}]}
-                        yield f"data: {json.dumps(chunk)}\n\n"
-                    end = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
-                           "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": usage}
-                    yield f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n"
-                return StreamingResponse(events(), media_type="text/event-stream")
+                return StreamingResponse(_events(body, text, calls, usage, self.chunk_gap_s),
+                                         media_type="text/event-stream")
+            message = {"role": "assistant", "content": None if calls else text}
+            if calls:
+                message["tool_calls"] = calls
+            choice = {"index": 0, "finish_reason": finish, "message": message}
+            if body.get("logprobs") and not calls:
+                choice["logprobs"] = {"content": [_logprob(w, body) for w in _words(text)]}
             return JSONResponse({"id": "c1", "object": "chat.completion", "created": int(time.time()),
-                                 "model": body["model"], "usage": usage,
-                                 "choices": [{"index": 0, "finish_reason": "stop",
-                                              "message": {"role": "assistant", "content": text}}]})
+                                 "model": body["model"], "usage": usage, "choices": [choice]})
 
         async def embeddings(request: Request):
             body = await request.json()
@@ -89,6 +87,57 @@ class FakeBackend:
 
         return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
                                  Route("/v1/embeddings", embeddings, methods=["POST"])])
+
+
+def _words(text: str) -> list[str]:
+    return [(" " if i else "") + w for i, w in enumerate(text.split(" "))]
+
+
+def _logprob(token: str, body: dict) -> dict:
+    """A made-up log probability in chat's `logprobs.content` shape (openai/types/chat/chat_completion_token_logprob.py)."""
+    top = [{"token": token, "logprob": -0.25, "bytes": list(token.encode())}][:int(body.get("top_logprobs") or 0)]
+    return {"token": token, "logprob": -0.25, "bytes": list(token.encode()), "top_logprobs": top}
+
+
+def _tool_calls(body: dict, name: str) -> list[dict]:
+    """As OpenAI answers when `tools` are given (and `tool_choice` is not "none"): one call to the tool `tool_choice`
+    names, else to the first, with arguments naming the backend."""
+    tools, choice = body.get("tools") or [], body.get("tool_choice")
+    if not tools or choice == "none":
+        return []
+    chosen = choice["function"]["name"] if isinstance(choice, dict) else tools[0]["function"]["name"]
+    return [{"id": "call_1", "type": "function",
+             "function": {"name": chosen, "arguments": json.dumps({"served_by": name})}}]
+
+
+async def _events(body: dict, text: str, calls: list[dict], usage: dict, gap_s: float):
+    """A chat stream as OpenAI sends it: content (or tool-call) deltas, the finish reason, then, only when
+    `stream_options.include_usage` is set, a last chunk with no choices and the usage
+    (openai/types/chat/chat_completion_stream_options_param.py)."""
+    def chunk(delta: dict, finish: str | None = None, **extra) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, **extra}
+        return "data: " + json.dumps({"id": "c1", "object": "chat.completion.chunk", "created": 0,
+                                      "model": body["model"], "choices": [choice]}) + "\n\n"
+
+    if calls:
+        call = calls[0]
+        yield chunk({"role": "assistant", "content": None, "tool_calls": [
+            {"index": 0, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"],
+                                                                           "arguments": ""}}]})
+        args = call["function"]["arguments"]
+        for piece in (args[:len(args) // 2], args[len(args) // 2:]):
+            yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+    else:
+        for word in _words(text):
+            if gap_s:
+                await asyncio.sleep(gap_s)
+            extra = {"logprobs": {"content": [_logprob(word, body)]}} if body.get("logprobs") else {}
+            yield chunk({"content": word}, **extra)
+    yield chunk({}, "tool_calls" if calls else "stop")
+    if (body.get("stream_options") or {}).get("include_usage"):
+        yield "data: " + json.dumps({"id": "c1", "object": "chat.completion.chunk", "created": 0,
+                                     "model": body["model"], "choices": [], "usage": usage}) + "\n\n"
+    yield "data: [DONE]\n\n"
 
 
 class ServerThread:

@@ -115,7 +115,7 @@ def test_other_methods_paths_and_a_missing_key_keep_their_openai_errors(tmp_path
     app, client = make(tmp_path)
     status, _, body = call(app, method="GET")
     assert status == 405 and json.loads(body)["error"]["code"] == "method_not_allowed"
-    status, _, body = call(app, path="/v1/completions")
+    status, _, body = call(app, path="/v1/images/generations")  # a surface Sovra does not serve
     assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
     status, _, body = call(app, headers=[(b"content-type", b"application/json")])
     assert status == 401 and json.loads(body)["error"]["type"] == "authentication_error"

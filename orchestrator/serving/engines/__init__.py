@@ -37,6 +37,9 @@ class Engine(abc.ABC):
     """OpenAI-shaped chat and embeddings for one model, built as `Engine(model, target, **options)`."""
 
     name: ClassVar[str]
+    #: The OpenAI behaviour fields (`request.BEHAVIOUR_FIELDS`) this engine honours; a request setting any other is
+    #: refused with a 400 naming the engine (`refuse_unsupported`), never served as if it were not there.
+    supports: ClassVar[frozenset[str]] = frozenset({"stream_options"})
 
     def __init_subclass__(cls, *, name: str, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -53,6 +56,12 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Answer an OpenAI chat request with `chat.completion.chunk` objects; the last carries usage."""
+
+    def refuse_unsupported(self, body: dict[str, Any]) -> None:
+        """Refuse (EngineError, a 400) a chat request asking for what this engine does not honour."""
+        from orchestrator.serving.engines.request import refuse_unsupported
+
+        refuse_unsupported(body, self.name, self.supports)
 
     async def embed(self, body: dict[str, Any]) -> dict[str, Any]:
         """Answer an OpenAI embeddings request; engines that serve none say so."""

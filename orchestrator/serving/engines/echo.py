@@ -11,18 +11,31 @@ from orchestrator.serving.engines import Engine, chunk, completion, new_completi
 
 class EchoEngine(Engine, name="echo"):
     """Deterministic test engine for routing tests: answers which target served it. Never a product default.
-    `delay_s` (an engine option) holds each answer that long, so tests can saturate a replica."""
+    `delay_s` (an engine option) holds each answer that long, so tests can saturate a replica. It honours `stop`
+    (the answer is cut there) and `seed` (it is deterministic anyway); tools, JSON modes and logprobs are refused."""
+
+    supports = frozenset({"seed", "stop", "stream_options"})
+
+    def _words(self, body: dict[str, Any]) -> list[str]:
+        self.refuse_unsupported(body)
+        text = f"served-by {self.target}"
+        stops = [body["stop"]] if isinstance(body.get("stop"), str) else body.get("stop") or []
+        cut = min((text.index(s) for s in stops if isinstance(s, str) and s and s in text), default=len(text))
+        words = text[:cut].split(" ")
+        return [w for w in ((" " if i else "") + w for i, w in enumerate(words)) if w]
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        words = self._words(body)
         if self.options.get("delay_s"):
             await asyncio.sleep(float(self.options["delay_s"]))
-        return completion(self.model, f"served-by {self.target}", {"prompt_tokens": 1, "completion_tokens": 2,
-                                                                    "total_tokens": 3})
+        return completion(self.model, "".join(words), {"prompt_tokens": 1, "completion_tokens": 2,
+                                                       "total_tokens": 3})
 
     async def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        words = self._words(body)  # a refusal comes before the first chunk
         cid = new_completion_id()
-        for i, word in enumerate(("served-by", self.target)):
-            yield chunk(self.model, cid, {"content": (" " if i else "") + word})
+        for word in words:
+            yield chunk(self.model, cid, {"content": word})
         yield chunk(self.model, cid, {}, "stop", {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3})
 
     async def health(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import json
 import os
 import random
 import threading
@@ -136,6 +137,14 @@ class StopScanner:
 
 
 @dataclass(frozen=True)
+class _Job:
+    """A parsed request and the grammar (a llama_cpp.LlamaGrammar, or None) its response_format asks for."""
+
+    req: ChatRequest
+    grammar: Any = None
+
+
+@dataclass(frozen=True)
 class Generation:
     """The outcome of one generation: full text, OpenAI finish reason and token counts."""
 
@@ -145,8 +154,32 @@ class Generation:
     completion_tokens: int
 
 
+def json_grammar(response_format: dict[str, Any] | None) -> Any:
+    """The llama.cpp grammar that holds generation to OpenAI's JSON mode (any JSON object) or to a JSON schema;
+    None for plain text. A schema llama.cpp cannot turn into a grammar is the request's fault (a 400)."""
+    if response_format is None:
+        return None
+    from llama_cpp import LlamaGrammar
+    from llama_cpp.llama_grammar import JSON_GBNF
+
+    try:
+        if response_format["type"] == "json_object":
+            return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+        return LlamaGrammar.from_json_schema(json.dumps(response_format["json_schema"]["schema"]), verbose=False)
+    except Exception as exc:  # noqa: BLE001  (llama.cpp's converter raises several kinds on a schema it cannot do)
+        raise InvalidChatRequest(f"response_format: llama.cpp cannot turn this JSON schema into a grammar "
+                                 f"({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
 class LlamaCppEngine(Engine, name="llama-cpp"):
-    """Chat completions on llama.cpp; one generation at a time per model, streamed as it is produced."""
+    """Chat completions on llama.cpp; one generation at a time per model, streamed as it is produced.
+
+    `response_format` (JSON mode, JSON schema) is honoured with a llama.cpp grammar. Tools, logprobs and logit_bias
+    are refused with a 400 naming the engine: the base model and plain transcript (see the module's docstring) have
+    no tool-calling format, and this engine reads no logits."""
+
+    supports = frozenset({"seed", "stop", "presence_penalty", "frequency_penalty", "response_format",
+                          "stream_options"})
 
     def __init__(self, model: str, target: str, **options: Any):
         super().__init__(model, target, **options)
@@ -183,14 +216,16 @@ class LlamaCppEngine(Engine, name="llama-cpp"):
             return {"ok": False, "error": stalled}
         return {"ok": True, "busy": self._lock.locked()}
 
-    def _request(self, body: dict[str, Any]) -> tuple[ChatRequest, str]:
+    def _request(self, body: dict[str, Any]) -> tuple[_Job, str]:
+        """The parsed request with its grammar, and the prompt; every refusal happens here, before any chunk."""
+        self.refuse_unsupported(body)
         req = ChatRequest.from_body(body, default_max_tokens=self.settings.max_tokens,
                                     default_temperature=self.settings.temperature)
-        return req, transcript(req.messages, self.settings.preamble)
+        return _Job(req, json_grammar(req.response_format)), transcript(req.messages, self.settings.preamble)
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
-        req, prompt = self._request(body)
-        worker, cancelled = await self._start(prompt, req, lambda _text: None)
+        job, prompt = self._request(body)
+        worker, cancelled = await self._start(prompt, job, lambda _text: None)
         try:
             # shield: a caller that gives up must not cancel the worker future, which would free the lock early.
             gen = await asyncio.shield(worker)
@@ -200,7 +235,7 @@ class LlamaCppEngine(Engine, name="llama-cpp"):
                           gen.finish_reason)
 
     async def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        req, prompt = self._request(body)
+        job, prompt = self._request(body)
         cid = new_completion_id()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -208,7 +243,7 @@ class LlamaCppEngine(Engine, name="llama-cpp"):
         def emit(text: str) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, ("text", text))
 
-        worker, cancelled = await self._start(prompt, req, emit)
+        worker, cancelled = await self._start(prompt, job, emit)
         # Runs on the loop after every `emit` the thread scheduled, so "end" is the last item in the queue.
         worker.add_done_callback(lambda future: queue.put_nowait(("end", future)))
         try:
@@ -225,13 +260,13 @@ class LlamaCppEngine(Engine, name="llama-cpp"):
         finally:
             cancelled.set()  # a client that left stops the generation at its next token
 
-    async def _start(self, prompt: str, req: ChatRequest, emit: Callable[[str], None]
+    async def _start(self, prompt: str, job: _Job, emit: Callable[[str], None]
                      ) -> tuple[asyncio.Future[Generation], threading.Event]:
         """Take the lock and start the generation in a thread; the lock is freed when the thread is done."""
         cancelled = threading.Event()
         await self._lock.acquire()
         self._heartbeat.beat()
-        worker = asyncio.ensure_future(asyncio.to_thread(self._generate, prompt, req, emit, cancelled))
+        worker = asyncio.ensure_future(asyncio.to_thread(self._generate, prompt, job, emit, cancelled))
         # Freed on the thread's end, not the caller's: a caller that leaves must not let a second generation into
         # llama.cpp while the first is still winding down.
         worker.add_done_callback(lambda _future: self._done())
@@ -241,10 +276,10 @@ class LlamaCppEngine(Engine, name="llama-cpp"):
         self._heartbeat.stop()
         self._lock.release()
 
-    def _generate(self, prompt: str, req: ChatRequest, emit: Callable[[str], None],
+    def _generate(self, prompt: str, job: _Job, emit: Callable[[str], None],
                   cancelled: threading.Event) -> Generation:
         """Blocking generation under the lock: token by token, cut at stop sequences, text handed to `emit`."""
-        llm = self._llm
+        llm, req, grammar = self._llm, job.req, job.grammar
         # special=False: control-token text inside a message stays text, so a user cannot forge turns.
         prompt_tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
         room = self.settings.n_ctx - len(prompt_tokens)
@@ -252,7 +287,8 @@ class LlamaCppEngine(Engine, name="llama-cpp"):
             raise InvalidChatRequest(f"the prompt is {len(prompt_tokens)} tokens and the context holds "
                                      f"{self.settings.n_ctx}; shorten the conversation or raise n_ctx")
         limit = min(req.max_tokens, room)
-        scanner = StopScanner(req.stop + TRANSCRIPT_STOPS)
+        # JSON may hold blank lines: under a grammar, generation ends with the JSON (EOS), not at the transcript's stops
+        scanner = StopScanner(req.stop + (() if grammar is not None else TRANSCRIPT_STOPS))
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         llm.set_seed(req.seed if req.seed is not None else random.randrange(2**31))
         pieces: list[str] = []
@@ -266,7 +302,8 @@ class LlamaCppEngine(Engine, name="llama-cpp"):
                 emit(text)
 
         tokens = llm.generate(prompt_tokens, temp=req.temperature, top_p=req.top_p, repeat_penalty=1.0,
-                              presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty)
+                              presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+                              grammar=grammar)
         try:
             for token in tokens:
                 self._heartbeat.beat()

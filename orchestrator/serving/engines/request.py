@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,11 @@ DEFAULT_PREAMBLE = "The following is a conversation between a user and a helpful
 # A base model does not end its turn by itself: stop where it starts the next turn or a new paragraph.
 TRANSCRIPT_STOPS = ("\nUser:", "\nAssistant:", "\n\n")
 _SPEAKERS = {"user": "User", "assistant": "Assistant", "tool": "Tool"}
+#: OpenAI chat fields that change what the model does: an engine honours each or refuses it, never ignores it.
+#: The same list as the router's adapters use (`providers/openai_wire.BEHAVIOUR_FIELDS`), kept here so a replica
+#: imports nothing of the router's providers.
+BEHAVIOUR_FIELDS = ("tools", "tool_choice", "response_format", "seed", "stop", "logprobs", "top_logprobs", "n",
+                    "presence_penalty", "frequency_penalty", "logit_bias", "parallel_tool_calls", "stream_options")
 
 
 class InvalidChatRequest(EngineError):
@@ -43,6 +49,7 @@ class ChatRequest:
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    response_format: dict[str, Any] | None = None  # json_object or json_schema; None for plain text
 
     @classmethod
     def from_body(cls, body: dict[str, Any], *, default_max_tokens: int,
@@ -60,7 +67,22 @@ class ChatRequest:
             seed=None if body.get("seed") is None else _int("seed", body["seed"], low=0),
             presence_penalty=_number("presence_penalty", body.get("presence_penalty"), 0.0, -2.0, 2.0),
             frequency_penalty=_number("frequency_penalty", body.get("frequency_penalty"), 0.0, -2.0, 2.0),
+            response_format=_response_format(body.get("response_format")),
         )
+
+
+def refuse_unsupported(body: dict[str, Any], engine: str, supported: Iterable[str]) -> None:
+    """InvalidChatRequest (a 400 from the model server, and from the router) naming every behaviour field the
+    request sets that `engine` does not honour. A field at its no-op value (None, false, [], `n: 1`,
+    `response_format: {type: text}`) is not a request."""
+    allowed = set(supported)
+    asked = [f for f in BEHAVIOUR_FIELDS if f not in allowed and body.get(f) not in (None, False, [], {})
+             and not (f == "n" and body.get(f) == 1)
+             and not (f == "response_format" and body.get(f) == {"type": "text"})]
+    if asked:
+        raise InvalidChatRequest(f"engine {engine!r} cannot do {', '.join(f'`{f}`' for f in asked)}; send the "
+                                 f"request without {'it' if len(asked) == 1 else 'them'}, or to a deployment "
+                                 "whose engine can")
 
 
 def transcript(messages: tuple[Message, ...], preamble: str = DEFAULT_PREAMBLE) -> str:
@@ -114,6 +136,20 @@ def _number(field: str, value: Any, default: float, low: float, high: float) -> 
             or not low <= value <= high:
         raise InvalidChatRequest(f"{field}={value!r}: expected a number in [{low}, {high}]")
     return float(value)
+
+
+def _response_format(value: Any) -> dict[str, Any] | None:
+    """OpenAI's `response_format`: None for text; a json_schema one must carry its schema."""
+    if value is None or value == {"type": "text"}:
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind == "json_schema" and isinstance(value.get("json_schema"), dict) \
+            and isinstance(value["json_schema"].get("schema"), dict):
+        return {"type": "json_schema", "json_schema": value["json_schema"]}
+    raise InvalidChatRequest(f"response_format={value!r}: expected {{type: text}}, {{type: json_object}} or "
+                             "{type: json_schema, json_schema: {name, schema}}")
 
 
 def _stop(value: Any) -> tuple[str, ...]:

@@ -80,7 +80,12 @@ def _import_vllm() -> Any:
 
 
 class VLLMEngine(Engine, name="vllm"):
-    """OpenAI chat on vllm.AsyncLLMEngine with the model's chat template; streams as vLLM produces text."""
+    """OpenAI chat on vllm.AsyncLLMEngine with the model's chat template; streams as vLLM produces text. Tools, JSON
+    modes, logprobs and logit_bias are refused (a 400 naming the engine): this engine renders the prompt itself and
+    has no tool-call parser or structured-output wiring yet; an `openai-compatible` backend pointing at vLLM's own
+    server passes them through."""
+
+    supports = frozenset({"seed", "stop", "presence_penalty", "frequency_penalty", "stream_options"})
 
     def __init__(self, model: str, target: str, **options: Any):
         super().__init__(model, target, **options)
@@ -103,6 +108,7 @@ class VLLMEngine(Engine, name="vllm"):
         return {"ok": True}
 
     def _request(self, body: dict[str, Any]) -> ChatRequest:
+        self.refuse_unsupported(body)
         return ChatRequest.from_body(body, default_max_tokens=self.settings.max_tokens,
                                      default_temperature=self.settings.temperature)
 
