@@ -77,8 +77,9 @@ class EndpointFacts:
 
     @property
     def ready(self) -> bool:
-        """Provisioned and able to score."""
-        return self.state.lower() in ("succeeded", "online") and bool(self.scoring_uri)
+        """Provisioned and able to score. `Updating` (azure-ai-ml's EndpointProvisioningState: a deployment added,
+        traffic moved) still serves the deployments it has; Creating, Deleting, Failed and Canceled do not."""
+        return self.state.lower() in ("succeeded", "online", "updating") and bool(self.scoring_uri)
 
 
 def credential() -> Any:

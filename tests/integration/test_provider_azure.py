@@ -45,6 +45,7 @@ def az():
         mp.delenv("AZUREML_CURRENT_CLOUD", raising=False)
         emu.add_online("chat-fr", deployments=("blue", "green"))
         emu.add_online("chat-creating", provisioning_state="Creating")
+        emu.add_online("chat-updating", provisioning_state="Updating")  # e.g. a new deployment or traffic split
         emu.add_online("chat-closed", scoring_closed=True)
         emu.add_serverless("mistral-se", location="swedencentral")
         emu.add_serverless("mistral-global", location="swedencentral", sku="GlobalStandard")  # ARM never says so
@@ -208,6 +209,15 @@ def test_health_and_describe_read_arm_and_send_no_payload(az):
     assert d_online["status"] == "Succeeded" and d_online["location"] == "francecentral"
     assert (d_dz["status"], d_dz["deployment_type"], d_dz["kind"]) == ("Online", "Consumption", "serverless")
     assert d_missing["status"] == "unknown" and "not found" in d_missing["error"]
+
+
+def test_an_endpoint_being_updated_still_serves(az):
+    """azure-ai-ml's EndpointProvisioningState: Creating, Deleting, Succeeded, Failed, Updating, Canceled. Updating
+    (a deployment added, traffic moved) keeps serving the deployments it has, so it is healthy and called."""
+    updating = backend(az, "chat-updating")
+    assert run(lambda c: c.health(updating)) is True
+    answer = run(lambda c: c.chat(updating, CHAT))
+    assert answer["choices"][0]["message"]["content"]
 
 
 def test_an_endpoint_still_provisioning_is_refused_without_sending(az):
