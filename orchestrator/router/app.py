@@ -200,6 +200,13 @@ def _readiness(state: RouterState, view: ReadinessView) -> Response:
                 "down": sorted(b.target for b in allowed if b not in healthy)}
 
     every = {name: detail(route, None) for name, route in table.routes.items()}
+    if view == "all":  # admins see why each backend is out (the verdict's words: no payload, no key)
+        for name, route in table.routes.items():
+            why = {b.target: state.dispatcher.why.get(b.id) or ("its client reports no live replica"
+                                                               if state.down(b) else "its circuit is open")
+                   for b in route.backends if b.target in every[name]["down"]}
+            if why:
+                every[name]["why"] = why
     ready = bool(every) and all(d["ready"] for d in every.values())
     audit = _audit_state(state.audit)
     ready = ready and audit != "failing"

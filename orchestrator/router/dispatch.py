@@ -83,6 +83,9 @@ class Dispatcher:
     stream_deadline_s: float = 600.0  # a stream's whole life, from its send: one stream cannot hold a slot forever
     in_flight: dict[str, int] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)
+    #: the last failure each backend's breaker counted, in words (no payload: verdicts are built without it), until
+    #: it answers again; /readyz shows admins why a backend is out
+    why: dict[str, str] = field(default_factory=dict)
     _plans: dict[tuple[str, tuple[str, ...], RequestResidency], _Plan] = field(
         default_factory=dict, init=False, repr=False, compare=False)
     _plans_table: RoutingTable | None = field(default=None, init=False, repr=False, compare=False)
@@ -173,6 +176,8 @@ class Dispatcher:
             f"the request was not sent outside it" + (f"; last error: {last}" if last else ""))
 
     def _fail(self, backend: Backend, exc: AttemptFailed, counted: set[str]) -> None:
+        if exc.down or exc.counts:
+            self.why[backend.id] = str(exc)[:500]
         if exc.down:
             self.breaker.trip(backend.id)
         elif exc.counts and backend.id not in counted:
@@ -215,6 +220,7 @@ class Dispatcher:
                 raise
             self._observe_latency(bid, start)
             self.breaker.success(bid)
+            self.why.pop(bid, None)
             if stream:
                 handed_over = True
                 return _Handed(self._rest(backend, result, observe, counted, start + self.stream_deadline_s),

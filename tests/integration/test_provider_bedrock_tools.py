@@ -84,6 +84,7 @@ def test_a_profile_only_model_by_its_plain_id_is_taken_out_and_the_request_fails
     assert [r.path for r in fake.requests] == [f"/model/{SONNET}/converse", f"/model/eu.{SONNET}/converse"]
     assert dispatcher.breaker.is_open("d@frankfurt"), "the misconfigured backend is out at once"
     assert [b.id for b in dispatcher.healthy(tuple(table.backends))] == ["d@eu"], "/readyz counts it down"
+    assert "inference profile" in dispatcher.why["d@frankfurt"], "/readyz tells admins why"
 
     # the payload-free probe keeps it out while the account says so, and `sovra status` says why and what to use
     assert run(Prober(dispatcher, {"aws-bedrock": client}).probe_once()) == {"d@frankfurt": False}

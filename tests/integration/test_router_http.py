@@ -400,14 +400,19 @@ def test_readyz_is_per_deployment_and_503_when_one_has_no_healthy_backend(stack)
     ok = httpx.get(stack["url"] + "/readyz", headers=ADMIN)
     assert ok.status_code == 200 and ok.json()["deployments"]["legal"] == {
         "ready": True, "healthy": 1, "backends": 1, "down": []}  # legal's own bound allows only Paris
-    breaker = stack["state"].dispatcher.breaker
-    breaker.trip("legal@onprem-paris")
+    dispatcher = stack["state"].dispatcher
+    dispatcher.breaker.trip("legal@onprem-paris")
+    dispatcher.why["legal@onprem-paris"] = "model id needs an inference profile: use eu.x"  # as a verdict leaves it
     try:
         down = httpx.get(stack["url"] + "/readyz", headers=ADMIN)
+        tenant = httpx.get(stack["url"] + "/readyz", headers={"Authorization": "Bearer sk-test-eu"})
     finally:
-        breaker._states.clear()
+        dispatcher.breaker._states.clear()
+        dispatcher.why.clear()
     assert down.status_code == 503 and down.json()["deployments"]["legal"]["ready"] is False
+    assert down.json()["deployments"]["legal"]["why"] == {"onprem-paris": "model id needs an inference profile: use eu.x"}
     assert down.json()["deployments"]["m"]["ready"] is True
+    assert "why" not in str(tenant.json()), "why a backend is out is for admins (it names account internals)"
 
 
 def test_every_answer_carries_the_routers_own_time(stack):
