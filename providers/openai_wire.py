@@ -196,7 +196,8 @@ def inputs_of(body: Mapping[str, Any]) -> list[str]:
 
 #: OpenAI chat fields that change what the model does; an adapter that has no place for one must refuse it.
 BEHAVIOUR_FIELDS = ("tools", "tool_choice", "response_format", "seed", "stop", "logprobs", "top_logprobs", "n",
-                    "presence_penalty", "frequency_penalty", "logit_bias", "parallel_tool_calls", "stream_options")
+                    "presence_penalty", "frequency_penalty", "logit_bias", "parallel_tool_calls", "stream_options",
+                    "reasoning_effort", "modalities", "audio", "prediction", "web_search_options")
 
 
 def refuse_unsupported(body: Mapping[str, Any], where: str, supported: Iterable[str]) -> None:

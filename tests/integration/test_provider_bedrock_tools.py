@@ -275,3 +275,9 @@ def test_sagemaker_passes_tools_and_formats_to_the_container_untouched(fake):
                 logprobs=True, stop=["X"])
     run(SageMakerClient().chat(backend(PARIS, "m", {"endpoint": "sovra-paris"}), body))
     assert fake.requests[-1].json() == {**body, "model": "m", "stream": False}
+
+
+@pytest.mark.parametrize("field, value", [("reasoning_effort", "high"), ("modalities", ["text", "audio"]),
+                                          ("prediction", {"type": "content", "content": "x"})])
+def test_newer_openai_fields_converse_has_no_place_for_are_refused_not_dropped(fake, field, value):
+    refused_before_sending(fake, chat(**{field: value}), f"`{field}`")
