@@ -40,9 +40,9 @@ if str(ROOT) not in sys.path:
 import scipy  # noqa: E402
 import scipy.optimize  # noqa: E402,F401  (imported up front so the first timed solve does not pay for it)
 
-from orchestrator.spec.deployment import Deployment  # noqa: E402
-from orchestrator.spec.org import Credit, OrgPolicy  # noqa: E402
-from orchestrator.spec.target import Target  # noqa: E402
+from core.spec.deployment import Deployment  # noqa: E402
+from core.spec.org import Credit, OrgPolicy  # noqa: E402
+from core.spec.target import Target  # noqa: E402
 from policies import costs, filters, placement as placement_mod  # noqa: E402
 from policies.licenses import license_pack  # noqa: E402
 from policies.placement import SolveOptions, plan_fleet  # noqa: E402

@@ -411,11 +411,11 @@ def decision_cost(n_backends: int, policy: str = "cost", iters: int = 20_000) ->
     pre-send residency re-check and the bookkeeping after the answer. One deployment, backends 50/30/20 in
     EU/US/APAC, costs 0.5/1/2; tenant bound EU plus `X-Sovra-Residency: EU`. Reported: the median over repeats of
     this thread's CPU time (other processes on a shared machine do not count in it), with the wall-clock median."""
-    from orchestrator.router.backends import Backend, RoutingTable
+    from core.backends import Backend, RoutingTable
     from orchestrator.router.dispatch import Dispatcher
     from orchestrator.router.gate import RequestResidency
-    from orchestrator.spec.common import Residency
-    from policies.residency import Place
+    from core.spec.common import Residency
+    from core.place import Place
 
     rng = random.Random(f"router-bench-{n_backends}")
     zones = [("EU", ["FR", "DE", "IE", "NL"]), ("US", ["US"]), ("APAC", ["JP", "SG"])]

@@ -40,13 +40,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import print_rows
 from orchestrator.router.app import RouterState, create_app
 from orchestrator.router.audit import AuditLog
-from orchestrator.router.backends import Backend, RoutingTable
+from core.backends import Backend, RoutingTable
 from orchestrator.router.clients import BackendClient
 from orchestrator.router.dispatch import Dispatcher
 from orchestrator.router.tenants import TenantDirectory
-from orchestrator.spec import Residency
-from orchestrator.spec.org import Tenant
-from policies.residency import Place
+from core.spec import Residency
+from core.spec.org import Tenant
+from core.place import Place
 
 KEY = "sk-bench-eu"
 ANSWER = {"id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "bench",

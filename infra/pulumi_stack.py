@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.home import sovra_home
-from orchestrator.errors import (
+from core.errors import (
     CloudCredentialsError,
     ConcurrentUpdateError,
     ProvisionError,
@@ -395,7 +395,7 @@ def outputs_to_endpoints(outputs: Mapping[str, Any], targets: Iterable[Any]) -> 
     provisioned target id to its adapter's *non-secret* connection settings (SageMaker: `{endpoint, region}`;
     Azure ML: `{subscription_id, resource_group, workspace, endpoint, deployment}`). Keys and tokens are exported
     as separate Pulumi secrets and never copied here: the adapters read them from their SDK chain at run time."""
-    from orchestrator.spec.org import Endpoint
+    from core.spec.org import Endpoint
 
     raw = outputs.get(ENDPOINTS_OUTPUT)
     value = getattr(raw, "value", raw)  # an automation OutputValue, or a plain mapping
@@ -411,7 +411,7 @@ def outputs_to_endpoints(outputs: Mapping[str, Any], targets: Iterable[Any]) -> 
     unknown = sorted(set(value) - set(by_id))
     if unknown:
         raise ProvisionError(f"the stack exports endpoints for targets the plan does not know: {', '.join(unknown)}")
-    from orchestrator.spec.target import Target
+    from core.spec.target import Target
 
     # The target's own fields only: a cluster's (its router, token file, provision settings) are not an endpoint's.
     return [Endpoint.model_validate({**by_id[tid].model_dump(include=set(Target.model_fields)),

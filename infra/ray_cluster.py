@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from infra.home import sovra_home
-from orchestrator.errors import SovraError
+from core.errors import SovraError
 
 Progress = Callable[[str], None]
 # How much of a target's resource (`sovra.target/<id>`) a node offers; each replica asks for a tiny share of it.

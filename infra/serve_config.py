@@ -13,16 +13,16 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from orchestrator import __version__
-from orchestrator.router.backends import Backend
+from core import __version__
+from core.backends import Backend
 from orchestrator.serving.engines import PACKAGED_MODELS
-from orchestrator.spec import Deployment, Target
-from orchestrator.spec.org import Admin, AuditSettings, RouterSettings, Tenant
+from core.spec import Deployment, Target
+from core.spec.org import Admin, AuditSettings, RouterSettings, Tenant
 from policies.plan import Placement
-from policies.residency import Place
+from core.place import Place
 
 if TYPE_CHECKING:
-    from orchestrator.spec.org import RouterTls
+    from core.spec.org import RouterTls
 
 MODEL_IMPORT = "orchestrator.serving.ray_apps:model_server"
 MODEL_HTTP_IMPORT = "orchestrator.serving.ray_apps:model_http"
@@ -195,8 +195,9 @@ def routed_entry(d: Deployment, p: Placement, t: Target, connection: Mapping[str
     Its provider adapter says where it is (`locate`; ProviderError with the fix when it cannot). Org endpoints
     are the company's own capacity: the ladder's first rung with the Ray replicas; managed offerings the second.
     `cost` is the list price per 1,000 tokens."""
-    from orchestrator.errors import ProviderError
-    from orchestrator.spec.org import Endpoint, needs_provisioning
+    from core.errors import ProviderError
+    from core.spec.org import Endpoint
+    from providers.base import needs_provisioning
     from providers import base
 
     if needs_provisioning(t):

@@ -1,3 +1,5 @@
 """Sovra: place model deployments where rules allow and money goes furthest, then route within residency."""
 
-__version__ = "0.1.0"
+from core import __version__
+
+__all__ = ["__version__"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from orchestrator.errors import SovraError
+from core.errors import SovraError
 
 DEFAULT_KEY_ENV = "SOVRA_ADMIN_KEY"
 

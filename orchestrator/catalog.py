@@ -7,10 +7,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import ProviderError, SpecError, SpecIssue
-from orchestrator.spec import Catalog, Org, Target
-from orchestrator.spec.loader import Document, load, parse_documents, validate
-from orchestrator.spec.zones import COUNTRY_ZONE
+from core.errors import ProviderError, SpecError, SpecIssue
+from core.spec import Catalog, Org, Target
+from core.spec.loader import Document, load, parse_documents, validate
+from core.spec.zones import COUNTRY_ZONE
 
 
 def _prepare_targets(targets: Any, doc: Document, loc: tuple, defaults: dict[str, Any]) -> list[SpecIssue]:
@@ -62,7 +62,46 @@ def _prepare_catalog(data: Any, doc: Document) -> list[SpecIssue]:
 def _prepare_org(data: Any, doc: Document) -> list[SpecIssue]:
     if not isinstance(data, dict):
         return []
-    return _prepare_targets(data.get("clusters"), doc, ("clusters",), {})
+    return [*_prepare_targets(data.get("clusters"), doc, ("clusters",), {}), *_connections(data, doc)]
+
+
+def _connections(data: dict[str, Any], doc: Document) -> list[SpecIssue]:
+    """Each endpoint's and account's `connection:` fits its provider's adapter (the spec models cannot ask the
+    providers: they sit below them); an unknown provider is reported once, with a did-you-mean."""
+    import providers
+
+    issues: list[SpecIssue] = []
+    for key in ("endpoints", "accounts"):
+        entries = data.get(key)
+        for i, raw in enumerate(entries if isinstance(entries, list) else ()):
+            if not isinstance(raw, dict) or not isinstance(raw.get("provider"), str):
+                continue
+            try:
+                adapter = providers.get(raw["provider"])
+            except ProviderError as exc:
+                issues.append(doc.issue((key, i, "provider"), str(exc)))
+                continue
+            connection = raw.get("connection")
+            if connection is not None and not isinstance(connection, dict):
+                continue  # the model reports the wrong type
+            try:
+                adapter.connection(connection or {})
+            except ProviderError as exc:
+                issues.append(doc.issue((key, i, "connection"), str(exc)))
+    return issues
+
+
+def _one_local_router(org: Org, path: str | Path) -> None:
+    """Address-less clusters of a Serve-deployed provider are all the embedded local Ray: one router, one set of
+    its settings (clusters sharing an address are checked by the model itself)."""
+    from core.spec.org import check_one_router
+    from providers.base import serve_deployed
+
+    local = [c for c in org.clusters if not c.address and serve_deployed(c.provider)]
+    try:
+        check_one_router("the local Ray", local)
+    except ValueError as exc:
+        raise SpecError([SpecIssue(str(path), None, None, "clusters", str(exc))]) from None
 
 
 def load_catalog(path: str | Path) -> Catalog:
@@ -72,7 +111,11 @@ def load_catalog(path: str | Path) -> Catalog:
 
 def load_org(path: str | Path | None) -> Org:
     """The org file, or an empty org (no credits, clusters or tenants) when none is given."""
-    return Org() if path is None else load(Org, path, prepare=_prepare_org)
+    if path is None:
+        return Org()
+    org = load(Org, path, prepare=_prepare_org)
+    _one_local_router(org, path)
+    return org
 
 
 def shipped_catalog_files() -> list[Path]:

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from orchestrator.errors import SovraError, SpecError
+from core.errors import SovraError, SpecError
 
 app = typer.Typer(
     name="sovra",
@@ -57,7 +57,7 @@ def _as_of(value: str | None) -> dt.date | None:
 
 
 def _cli_issue(option: str, message: str):
-    from orchestrator.errors import SpecIssue
+    from core.errors import SpecIssue
 
     return SpecIssue("command line", None, None, option, message)
 
@@ -306,7 +306,7 @@ def _plan_for_pulumi(files, org, catalog, as_of):
     with err.status("planning…"):
         result = planning.plan(inputs)
     if not result.feasible:
-        from orchestrator.errors import ProvisionError
+        from core.errors import ProvisionError
 
         raise ProvisionError("the plan is infeasible; run `sovra plan` to see which constraint to relax")
     return inputs, result
@@ -708,7 +708,7 @@ def audit_settings(
 @app.command()
 def schema(kind: Annotated[SchemaKind, typer.Argument(help="Which file format.")]) -> None:
     """Print the JSON Schema of a file format (for editors and CI validation)."""
-    from orchestrator.spec import Catalog, Deployment, Org
+    from core.spec import Catalog, Deployment, Org
 
     model = {"deployment": Deployment, "org": Org, "catalog": Catalog}[kind.value]
     sys.stdout.write(json.dumps(model.model_json_schema(by_alias=True), indent=2) + "\n")

@@ -27,11 +27,11 @@ from infra.ray_cluster import (
     sovra_home,
 )
 from infra.serve_api import AppState, ServeApi, refuse_token_in_clear
-from orchestrator.errors import ProviderError, SovraError
+from core.errors import ProviderError, SovraError
 from orchestrator.planning import Inputs
-from orchestrator.router.backends import Backend
-from orchestrator.spec import Target
-from orchestrator.spec.org import Cluster, RouterTls, connection_for
+from core.backends import Backend
+from core.spec import Target
+from core.spec.org import Cluster, RouterTls, connection_for
 from policies.plan import FleetPlan
 from providers import base as providers
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.console import Console
 
-from orchestrator.errors import SpecError, SpecIssue
+from core.errors import SpecError, SpecIssue
 from orchestrator.planning import Inputs, plan
 from orchestrator.render import deployment_json, placement_json
 from policies import costs, filters

@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from orchestrator.errors import ProviderError, SovraError
-from orchestrator.spec import Target
-from orchestrator.spec.org import Endpoint, Org, connection_for, if_unread_for
-from orchestrator.spec.zones import GLOBAL, zone_of
+from core.errors import ProviderError, SovraError
+from core.spec import Target
+from core.spec.org import Endpoint, Org, connection_for, if_unread_for
+from core.spec.zones import GLOBAL, zone_of
 from providers import base
 from providers.base import LiveSetting
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from orchestrator import live_settings
 from orchestrator.catalog import load_org, load_targets
-from orchestrator.errors import SpecError, SpecIssue
-from orchestrator.spec import Deployment, Org, Target
-from orchestrator.spec.loader import parse_documents, validate
+from core.errors import SpecError, SpecIssue
+from core.spec import Deployment, Org, Target
+from core.spec.loader import parse_documents, validate
 from policies.licenses import license_pack
 from policies.placement import SolveOptions, plan_fleet
 from policies.plan import FleetPlan

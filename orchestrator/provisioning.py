@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
-from orchestrator.errors import ProvisionError, PulumiMissingError
+from core.errors import ProvisionError, PulumiMissingError
 
 #: Per deployment, its placements that need Pulumi, each with its target.
 Found = list[tuple[Any, list[tuple[Any, Any]]]]
@@ -22,7 +22,7 @@ Stacks = list[tuple[Any, list[tuple[Any, Any]], Any]]
 def provisioned(inputs: Any, result: Any) -> Found:
     """Per deployment, the placements that need Pulumi (a dedicated cloud endpoint or a Kubernetes cluster), with
     their targets. Pure: Ray targets, managed offerings and org endpoints need none."""
-    from orchestrator.spec.org import needs_provisioning
+    from providers.base import needs_provisioning
 
     targets = {t.id: t for t in inputs.targets}
     by_name = {d.name: d for d in inputs.deployments}
@@ -43,7 +43,7 @@ def service_keys(inputs: Any, result: Any) -> dict[str, str]:
     from infra.ray_cluster import cluster_token, ensure_local_token
     from orchestrator.deploy import LOCAL, cluster_key, is_ray
     from orchestrator.serving.model_http import SERVICE_PURPOSE, derive_key
-    from orchestrator.spec.org import Cluster, provision_for
+    from core.spec.org import Cluster, provision_for
 
     targets = {t.id: t for t in inputs.targets}
     keys: dict[str, str] = {}
@@ -82,7 +82,7 @@ def open_stacks(found: Found, backend: str | None, env: str, org: Any,
     component gets its target's `provision:` settings from org.yaml, and a KubeRay one its derived key (`keys`:
     `service_keys`, called after that check, since it may create the local Ray's token)."""
     from infra import pulumi_stack as ps
-    from orchestrator.spec.org import provision_for
+    from core.spec.org import provision_for
 
     try:
         ps.require_cli()

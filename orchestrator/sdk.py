@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import httpx
 
-from orchestrator.spec.common import Residency
+from core.spec.common import Residency
 
 __all__ = [
     "Answer",
@@ -196,7 +196,7 @@ class AsyncClient:
             if resp.status_code >= 400:
                 _raise_for(resp.status_code, json.loads(await resp.aread()))
             from orchestrator.router.clients import sse_lines
-            from orchestrator.router.errors import Failed
+            from core.api_errors import Failed
 
             try:
                 async for line in sse_lines(resp.aiter_bytes()):  # bounded: an endless line is a broken stream
@@ -226,7 +226,7 @@ class AsyncClient:
         return Answer(data, resp.headers.get("X-Sovra-Target", ""), resp.headers.get("X-Sovra-Zone", ""))
 
     async def _direct_call(self, model: str, op, wrap: bool = True):
-        from orchestrator.router.errors import RouterError
+        from core.api_errors import RouterError
 
         try:
             dispatcher, gate, clients = await self._routing()
@@ -265,7 +265,7 @@ class AsyncClient:
                         body["request_id"], resp.status_code, resp.text[:500])
 
     def _direct_route(self, dispatcher, model: str):
-        from orchestrator.router.errors import ModelNotFound, NoAllowedBackend
+        from core.api_errors import ModelNotFound, NoAllowedBackend
 
         try:
             return dispatcher.table.resolve(model)
@@ -295,7 +295,7 @@ class AsyncClient:
     async def _fetch_routing(self):
         """The tenant's routing table from `/v1/routes` (already narrowed to what it may reach), keeping the
         backends this process can call itself and the app allows; the rest are listed in `unreachable`."""
-        from orchestrator.router.backends import RoutingTable
+        from core.backends import RoutingTable
         from orchestrator.router.clients import ClientSet, HttpClient
         from orchestrator.router.dispatch import Dispatcher
         from orchestrator.router.gate import RequestResidency
@@ -324,14 +324,14 @@ class AsyncClient:
         """(the backend as direct mode calls it, None) or (None, why it is skipped). Only the app's settings decide
         the host and the key: the table's params are cut to what the kind's client needs, and the bearer key's
         variable is the one `direct_keys` names for this target or host."""
-        from orchestrator.router.backends import Backend
+        from core.backends import Backend
         from providers import base
 
         backend = Backend.from_wire(raw)
         provider = base.get(backend.kind)
         if not provider.direct:
             return None, "reached only through the router"
-        backend = backend.for_tenant()  # drops any `api_key_env`, profile or user a table may carry
+        backend = base.for_tenant(backend)  # drops any `api_key_env`, profile or user a table may carry
         try:
             url = httpx.URL(provider.direct_url(backend) or "")
         except httpx.InvalidURL:
@@ -386,7 +386,7 @@ class _Report:
 async def _reported_stream(stream: AsyncIterator[dict[str, Any]], report: _Report
                            ) -> AsyncIterator[dict[str, Any]]:
     """The dispatcher's stream, reported when it ends: whole, broken, or left by the app."""
-    from orchestrator.router.errors import RouterError
+    from core.api_errors import RouterError
 
     status, outcome, usage = 499, "cancelled", None
     try:

@@ -8,8 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.spec import Target
-from orchestrator.spec.zones import normalize_country, normalize_zone, parts
+from core.spec import Target
+from core.spec.zones import normalize_country, normalize_zone, parts
 
 
 def filter_targets(
@@ -21,7 +21,7 @@ def filter_targets(
     gpu_memory: float | None = None,
 ) -> list[Target]:
     """Targets matching every given filter; unknown zone/country/provider names raise with the valid ones."""
-    from orchestrator.errors import SpecError, SpecIssue
+    from core.errors import SpecError, SpecIssue
     import providers
 
     try:

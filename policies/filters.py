@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from orchestrator.errors import SpecError, SpecIssue
-from orchestrator.spec.common import Accelerator
-from orchestrator.spec.deployment import Deployment
-from orchestrator.spec.target import Target
+from core.errors import SpecError, SpecIssue
+from core.spec.common import Accelerator
+from core.spec.deployment import Deployment
+from core.spec.target import Target
 from policies import costs
 from policies.licenses import LicensePack
 from policies.plan import Candidate, Rejection
-from policies.residency import Place, violations
+from core.place import Place
+from policies.residency import violations
 
 #: Reason prefixes, in the order rules are checked; used to group rejections when explaining infeasibility.
 RULES = ("residency", "sovereignty", "certifications", "licence", "model", "accelerator", "capacity")

@@ -9,7 +9,7 @@ from typing import Mapping
 
 import yaml
 
-from orchestrator.spec.org import OrgPolicy
+from core.spec.org import OrgPolicy
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from orchestrator.spec.deployment import Deployment
-from orchestrator.spec.org import Credit
-from orchestrator.spec.target import Target
+from core.spec.deployment import Deployment
+from core.spec.org import Credit
+from core.spec.target import Target
 from policies import costs, filters
 from policies.licenses import LicensePack
 from policies.milp import Model, Solution

@@ -6,26 +6,9 @@ The planner calls it for every target and the router for every send, so it has a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from orchestrator.spec.common import Residency
-from orchestrator.spec.zones import COUNTRY_ZONE, GLOBAL, SPAN_JOIN
-
-
-@dataclass(frozen=True, slots=True)
-class Place:
-    """Where a target or backend processes data, and whose law its operator answers to."""
-
-    zone: str
-    country: str | None
-    jurisdiction: str
-    operator: str = ""
-
-    @classmethod
-    def of(cls, target: object) -> Place:
-        """The place of anything shaped like a Target (zone, country, operator)."""
-        op = target.operator  # type: ignore[attr-defined]
-        return cls(target.zone, target.country, op.jurisdiction, op.name)  # type: ignore[attr-defined]
+from core.place import Place
+from core.spec.common import Residency
+from core.spec.zones import COUNTRY_ZONE, GLOBAL, SPAN_JOIN
 
 
 def location_allowed(residency: Residency, zone: str, country: str | None) -> bool:

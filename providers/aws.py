@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from types import ModuleType
 from typing import Any, TypeVar
 
-from orchestrator.errors import ProviderError
-from orchestrator.router.errors import AttemptFailed, BadRequest, Failed, NotDelivered, Refused, TimedOut
-from orchestrator.spec.zones import GLOBAL, zone_of
+from core.errors import ProviderError
+from core.api_errors import AttemptFailed, BadRequest, Failed, NotDelivered, Refused, TimedOut
+from core.spec.zones import GLOBAL, zone_of
 from providers import openai_wire
 
 T = TypeVar("T")

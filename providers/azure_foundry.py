@@ -14,8 +14,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from orchestrator.errors import ProviderError
-from orchestrator.spec.zones import GLOBAL
+from core.errors import ProviderError
+from core.spec.zones import GLOBAL
 from providers.azure_ml_regions import country_of
 from providers.base import Connection, LiveSetting, Locator, Provider
 
@@ -202,6 +202,6 @@ class AzureFoundry(Provider):
 
 
 def _is_org_endpoint(target) -> bool:
-    from orchestrator.spec.org import Endpoint
+    from core.spec.org import Endpoint
 
     return isinstance(target, Endpoint)

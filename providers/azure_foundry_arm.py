@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.router.errors import AttemptFailed, Refused
+from core.api_errors import AttemptFailed, Refused
 from providers import azure_ml_arm as ml_arm
 from providers.azure_ml_arm import Secret, credential
 

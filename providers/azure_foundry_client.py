@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 
 import httpx
 
-from orchestrator.router.backends import Backend
+from core.backends import Backend
 from orchestrator.router.clients import HttpClient
-from orchestrator.router.errors import AttemptFailed, Refused
+from core.api_errors import AttemptFailed, Refused
 from providers import azure_foundry_arm as farm
 from providers.azure_foundry import API_VERSION, COGNITIVE_SCOPE
 from providers.openai_wire import blocking

@@ -9,8 +9,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from orchestrator.errors import ProviderError
-from orchestrator.spec.zones import GLOBAL
+from core.errors import ProviderError
+from core.spec.zones import GLOBAL
 from providers.azure_ml_regions import country_of
 from providers.base import Connection, LiveSetting, Locator, Provider
 

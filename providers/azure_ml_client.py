@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 
 import httpx
 
-from orchestrator.router.backends import Backend
+from core.backends import Backend
 from orchestrator.router.clients import HttpClient
-from orchestrator.router.errors import AttemptFailed, Refused
+from core.api_errors import AttemptFailed, Refused
 from providers import azure_ml_arm as arm
 from providers.openai_wire import as_chunks, blocking, replay
 

@@ -5,20 +5,20 @@ from __future__ import annotations
 import abc
 import difflib
 import importlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from orchestrator.errors import ProviderError
-from orchestrator.spec.zones import zone_of
+from core.errors import ProviderError
+from core.spec.zones import zone_of
 
 if TYPE_CHECKING:
-    from orchestrator.router.backends import Backend
+    from core.backends import Backend
     from orchestrator.router.clients import BackendClient
-    from orchestrator.spec import Target
+    from core.spec import Target
 
 _REGISTRY: dict[str, type[Provider]] = {}
 
@@ -169,6 +169,37 @@ def get(name: str) -> Provider:
         close = difflib.get_close_matches(name, _REGISTRY, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ProviderError(f"unknown provider {name!r}{hint} Known: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def needs_provisioning(target: Target) -> bool:
+    """A placement on `target` needs something created first (a dedicated endpoint or cluster, by Pulumi): its
+    provider provisions with Pulumi, it offers instances rather than per-token models, and it is not an endpoint the
+    org already has. The one statement of that rule, for `up`'s routing and its Pulumi step alike."""
+    from core.spec.org import Endpoint
+
+    return (get(target.provider).provisioner == "pulumi" and bool(target.accelerators)
+            and not isinstance(target, Endpoint))
+
+
+def serve_deployed(provider: str) -> bool:
+    """Placements on this provider's clusters are deployed on Ray Serve (its adapter says), so an address-less
+    cluster of it is the embedded local Ray."""
+    return get(provider).provisioner == "ray-serve"
+
+
+def for_tenant(backend: Backend) -> Backend:
+    """The narrowed form of `backend` that `/v1/routes` gives a tenant for direct mode (and all the SDK keeps of a
+    table): only the params its kind's direct client needs (`Provider.direct_params`); a kind only the router can
+    call keeps none. The full record stays in the router's config. Unknown kinds raise, naming the known ones."""
+    provider = get(backend.kind)
+    return backend.keeping(provider.direct_params if provider.direct else frozenset())
+
+
+def check_kinds(backends: Iterable[Backend]) -> None:
+    """Every backend's `kind` names a registered adapter (ProviderError with a did-you-mean otherwise): a routing
+    table is checked once, where it is loaded, not at its first request."""
+    for kind in {b.kind for b in backends}:
+        get(kind)
 
 
 def names() -> tuple[str, ...]:

@@ -25,10 +25,10 @@ from typing import Any
 
 from pydantic import Field
 
-from orchestrator.errors import ProviderError
-from orchestrator.router.backends import Backend
+from core.errors import ProviderError
+from core.backends import Backend
 from orchestrator.router.clients import BackendClient
-from orchestrator.router.errors import AttemptFailed, BadRequest, Failed, building
+from core.api_errors import AttemptFailed, BadRequest, Failed, building
 from providers import aws, openai_wire
 from providers.base import Connection, LiveSetting, Locator, Provider
 from providers.bedrock_converse import FINISH, answer, converse_request, openai_messages, stream_chunks

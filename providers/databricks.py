@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from orchestrator.errors import ProviderError
+from core.errors import ProviderError
 from providers.base import Connection, LiveSetting, Locator, Provider
 
 #: Databricks' own rule for serving endpoint names; the name goes into a URL path, so nothing else is accepted.

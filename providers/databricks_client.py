@@ -22,9 +22,9 @@ from typing import Any
 
 import httpx
 
-from orchestrator.router.backends import Backend
+from core.backends import Backend
 from orchestrator.router.clients import HttpClient, refused_503
-from orchestrator.router.errors import (
+from core.api_errors import (
     AttemptFailed,
     BadRequest,
     Failed,

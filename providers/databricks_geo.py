@@ -12,15 +12,15 @@ default: cross-Geo processing is on by default for workspaces outside the US and
 So the org's declaration (`connection.cross_geo`) decides, and without one Sovra fails closed: GLOBAL.
 
 With cross-Geo processing disabled, serving still processes anywhere in the workspace's Geo, not in its region's
-country: `geo_of` gives that Geo as a span of places (see `orchestrator.spec.zones`).
+country: `geo_of` gives that Geo as a span of places (see `core.spec.zones`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.errors import ProviderError
-from orchestrator.spec.zones import GLOBAL, parts, zone_of
+from core.errors import ProviderError
+from core.spec.zones import GLOBAL, parts, zone_of
 from providers.base import LiveSetting
 
 # Databricks Geos on AWS and GCP, per docs.databricks.com/aws/en/resources/databricks-geos ("Geo: comprising

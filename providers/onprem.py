@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from orchestrator.errors import ProviderError
+from core.errors import ProviderError
 from providers.base import Connection, Locator, Provider
 
 

@@ -15,12 +15,12 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
-from orchestrator.errors import ProviderError
-from orchestrator.spec.zones import GLOBAL, SPAN_JOIN, zone_of
+from core.errors import ProviderError
+from core.spec.zones import GLOBAL, SPAN_JOIN, zone_of
 from providers.base import Connection, LiveSetting, Locator, Provider
 
 if TYPE_CHECKING:
-    from orchestrator.spec import Target
+    from core.spec import Target
 
 SETTING = "CORTEX_ENABLED_CROSS_REGION"
 

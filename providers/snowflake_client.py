@@ -28,9 +28,9 @@ from typing import Any
 
 import httpx
 
-from orchestrator.router.backends import Backend
+from core.backends import Backend
 from orchestrator.router.clients import BackendClient, refused_503, sse_event, sse_lines
-from orchestrator.router.errors import (
+from core.api_errors import (
     AttemptFailed,
     BadRequest,
     Failed,

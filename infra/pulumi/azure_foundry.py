@@ -17,7 +17,7 @@ from pulumi_azure_native import cognitiveservices as cs
 
 from infra.pulumi.base import PlacementComponent, PlacementInput
 from infra.pulumi.guard import ResidencyGuardError
-from infra.pulumi.settings import AzureFoundrySettings
+from core.provision import AzureFoundrySettings
 from providers.azure_foundry import AzureFoundry, sku_name
 
 INFERENCE_ENDPOINT = "Azure AI Model Inference API"

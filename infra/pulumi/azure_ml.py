@@ -8,7 +8,7 @@ import pulumi
 from pulumi_azure_native import machinelearningservices as ml
 
 from infra.pulumi.base import PlacementComponent, PlacementInput
-from infra.pulumi.settings import AzureMLSettings
+from core.provision import AzureMLSettings
 
 
 class AzureMLOnlineEndpoint(PlacementComponent):

@@ -17,8 +17,8 @@ import pulumi
 
 from infra.pulumi.enforce import Enforcer
 from infra.pulumi.guard import RegionRule
-from orchestrator.errors import SovraError
-from orchestrator.spec import Residency, Target
+from core.errors import SovraError
+from core.spec import Residency, Target
 
 DEPLOYMENT_TAG = "sovra:deployment"
 TARGET_TAG = "sovra:target"
@@ -70,7 +70,7 @@ class PlacementInput:
     def parse_settings(self, cls: type[_S]) -> _S:
         """The component's settings dataclass from `settings`; an unknown key, or a required one missing, is an
         error naming the target and what is valid."""
-        from infra.pulumi.settings import parse
+        from core.provision import parse
 
         try:
             return parse(cls, self.target.provider, self.settings)

@@ -10,7 +10,7 @@ import importlib
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from orchestrator.errors import SovraError
+from core.errors import SovraError
 
 if TYPE_CHECKING:
     from infra.pulumi.base import PlacementComponent

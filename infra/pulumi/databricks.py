@@ -6,7 +6,7 @@ import pulumi
 import pulumi_databricks as databricks
 
 from infra.pulumi.base import PlacementComponent, PlacementInput
-from infra.pulumi.settings import DatabricksSettings
+from core.provision import DatabricksSettings
 
 
 class DatabricksServingEndpoint(PlacementComponent):

@@ -14,9 +14,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.errors import SovraError
-from orchestrator.spec import Residency, Target
-from policies.residency import Place, violations
+from core.errors import SovraError
+from core.spec import Residency, Target
+from core.place import Place
+from policies.residency import violations
 
 #: Ray's custom resource that pins replicas to a target (the same name `infra.serve_config.target_resource` uses).
 TARGET_RESOURCE_PREFIX = "sovra.target/"

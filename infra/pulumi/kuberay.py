@@ -19,7 +19,7 @@ from infra.pulumi.base import (
     PlacementInput,
 )
 from infra.pulumi.guard import TARGET_RESOURCE_PREFIX
-from infra.pulumi.settings import KubeRaySettings
+from core.provision import KubeRaySettings
 from orchestrator.serving.model_http import KEY_VARIABLE, SERVICE_KEY_ENV
 
 #: What a node of the target offers of its pinning resource; a replica asks for 0.001 (infra.serve_config).

@@ -16,7 +16,7 @@ from infra.pulumi.base import PlacementInput
 from infra.pulumi.components import component_for
 from infra.pulumi.enforce import Enforcer
 from infra.serve_config import RayPlacement, http_model_app
-from orchestrator.spec import Deployment, Target
+from core.spec import Deployment, Target
 from policies.plan import Placement
 
 

@@ -9,7 +9,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra.pulumi.base import PlacementComponent, PlacementInput
-from infra.pulumi.settings import SageMakerSettings
+from core.provision import SageMakerSettings
 
 SAGEMAKER_TRUST = {
     "Version": "2012-10-17",

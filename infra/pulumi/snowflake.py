@@ -9,7 +9,7 @@ import pulumi
 import pulumi_snowflake as snowflake
 
 from infra.pulumi.base import PlacementComponent, PlacementInput
-from infra.pulumi.settings import SnowflakeSettings
+from core.provision import SnowflakeSettings
 
 CORTEX_USER = '"SNOWFLAKE"."CORTEX_USER"'
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from infra.transport import is_loopback
-from orchestrator.router.errors import (
+from core.api_errors import (
     CrossSite,
     RouterError,
     ScrapeKeyRequired,
@@ -24,7 +24,7 @@ from orchestrator.router.errors import (
     UnsupportedMediaType,
 )
 from orchestrator.router.tenants import TenantDirectory, bearer_digest
-from orchestrator.spec.org import Admin, RouterSettings, Tenant
+from core.spec.org import Admin, RouterSettings, Tenant
 
 #: what a caller may see of readiness: everything, one tenant's deployments, or only the aggregate
 ReadinessView = Literal["all", "aggregate"] | Tenant

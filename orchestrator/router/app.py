@@ -23,18 +23,18 @@ from starlette.routing import Route
 from orchestrator.router import completions, direct_report, responses
 from orchestrator.router.access import Access, ReadinessView, cross_site, preflight
 from orchestrator.router.audit import CLIENT_CLOSED, AuditLog, RequestContext
-from orchestrator.router.backends import Backend
+from core.backends import Backend
 from orchestrator.router.body import json_object, refuse_declared, refuse_over
 from orchestrator.router.clients import BackendClient
 from orchestrator.router.dispatch import Dispatcher
-from orchestrator.router.errors import BadRequest, RouterError
+from core.api_errors import BadRequest, RouterError
 from orchestrator.router.gate import RequestResidency
 from orchestrator.router.limits import TenantLimits
 from orchestrator.router.metrics import RouterMetrics
 from orchestrator.router.probe import Prober
 from orchestrator.router.requests import ChatRequest, EmbeddingRequest, Translated
 from orchestrator.router.tenants import TenantDirectory
-from orchestrator.spec.org import Tenant
+from core.spec.org import Tenant
 from policies.residency import allows
 
 log = logging.getLogger("sovra.router")
@@ -245,7 +245,7 @@ def _tenant_table(state: RouterState, tenant: Tenant) -> dict[str, Any]:
         direct = {b.id: base.get(b.kind).direct for b in within}
         out[name] = {"model": route.model, "residency": route.residency.model_dump(mode="json"),
                      "policy": route.policy,
-                     "backends": [b.for_tenant().to_wire() for b in within if direct[b.id]],
+                     "backends": [base.for_tenant(b).to_wire() for b in within if direct[b.id]],
                      "proxy_only": [{"target": b.target, "kind": b.kind} for b in within if not direct[b.id]]}
     return {"tenant": tenant.name, "residency": tenant.residency.model_dump(mode="json"), "deployments": out}
 

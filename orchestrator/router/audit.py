@@ -37,7 +37,7 @@ from orchestrator.router.audit_chain import (
     trail_dir,
     verify_chains,
 )
-from orchestrator.router.errors import AuditUnavailable
+from core.api_errors import AuditUnavailable
 
 log = logging.getLogger("sovra.audit")
 

@@ -20,9 +20,9 @@ from starlette.routing import Route
 
 from orchestrator.router.audit import AuditLog, Filter, now_iso
 from orchestrator.router.audit_sign import CheckpointError, Signer, check
-from orchestrator.router.errors import BadRequest, RouterError, Unauthorized
+from core.api_errors import BadRequest, RouterError, Unauthorized
 from orchestrator.router.tenants import bearer_digest
-from orchestrator.spec.org import Admin, Tenant
+from core.spec.org import Admin, Tenant
 
 MAX_LIMIT = 100_000
 _QUERY = ("tenant", "deployment", "model", "zone", "status", "since", "limit")

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import SovraError
+from core.errors import SovraError
 from orchestrator.router.audit_chain import FILE_MODE, Head, canonical, private_dir
 
 FORMAT = "sovra-audit-checkpoint/1"

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # imported where used: `sovra plan` loads the provider registry, which must stay light
     import httpx
 
-from orchestrator.router.backends import Backend
-from orchestrator.router.errors import (
+from core.backends import Backend
+from core.api_errors import (
     AttemptFailed,
     Failed,
     NotDelivered,

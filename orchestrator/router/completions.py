@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.router.errors import BadRequest
+from core.api_errors import BadRequest
 from orchestrator.router.requests import MAX_STOP, Translated, sse, strict
 
 SURFACE = "/v1/completions"

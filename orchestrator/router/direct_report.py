@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from orchestrator.router.audit import OUTCOMES, RequestContext
 from orchestrator.router.body import json_object, refuse_declared, refuse_over
-from orchestrator.router.errors import BadRequest, DirectModeDisabled, RouterError
+from core.api_errors import BadRequest, DirectModeDisabled, RouterError
 from orchestrator.router.gate import MAX_HEADERS, RequestResidency
 
 if TYPE_CHECKING:

@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from orchestrator.router.backends import Backend, Route, RoutingTable
+from core.backends import Backend, Route, RoutingTable
 from orchestrator.router.balancing import Candidate, RoutingPolicy, get_policy
-from orchestrator.router.errors import (
+from core.api_errors import (
     AttemptFailed,
     BackendRefused,
     NoAllowedBackend,

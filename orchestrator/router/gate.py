@@ -13,10 +13,11 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from orchestrator.router.errors import InvalidResidency, ResidencyWidening
-from orchestrator.spec.common import Residency
-from orchestrator.spec.zones import COUNTRY_ZONE, GLOBAL, ZONES
-from policies.residency import Place, allows
+from core.api_errors import InvalidResidency, ResidencyWidening
+from core.spec.common import Residency
+from core.spec.zones import COUNTRY_ZONE, GLOBAL, ZONES
+from core.place import Place
+from policies.residency import allows
 
 #: The most `X-Sovra-Residency` lines one request may carry (each narrows; more is not a gateway chain).
 MAX_HEADERS = 16

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from orchestrator.router.errors import BadRequest
+from core.api_errors import BadRequest
 
 #: OpenAI's own limit on inputs per embeddings request.
 MAX_EMBEDDING_INPUTS = 2048

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.router.errors import BadRequest
+from core.api_errors import BadRequest
 from orchestrator.router.requests import Translated, sse, strict
 
 SURFACE = "/v1/responses"

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from orchestrator.router.body import json_object, refuse_declared, refuse_over
-from orchestrator.router.errors import RouterError
+from core.api_errors import RouterError
 
 if TYPE_CHECKING:
     from orchestrator.serving.ray_apps import ModelServer

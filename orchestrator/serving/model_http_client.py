@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from orchestrator.router.backends import Backend
+from core.backends import Backend
 from orchestrator.router.clients import HttpClient
 
 

@@ -125,19 +125,22 @@ def build_router_state_app(cfg: dict[str, Any]):
     from orchestrator.router.audit import AuditLog
     from orchestrator.router.audit_api import audit_routes
     from orchestrator.router.audit_sign import Signer
-    from orchestrator.router.backends import Backend, RoutingTable
+    from core.backends import Backend, RoutingTable
     from orchestrator.router.clients import ClientSet
     from orchestrator.router.dispatch import Dispatcher
     from orchestrator.router.limits import TenantLimits
     from orchestrator.router.tenants import TenantDirectory
     from orchestrator.serving.model_http import FROM_RAY_TOKEN, install_replica_key
-    from orchestrator.spec.org import Admin, AuditSettings, RouterSettings, Tenant
+    from core.spec.org import Admin, AuditSettings, RouterSettings, Tenant
 
     if cfg.get("replica_key") == FROM_RAY_TOKEN:  # the key of the replicas it reaches over HTTP
         from infra.serve_config import REPLICA_KEY_ENV
 
         install_replica_key(REPLICA_KEY_ENV)
     table = RoutingTable.of(Backend.from_wire(b) for b in cfg["backends"])
+    from providers import base
+
+    base.check_kinds(table.backends)  # an adapter this router does not have is an error now, not at a request
     from orchestrator.serving.model_http import SERVICE_KEY_ENV, SERVICE_PURPOSE
 
     if any(b.params.get("api_key_env") == SERVICE_KEY_ENV for b in table.backends):

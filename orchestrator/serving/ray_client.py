@@ -18,9 +18,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from orchestrator.router.backends import Backend
+from core.backends import Backend
 from orchestrator.router.clients import BackendClient
-from orchestrator.router.errors import AttemptFailed, BadRequest, Failed, NotDelivered, Refused
+from core.api_errors import AttemptFailed, BadRequest, Failed, NotDelivered, Refused
 
 log = logging.getLogger("sovra.router")
 DEPLOYMENT = "ModelServer"

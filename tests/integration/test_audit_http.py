@@ -14,8 +14,8 @@ from infra.ray_cluster import free_port
 from orchestrator.router.audit import Attempt, AuditLog, AuditRecord
 from orchestrator.router.audit_api import audit_routes
 from orchestrator.router.audit_sign import Signer
-from orchestrator.spec.common import Residency
-from orchestrator.spec.org import Admin, Tenant
+from core.spec.common import Residency
+from core.spec.org import Admin, Tenant
 from tests.fakes.openai_backend import ServerThread
 
 ADMIN_KEY, TENANT_KEY = "sk-admin-dpo", "sk-tenant-bank"

@@ -45,7 +45,7 @@ def kuberay(sovra_ray, tmp_path_factory):
     from orchestrator import planning
     from orchestrator.provisioning import service_keys
     from orchestrator.serving.model_http import SERVICE_KEY_ENV
-    from orchestrator.spec.org import provision_for
+    from core.spec.org import provision_for
     from policies.plan import DeploymentPlan, FleetPlan, Placement
 
     d = tmp_path_factory.mktemp("kuberay")

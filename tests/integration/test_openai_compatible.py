@@ -15,8 +15,8 @@ from starlette.routing import Route
 
 from infra import serve_config as sc
 from orchestrator.router.clients import HttpClient
-from orchestrator.router.errors import NotDelivered, Refused
-from orchestrator.spec.org import Endpoint, Org, connection_for
+from core.api_errors import NotDelivered, Refused
+from core.spec.org import Endpoint, Org, connection_for
 from policies.plan import Placement
 from providers import base
 from tests import factories
@@ -120,6 +120,6 @@ def test_a_throttled_answer_keeps_the_servers_retry_after(transport):
 
 
 def _paris():
-    from policies.residency import Place
+    from core.place import Place
 
     return Place("EU", "FR", "FR", "self")

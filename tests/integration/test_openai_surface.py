@@ -13,13 +13,13 @@ import pytest
 
 from orchestrator.router.app import RouterState, create_app
 from orchestrator.router.audit import AuditLog, read
-from orchestrator.router.backends import RoutingTable
+from core.backends import RoutingTable
 from orchestrator.router.clients import HttpClient
 from orchestrator.router.dispatch import Dispatcher
 from orchestrator.router.tenants import TenantDirectory
-from orchestrator.spec import Residency
-from orchestrator.spec.org import Tenant
-from policies.residency import Place
+from core.spec import Residency
+from core.spec.org import Tenant
+from core.place import Place
 from tests import factories
 from tests.fakes.openai_backend import FakeBackend, ServerThread
 

@@ -13,11 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.errors import ProviderError
-from orchestrator.router.backends import Backend
-from orchestrator.router.errors import BadRequest, Failed, NotDelivered, Refused, TimedOut
-from orchestrator.spec import Residency, Target
-from policies.residency import Place
+from core.errors import ProviderError
+from core.backends import Backend
+from core.api_errors import BadRequest, Failed, NotDelivered, Refused, TimedOut
+from core.spec import Residency, Target
+from core.place import Place
 from providers import aws, base
 from providers.bedrock import (
     BedrockClient,

@@ -14,14 +14,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import providers
-from orchestrator.errors import ProviderError
-from orchestrator.router.backends import Backend, RoutingTable
+from core.errors import ProviderError
+from core.backends import Backend, RoutingTable
 from orchestrator.router.dispatch import Dispatcher
-from orchestrator.router.errors import Failed, NotDelivered, Refused, TimedOut, UpstreamTimeout
+from core.api_errors import Failed, NotDelivered, Refused, TimedOut, UpstreamTimeout
 from orchestrator.router.gate import RequestResidency
-from orchestrator.spec import Residency
-from orchestrator.spec.zones import COUNTRY_ZONE, GLOBAL
-from policies.residency import Place
+from core.spec import Residency
+from core.spec.zones import COUNTRY_ZONE, GLOBAL
+from core.place import Place
 from providers import azure_ml_arm as arm
 from providers.azure_foundry import DATA_ZONE_TYPES, GLOBAL_TYPES
 from providers.azure_ml import REGIONAL_TYPES

@@ -18,13 +18,13 @@ import providers
 from infra.serve_config import routed_entry
 from orchestrator import live_settings as ls
 from orchestrator.catalog import load_catalog
-from orchestrator.errors import ProviderError
-from orchestrator.router.backends import Backend
-from orchestrator.router.errors import NotDelivered, Refused
-from orchestrator.spec import Residency
-from orchestrator.spec.org import Org
-from orchestrator.spec.zones import COUNTRY_ZONE, GLOBAL
-from policies.residency import Place
+from core.errors import ProviderError
+from core.backends import Backend
+from core.api_errors import NotDelivered, Refused
+from core.spec import Residency
+from core.spec.org import Org
+from core.spec.zones import COUNTRY_ZONE, GLOBAL
+from core.place import Place
 from providers.azure_foundry import DATA_ZONE_TYPES, GLOBAL_TYPES, NO_PROMISE_TYPES, REGIONAL_TYPES
 from providers.azure_foundry_client import AzureFoundryClient
 from providers.azure_ml_regions import REGION_COUNTRY

@@ -9,13 +9,13 @@ import json
 
 import pytest
 
-from orchestrator.errors import ProviderError
-from orchestrator.router.backends import RoutingTable
+from core.errors import ProviderError
+from core.backends import RoutingTable
 from orchestrator.router.dispatch import Dispatcher
-from orchestrator.router.errors import BadRequest, Refused, Untranslatable
+from core.api_errors import BadRequest, Refused, Untranslatable
 from orchestrator.router.gate import RequestResidency
 from orchestrator.router.probe import Prober
-from orchestrator.spec import Residency
+from core.spec import Residency
 from providers.bedrock import BedrockClient
 from providers.sagemaker import SageMakerClient
 from tests.emulators.aws import _vector, aws_env, aws_environ, fake_aws

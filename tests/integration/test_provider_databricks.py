@@ -15,12 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.catalog import load_catalog
-from orchestrator.errors import ProviderError
-from orchestrator.router.backends import Backend
+from core.errors import ProviderError
+from core.backends import Backend
 from orchestrator.router.clients import refused_503
-from orchestrator.router.errors import BadRequest, Failed, NotDelivered, Refused, RouterError, TimedOut
-from orchestrator.spec import Residency
-from policies.residency import Place
+from core.api_errors import BadRequest, Failed, NotDelivered, Refused, RouterError, TimedOut
+from core.spec import Residency
+from core.place import Place
 from providers import base
 from providers.databricks_client import DatabricksClient, verdict
 from tests.emulators.databricks import DatabricksEmulator, closed_url, reply, vector
@@ -388,10 +388,10 @@ def test_sdk_direct_mode_calls_a_databricks_backend_itself_with_the_apps_own_cre
 
     from orchestrator import sdk
     from orchestrator.router.app import RouterState, create_app
-    from orchestrator.router.backends import RoutingTable
+    from core.backends import RoutingTable
     from orchestrator.router.dispatch import Dispatcher
     from orchestrator.router.tenants import TenantDirectory
-    from orchestrator.spec.org import Tenant
+    from core.spec.org import Tenant
     from tests.fakes.openai_backend import ServerThread
 
     key = "sk-direct-eu"

@@ -14,11 +14,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.catalog import load_catalog, shipped_catalog_files
-from orchestrator.errors import ProviderError
-from orchestrator.router.backends import Backend
-from orchestrator.router.errors import BadRequest, Failed, NotDelivered, Refused, TimedOut, Untranslatable
-from orchestrator.spec.common import Residency
-from orchestrator.spec.zones import GLOBAL
+from core.errors import ProviderError
+from core.backends import Backend
+from core.api_errors import BadRequest, Failed, NotDelivered, Refused, TimedOut, Untranslatable
+from core.spec.common import Residency
+from core.spec.zones import GLOBAL
 from policies.residency import location_allowed
 from providers import base
 from providers.snowflake import CROSS_REGION_ZONES, zone_for_cross_region

@@ -18,8 +18,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from orchestrator.router.clients import MAX_SSE_LINE, HttpClient
-from orchestrator.router.errors import Failed, NotDelivered, Refused, RouterError
-from policies.residency import Place
+from core.api_errors import Failed, NotDelivered, Refused, RouterError
+from core.place import Place
 from tests import factories
 from tests.fakes.openai_backend import FakeBackend, ServerThread
 

@@ -20,13 +20,13 @@ from orchestrator.router.access import Access
 from orchestrator.router.app import RouterState, create_app
 from orchestrator.router.audit import AuditLog, read
 from orchestrator.router.audit_api import audit_routes
-from orchestrator.router.backends import Backend, RoutingTable
+from core.backends import Backend, RoutingTable
 from orchestrator.router.clients import HttpClient
 from orchestrator.router.dispatch import Dispatcher
 from orchestrator.router.tenants import TenantDirectory
-from orchestrator.spec import Residency
-from orchestrator.spec.org import EMPTY_SHA256, Admin, RouterSettings, Tenant
-from policies.residency import Place
+from core.spec import Residency
+from core.spec.org import EMPTY_SHA256, Admin, RouterSettings, Tenant
+from core.place import Place
 from tests import factories
 from tests.fakes.openai_backend import FakeBackend, ServerThread
 
@@ -279,7 +279,7 @@ def test_an_org_that_disables_direct_mode_gets_a_403_and_the_sdk_says_so(fleet):
 
 
 def test_the_org_file_carries_the_direct_mode_and_scrape_key_settings():
-    from orchestrator.spec.org import Org
+    from core.spec.org import Org
 
     org = Org.model_validate({"router": {"direct_mode": False, "scrape_key_sha256": sha(SCRAPE_KEY)}})
     assert org.router.direct_mode is False
@@ -390,7 +390,7 @@ def test_the_sdk_lists_proxy_only_backends_as_unreachable_with_the_reason():
 
 
 def test_org_yaml_refuses_the_digest_of_the_empty_key():
-    from orchestrator.spec.org import Org
+    from core.spec.org import Org
 
     for raw in ({"tenants": [{"name": "t", "key_sha256": EMPTY_SHA256, "residency": {"zones": ["EU"]}}]},
                 {"admins": [{"name": "a", "key_sha256": EMPTY_SHA256}]},

@@ -14,13 +14,13 @@ from hypothesis import strategies as st
 from orchestrator.router.access import Access
 from orchestrator.router.app import RouterState, create_app
 from orchestrator.router.audit import AuditLog, read
-from orchestrator.router.backends import RoutingTable
+from core.backends import RoutingTable
 from orchestrator.router.clients import HttpClient
 from orchestrator.router.dispatch import Dispatcher
 from orchestrator.router.tenants import TenantDirectory
-from orchestrator.spec import Residency
-from orchestrator.spec.org import Admin, Tenant
-from policies.residency import Place
+from core.spec import Residency
+from core.spec.org import Admin, Tenant
+from core.place import Place
 from tests import factories
 from tests.fakes.openai_backend import FakeBackend, ServerThread
 
@@ -279,7 +279,7 @@ def test_sdk_direct_mode_refreshes_its_table_so_a_narrowed_tenant_takes_effect(s
 def test_sdk_direct_mode_names_what_it_cannot_reach():
     import asyncio
 
-    from orchestrator.router.backends import RoutingTable as Table
+    from core.backends import RoutingTable as Table
 
     ray_only = RouterState(Dispatcher(Table.of([factories.backend("onprem-paris", Place("EU", "FR", "FR", "self"),
                                                                   kind="ray")])),

@@ -25,15 +25,15 @@ import pytest
 
 from orchestrator.router.app import RouterState, create_app
 from orchestrator.router.audit import AuditLog, read
-from orchestrator.router.backends import Backend, RoutingTable
+from core.backends import Backend, RoutingTable
 from orchestrator.router.clients import MAX_SSE_LINE, HttpClient
 from orchestrator.router.dispatch import Dispatcher
-from orchestrator.router.errors import BadRequest, Failed, Refused, TimedOut
+from core.api_errors import BadRequest, Failed, Refused, TimedOut
 from orchestrator.router.tenants import TenantDirectory
 from orchestrator.serving.ray_client import RayClient, ReplicaWatch
-from orchestrator.spec import Residency
-from orchestrator.spec.org import Tenant
-from policies.residency import Place
+from core.spec import Residency
+from core.spec.org import Tenant
+from core.place import Place
 from providers import aws
 from providers.bedrock import BedrockClient
 from providers.sagemaker import SageMakerClient

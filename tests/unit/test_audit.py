@@ -19,8 +19,8 @@ from pydantic import ValidationError
 from orchestrator.router.audit import Attempt, AuditLog, AuditRecord, RequestContext, read, verify
 from orchestrator.router.audit_chain import GENESIS, opened, verify_chains
 from orchestrator.router.audit_sign import CheckpointError, Signer, check
-from orchestrator.router.errors import AuditUnavailable
-from orchestrator.spec.org import Org
+from core.api_errors import AuditUnavailable
+from core.spec.org import Org
 
 PARIS_FAILED = Attempt("onprem-paris", "EU", "FR", "failed")
 LYON_OK = Attempt("onprem-lyon", "EU", "FR", "ok")

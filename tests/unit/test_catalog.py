@@ -5,8 +5,8 @@ from collections import defaultdict
 import pytest
 
 from orchestrator.catalog import load_catalog, load_targets, parse_catalog_text, shipped_catalog_files
-from orchestrator.errors import SpecError
-from orchestrator.spec import Org
+from core.errors import SpecError
+from core.spec import Org
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +73,18 @@ targets:
     with pytest.raises(SpecError) as exc:
         parse_catalog_text(text)
     assert "country US belongs to zone US, not EU" in str(exc.value)
+
+
+def test_an_org_connection_that_does_not_fit_its_adapter_is_located_in_the_yaml(tmp_path):
+    """The spec models sit below the providers, so the loader asks each adapter; the file, line and field stay."""
+    from core.errors import SpecError
+    from orchestrator.catalog import load_org
+
+    org = tmp_path / "org.yaml"
+    org.write_text("accounts:\n  - provider: databricks\n    connection: {hots: x}\n"
+                   "  - {provider: snowflak}\n")
+    with pytest.raises(SpecError) as exc:
+        load_org(org)
+    said = {(i.line, i.path): i.message for i in exc.value.issues}
+    assert "valid fields: host" in said[(3, "accounts[0].connection")]
+    assert "did you mean 'snowflake-cortex'" in said[(4, "accounts[1].provider")]

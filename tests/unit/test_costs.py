@@ -2,9 +2,9 @@ import datetime as dt
 
 import pytest
 
-from orchestrator.spec.common import Accelerator, ManagedModel
-from orchestrator.spec.deployment import Traffic
-from orchestrator.spec.org import Credit
+from core.spec.common import Accelerator, ManagedModel
+from core.spec.deployment import Traffic
+from core.spec.org import Credit
 from policies import costs
 
 

@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator import live_settings as ls
-from orchestrator.spec.org import Org
-from orchestrator.spec.zones import GLOBAL
+from core.spec.org import Org
+from core.spec.zones import GLOBAL
 from providers.base import LiveSetting
 from tests import factories
 
@@ -96,7 +96,7 @@ def test_findings_round_trip_through_the_record(tmp_path):
 def test_a_damaged_record_is_an_error_not_a_clean_slate(tmp_path):
     import pytest
 
-    from orchestrator.errors import SovraError
+    from core.errors import SovraError
 
     path = tmp_path / "live.json"
     path.write_text('{"findings": [')
@@ -133,7 +133,7 @@ def cortex(tid: str, country: str):
 
 def test_a_london_cortex_account_on_aws_eu_is_held_to_eu_and_uk():
     """AWS_EU is the default Snowflake sets for London accounts: EU regions, and the account's own UK region."""
-    from orchestrator.spec.zones import zone_of
+    from core.spec.zones import zone_of
     from providers.snowflake import SETTING, zone_for_cross_region
 
     london, frankfurt = cortex("snowflake-cortex/eu-west-2", "GB"), cortex("snowflake-cortex/eu-central-1", "DE")

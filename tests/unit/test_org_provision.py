@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.catalog import load_org
-from orchestrator.errors import SpecError
-from orchestrator.spec.org import Org, provision_for
+from core.errors import SpecError
+from core.spec.org import Org, provision_for
 
 CLUSTER = """apiVersion: sovra/v1
 kind: Org

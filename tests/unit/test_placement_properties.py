@@ -9,8 +9,8 @@ from collections import defaultdict
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from orchestrator.spec.org import OrgPolicy
-from orchestrator.spec.zones import COUNTRY_ZONE
+from core.spec.org import OrgPolicy
+from core.spec.zones import COUNTRY_ZONE
 from policies import filters
 from policies.licenses import license_pack
 from policies.placement import SolveOptions

@@ -2,12 +2,12 @@
 
 import asyncio
 
-from orchestrator.router.backends import Backend, RoutingTable
+from core.backends import Backend, RoutingTable
 from orchestrator.router.clients import BackendClient
 from orchestrator.router.dispatch import Dispatcher
 from orchestrator.router.health import Breaker
 from orchestrator.router.probe import Prober
-from policies.residency import Place
+from core.place import Place
 from tests import factories
 
 EU = Place("EU", "FR", "FR", "self")

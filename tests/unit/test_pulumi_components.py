@@ -19,7 +19,7 @@ import pytest
 
 from infra.pulumi.base import DEPLOYMENT_TAG, TARGET_TAG, ComponentSettingsError, PlacementInput
 from infra.pulumi.guard import ResidencyGuardError
-from orchestrator.spec import Residency
+from core.spec import Residency
 from policies.plan import DeploymentPlan, Placement
 from tests.factories import deployment, target
 
@@ -635,7 +635,7 @@ def test_a_kuberay_stack_output_becomes_an_own_capacity_backend_reached_over_htt
     from infra.pulumi_stack import outputs_to_endpoints
     from infra.serve_config import routed_entry
     from orchestrator.serving.model_http_client import ModelHttpClient
-    from orchestrator.spec.org import Cluster
+    from core.spec.org import Cluster
     from providers import base
 
     cluster = Cluster.model_validate({

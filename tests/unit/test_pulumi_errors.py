@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from infra import pulumi_stack as ps
-from orchestrator.errors import (
+from core.errors import (
     CloudCredentialsError,
     ConcurrentUpdateError,
     ProvisionError,
@@ -285,7 +285,7 @@ def _targets():
 def test_outputs_become_endpoints_the_router_can_reach():
     from pulumi.automation import OutputValue
 
-    from orchestrator.spec.org import Endpoint
+    from core.spec.org import Endpoint
 
     t = _targets()
     chosen = [t["aws-sagemaker/eu-central-1"], t["azure-ml/swedencentral"]]

@@ -14,7 +14,7 @@ from infra import serve_config as sc
 from infra.ray_cluster import Node
 from orchestrator import deploy
 from orchestrator.planning import Inputs
-from orchestrator.spec.org import Cluster, Org
+from core.spec.org import Cluster, Org
 
 REMOTE = "http://ray-head.example:8265"
 

@@ -75,11 +75,11 @@ def test_a_backend_served_over_http_goes_over_http_with_its_key_and_not_while_se
 
     import pytest
 
-    from orchestrator.router.backends import Backend
-    from orchestrator.router.errors import NotDelivered
+    from core.backends import Backend
+    from core.api_errors import NotDelivered
     from orchestrator.serving.ray_client import RayClient
-    from orchestrator.spec.common import Residency
-    from policies.residency import Place
+    from core.spec.common import Residency
+    from core.place import Place
 
     seen = []
 
@@ -160,9 +160,9 @@ def test_a_failed_by_value_call_is_not_resent_and_reads_for_people():
     to the dispatcher (which puts it in front once)."""
     import grpc
 
-    from orchestrator.router.errors import Failed
+    from core.api_errors import Failed
     from orchestrator.serving.ray_client import _verdict
-    from policies.residency import Place
+    from core.place import Place
     from tests import factories
 
     exc = grpc.aio.AioRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(), grpc.aio.Metadata(),
@@ -179,10 +179,10 @@ def test_an_engine_refusal_is_a_400_however_serve_delivers_it():
     the exception itself. Either way the engine refused the request: the client gets 400, nothing is resent."""
     from ray.exceptions import RayTaskError
 
-    from orchestrator.router.errors import BadRequest
+    from core.api_errors import BadRequest
     from orchestrator.serving.engines import EngineError
     from orchestrator.serving.ray_client import _verdict
-    from policies.residency import Place
+    from core.place import Place
     from tests import factories
 
     backend = factories.backend("local", Place("EU", "FR", "FR", "self"))

@@ -1,8 +1,9 @@
 from hypothesis import given, strategies as st
 
-from orchestrator.spec import Residency
-from orchestrator.spec.zones import COUNTRY_ZONE, GLOBAL
-from policies.residency import Place, allows, violations
+from core.spec import Residency
+from core.spec.zones import COUNTRY_ZONE, GLOBAL
+from core.place import Place
+from policies.residency import allows, violations
 
 FR_SELF = Place("EU", "FR", "FR", "self")
 FR_US_OP = Place("EU", "FR", "US", "microsoft")

@@ -3,7 +3,7 @@ Sovra), read from the stack's refreshed state in Pulumi's checkpoint format."""
 
 from infra.pulumi.drift import residency_drift
 from infra.pulumi.guard import RegionRule
-from orchestrator.spec import Residency
+from core.spec import Residency
 from tests import factories
 
 PARIS = factories.target("aws-sagemaker/eu-west-3", region="eu-west-3", country="FR")

@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from infra.pulumi.guard import RAY_SERVICE, Declared, RegionRule, check, check_all, declared, normalize_region
-from orchestrator.spec import Residency
-from policies.residency import Place, allows
+from core.spec import Residency
+from core.place import Place
+from policies.residency import allows
 from tests.factories import target
 
 PARIS = target("aws-sagemaker/eu-west-3", region="eu-west-3", country="FR")

@@ -5,10 +5,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.router.errors import InvalidResidency, ResidencyWidening
+from core.api_errors import InvalidResidency, ResidencyWidening
 from orchestrator.router.gate import MAX_HEADERS, RequestResidency, parse_header
-from orchestrator.spec import Residency
-from policies.residency import Place, allows
+from core.spec import Residency
+from core.place import Place
+from policies.residency import allows
 
 PLACES = [Place("EU", "FR", "FR", "self"), Place("EU", "DE", "US", "amazon"), Place("EU", "DE", "DE", "self"),
           Place("US", "US", "US", "amazon"), Place("GLOBAL", None, "US", "microsoft"),

@@ -11,7 +11,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from orchestrator.router import completions, responses
-from orchestrator.router.errors import BadRequest
+from core.api_errors import BadRequest
 
 EVENT = TypeAdapter(ResponseStreamEvent)
 

@@ -8,14 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.router.backends import Backend, RoutingTable
+from core.backends import Backend, RoutingTable
 from orchestrator.router.balancing import Candidate, get_policy, policy_names
 from orchestrator.router.dispatch import Dispatcher
-from orchestrator.router.errors import ResidencyWidening
+from core.api_errors import ResidencyWidening
 from orchestrator.router.gate import RequestResidency
 from orchestrator.router.health import Breaker
-from orchestrator.spec import Residency
-from policies.residency import Place
+from core.spec import Residency
+from core.place import Place
 from tests import factories
 
 EU, US = Residency(zones=("EU",)), Residency(zones=("US",))

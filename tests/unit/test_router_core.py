@@ -8,17 +8,17 @@ from collections import Counter
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from orchestrator.router.backends import Backend, RoutingTable
+from core.backends import Backend, RoutingTable
 from orchestrator.router.balancing import Candidate, get_policy
 from orchestrator.router.dispatch import Dispatcher
-from orchestrator.router.errors import (InvalidResidency, ModelNotFound, NoAllowedBackend, NotDelivered,
+from core.api_errors import (InvalidResidency, ModelNotFound, NoAllowedBackend, NotDelivered,
                                         ResidencyWidening, Saturated, Unauthorized)
 from orchestrator.router.gate import RequestResidency, parse_header
 from orchestrator.router.health import Breaker
 from orchestrator.router.tenants import TenantDirectory
-from orchestrator.spec import Residency
-from orchestrator.spec.org import Tenant
-from policies.residency import Place
+from core.spec import Residency
+from core.spec.org import Tenant
+from core.place import Place
 from tests import factories
 
 EU = Residency(zones=("EU",))
@@ -179,3 +179,11 @@ def test_no_attempt_ever_leaves_the_allowed_set(backs, failing, tenant, policy, 
     except NoAllowedBackend:
         assert not (allowed - failing) or len(called) == attempts
     assert {b.target for b in called} <= allowed
+
+
+def test_the_ground_package_names_exactly_the_routers_policies():
+    """Deployments and routing tables are checked against core's names, the router registers the classes."""
+    from core.spec.common import ROUTING_POLICIES
+    from orchestrator.router.balancing import policy_names
+
+    assert set(ROUTING_POLICIES) == set(policy_names())

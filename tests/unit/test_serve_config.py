@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from infra import serve_config as sc
-from orchestrator.router.backends import Backend
-from orchestrator.spec import Deployment
-from policies.residency import Place
+from core.backends import Backend
+from core.spec import Deployment
+from core.place import Place
 from tests import factories
 from tests.factories import deployment, solve, target
 

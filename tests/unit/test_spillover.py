@@ -8,12 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.router.backends import RoutingTable
+from core.backends import RoutingTable
 from orchestrator.router.dispatch import Dispatcher
-from orchestrator.router.errors import BackendRefused, NoAllowedBackend, NotDelivered, Refused, Saturated
+from core.api_errors import BackendRefused, NoAllowedBackend, NotDelivered, Refused, Saturated
 from orchestrator.router.gate import RequestResidency
-from orchestrator.spec import Residency
-from policies.residency import Place, allows
+from core.spec import Residency
+from core.place import Place
+from policies.residency import allows
 from tests import factories
 
 EU = RequestResidency(Residency(zones=("EU",)))

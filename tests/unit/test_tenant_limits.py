@@ -4,10 +4,10 @@ import hashlib
 
 import pytest
 
-from orchestrator.router.errors import TenantBusy
+from core.api_errors import TenantBusy
 from orchestrator.router.limits import TenantLimits
-from orchestrator.spec import Residency
-from orchestrator.spec.org import Org, Tenant
+from core.spec import Residency
+from core.spec.org import Org, Tenant
 
 
 def tenant(name: str, max_concurrent: int | None = None) -> Tenant:

@@ -19,7 +19,7 @@ from infra.serve_api import ServeApi
 from infra.transport import client_trust, is_loopback
 from orchestrator import deploy
 from orchestrator.planning import Inputs
-from orchestrator.spec.org import Cluster, Org
+from core.spec.org import Cluster, Org
 from policies.plan import DeploymentPlan, FleetPlan, Placement
 from tests.factories import deployment
 
@@ -86,13 +86,23 @@ def test_tls_is_two_paths_on_the_routers_node_never_the_key_itself():
             Cluster.model_validate(cluster("local", **{field: True}))
 
 
-def test_clusters_sharing_a_router_must_agree_on_its_tls():
+def test_clusters_sharing_a_router_must_agree_on_its_tls(tmp_path):
     for a, b in (({"address": REMOTE, "tls": TLS}, {"address": REMOTE}),
                  ({"address": REMOTE, "insecure_http": True}, {"address": REMOTE}),
-                 ({"address": REMOTE, "insecure_dashboard": True}, {"address": REMOTE}),
-                 ({"tls": TLS}, {})):
+                 ({"address": REMOTE, "insecure_dashboard": True}, {"address": REMOTE})):
         with pytest.raises(ValidationError, match=r"clusters a, b share .* tls, insecure_http or insecure_dashboard"):
             Org.model_validate({"clusters": [cluster("a", **a), cluster("b", **b)]})
+    # address-less ray clusters are all the local Ray: which providers those are is the adapters' to say, so the
+    # check runs where org.yaml is loaded
+    import json
+
+    from core.errors import SpecError
+    from orchestrator.catalog import load_org
+
+    org_file = tmp_path / "org.yaml"
+    org_file.write_text(json.dumps({"clusters": [cluster("a", tls=TLS), cluster("b")]}))
+    with pytest.raises(SpecError, match=r"clusters a, b share the local Ray .* tls, insecure_http"):
+        load_org(org_file)
 
 
 # --- a router beyond loopback serves HTTPS -----------------------------------------------------------------
@@ -225,7 +235,7 @@ def test_a_kuberay_service_without_api_key_env_gets_a_key_the_local_router_deriv
 
 
 def test_a_derived_key_needs_one_router_with_a_known_token(monkeypatch, tmp_path):
-    from orchestrator.errors import ProvisionError
+    from core.errors import ProvisionError
     from orchestrator.provisioning import service_keys
 
     monkeypatch.setenv("SOVRA_HOME", str(tmp_path))

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
-from orchestrator.errors import SovraError
+from core.errors import SovraError
 
 _ENGINES: dict[str, type[Engine]] = {}
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from orchestrator.router.errors import AmbiguousModel, ModelNotFound
-from orchestrator.spec.common import Residency
-from policies.residency import Place
+from core.api_errors import AmbiguousModel, ModelNotFound
+from core.spec.common import Residency, routing_policy
+from core.place import Place
 
 
 class Backend(BaseModel):
@@ -50,22 +50,10 @@ class Backend(BaseModel):
     def __hash__(self) -> int:  # `params` is a dict; equal backends share an id, so the id is a sound hash
         return hash(self.id)
 
-    @field_validator("kind")
-    @classmethod
-    def _known_kind(cls, value: str) -> str:
-        from providers import base
-
-        if value not in base.names():
-            base.get(value)  # raises with the known names and a did-you-mean
-        return value
-
     @field_validator("policy")
     @classmethod
     def _known_policy(cls, value: str) -> str:
-        from orchestrator.router.balancing import get_policy
-
-        get_policy(value)
-        return value
+        return routing_policy(value)
 
     @property
     def zone(self) -> str:
@@ -79,17 +67,12 @@ class Backend(BaseModel):
     def from_wire(cls, data: Mapping[str, Any]) -> Backend:
         return cls.model_validate(data)
 
-    def for_tenant(self) -> Backend:
-        """The narrowed form `/v1/routes` gives a tenant for direct mode (and all the SDK keeps of a table): only
-        the params its kind's direct client needs (`Provider.direct_params`); a kind only the router can call
-        keeps none. The full record stays in the router's config."""
-        from providers import base
-
-        provider = base.get(self.kind)
-        keep = provider.direct_params if provider.direct else frozenset()
-        if set(self.params) <= keep:
+    def keeping(self, params: Collection[str]) -> Backend:
+        """This backend with only `params` of its params (the narrowed form `/v1/routes` gives a tenant: see
+        `providers.base.for_tenant`)."""
+        if set(self.params) <= set(params):
             return self
-        return self.model_copy(update={"params": {k: v for k, v in self.params.items() if k in keep}})
+        return self.model_copy(update={"params": {k: v for k, v in self.params.items() if k in params}})
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from orchestrator.errors import SovraError
+from core.errors import SovraError
 
 log = logging.getLogger("sovra.router")
 

@@ -14,7 +14,7 @@ from pydantic import (
     model_validator,
 )
 
-from orchestrator.spec.zones import GLOBAL, normalize_country, normalize_span, normalize_zone
+from core.spec.zones import GLOBAL, normalize_country, normalize_span, normalize_zone
 
 
 class Frozen(BaseModel):
@@ -30,6 +30,21 @@ Country = Annotated[str, AfterValidator(normalize_country)]
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")]
 TargetId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]*(/[A-Za-z0-9._-]+)*$", max_length=120)]
 Usd = Annotated[float, Field(ge=0)]
+
+#: The router's routing policies, by name (`orchestrator.router.balancing` registers one class for each; a test
+#: holds the two equal). Named here so a deployment and a routing table can be checked without the router.
+ROUTING_POLICIES = ("cost", "latency", "least_load")
+
+
+def routing_policy(name: str) -> str:
+    """`name` if it is a routing policy, else ValueError with a did-you-mean and the known ones."""
+    if name in ROUTING_POLICIES:
+        return name
+    import difflib
+
+    close = difflib.get_close_matches(name, ROUTING_POLICIES, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"unknown routing policy {name!r}{hint}; known: {', '.join(ROUTING_POLICIES)}")
 
 
 class Residency(Frozen):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from orchestrator.spec.common import Frozen, Name, Operator, Residency, Usd
-from orchestrator.spec.target import Target
+from core.spec.common import Frozen, Name, Operator, Residency, Usd
+from core.spec.target import Target
 
 
 class Credit(Frozen):
@@ -22,7 +23,7 @@ class Credit(Frozen):
 
 def _check_provision(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
     """`provision:` fits its provider's component (a ValueError, which pydantic locates in the YAML)."""
-    from infra.pulumi.settings import check
+    from core.provision import check
 
     if "provider" in info.data:  # else the provider's own error is reported
         check(info.data["provider"], value)
@@ -208,16 +209,6 @@ class OrgPolicy(Frozen):
     licenses: tuple[LicenseRule, ...] = Field(default=(), description="Extra licences beyond the shipped pack.")
 
 
-def _check_connection(provider: str, connection: dict[str, Any]) -> None:
-    from orchestrator.errors import ProviderError
-    from providers import base
-
-    try:
-        base.get(provider).connection(connection)
-    except ProviderError as exc:  # a ValueError is what pydantic locates in the YAML
-        raise ValueError(str(exc)) from None
-
-
 class Endpoint(Target):
     """An endpoint the company already runs or has: an OpenAI-compatible server (NIM, vLLM, TGI) or an existing
     vendor endpoint (a SageMaker or Azure ML online endpoint, a Databricks serving endpoint). A target like any
@@ -235,11 +226,6 @@ class Endpoint(Target):
         "really processes data) cannot be read: `global` (the default: unverified, so only deployments allowed "
         "anywhere are placed there) or `catalog` (trust the catalog's zone, e.g. when Sovra's credentials may not "
         "read account parameters and the setting is pinned by other means).")
-
-    @model_validator(mode="after")
-    def _connection_fits_provider(self) -> Endpoint:
-        _check_connection(self.provider, self.connection)
-        return self
 
 
 class Account(Frozen):
@@ -259,11 +245,6 @@ class Account(Frozen):
         default_factory=dict, validate_default=True, description="Settings of the Pulumi component that provisions this account's "
         "dedicated endpoints (non-secret; e.g. {workspace: ..., resource_group: ...} for azure-ml). Unknown keys "
         "are refused with the valid ones listed.")
-
-    @model_validator(mode="after")
-    def _connection_fits_provider(self) -> Account:
-        _check_connection(self.provider, self.connection)
-        return self
 
     _provision_fits_provider = field_validator("provision")(_check_provision)
 
@@ -298,16 +279,8 @@ class Org(Frozen):
         for c in self.clusters:
             if c.address:
                 by_address.setdefault(f"address {c.address}", []).append(c)
-            elif _serve_deployed(c.provider):  # the embedded local Ray: one router too
-                by_address.setdefault("the local Ray", []).append(c)
         for where, cs in sorted(by_address.items()):
-            seen = {(c.router_host, c.router_port, c.auth_token_file, c.tls, c.insecure_http, c.insecure_dashboard)
-                    for c in cs}
-            if len(seen) > 1:
-                raise ValueError(
-                    f"clusters {', '.join(c.id for c in cs)} share {where} (one Ray cluster, one router) but differ "
-                    "in router_host, router_port, auth_token_file, tls, insecure_http or insecure_dashboard; give "
-                    "them the same values")
+            check_one_router(where, cs)
         return self
 
     @model_validator(mode="after")
@@ -358,22 +331,16 @@ class Catalog(Frozen):
         return self
 
 
-def _serve_deployed(provider: str) -> bool:
-    """Placements on this provider's clusters are deployed on Ray Serve (its adapter says), so an address-less one
-    is the embedded local Ray."""
-    from providers import base
-
-    return base.get(provider).provisioner == "ray-serve"
-
-
-def needs_provisioning(target: Target) -> bool:
-    """A placement on `target` needs something created first (a dedicated endpoint or cluster, by Pulumi): its
-    provider provisions with Pulumi, it offers instances rather than per-token models, and it is not an endpoint the
-    org already has. The one statement of that rule, for `up`'s routing and its Pulumi step alike."""
-    from providers import base
-
-    return (base.get(target.provider).provisioner == "pulumi" and bool(target.accelerators)
-            and not isinstance(target, Endpoint))
+def check_one_router(where: str, clusters: Sequence[Cluster]) -> None:
+    """ValueError when clusters on one Ray cluster (`where`: an address, or the local Ray) differ in the settings of
+    the one router it runs."""
+    seen = {(c.router_host, c.router_port, c.auth_token_file, c.tls, c.insecure_http, c.insecure_dashboard)
+            for c in clusters}
+    if len(seen) > 1:
+        raise ValueError(
+            f"clusters {', '.join(c.id for c in clusters)} share {where} (one Ray cluster, one router) but differ "
+            "in router_host, router_port, auth_token_file, tls, insecure_http or insecure_dashboard; give "
+            "them the same values")
 
 
 def connection_for(org: Org, target: Target) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from orchestrator.spec.common import Frozen, Name, Residency, Usd
+from core.spec.common import Frozen, Name, Residency, Usd, routing_policy
 
 
 class Model(Frozen):
@@ -75,10 +75,7 @@ class Routing(Frozen):
     @field_validator("policy")
     @classmethod
     def _known(cls, value: str) -> str:
-        from orchestrator.router.balancing import get_policy  # the registry the router uses
-
-        get_policy(value)  # ValueError names the known policies and a did-you-mean
-        return value
+        return routing_policy(value)  # ValueError names the known policies and a did-you-mean
 
 
 class Serving(Frozen):
