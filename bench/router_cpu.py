@@ -41,7 +41,7 @@ from bench.report import print_rows
 from orchestrator.router.app import RouterState, create_app
 from orchestrator.router.audit import AuditLog
 from core.backends import Backend, RoutingTable
-from orchestrator.router.clients import BackendClient
+from providers.clients import BackendClient
 from orchestrator.router.dispatch import Dispatcher
 from orchestrator.router.tenants import TenantDirectory
 from core.spec import Residency

@@ -88,3 +88,7 @@ class SecretsProviderError(ProvisionError):
     def __init__(self, fix: str):
         self.fix = fix
         super().__init__(fix)
+
+
+class EngineError(SovraError):
+    """An engine is unknown, its library is missing, or a request cannot be served by it."""

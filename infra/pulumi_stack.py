@@ -370,7 +370,7 @@ def residency_drift(stack: Any, deployment: Any, targets: Iterable[Any]) -> tupl
     """After a refresh: every resource of the stack that now lands outside its placements' regions (the guard's
     rule, read from the refreshed state)."""
     from infra.pulumi.drift import residency_drift as check
-    from infra.pulumi.guard import RegionRule
+    from policies.guard import RegionRule
 
     rules = [RegionRule.for_placement(deployment.name, t, deployment.spec.residency) for t in targets]
     if not rules:

@@ -195,7 +195,7 @@ class AsyncClient:
                                      headers=self._headers) as resp:
             if resp.status_code >= 400:
                 _raise_for(resp.status_code, json.loads(await resp.aread()))
-            from orchestrator.router.clients import sse_lines
+            from providers.clients import sse_lines
             from core.api_errors import Failed
 
             try:
@@ -296,7 +296,7 @@ class AsyncClient:
         """The tenant's routing table from `/v1/routes` (already narrowed to what it may reach), keeping the
         backends this process can call itself and the app allows; the rest are listed in `unreachable`."""
         from core.backends import RoutingTable
-        from orchestrator.router.clients import ClientSet, HttpClient
+        from providers.clients import ClientSet, HttpClient
         from orchestrator.router.dispatch import Dispatcher
         from orchestrator.router.gate import RequestResidency
 

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import httpx
 
 from core.backends import Backend
-from orchestrator.router.clients import HttpClient
+from providers.clients import HttpClient
 from core.api_errors import AttemptFailed, Refused
 from providers import azure_foundry_arm as farm
 from providers.azure_foundry import API_VERSION, COGNITIVE_SCOPE

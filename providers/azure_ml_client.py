@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import httpx
 
 from core.backends import Backend
-from orchestrator.router.clients import HttpClient
+from providers.clients import HttpClient
 from core.api_errors import AttemptFailed, Refused
 from providers import azure_ml_arm as arm
 from providers.openai_wire import as_chunks, blocking, replay

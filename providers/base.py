@@ -17,7 +17,7 @@ from core.spec.zones import zone_of
 
 if TYPE_CHECKING:
     from core.backends import Backend
-    from orchestrator.router.clients import BackendClient
+    from providers.clients import BackendClient
     from core.spec import Target
 
 _REGISTRY: dict[str, type[Provider]] = {}

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from core.backends import Backend
-from orchestrator.router.clients import HttpClient, refused_503
+from providers.clients import HttpClient, refused_503
 from core.api_errors import (
     AttemptFailed,
     BadRequest,

@@ -35,7 +35,7 @@ class OpenAICompatible(Provider):
         return backend.address
 
     def client(self):
-        from orchestrator.router.clients import HttpClient
+        from providers.clients import HttpClient
 
         return HttpClient()
 

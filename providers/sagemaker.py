@@ -22,7 +22,7 @@ from pydantic import Field
 
 from core.errors import ProviderError
 from core.backends import Backend
-from orchestrator.router.clients import MAX_SSE_LINE, BackendClient, sse_event
+from providers.clients import MAX_SSE_LINE, BackendClient, sse_event
 from core.api_errors import AttemptFailed, BadRequest, Failed, building
 from providers import aws, openai_wire
 from providers.base import Connection, LiveSetting, Locator, Provider

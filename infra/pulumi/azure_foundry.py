@@ -16,7 +16,7 @@ import pulumi
 from pulumi_azure_native import cognitiveservices as cs
 
 from infra.pulumi.base import PlacementComponent, PlacementInput
-from infra.pulumi.guard import ResidencyGuardError
+from policies.guard import ResidencyGuardError
 from core.provision import AzureFoundrySettings
 from providers.azure_foundry import AzureFoundry, sku_name
 

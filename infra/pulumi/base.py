@@ -16,7 +16,7 @@ from typing import Any, ClassVar, TypeVar
 import pulumi
 
 from infra.pulumi.enforce import Enforcer
-from infra.pulumi.guard import RegionRule
+from policies.guard import RegionRule
 from core.errors import SovraError
 from core.spec import Residency, Target
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pulumi
 
-from infra.pulumi.guard import Declared, RegionRule, ResidencyGuardError, check, declared
+from policies.guard import Declared, RegionRule, ResidencyGuardError, check, declared
 
 
 class Enforcer:

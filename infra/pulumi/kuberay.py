@@ -18,9 +18,9 @@ from infra.pulumi.base import (
     PlacementComponent,
     PlacementInput,
 )
-from infra.pulumi.guard import TARGET_RESOURCE_PREFIX
+from policies.guard import TARGET_RESOURCE_PREFIX
 from core.provision import KubeRaySettings
-from orchestrator.serving.model_http import KEY_VARIABLE, SERVICE_KEY_ENV
+from core.service_keys import KEY_VARIABLE, SERVICE_KEY_ENV
 
 #: What a node of the target offers of its pinning resource; a replica asks for 0.001 (infra.serve_config).
 TARGET_RESOURCE_UNITS = 1000

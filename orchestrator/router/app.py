@@ -25,7 +25,7 @@ from orchestrator.router.access import Access, ReadinessView, cross_site, prefli
 from orchestrator.router.audit import CLIENT_CLOSED, AuditLog, RequestContext
 from core.backends import Backend
 from orchestrator.router.body import json_object, refuse_declared, refuse_over
-from orchestrator.router.clients import BackendClient
+from providers.clients import BackendClient
 from orchestrator.router.dispatch import Dispatcher
 from core.api_errors import BadRequest, RouterError
 from orchestrator.router.gate import RequestResidency

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from orchestrator.router.clients import BackendClient
+from providers.clients import BackendClient
 from orchestrator.router.dispatch import Dispatcher
 
 log = logging.getLogger("sovra.router")

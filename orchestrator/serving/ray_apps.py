@@ -126,7 +126,7 @@ def build_router_state_app(cfg: dict[str, Any]):
     from orchestrator.router.audit_api import audit_routes
     from orchestrator.router.audit_sign import Signer
     from core.backends import Backend, RoutingTable
-    from orchestrator.router.clients import ClientSet
+    from providers.clients import ClientSet
     from orchestrator.router.dispatch import Dispatcher
     from orchestrator.router.limits import TenantLimits
     from orchestrator.router.tenants import TenantDirectory

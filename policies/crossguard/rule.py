@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from infra.pulumi.guard import RegionRule, check, declared
+from policies.guard import RegionRule, check, declared
 
 
 def rule_from_config(config: Mapping[str, Any]) -> RegionRule:

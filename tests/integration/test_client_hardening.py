@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from orchestrator.router.clients import MAX_SSE_LINE
+from providers.clients import MAX_SSE_LINE
 from orchestrator.sdk import AsyncClient, SovraAPIError
 from tests.fakes.openai_backend import ServerThread
 from tests.integration.test_transport_security import _non_loopback_ip

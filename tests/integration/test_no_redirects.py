@@ -17,7 +17,7 @@ from starlette.routing import Route
 from orchestrator.router.app import RouterState, create_app
 from orchestrator.router.audit import AuditLog, read
 from core.backends import RoutingTable
-from orchestrator.router.clients import HttpClient
+from providers.clients import HttpClient
 from orchestrator.router.dispatch import Dispatcher
 from core.api_errors import Failed
 from orchestrator.router.tenants import TenantDirectory

@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from infra import serve_config as sc
-from orchestrator.router.clients import HttpClient
+from providers.clients import HttpClient
 from core.api_errors import NotDelivered, Refused
 from core.spec.org import Endpoint, Org, connection_for
 from policies.plan import Placement

@@ -14,7 +14,7 @@ import pytest
 from orchestrator.router.app import RouterState, create_app
 from orchestrator.router.audit import AuditLog, read
 from core.backends import RoutingTable
-from orchestrator.router.clients import HttpClient
+from providers.clients import HttpClient
 from orchestrator.router.dispatch import Dispatcher
 from orchestrator.router.tenants import TenantDirectory
 from core.spec import Residency

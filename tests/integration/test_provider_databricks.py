@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from orchestrator.catalog import load_catalog
 from core.errors import ProviderError
 from core.backends import Backend
-from orchestrator.router.clients import refused_503
+from providers.clients import refused_503
 from core.api_errors import BadRequest, Failed, NotDelivered, Refused, RouterError, TimedOut
 from core.spec import Residency
 from core.place import Place

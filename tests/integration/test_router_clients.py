@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from orchestrator.router.clients import MAX_SSE_LINE, HttpClient
+from providers.clients import MAX_SSE_LINE, HttpClient
 from core.api_errors import Failed, NotDelivered, Refused, RouterError
 from core.place import Place
 from tests import factories

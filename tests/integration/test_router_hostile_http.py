@@ -21,7 +21,7 @@ from orchestrator.router.app import RouterState, create_app
 from orchestrator.router.audit import AuditLog, read
 from orchestrator.router.audit_api import audit_routes
 from core.backends import Backend, RoutingTable
-from orchestrator.router.clients import HttpClient
+from providers.clients import HttpClient
 from orchestrator.router.dispatch import Dispatcher
 from orchestrator.router.tenants import TenantDirectory
 from core.spec import Residency

@@ -26,11 +26,11 @@ import pytest
 from orchestrator.router.app import RouterState, create_app
 from orchestrator.router.audit import AuditLog, read
 from core.backends import Backend, RoutingTable
-from orchestrator.router.clients import MAX_SSE_LINE, HttpClient
+from providers.clients import MAX_SSE_LINE, HttpClient
 from orchestrator.router.dispatch import Dispatcher
 from core.api_errors import BadRequest, Failed, Refused, TimedOut
 from orchestrator.router.tenants import TenantDirectory
-from orchestrator.serving.ray_client import RayClient, ReplicaWatch
+from providers.ray_client import RayClient, ReplicaWatch
 from core.spec import Residency
 from core.spec.org import Tenant
 from core.place import Place

@@ -3,7 +3,7 @@
 import asyncio
 
 from core.backends import Backend, RoutingTable
-from orchestrator.router.clients import BackendClient
+from providers.clients import BackendClient
 from orchestrator.router.dispatch import Dispatcher
 from orchestrator.router.health import Breaker
 from orchestrator.router.probe import Prober

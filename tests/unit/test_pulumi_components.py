@@ -18,7 +18,7 @@ import pulumi_snowflake  # noqa: F401
 import pytest
 
 from infra.pulumi.base import DEPLOYMENT_TAG, TARGET_TAG, ComponentSettingsError, PlacementInput
-from infra.pulumi.guard import ResidencyGuardError
+from policies.guard import ResidencyGuardError
 from core.spec import Residency
 from policies.plan import DeploymentPlan, Placement
 from tests.factories import deployment, target
@@ -634,7 +634,7 @@ def test_a_kuberay_stack_output_becomes_an_own_capacity_backend_reached_over_htt
     dropped) -> a first-rung routing-table backend that the KubeRay client calls."""
     from infra.pulumi_stack import outputs_to_endpoints
     from infra.serve_config import routed_entry
-    from orchestrator.serving.model_http_client import ModelHttpClient
+    from providers.model_http_client import ModelHttpClient
     from core.spec.org import Cluster
     from providers import base
 

@@ -2,7 +2,7 @@
 Sovra), read from the stack's refreshed state in Pulumi's checkpoint format."""
 
 from infra.pulumi.drift import residency_drift
-from infra.pulumi.guard import RegionRule
+from policies.guard import RegionRule
 from core.spec import Residency
 from tests import factories
 

@@ -1,4 +1,4 @@
-"""The residency guard's pure rule (infra.pulumi.guard): where a declared resource may land."""
+"""The residency guard's pure rule (policies.guard): where a declared resource may land."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infra.pulumi.guard import RAY_SERVICE, Declared, RegionRule, check, check_all, declared, normalize_region
+from policies.guard import RAY_SERVICE, Declared, RegionRule, check, check_all, declared, normalize_region
 from core.spec import Residency
 from core.place import Place
 from policies.residency import allows

@@ -8,7 +8,7 @@ import json
 from orchestrator.router.app import RouterState, create_app
 from orchestrator.router.audit import AuditLog, read
 from core.backends import RoutingTable
-from orchestrator.router.clients import BackendClient
+from providers.clients import BackendClient
 from orchestrator.router.dispatch import Dispatcher
 from orchestrator.router.tenants import TenantDirectory
 from core.spec import Residency

