@@ -799,7 +799,7 @@ one echo-engine replica (`ModelServer`, 0.25 CPU, min = max = 1 replica) and Sov
 deployment. In haproxy mode `up` also gives each replica app a route on Serve's port
 (`/sovra-replica/<app>`, `infra.serve_config.ServeHttp`), so HAProxy forwards straight into the replica's own HTTP
 server, and the router calls it there with the replica key; in default mode the router calls its handle by value
-(over the replica's own gRPC server, `providers.ray_client`) and runs with Serve's settings of
+(over the replica's own gRPC server, `providers.onprem.ray_client`) and runs with Serve's settings of
 `infra.serve_config.ROUTER_SERVE_ENV` (its code on the replica's main event loop). The bare
 ingress (`bench/serve_ingress.py`: a raw ASGI app that forwards the JSON body to the same
 replica through a DeploymentHandle, one replica, 0.25 CPU, 256 ongoing requests like the router) is then added to

@@ -26,7 +26,7 @@ async def _body(receive) -> bytes:
 
 def bare_ingress(args: dict[str, Any]):
     """Serve application builder: `args["model_app"]` is the Serve application of the replica to forward to. With
-    `args["by_value"]` the handle calls go by value, as Sovra's router makes them (`providers.ray_client`);
+    `args["by_value"]` the handle calls go by value, as Sovra's router makes them (`providers.onprem.ray_client`);
     the bench then gives this app the router's Serve settings too (`infra.serve_config.ROUTER_SERVE_ENV`)."""
     from ray import serve
 

@@ -41,7 +41,7 @@ GRPC_MESSAGE_ENV = {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(1 << 30)}
 #: Serve's own settings for the router's replica alone, as Serve's throughput-optimized mode sets them for every
 #: replica: the router's code never blocks its event loop (all I/O is async; the audit line is one small write), so
 #: it runs on the replica's main loop with Serve's handle router, instead of a thread and a loop of its own that
-#: every request and every handle call would cross. With by-value handle calls (providers.ray_client)
+#: every request and every handle call would cross. With by-value handle calls (providers.onprem.ray_client)
 #: this cuts the calling replica's CPU per request by about 20 % and the called one's by about 40 % behind
 #: Serve's default proxy (bench/results/router.md, (t) against (b)). Not for model replicas: an engine may block its loop.
 ROUTER_SERVE_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
@@ -148,7 +148,7 @@ def model_app(rp: RayPlacement, http: ServeHttp | None = None) -> dict[str, Any]
             "engine_options": dict(sorted(d.spec.serving.options.items())), "sovra_version": __version__}
     if http is not None:
         args["replica_key"] = REPLICA_KEY_FROM_RAY_TOKEN
-    else:  # called by handle, by value (providers.ray_client)
+    else:  # called by handle, by value (providers.onprem.ray_client)
         actor["runtime_env"] = {"env_vars": dict(GRPC_MESSAGE_ENV)}
     return {
         "name": name,

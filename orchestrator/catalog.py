@@ -119,9 +119,9 @@ def load_org(path: str | Path | None) -> Org:
 
 
 def shipped_catalog_files() -> list[Path]:
-    """The catalog files that ship inside the `providers` package."""
-    root = resources.files("providers") / "catalogs"
-    return sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml"))
+    """The catalog files that ship inside the `providers` package: each vendor's folder holds its own."""
+    root = Path(str(resources.files("providers")))
+    return sorted(root.glob("*/catalogs/*.yaml"), key=lambda p: p.name)
 
 
 def load_targets(catalog_files: Sequence[str | Path] | None, org: Org) -> tuple[Target, ...]:

@@ -3,7 +3,7 @@
 A resource passes when its region/location is its placement's target's region, a Ray worker group is pinned to
 its placement's target, and the target itself satisfies the deployment's residency. Anything the guard cannot
 place (a computed region, an AWS resource with no explicit provider, a cloud it does not know) is refused: it
-fails closed. Sovra's programs call it on every resource they register (`infra.pulumi.enforce`), and the
+fails closed. Sovra's programs call it on every resource they register (`providers.component_enforce`), and the
 CrossGuard pack in `policies/crossguard` calls the same `check` for teams running Pulumi themselves.
 """
 
@@ -29,7 +29,7 @@ RAY_CLUSTER = "kubernetes:ray.io/v1:RayCluster"
 # connects to, which is the target's own (from org.yaml), so they carry no region of their own.
 _GLOBAL_PREFIXES = ("aws:iam/",)
 # A Foundry model deployment has no location: it lands in its resource (whose location is checked), and processes
-# where its type says, which its component checks through the azure-foundry adapter (infra.pulumi.azure_foundry).
+# where its type says, which its component checks through the azure-foundry adapter (providers.azure.component_foundry).
 _ACCOUNT_PLACED = ("azure-native:cognitiveservices:Deployment",)
 _CONNECTION_PLACED = ("databricks:", "snowflake:", "kubernetes:", "pulumi:providers:databricks",
                       "pulumi:providers:snowflake", "pulumi:providers:kubernetes", "sovra:", "pulumi:pulumi:Stack")

@@ -209,14 +209,12 @@ def names() -> tuple[str, ...]:
 
 
 def _load_adapters() -> None:
-    # The one place adapters are listed: importing them registers them (no SDK is imported).
-    from providers import (  # noqa: F401
-        azure_foundry,
-        azure_ml,
-        bedrock,
-        databricks,
-        onprem,
-        openai_compatible,
-        sagemaker,
-        snowflake,
-    )
+    # The one place adapters are listed: importing them registers them (no SDK is imported). One vendor, one folder.
+    import providers.aws.bedrock  # noqa: F401
+    import providers.aws.sagemaker  # noqa: F401
+    import providers.azure.foundry  # noqa: F401
+    import providers.azure.ml  # noqa: F401
+    import providers.databricks.provider  # noqa: F401
+    import providers.onprem.provider  # noqa: F401
+    import providers.openai_compatible.provider  # noqa: F401
+    import providers.snowflake.provider  # noqa: F401

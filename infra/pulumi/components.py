@@ -13,17 +13,17 @@ from typing import TYPE_CHECKING
 from core.errors import SovraError
 
 if TYPE_CHECKING:
-    from infra.pulumi.base import PlacementComponent
+    from providers.component import PlacementComponent
 
 #: provider name -> "module:Class" of its component; None where a placement needs nothing created (a managed,
 #: per-token model the account can already call).
 COMPONENTS = MappingProxyType({
-    "aws-sagemaker": "infra.pulumi.sagemaker:SageMakerEndpoint",
-    "azure-ml": "infra.pulumi.azure_ml:AzureMLOnlineEndpoint",
-    "azure-foundry": "infra.pulumi.azure_foundry:AzureFoundryDeployment",
-    "databricks": "infra.pulumi.databricks:DatabricksServingEndpoint",
-    "snowflake-cortex": "infra.pulumi.snowflake:SnowflakeCortexAccess",
-    "kubernetes": "infra.pulumi.kuberay:KubeRayCluster",
+    "aws-sagemaker": "providers.aws.component:SageMakerEndpoint",
+    "azure-ml": "providers.azure.component_ml:AzureMLOnlineEndpoint",
+    "azure-foundry": "providers.azure.component_foundry:AzureFoundryDeployment",
+    "databricks": "providers.databricks.component:DatabricksServingEndpoint",
+    "snowflake-cortex": "providers.snowflake.component:SnowflakeCortexAccess",
+    "kubernetes": "providers.onprem.component:KubeRayCluster",
     "aws-bedrock": None,
 })
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pulumi
 
-from infra.pulumi.base import PlacementInput
+from providers.component import PlacementInput
 from infra.pulumi.components import component_for
-from infra.pulumi.enforce import Enforcer
+from providers.component_enforce import Enforcer
 from infra.serve_config import RayPlacement, http_model_app
 from core.spec import Deployment, Target
 from policies.plan import Placement

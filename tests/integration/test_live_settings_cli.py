@@ -15,7 +15,7 @@ from tests.integration.conftest import ROOT, SOVRA
 
 pytestmark = pytest.mark.integration
 FRANKFURT = "snowflake-cortex/aws-eu-central-1"
-CATALOG = ROOT / "providers" / "catalogs" / "snowflake_cortex.yaml"
+CATALOG = ROOT / "providers" / "snowflake" / "catalogs" / "snowflake_cortex.yaml"
 DEPLOYMENT = """apiVersion: sovra/v1
 kind: Deployment
 metadata: {name: contracts}

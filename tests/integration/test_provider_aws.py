@@ -18,14 +18,15 @@ from core.backends import Backend
 from core.api_errors import BadRequest, Failed, NotDelivered, Refused, TimedOut
 from core.spec import Residency, Target
 from core.place import Place
-from providers import aws, base
-from providers.bedrock import (
+from providers import base
+from providers.aws import common as aws
+from providers.aws.bedrock import (
     BedrockClient,
     converse_request,
     openai_messages,
     zone_for_model_id,
 )
-from providers.sagemaker import SageMakerClient, sse_chunks
+from providers.aws.sagemaker import SageMakerClient, sse_chunks
 from tests.emulators.aws import (
     TEST_ACCESS_KEY_ID,
     TEST_SECRET_ACCESS_KEY,
@@ -527,7 +528,7 @@ def test_sse_chunks_survive_any_cut_of_the_payload(texts, cuts):
 def test_every_shipped_bedrock_offering_locates_to_an_id_of_its_zone():
     from orchestrator.catalog import load_catalog
 
-    catalog = load_catalog(base.__file__.replace("base.py", "catalogs/aws_bedrock.yaml"))
+    catalog = load_catalog(base.__file__.replace("base.py", "aws/catalogs/aws_bedrock.yaml"))
     for t in catalog.targets:
         for m in t.models:
             loc = BEDROCK.locate(t, m.name, BEDROCK.connection({}))

@@ -22,11 +22,11 @@ from orchestrator.router.gate import RequestResidency
 from core.spec import Residency
 from core.spec.zones import COUNTRY_ZONE, GLOBAL
 from core.place import Place
-from providers import azure_ml_arm as arm
-from providers.azure_foundry import DATA_ZONE_TYPES, GLOBAL_TYPES
-from providers.azure_ml import REGIONAL_TYPES
-from providers.azure_ml_client import AzureMLClient
-from providers.azure_ml_regions import REGION_COUNTRY
+from providers.azure import ml_arm as arm
+from providers.azure.foundry import DATA_ZONE_TYPES, GLOBAL_TYPES
+from providers.azure.ml import REGIONAL_TYPES
+from providers.azure.ml_client import AzureMLClient
+from providers.azure.regions import REGION_COUNTRY
 from tests import factories
 from tests.emulators.azure import AzureEmulator, Fault
 

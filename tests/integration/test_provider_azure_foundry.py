@@ -25,16 +25,16 @@ from core.spec import Residency
 from core.spec.org import Org
 from core.spec.zones import COUNTRY_ZONE, GLOBAL
 from core.place import Place
-from providers.azure_foundry import DATA_ZONE_TYPES, GLOBAL_TYPES, NO_PROMISE_TYPES, REGIONAL_TYPES
-from providers.azure_foundry_client import AzureFoundryClient
-from providers.azure_ml_regions import REGION_COUNTRY
+from providers.azure.foundry import DATA_ZONE_TYPES, GLOBAL_TYPES, NO_PROMISE_TYPES, REGIONAL_TYPES
+from providers.azure.foundry_client import AzureFoundryClient
+from providers.azure.regions import REGION_COUNTRY
 from tests import factories
 from tests.emulators.azure import AzureEmulator, Fault
 
 pytestmark = pytest.mark.integration
 CHAT = {"model": "support", "messages": [{"role": "user", "content": "bonjour"}]}
 ADAPTER = providers.get("azure-foundry")
-CATALOG = Path(providers.__file__).parent / "catalogs"
+CATALOG = Path(providers.__file__).parent / "azure" / "catalogs"
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from core.api_errors import BadRequest, Refused, Untranslatable
 from orchestrator.router.gate import RequestResidency
 from orchestrator.router.probe import Prober
 from core.spec import Residency
-from providers.bedrock import BedrockClient
-from providers.sagemaker import SageMakerClient
+from providers.aws.bedrock import BedrockClient
+from providers.aws.sagemaker import SageMakerClient
 from tests.emulators.aws import _vector, aws_env, aws_environ, fake_aws
 from tests.integration.test_provider_aws import (
     BEDROCK,

@@ -22,12 +22,12 @@ from core.api_errors import BadRequest, Failed, NotDelivered, Refused, RouterErr
 from core.spec import Residency
 from core.place import Place
 from providers import base
-from providers.databricks_client import DatabricksClient, verdict
+from providers.databricks.client import DatabricksClient, verdict
 from tests.emulators.databricks import DatabricksEmulator, closed_url, reply, vector
 
 pytestmark = pytest.mark.integration
 
-CATALOG = Path(__file__).resolve().parents[2] / "providers" / "catalogs" / "databricks.yaml"
+CATALOG = Path(__file__).resolve().parents[2] / "providers" / "databricks" / "catalogs" / "databricks.yaml"
 TARGETS = {t.id: t for t in load_catalog(CATALOG).targets}
 EU = TARGETS["databricks/aws-eu-central-1"]
 JP = TARGETS["databricks/aws-ap-northeast-1"]

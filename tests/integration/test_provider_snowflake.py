@@ -21,8 +21,8 @@ from core.spec.common import Residency
 from core.spec.zones import GLOBAL
 from policies.residency import location_allowed
 from providers import base
-from providers.snowflake import CROSS_REGION_ZONES, zone_for_cross_region
-from providers.snowflake_client import CortexClient
+from providers.snowflake.provider import CROSS_REGION_ZONES, zone_for_cross_region
+from providers.snowflake.client import CortexClient
 from tests.emulators.snowflake import SnowflakeEmulator, closed_port
 
 pytestmark = pytest.mark.integration

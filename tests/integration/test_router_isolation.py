@@ -30,13 +30,13 @@ from providers.clients import MAX_SSE_LINE, HttpClient
 from orchestrator.router.dispatch import Dispatcher
 from core.api_errors import BadRequest, Failed, Refused, TimedOut
 from orchestrator.router.tenants import TenantDirectory
-from providers.ray_client import RayClient, ReplicaWatch
+from providers.onprem.ray_client import RayClient, ReplicaWatch
 from core.spec import Residency
 from core.spec.org import Tenant
 from core.place import Place
-from providers import aws
-from providers.bedrock import BedrockClient
-from providers.sagemaker import SageMakerClient
+from providers.aws import common as aws
+from providers.aws.bedrock import BedrockClient
+from providers.aws.sagemaker import SageMakerClient
 from tests import factories
 from tests.emulators.aws import aws_env, aws_environ, fake_aws
 from tests.emulators.databricks import DatabricksEmulator
@@ -470,7 +470,7 @@ def test_a_503_with_evidence_is_a_refusal_and_goes_to_another_backend(fresh, evi
 def test_databricks_verdicts_need_evidence_for_a_refusal(fault, verdict, monkeypatch):
     """Databricks' own 503 (TEMPORARILY_UNAVAILABLE, with Retry-After) is a refusal; a gateway's bare 503 may have
     been received; a 504 is a timeout after delivery."""
-    from providers.databricks_client import DatabricksClient
+    from providers.databricks.client import DatabricksClient
 
     with DatabricksEmulator() as workspace:
         monkeypatch.setenv("DATABRICKS_TOKEN", workspace.token)

@@ -10,10 +10,10 @@ import pytest
 
 from orchestrator.catalog import load_catalog
 from providers import base
-from providers.databricks_geo import geo_of
+from providers.databricks.geo import geo_of
 from tests.factories import deployment, solve
 
-CATALOG = Path(__file__).resolve().parents[2] / "providers" / "catalogs" / "databricks.yaml"
+CATALOG = Path(__file__).resolve().parents[2] / "providers" / "databricks" / "catalogs" / "databricks.yaml"
 TARGETS = {t.id: t for t in load_catalog(CATALOG).targets}
 PROVIDER = base.get("databricks")
 

@@ -134,7 +134,7 @@ def cortex(tid: str, country: str):
 def test_a_london_cortex_account_on_aws_eu_is_held_to_eu_and_uk():
     """AWS_EU is the default Snowflake sets for London accounts: EU regions, and the account's own UK region."""
     from core.spec.zones import zone_of
-    from providers.snowflake import SETTING, zone_for_cross_region
+    from providers.snowflake.provider import SETTING, zone_for_cross_region
 
     london, frankfurt = cortex("snowflake-cortex/eu-west-2", "GB"), cortex("snowflake-cortex/eu-central-1", "DE")
 
@@ -155,7 +155,7 @@ def test_a_london_cortex_account_on_aws_eu_is_held_to_eu_and_uk():
 
 
 def test_a_cloud_wide_cortex_setting_is_global():
-    from providers.snowflake import zone_for_cross_region
+    from providers.snowflake.provider import zone_for_cross_region
 
     for value in ("AWS_GLOBAL", "AZURE_GLOBAL", "GCP_GLOBAL", "ANY_REGION", "AWS_EU,GCP_GLOBAL"):
         assert zone_for_cross_region(value, "EU") == GLOBAL

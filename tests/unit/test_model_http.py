@@ -103,7 +103,7 @@ def test_an_engine_without_embeddings_and_an_unknown_path_are_explained():
 
 def test_the_model_http_client_probes_and_describes_through_healthz():
     """The router's side of the same surface, over real HTTP: health and `sovra status` ask the engine."""
-    from providers.model_http_client import ModelHttpClient
+    from providers.onprem.model_http_client import ModelHttpClient
     from core.place import Place
     from tests import factories
     from tests.fakes.openai_backend import ServerThread
@@ -136,7 +136,7 @@ def test_with_a_key_configured_every_call_needs_it(monkeypatch):
 
 
 def test_the_model_http_client_sends_the_key_from_the_variable_its_backend_names(monkeypatch):
-    from providers.model_http_client import ModelHttpClient
+    from providers.onprem.model_http_client import ModelHttpClient
     from core.place import Place
     from tests import factories
     from tests.fakes.openai_backend import ServerThread

@@ -4,7 +4,7 @@
 import asyncio
 import threading
 
-from providers.ray_client import ReplicaWatch
+from providers.onprem.ray_client import ReplicaWatch
 
 
 class Status:
@@ -77,7 +77,7 @@ def test_a_backend_served_over_http_goes_over_http_with_its_key_and_not_while_se
 
     from core.backends import Backend
     from core.api_errors import NotDelivered
-    from providers.ray_client import RayClient
+    from providers.onprem.ray_client import RayClient
     from core.spec.common import Residency
     from core.place import Place
 
@@ -161,7 +161,7 @@ def test_a_failed_by_value_call_is_not_resent_and_reads_for_people():
     import grpc
 
     from core.api_errors import Failed
-    from providers.ray_client import _verdict
+    from providers.onprem.ray_client import _verdict
     from core.place import Place
     from tests import factories
 
@@ -181,7 +181,7 @@ def test_an_engine_refusal_is_a_400_however_serve_delivers_it():
 
     from core.api_errors import BadRequest
     from orchestrator.serving.engines import EngineError
-    from providers.ray_client import _verdict
+    from providers.onprem.ray_client import _verdict
     from core.place import Place
     from tests import factories
 

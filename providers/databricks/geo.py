@@ -39,8 +39,8 @@ _AZURE_GEOGRAPHIES = {"westeurope": "IE+NL", "northeurope": "IE+NL",  # "Europe"
 def geo_of(region: str, country: str | None) -> str:
     """Where a workspace in `region` (country `country`) processes with cross-Geo processing disabled: its Geo, as a
     span ("EU+UK+CH") or, for a one-country Geo, the country's zone. ValueError for a region Sovra cannot place."""
-    from providers.aws import REGION_COUNTRY as AWS
-    from providers.azure_ml_regions import REGION_COUNTRY as AZURE
+    from providers.aws.common import REGION_COUNTRY as AWS
+    from providers.azure.regions import REGION_COUNTRY as AZURE
 
     key = region.replace(" ", "").lower()
     if key in _AZURE_GEOGRAPHIES:

@@ -8,7 +8,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from infra.pulumi.base import PlacementComponent, PlacementInput
+from providers.component import PlacementComponent, PlacementInput
 from core.provision import SageMakerSettings
 
 SAGEMAKER_TRUST = {

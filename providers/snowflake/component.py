@@ -8,7 +8,7 @@ import json
 import pulumi
 import pulumi_snowflake as snowflake
 
-from infra.pulumi.base import PlacementComponent, PlacementInput
+from providers.component import PlacementComponent, PlacementInput
 from core.provision import SnowflakeSettings
 
 CORTEX_USER = '"SNOWFLAKE"."CORTEX_USER"'

@@ -7,7 +7,7 @@ from typing import Any
 import pulumi
 from pulumi_azure_native import machinelearningservices as ml
 
-from infra.pulumi.base import PlacementComponent, PlacementInput
+from providers.component import PlacementComponent, PlacementInput
 from core.provision import AzureMLSettings
 
 

@@ -1,6 +1,6 @@
 """What every Sovra Pulumi component takes and gives: one placement in, an endpoint's name, URI and key out.
 
-Each component installs the residency guard (`infra.pulumi.enforce`) as a transformation on itself, so every
+Each component installs the residency guard (`providers.component_enforce`) as a transformation on itself, so every
 resource registered under it, now or after someone edits its code, is checked before it reaches the engine.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, ClassVar, TypeVar
 
 import pulumi
 
-from infra.pulumi.enforce import Enforcer
+from providers.component_enforce import Enforcer
 from policies.guard import RegionRule
 from core.errors import SovraError
 from core.spec import Residency, Target

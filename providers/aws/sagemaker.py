@@ -24,10 +24,11 @@ from core.errors import ProviderError
 from core.backends import Backend
 from providers.clients import MAX_SSE_LINE, BackendClient, sse_event
 from core.api_errors import AttemptFailed, BadRequest, Failed, building
-from providers import aws, openai_wire
+from providers import openai_wire
+from providers.aws import common as aws
 from providers.base import Connection, LiveSetting, Locator, Provider
 
-log = logging.getLogger("sovra.providers.sagemaker")
+log = logging.getLogger("sovra.providers.aws.sagemaker")
 _JSON = "application/json"
 #: EndpointStatus values (botocore's sagemaker model, DescribeEndpoint) in which the endpoint still takes requests:
 #: InService; Updating and SystemUpdating (an update or maintenance runs while the current variants serve);

@@ -41,7 +41,7 @@ from core.api_errors import (
     building,
 )
 from providers import openai_wire as wire
-from providers.snowflake import SETTING, base_url, connect_kwargs
+from providers.snowflake.provider import SETTING, base_url, connect_kwargs
 
 REST_COMPLETE = "/api/v2/cortex/inference:complete"
 #: Cortex's sampling ranges: temperature and top_p are 0..1 inclusive (AI_COMPLETE / COMPLETE "model_parameters",

@@ -26,7 +26,7 @@ import httpx
 from core.backends import Backend
 from providers.clients import HttpClient
 from core.api_errors import AttemptFailed, Refused
-from providers import azure_ml_arm as arm
+from providers.azure import ml_arm as arm
 from providers.openai_wire import as_chunks, blocking, replay
 
 T = TypeVar("T")

@@ -11,7 +11,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.pulumi.base import (
+from providers.component import (
     DEPLOYMENT_TAG,
     TARGET_TAG,
     ComponentSettingsError,

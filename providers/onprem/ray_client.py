@@ -174,7 +174,7 @@ class RayClient(BackendClient):
             return None
         self.watch.nudge(self.http_watch_s)
         if self._http is None:
-            from providers.model_http_client import ModelHttpClient
+            from providers.onprem.model_http_client import ModelHttpClient
 
             self._http = ModelHttpClient()
         return self._http

@@ -15,10 +15,10 @@ from typing import Any
 import pulumi
 from pulumi_azure_native import cognitiveservices as cs
 
-from infra.pulumi.base import PlacementComponent, PlacementInput
+from providers.component import PlacementComponent, PlacementInput
 from policies.guard import ResidencyGuardError
 from core.provision import AzureFoundrySettings
-from providers.azure_foundry import AzureFoundry, sku_name
+from providers.azure.foundry import AzureFoundry, sku_name
 
 INFERENCE_ENDPOINT = "Azure AI Model Inference API"
 

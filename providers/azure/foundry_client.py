@@ -26,8 +26,8 @@ import httpx
 from core.backends import Backend
 from providers.clients import HttpClient
 from core.api_errors import AttemptFailed, Refused
-from providers import azure_foundry_arm as farm
-from providers.azure_foundry import API_VERSION, COGNITIVE_SCOPE
+from providers.azure import foundry_arm as farm
+from providers.azure.foundry import API_VERSION, COGNITIVE_SCOPE
 from providers.openai_wire import blocking
 
 T = TypeVar("T")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_databricks as databricks
 
-from infra.pulumi.base import PlacementComponent, PlacementInput
+from providers.component import PlacementComponent, PlacementInput
 from core.provision import DatabricksSettings
 
 

@@ -55,7 +55,7 @@ class Databricks(Provider):
         zone = self.zone_for_scope(scope, country)
         if zone == "GLOBAL":
             return zone
-        from providers.databricks_geo import geo_of
+        from providers.databricks.geo import geo_of
 
         return geo_of(region, country)
 
@@ -67,7 +67,7 @@ class Databricks(Provider):
 
     def client(self):
         self.sdk()  # the install hint, before the router first needs credentials
-        from providers.databricks_client import DatabricksClient
+        from providers.databricks.client import DatabricksClient
 
         return DatabricksClient()
 
@@ -94,7 +94,7 @@ class Databricks(Provider):
 
     def live_settings(self, target, connection) -> list[LiveSetting]:
         """Cross-Geo processing of the workspace serving `target` (see `databricks_geo` for what can be read)."""
-        from providers.databricks_geo import cross_geo_setting
+        from providers.databricks.geo import cross_geo_setting
 
         if not isinstance(connection, DatabricksConnection):
             connection = self.connection(None)

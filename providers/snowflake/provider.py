@@ -168,7 +168,7 @@ class SnowflakeCortex(Provider):
         return zone_for_cross_region(scope, zone_of(country) if country else None)
 
     def client(self):
-        from providers.snowflake_client import CortexClient
+        from providers.snowflake.client import CortexClient
 
         return CortexClient()
 

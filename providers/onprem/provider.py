@@ -21,7 +21,7 @@ class Ray(Provider):
         return "Ray cluster (on-prem or this machine), replicas served by Ray Serve"
 
     def client(self):
-        from providers.ray_client import RayClient
+        from providers.onprem.ray_client import RayClient
 
         return RayClient()
 
@@ -53,7 +53,7 @@ class Kubernetes(Provider):
         return "Kubernetes cluster (a KubeRay RayService provisioned with Pulumi, reached over HTTP)"
 
     def client(self):
-        from providers.model_http_client import ModelHttpClient
+        from providers.onprem.model_http_client import ModelHttpClient
 
         return ModelHttpClient()
 

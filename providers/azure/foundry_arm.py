@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.api_errors import AttemptFailed, Refused
-from providers import azure_ml_arm as ml_arm
-from providers.azure_ml_arm import Secret, credential
+from providers.azure import ml_arm as ml_arm
+from providers.azure.ml_arm import Secret, credential
 
 ARM_API_VERSION = "2024-10-01"
 #: The key of `properties.endpoints` that names the Azure AI model inference endpoint.

@@ -29,11 +29,12 @@ from core.errors import ProviderError
 from core.backends import Backend
 from providers.clients import BackendClient
 from core.api_errors import AttemptFailed, BadRequest, Failed, building
-from providers import aws, openai_wire
+from providers import openai_wire
+from providers.aws import common as aws
 from providers.base import Connection, LiveSetting, Locator, Provider
-from providers.bedrock_converse import FINISH, answer, converse_request, openai_messages, stream_chunks
+from providers.aws.bedrock_converse import FINISH, answer, converse_request, openai_messages, stream_chunks
 
-log = logging.getLogger("sovra.providers.bedrock")
+log = logging.getLogger("sovra.providers.aws.bedrock")
 __all__ = ["FINISH", "Bedrock", "BedrockClient", "answer", "converse_request", "openai_messages", "stream_chunks"]
 
 class BedrockConnection(Connection):

@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 
 from core.errors import ProviderError
 from core.spec.zones import GLOBAL
-from providers.azure_ml_regions import country_of
+from providers.azure.regions import country_of
 from providers.base import Connection, LiveSetting, Locator, Provider
 
 #: Deployment and account names go into ARM URL paths and the request's `model`: nothing else passes.
@@ -130,7 +130,7 @@ class AzureFoundry(Provider):
 
     def client(self):
         self.sdk()  # the install hint, before the router first needs credentials
-        from providers.azure_foundry_client import AzureFoundryClient
+        from providers.azure.foundry_client import AzureFoundryClient
 
         return AzureFoundryClient()
 
@@ -163,7 +163,7 @@ class AzureFoundry(Provider):
     def live_settings(self, target, connection) -> list[LiveSetting]:
         """The deployment type the deployment really has (its `sku.name`, read from ARM), and the zone it
         implies in the resource's region: a deployment changed to a wider type is held to that zone."""
-        from providers import azure_foundry_arm as farm
+        from providers.azure import foundry_arm as farm
 
         conn = self._deployment_connection(target, connection)
         self.sdk()
