@@ -19,7 +19,6 @@ from core.spec.deployment import PACKAGED_MODELS
 from core.spec import Deployment, Target
 from core.spec.org import Admin, AuditSettings, RouterSettings, Tenant
 from policies.plan import Placement
-from core.place import Place
 
 if TYPE_CHECKING:
     from core.spec.org import RouterTls
@@ -124,7 +123,7 @@ def holds_replica_key(router: Mapping[str, Any] | None) -> bool:
     return (router or {}).get("args", {}).get("replica_key") == REPLICA_KEY_FROM_RAY_TOKEN
 
 
-def _ceiling(rp: RayPlacement) -> int:
+def replica_ceiling(rp: RayPlacement) -> int:
     """The most replicas `rp` autoscales to: its share of the deployment's maximum."""
     p = rp.placement
     return max(p.replicas, math.ceil(rp.deployment.spec.replicas.ceiling * p.replicas / max(rp.total_replicas, 1)))
@@ -136,7 +135,7 @@ def model_app(rp: RayPlacement, http: ServeHttp | None = None) -> dict[str, Any]
     d, p, t = rp.deployment, rp.placement, rp.target
     gpus = next((a.gpus for a in t.accelerators if a.sku == p.accelerator), 0)
     engine, num_gpus = resolve_engine(d, gpus)
-    ceiling = _ceiling(rp)
+    ceiling = replica_ceiling(rp)
     # The target's resource pins every replica to the nodes that carry it: a replica never runs elsewhere.
     actor: dict[str, Any] = {"num_cpus": d.spec.serving.num_cpus,
                              "resources": {target_resource(t.id): TARGET_RESOURCE_PER_REPLICA}}
@@ -169,51 +168,6 @@ def http_model_app(rp: RayPlacement) -> dict[str, Any]:
     """`model_app` answering OpenAI's HTTP API itself at `/`: for a Ray cluster the router reaches over HTTP rather
     than by Serve handle (a KubeRay cluster Sovra provisions). Same pinning, engine and autoscaling."""
     return {**model_app(rp), "route_prefix": "/", "import_path": MODEL_HTTP_IMPORT}
-
-
-def backend_entry(rp: RayPlacement, http: ServeHttp | None = None) -> Backend:
-    """The router's view of `rp`: where it processes, under which deployment residency and routing policy, and
-    what a replica-hour costs at list price. Its address is the Serve app (handles, replica states); with `http`
-    its params say where the router reaches it over HTTP and which variable holds the key (never the key).
-
-    List price (not net of credits) keeps the entry stable from day to day, so `up` does not restart the router
-    just because a credit moved closer to expiry.
-    """
-    d, p, t = rp.deployment, rp.placement, rp.target
-    unit = p.compute_usd / p.replicas / HOURS_PER_MONTH if p.replicas else 0.0
-    name = app_name(d.name, t.id)
-    params = ({"url": f"http://127.0.0.1:{http.port}{http.route(name)}", "api_key_env": REPLICA_KEY_ENV}
-              if http is not None else {})
-    return Backend(id=name, deployment=d.name, model=d.spec.model.name, target=t.id, place=Place.of(t),
-                   residency=d.spec.residency, policy=d.spec.routing.policy, cost=round(unit, 6), kind="ray",
-                   address=name, params=params, capacity=_ceiling(rp) * MAX_ONGOING_PER_REPLICA)
-
-
-def routed_entry(d: Deployment, p: Placement, t: Target, connection: Mapping[str, Any]) -> Backend:
-    """The router's view of a placement that needs no Serve app: a managed per-token offering (Bedrock, Cortex,
-    Databricks pay-per-token, Azure serverless) or an endpoint the org already runs (`endpoints:` in org.yaml).
-    Its provider adapter says where it is (`locate`; ProviderError with the fix when it cannot). Org endpoints
-    are the company's own capacity: the ladder's first rung with the Ray replicas; managed offerings the second.
-    `cost` is the list price per 1,000 tokens."""
-    from core.errors import ProviderError
-    from core.spec.org import Endpoint
-    from providers.base import needs_provisioning
-    from providers import base
-
-    if needs_provisioning(t):
-        raise ProviderError(
-            f"{t.id}: a dedicated {t.provider} endpoint would have to be created, which `up` cannot provision yet "
-            f"(Pulumi stacks come later); name an existing endpoint serving {d.spec.model.name} under `endpoints:` "
-            "in org.yaml")
-    adapter = base.get(t.provider)
-    where = adapter.locate(t, d.spec.model.name, adapter.connection(connection))
-    price = t.model_price(d.spec.model.name)
-    own = isinstance(t, Endpoint)
-    return Backend(id=f"{d.name}@{t.id}", deployment=d.name, model=d.spec.model.name, target=t.id,
-                   place=Place.of(t), residency=d.spec.residency, policy=d.spec.routing.policy,
-                   cost=round(price.usd_per_1k_tokens, 6) if price else 0.0, kind=t.provider,
-                   address=where.address, params=dict(where.params), tier=0 if own else 1,
-                   capacity=getattr(t, "capacity", None))
 
 
 def router_app(backends: Sequence[Backend], *, tenants: Iterable[Tenant], audit_path: str | None,
@@ -281,22 +235,3 @@ def merge(current: Sequence[Mapping[str, Any]], deployments: Collection[str], ne
     rebuilt by the caller from the result; other applications are kept untouched."""
     kept = [dict(a) for a in current if not owned_by(a, deployments) and a.get("name") != ROUTER_APP]
     return kept + [dict(a) for a in new_apps]
-
-
-class StaleRouterError(ValueError):
-    """The cluster's router was deployed by a Sovra whose routing table this one cannot read."""
-
-
-def router_backends(current_router: Mapping[str, Any] | None, deployments: Collection[str],
-                    new_backends: Sequence[Backend]) -> list[Backend]:
-    """The routing table after `deployments` are (re)deployed with `new_backends` (or removed with none)."""
-    old = []
-    for raw in (current_router or {}).get("args", {}).get("backends", []):
-        try:
-            old.append(Backend.from_wire(raw))
-        except ValueError as exc:
-            raise StaleRouterError(
-                f"the router on this cluster lists backend {raw.get('id')!r} in a form this Sovra cannot read "
-                f"(deployed by an earlier version?): {exc}. Run `sovra down` for its deployments, then `sovra up`."
-            ) from None
-    return [b for b in old if b.deployment not in deployments] + list(new_backends)

@@ -177,7 +177,6 @@ def targets(
 
 PortOpt = Annotated[int | None, typer.Option(
     "--port", help="Router HTTP port on the local Ray (default $SOVRA_ROUTER_PORT or 8000).")]
-FIRST_PROMPT = "What is the capital of France?"
 
 
 def _settings(port: int | None):
@@ -224,37 +223,12 @@ def _print_status(entries: list[dict[str, Any]]) -> None:
         out.print(table)
 
 
-def _first_request(url: str, inputs) -> None:
-    """Prove the slice works end to end: one chat through the router, answer and serving target printed."""
-    import os
+def _answered(model: str, deployment: str, answer) -> None:
+    from orchestrator.up import FIRST_PROMPT
 
-    from orchestrator.sdk import Client, SovraAPIError
-
-    key = os.environ.get("SOVRA_API_KEY")
-    if inputs.org.tenants and not key:
-        _say("tenants are configured: set SOVRA_API_KEY to have `up` send a first request")
-        return
-    from infra.serve_config import resolve_engine
-
-    chat = [d for d in inputs.deployments if resolve_engine(d, 0)[0] != "minilm"]
-    for d in chat[:1]:  # `model` names the deployment
-        model = d.spec.model.name
-        try:
-            client = Client(url, api_key=key, timeout_s=300)
-        except ValueError as exc:  # the key would cross a network in clear: the SDK refuses, and so does `up`
-            _say(f"no first request: {exc}")
-            return
-        try:
-            with client:
-                answer = client.chat(d.name, [{"role": "user", "content": FIRST_PROMPT}], max_tokens=32,
-                                     temperature=0)
-        except SovraAPIError as exc:
-            from orchestrator.deploy import DeployError
-
-            raise DeployError(f"the first request to {model} failed: {exc}") from exc
-        out.print(f"first request: {FIRST_PROMPT}", highlight=False)
-        out.print(f"[bold]{model}[/] (deployment {d.name}) answered via target [bold]{answer.target}[/] "
-                  f"(zone {answer.zone}): [cyan]{answer.text.strip()}[/]", highlight=False)
+    out.print(f"first request: {FIRST_PROMPT}", highlight=False)
+    out.print(f"[bold]{model}[/] (deployment {deployment}) answered via target [bold]{answer.target}[/] "
+              f"(zone {answer.zone}): [cyan]{answer.text.strip()}[/]", highlight=False)
 
 
 def _live(inputs):
@@ -384,33 +358,23 @@ def up(
 ) -> None:
     """Plan; provision cloud and Kubernetes placements with Pulumi (preview, confirm, up); deploy the Ray placements
     declaratively (idempotent) and start the router over all of them. Exit 1 on failure."""
-    from orchestrator import deploy, planning
+    from orchestrator import up as sequence
 
+    ask = None if not sys.stdin.isatty() else (lambda: typer.confirm("apply these changes?", default=False, err=True))
+    hooks = sequence.Hooks(say=_say, warn=lambda m: err.print(f"[yellow]warning:[/] {m}", highlight=False),
+                           live=_live, engine=_engine(), confirm=(lambda: True) if yes else ask, status=err.status,
+                           deployed=_deployed, answered=_answered)
     try:
-        inputs = _live(_inputs(files, org, catalog, as_of))
-        with err.status("planning…"):
-            result = planning.plan(inputs)
-        for dp in result.deployments:
-            for p in dp.placements:
-                _say(f"plan: {dp.deployment} → {p.target} ({p.provider}, zone {p.zone}): {p.replicas} replica(s), "
-                     f"${p.monthly_usd:,.2f}/month")
-        if not ray_only and result.feasible:
-            from orchestrator.provisioning import provision
-
-            ask = None if not sys.stdin.isatty() else (
-                lambda: typer.confirm("apply these changes?", default=False, err=True))
-            inputs = provision(inputs, result, backend, env, _engine(), confirm=(lambda: True) if yes else ask)
-        results = deploy.up(inputs, result, _settings(port), _say, ray_only=ray_only)
-        if results and not inputs.org.tenants:
-            err.print("[yellow]warning:[/] no tenants in the org file: the router is OPEN — any caller is accepted "
-                      "with no residency bound beyond each deployment's placement. Add tenants with key_sha256.")
-        for r in results:
-            out.print(f"[green]up[/]: {r.cluster}: {'changed' if r.changed else 'unchanged'}; "
-                      f"router {r.router_url} (OpenAI-compatible: {r.router_url}/v1)")
-        if check and results:
-            _first_request(results[0].router_url or "", inputs)
+        sequence.run(_inputs(files, org, catalog, as_of), _settings(port), hooks, ray_only=ray_only, check=check,
+                     backend=backend, env=env)
     except SovraError as exc:
         _fail(exc)
+
+
+def _deployed(results) -> None:
+    for r in results:
+        out.print(f"[green]up[/]: {r.cluster}: {'changed' if r.changed else 'unchanged'}; "
+                  f"router {r.router_url} (OpenAI-compatible: {r.router_url}/v1)")
 
 
 def _destroy(inputs, backend: str | None, env: str) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from infra import serve_config as sc
+from orchestrator import routing_table as rt
 from infra.ray_cluster import (
     TARGET_RESOURCE_UNITS,
     ClusterError,
@@ -313,7 +314,7 @@ def up(inputs: Inputs, plan: FleetPlan, settings: Settings, say: Say, *, ray_onl
                 continue
             t = targets[p.target]
             try:
-                backend = sc.routed_entry(d, p, t, connection_for(inputs.org, t))
+                backend = rt.routed_entry(d, p, t, connection_for(inputs.org, t))
             except ProviderError as exc:
                 skipped.append(f"{dp.deployment} on {p.target}: {exc}")
                 continue
@@ -322,7 +323,7 @@ def up(inputs: Inputs, plan: FleetPlan, settings: Settings, say: Say, *, ray_onl
                 clusters.setdefault(key, [])
     if skipped and not ray_only:
         raise DeployError(
-            "the plan places replicas where `up` cannot route yet: " + "; ".join(skipped)
+            "the plan places replicas where `up` cannot route: " + "; ".join(skipped)
             + ". Re-run with --ray-only to deploy the rest.")
     for s in skipped:
         say(f"skipped: {s}")
@@ -344,7 +345,7 @@ def up(inputs: Inputs, plan: FleetPlan, settings: Settings, say: Say, *, ray_onl
         _refuse_tls_over_haproxy(key, http, inputs.targets)
         configs = sc.merge(current, names, [sc.model_app(rp, http) for rp in rps])
         backends = _table(sc.router_of(current), names,
-                          [sc.backend_entry(rp, http) for rp in rps] + routed.get(key, []))
+                          [rt.backend_entry(rp, http) for rp in rps] + routed.get(key, []))
         configs = _with_router(configs, backends, inputs, settings, key, http or _kept_http(current, settings))
         changed = _apply(api, key, settings, configs, current, say, inputs.targets)
         apps = _wait_ready(api, key, settings, say)
@@ -386,8 +387,8 @@ def _with_router(configs: list[dict[str, Any]], backends: list[Backend], inputs:
 def _table(current_router: Mapping[str, Any] | None, deployments: Collection[str],
            new: Sequence[Backend]) -> list[Backend]:
     try:
-        return sc.router_backends(current_router, deployments, new)
-    except sc.StaleRouterError as exc:
+        return rt.router_backends(current_router, deployments, new)
+    except rt.StaleRouterError as exc:
         raise DeployError(str(exc)) from None
 
 

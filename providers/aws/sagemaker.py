@@ -1,7 +1,7 @@
 """AWS SageMaker real-time endpoints: self-hosted replicas on GPU instances in one region.
 
-The router calls an existing endpoint (named in org.yaml `endpoints:`; provisioning comes with the Pulumi stack)
-through `sagemaker-runtime`. The body is OpenAI's chat request as JSON, which the Messages API of the TGI and LMI
+The router calls an endpoint (named in org.yaml `endpoints:`, or created by `sovra up`'s Pulumi stack: its outputs
+name it) through `sagemaker-runtime`. The body is OpenAI's chat request as JSON, which the Messages API of the TGI and LMI
 (vLLM) containers takes; their answer is an OpenAI chat.completion, or TGI's `[{"generated_text": ...}]`. Streams
 come through `invoke_endpoint_with_response_stream` as payload parts carrying server-sent events.
 

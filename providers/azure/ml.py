@@ -23,8 +23,9 @@ FOUNDRY_HINT = ("Global and DataZone deployment types are Azure AI Foundry deplo
                 "`azure-foundry` (a deployment in an Azure AI services resource), not an Azure ML endpoint")
 
 ORG_HINT = ("name the existing endpoint under `endpoints:` in org.yaml, with `connection: {subscription_id: ..., "
-            "resource_group: ..., workspace: ..., endpoint: <name>, kind: online|serverless}` (Sovra does not "
-            "create Azure ML endpoints yet: provisioning comes with the Pulumi programs)")
+            "resource_group: ..., workspace: ..., endpoint: <name>, kind: online|serverless}`, or let `sovra up` create "
+            "an online endpoint with Pulumi: `accounts: [{provider: azure-ml, provision: {workspace: ..., "
+            "resource_group: ...}}]`")
 
 
 class AzureMLConnection(Connection):

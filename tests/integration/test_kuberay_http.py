@@ -16,6 +16,7 @@ import pulumi  # noqa: F401  (the `pulumi` extra: scripts/test installs it, so i
 import pytest
 
 from infra import serve_config as sc
+from orchestrator import routing_table as rt
 from infra.serve_api import ServeApi
 from orchestrator.router.audit import read as read_trail
 from tests.fakes.openai_backend import ServerThread
@@ -80,7 +81,7 @@ def kuberay(sovra_ray, tmp_path_factory):
     # What `up` does with the stack's `endpoints` output: an Endpoint the kubernetes adapter locates.
     [endpoint] = outputs_to_endpoints({"endpoints": {TARGET: {"url": url, "api_key_env": SERVICE_KEY_ENV}}},
                                       [cluster])
-    backend = sc.routed_entry(deployment, placement, endpoint, endpoint.connection)
+    backend = rt.routed_entry(deployment, placement, endpoint, endpoint.connection)
     cfg = {"backends": [backend.to_wire()], "tenants": [t.model_dump(mode="json") for t in inputs.org.tenants],
            "audit_path": str(d / "audit")}
     from orchestrator.serving.ray_apps import build_router_state_app

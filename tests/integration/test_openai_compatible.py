@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from infra import serve_config as sc
+from orchestrator import routing_table as rt
 from providers.clients import HttpClient
 from core.api_errors import NotDelivered, Refused
 from core.spec.org import Endpoint, Org, connection_for
@@ -58,7 +58,7 @@ def routed(url: str):
     t = endpoint(url)
     d = factories.deployment("support", model="mistral-small-24b", residency={"zones": ["EU"]})
     p = Placement(t.id, t.provider, t.zone, t.country, 0, None, 0.0, 0.0, 0.0, 1.0)
-    return sc.routed_entry(d, p, t, connection_for(Org(endpoints=(t,)), t))
+    return rt.routed_entry(d, p, t, connection_for(Org(endpoints=(t,)), t))
 
 
 def test_up_routes_to_a_declared_endpoint_in_the_first_rung_without_its_key(nim, monkeypatch):

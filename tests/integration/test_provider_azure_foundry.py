@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import providers
-from infra.serve_config import routed_entry
+from orchestrator.routing_table import routed_entry
 from orchestrator import live_settings as ls
 from orchestrator.catalog import load_catalog
 from core.errors import ProviderError

@@ -2,7 +2,7 @@
 
 import asyncio
 
-from core.backends import Backend, RoutingTable
+from core.backends import RoutingTable
 from providers.clients import BackendClient
 from orchestrator.router.dispatch import Dispatcher
 from orchestrator.router.health import Breaker

@@ -633,7 +633,7 @@ def test_a_kuberay_stack_output_becomes_an_own_capacity_backend_reached_over_htt
     """The seam for a Kubernetes cluster in org.yaml: its exported URL -> an Endpoint (the cluster's own fields
     dropped) -> a first-rung routing-table backend that the KubeRay client calls."""
     from infra.pulumi_stack import outputs_to_endpoints
-    from infra.serve_config import routed_entry
+    from orchestrator.routing_table import routed_entry
     from providers.onprem.model_http_client import ModelHttpClient
     from core.spec.org import Cluster
     from providers import base

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from core.backends import Backend, RoutingTable
+from core.backends import RoutingTable
 from orchestrator.router.balancing import Candidate, get_policy
 from orchestrator.router.dispatch import Dispatcher
 from core.api_errors import (InvalidResidency, ModelNotFound, NoAllowedBackend, NotDelivered,

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from infra import serve_config as sc
+from orchestrator import routing_table as rt
 from core.backends import Backend
 from core.spec import Deployment
 from core.place import Place
@@ -61,7 +62,7 @@ def test_auto_engine_runs_packaged_models_on_cpu_and_others_on_vllm_gpus(model, 
 
 def test_router_entry_carries_place_residency_policy_and_list_price_not_secrets():
     [rp] = _rps(_dep(), [target("onprem-paris", cloud="onprem", country="FR", gb=2, price=1.46)])
-    b = sc.backend_entry(rp)
+    b = rt.backend_entry(rp)
     wire = b.to_wire()
     assert wire["place"] == {"zone": "EU", "country": "FR", "jurisdiction": "FR", "operator": "self"}
     assert wire["cost"] == pytest.approx(1.46) and wire["kind"] == "ray" and wire["address"] == wire["id"]
@@ -86,14 +87,14 @@ def _b(i: int, deployment: str):
 
 def test_router_backends_keep_other_deployments():
     router = sc.router_app([_b(1, "a"), _b(2, "b")], tenants=[], audit_path=None)
-    assert sc.router_backends(router, {"a"}, [_b(3, "a")]) == [_b(2, "b"), _b(3, "a")]
-    assert sc.router_backends(None, {"a"}, []) == []
+    assert rt.router_backends(router, {"a"}, [_b(3, "a")]) == [_b(2, "b"), _b(3, "a")]
+    assert rt.router_backends(None, {"a"}, []) == []
 
 
 def test_a_router_table_from_an_older_sovra_is_refused_with_the_way_out():
     old = {"args": {"backends": [{"id": "1", "deployment": "a", "model": "m"}]}}  # no residency, no place
-    with pytest.raises(sc.StaleRouterError, match="sovra down"):
-        sc.router_backends(old, {"b"}, [])
+    with pytest.raises(rt.StaleRouterError, match="sovra down"):
+        rt.router_backends(old, {"b"}, [])
 
 
 @given(st.permutations(range(5)))
@@ -123,7 +124,7 @@ def test_over_serve_http_replicas_answer_under_their_route_and_no_key_is_in_any_
     assert app["import_path"] == sc.MODEL_HTTP_IMPORT and app["args"]["replica_key"] == "ray-token"
     actor = app["deployments"][0]["ray_actor_options"]
     assert actor == {"num_cpus": 0.25, "resources": {"sovra.target/onprem-paris": 0.001}}  # pinned; no runtime_env
-    b = sc.backend_entry(rp, http)
+    b = rt.backend_entry(rp, http)
     assert b.address == app["name"]  # Serve's replica states still tell the router when the app is down
     assert b.params == {"url": "http://127.0.0.1:8123/sovra-replica/sovra.chat.onprem-paris",
                         "api_key_env": "SOVRA_REPLICA_KEY"}
@@ -145,7 +146,8 @@ def test_the_replica_key_is_derived_from_the_ray_token_and_required_by_the_repli
     token.write_text("ray-cluster-token\n")
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
-    monkeypatch.delenv(model_http.KEY_VARIABLE, raising=False)
+    monkeypatch.setenv(model_http.KEY_VARIABLE, "")  # recorded, so the key this test installs is removed after it
+    monkeypatch.delenv(model_http.KEY_VARIABLE)
     model_http.install_replica_key()
     key = model_http.os.environ[model_http.KEY_VARIABLE]
     assert key == hmac.new(b"ray-cluster-token", b"sovra replica key v1", "sha256").hexdigest()

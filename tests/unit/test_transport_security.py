@@ -225,7 +225,8 @@ def test_a_kuberay_service_without_api_key_env_gets_a_key_the_local_router_deriv
     # the router on the local Ray derives the same key into the variable the stack output names
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token_file))
-    monkeypatch.delenv(model_http.SERVICE_KEY_ENV, raising=False)
+    monkeypatch.setenv(model_http.SERVICE_KEY_ENV, "")  # recorded, so the key this test installs is removed after it
+    monkeypatch.delenv(model_http.SERVICE_KEY_ENV)
     model_http.install_replica_key(model_http.SERVICE_KEY_ENV, model_http.SERVICE_PURPOSE)
     assert os.environ[model_http.SERVICE_KEY_ENV] == keys["k8s"]
     model_http.install_replica_key(model_http.SERVICE_KEY_ENV)  # the HAProxy replicas' key is another one
