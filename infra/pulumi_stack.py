@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from infra.home import sovra_home
 from core.errors import (
@@ -46,6 +46,15 @@ INSTALL_HINT = (
     "`winget install pulumi`, `choco install pulumi`), then make sure `pulumi version` works in this shell. "
     "Sovra needs it only for cloud and Kubernetes targets; Ray-only plans run without it "
     "(`sovra up --ray-only` deploys the rest)")
+
+if TYPE_CHECKING:  # the Pulumi SDK is imported where it is used: `sovra --help` and `sovra plan` pull none of it
+    from pulumi.automation import EngineEvent, Stack
+    from pulumi.automation.events import StepEventMetadata
+    from rich.progress import Progress, TaskID
+
+    from core.spec import Deployment, Target
+    from core.spec.org import Endpoint
+    from policies.plan import Placement
 
 
 # --------------------------------------------------------------------------------------------------- settings
@@ -243,15 +252,15 @@ class EventDisplay:
 
     `emit` receives each finished line; the engine calls `on_event` from its own thread, hence the lock."""
 
-    def __init__(self, emit: Callable[[str], None], *, progress: Any = None) -> None:
+    def __init__(self, emit: Callable[[str], None], *, progress: Progress | None = None) -> None:
         self._emit = emit
-        self._progress = progress  # a rich.progress.Progress, or None for plain lines
-        self._tasks: dict[str, Any] = {}
+        self._progress = progress  # None: plain lines
+        self._tasks: dict[str, TaskID] = {}
         self._lock = threading.Lock()
         self.changes: list[Change] = []
         self.errors: list[str] = []
 
-    def on_event(self, event: Any) -> None:
+    def on_event(self, event: EngineEvent) -> None:
         with self._lock:
             if event.resource_pre_event is not None:
                 m = event.resource_pre_event.metadata
@@ -263,7 +272,7 @@ class EventDisplay:
             elif event.diagnostic_event is not None and event.diagnostic_event.severity == "error":
                 self.errors.append(event.diagnostic_event.message.strip())
 
-    def _step(self, m: Any, status: str) -> None:
+    def _step(self, m: StepEventMetadata, status: str) -> None:
         op = getattr(m.op, "value", str(m.op))
         if op == "same" or m.type == "pulumi:pulumi:Stack":
             return
@@ -305,7 +314,7 @@ class StackResult:
 Program = Callable[[], None]
 
 
-def open_stack(deployment: str, program: Program, s: StackSettings) -> Any:
+def open_stack(deployment: str, program: Program, s: StackSettings) -> Stack:
     """Create or select `<deployment>-<env>` in project `sovra` on the backend, with the inline program."""
     require_cli()
     try:
@@ -337,25 +346,25 @@ def _streams(display: EventDisplay) -> dict[str, Any]:
     return {"on_event": display.on_event, "on_output": lambda _line: None, "color": "never"}
 
 
-def preview(stack: Any, display: EventDisplay) -> StackResult:
+def preview(stack: Stack, display: EventDisplay) -> StackResult:
     """What `up` would change; changes nothing."""
     r = _run(lambda: stack.preview(diff=False, **_streams(display)))
     return StackResult(stack.name, {getattr(k, "value", str(k)): v for k, v in (r.change_summary or {}).items()})
 
 
-def up(stack: Any, display: EventDisplay) -> StackResult:
+def up(stack: Stack, display: EventDisplay) -> StackResult:
     """Apply the program; returns the stack outputs (secret ones stay marked secret)."""
     r = _run(lambda: stack.up(**_streams(display)))
     return StackResult(stack.name, dict(r.summary.resource_changes or {}), dict(r.outputs or {}))
 
 
-def refresh(stack: Any, display: EventDisplay) -> StackResult:
+def refresh(stack: Stack, display: EventDisplay) -> StackResult:
     """Read every resource's live state into the stack; `changes` counts what drifted (update/delete)."""
     r = _run(lambda: stack.refresh(**_streams(display)))
     return StackResult(stack.name, dict(r.summary.resource_changes or {}))
 
 
-def destroy(stack: Any, display: EventDisplay) -> StackResult:
+def destroy(stack: Stack, display: EventDisplay) -> StackResult:
     """Delete every resource of the stack (the stack itself is kept, with its history)."""
     r = _run(lambda: stack.destroy(**_streams(display)))
     return StackResult(stack.name, dict(r.summary.resource_changes or {}))
@@ -366,7 +375,7 @@ def drift(result: StackResult) -> dict[str, int]:
     return {op: n for op, n in result.changes.items() if op in ("update", "delete") and n}
 
 
-def residency_drift(stack: Any, deployment: Any, targets: Iterable[Any]) -> tuple[str, ...]:
+def residency_drift(stack: Stack, deployment: Deployment, targets: Iterable[Target]) -> tuple[str, ...]:
     """After a refresh: every resource of the stack that now lands outside its placements' regions (the guard's
     rule, read from the refreshed state)."""
     from infra.pulumi.drift import residency_drift as check
@@ -387,7 +396,7 @@ def residency_drift(stack: Any, deployment: Any, targets: Iterable[Any]) -> tupl
 ENDPOINTS_OUTPUT = "endpoints"
 
 
-def outputs_to_endpoints(outputs: Mapping[str, Any], targets: Iterable[Any]) -> list[Any]:
+def outputs_to_endpoints(outputs: Mapping[str, Any], targets: Iterable[Target]) -> list[Endpoint]:
     """Stack outputs as org-style `Endpoint` targets the router can reach (same id, place and price as the target
     the plan chose, plus the adapter's connection), so `deploy.up` routes to them as it routes to org endpoints.
 
@@ -419,7 +428,7 @@ def outputs_to_endpoints(outputs: Mapping[str, Any], targets: Iterable[Any]) -> 
             for tid, conn in sorted(value.items())]
 
 
-def build_program(deployment: Any, placements: Iterable[Any], targets: Mapping[str, Any],
+def build_program(deployment: Deployment, placements: Iterable[Placement], targets: Mapping[str, Target],
                   settings: Mapping[str, Mapping[str, Any]] | None = None,
                   service_keys: Mapping[str, str] | None = None) -> Program:
     """The inline program for one deployment's provisioned placements, from the components package, each

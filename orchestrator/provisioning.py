@@ -7,19 +7,27 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from core.errors import ProvisionError, PulumiMissingError
+from core.spec import Deployment, Org, Target
+from policies.plan import FleetPlan, Placement
+
+if TYPE_CHECKING:  # Pulumi's SDK and the planning glue are imported where they are used
+    from pulumi.automation import Stack
+
+    from infra.pulumi_stack import StackResult
+    from orchestrator.planning import Inputs
 
 #: Per deployment, its placements that need Pulumi, each with its target.
-Found = list[tuple[Any, list[tuple[Any, Any]]]]
+Found = list[tuple[Deployment, list[tuple[Placement, Target]]]]
 #: (deployment, its (placement, target) pairs, the opened stack)
-Stacks = list[tuple[Any, list[tuple[Any, Any]], Any]]
+Stacks = list[tuple[Deployment, list[tuple[Placement, Target]], "Stack"]]
 
 
-def provisioned(inputs: Any, result: Any) -> Found:
+def provisioned(inputs: Inputs, result: FleetPlan) -> Found:
     """Per deployment, the placements that need Pulumi (a dedicated cloud endpoint or a Kubernetes cluster), with
     their targets. Pure: Ray targets, managed offerings and org endpoints need none."""
     from providers.base import needs_provisioning
@@ -34,7 +42,7 @@ def provisioned(inputs: Any, result: Any) -> Found:
     return found
 
 
-def service_keys(inputs: Any, result: Any) -> dict[str, str]:
+def service_keys(inputs: Inputs, result: FleetPlan) -> dict[str, str]:
     """Per KubeRay target whose org names no `api_key_env`, by target id: the key its model server requires,
     derived from the Ray token of the cluster whose router reaches it (the local Ray's, Sovra's own, when the
     deployment has no Ray placement; else the cluster of its Ray placements). That router derives the same key
@@ -76,7 +84,7 @@ def service_keys(inputs: Any, result: Any) -> dict[str, str]:
     return keys
 
 
-def open_stacks(found: Found, backend: str | None, env: str, org: Any,
+def open_stacks(found: Found, backend: str | None, env: str, org: Org,
                 keys: Callable[[], dict[str, str]] | None = None) -> Stacks:
     """One stack per deployment, the Pulumi CLI checked first so that nothing is written without it; each
     component gets its target's `provision:` settings from org.yaml, and a KubeRay one its derived key (`keys`:
@@ -105,7 +113,7 @@ class Engine:
     console: Console
     say: Callable[[str], None]
 
-    def __call__(self, op: str, stacks: Stacks) -> list[Any]:
+    def __call__(self, op: str, stacks: Stacks) -> list[StackResult]:
         from infra import pulumi_stack as ps
 
         results = []
@@ -129,8 +137,8 @@ class Engine:
                 contextlib.nullcontext())
 
 
-def provision(inputs: Any, result: Any, backend: str | None, env: str, engine: Engine, *,
-              confirm: Callable[[], bool] | None) -> Any:
+def provision(inputs: Inputs, result: FleetPlan, backend: str | None, env: str, engine: Engine, *,
+              confirm: Callable[[], bool] | None) -> Inputs:
     """preview → confirm → up, for the placements that need Pulumi; returns the inputs with each provisioned target
     replaced by the endpoint its stack made, so `deploy.up` routes to it like an org endpoint. `confirm` asks
     whether to apply a preview with changes; None when there is no one to ask (then only --yes applies)."""
@@ -158,7 +166,7 @@ def provision(inputs: Any, result: Any, backend: str | None, env: str, engine: E
     return dataclasses.replace(inputs, targets=tuple(swapped.get(t.id, t) for t in inputs.targets))
 
 
-def refresh(found: Found, backend: str | None, env: str, org: Any, engine: Engine
+def refresh(found: Found, backend: str | None, env: str, org: Org, engine: Engine
             ) -> list[tuple[str, dict[str, int], Sequence[str]]]:
     """Per stack: its name, the resources changed outside Sovra (by operation), and why any resource's live region
     no longer satisfies the deployment's residency."""
@@ -169,7 +177,7 @@ def refresh(found: Found, backend: str | None, env: str, org: Any, engine: Engin
             for (d, pairs, stack), r in zip(stacks, engine("refresh", stacks), strict=True)]
 
 
-def destroy(inputs: Any, result: Any, backend: str | None, env: str, engine: Engine,
+def destroy(inputs: Inputs, result: FleetPlan, backend: str | None, env: str, engine: Engine,
             note: Callable[[str], None]) -> None:
     """Destroy the Pulumi stacks of the deployments whose plan needs Pulumi (the plan says which); `note` gets one
     line per stack."""
