@@ -42,7 +42,7 @@ def rss_mb() -> tuple[float, float]:
 
 
 def bench_llama(repeats: int, threads: int) -> dict[str, Any]:
-    from orchestrator.serving.engines.llama_cpp import packaged_gguf
+    from sovra.orchestrator.serving.engines.llama_cpp import packaged_gguf
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
@@ -50,7 +50,7 @@ def bench_llama(repeats: int, threads: int) -> dict[str, Any]:
         assemble_s = time.perf_counter() - t
     base = rss_mb()[0]
     t = time.perf_counter()
-    from orchestrator.serving.engines import get_engine
+    from sovra.orchestrator.serving.engines import get_engine
 
     engine = get_engine("llama-cpp")("gemma-3-270m", "bench", n_threads=threads)
     load_s = time.perf_counter() - t
@@ -81,7 +81,7 @@ def bench_llama(repeats: int, threads: int) -> dict[str, Any]:
 def bench_minilm(repeats: int, threads: int) -> dict[str, Any]:
     base = rss_mb()[0]
     t = time.perf_counter()
-    from orchestrator.serving.engines import get_engine
+    from sovra.orchestrator.serving.engines import get_engine
 
     engine = get_engine("minilm")("all-minilm-l6-v2", "bench", n_threads=threads)
     load_s = time.perf_counter() - t

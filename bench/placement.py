@@ -40,13 +40,13 @@ if str(ROOT) not in sys.path:
 import scipy  # noqa: E402
 import scipy.optimize  # noqa: E402,F401  (imported up front so the first timed solve does not pay for it)
 
-from core.spec.deployment import Deployment  # noqa: E402
-from core.spec.org import Credit, OrgPolicy  # noqa: E402
-from core.spec.target import Target  # noqa: E402
-from policies import costs, filters, placement as placement_mod  # noqa: E402
-from policies.licenses import license_pack  # noqa: E402
-from policies.placement import SolveOptions, plan_fleet  # noqa: E402
-from policies.plan import Candidate, FleetPlan  # noqa: E402
+from sovra.core.spec.deployment import Deployment  # noqa: E402
+from sovra.core.spec.org import Credit, OrgPolicy  # noqa: E402
+from sovra.core.spec.target import Target  # noqa: E402
+from sovra.policies import costs, filters, placement as placement_mod  # noqa: E402
+from sovra.policies.licenses import license_pack  # noqa: E402
+from sovra.policies.placement import SolveOptions, plan_fleet  # noqa: E402
+from sovra.policies.plan import Candidate, FleetPlan  # noqa: E402
 
 SEED = 20261122
 AS_OF = dt.date(2026, 11, 22)

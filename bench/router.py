@@ -260,10 +260,10 @@ def _reply(obj: dict[str, Any]) -> None:
 
 def child_cluster(workdir: str) -> None:
     """Deploy with `up`, add the bench's two applications, then answer `procs` and `quit` on stdin (JSON lines)."""
-    from infra import serve_config as sc
-    from infra.ray_cluster import serve_fast_path_env
-    from infra.serve_api import ServeApi
-    from orchestrator import deploy, planning
+    from sovra.infra import serve_config as sc
+    from sovra.infra.ray_cluster import serve_fast_path_env
+    from sovra.infra.serve_api import ServeApi
+    from sovra.orchestrator import deploy, planning
 
     settings = deploy.Settings(timeout_s=300)  # SOVRA_HOME and the ports come from this process's environment
     t0 = time.perf_counter()
@@ -318,7 +318,7 @@ def _serve_processes(dashboard: str, token: str | None, model_app: str) -> dict[
     through the state API of this Ray's dashboard: other Ray instances may share this machine."""
     import httpx
 
-    from infra.ray_cluster import auth_headers
+    from sovra.infra.ray_cluster import auth_headers
 
     roles = {f"ServeReplica:{model_app}:ModelServer": "replica", "ServeReplica:sovra-router:Router": "router",
              f"ServeReplica:{FSYNC_APP}:Router": "router fsync",
@@ -411,11 +411,11 @@ def decision_cost(n_backends: int, policy: str = "cost", iters: int = 20_000) ->
     pre-send residency re-check and the bookkeeping after the answer. One deployment, backends 50/30/20 in
     EU/US/APAC, costs 0.5/1/2; tenant bound EU plus `X-Sovra-Residency: EU`. Reported: the median over repeats of
     this thread's CPU time (other processes on a shared machine do not count in it), with the wall-clock median."""
-    from core.backends import Backend, RoutingTable
-    from orchestrator.router.dispatch import Dispatcher
-    from orchestrator.router.gate import RequestResidency
-    from core.spec.common import Residency
-    from core.place import Place
+    from sovra.core.backends import Backend, RoutingTable
+    from sovra.orchestrator.router.dispatch import Dispatcher
+    from sovra.orchestrator.router.gate import RequestResidency
+    from sovra.core.spec.common import Residency
+    from sovra.core.place import Place
 
     rng = random.Random(f"router-bench-{n_backends}")
     zones = [("EU", ["FR", "DE", "IE", "NL"]), ("US", ["US"]), ("APAC", ["JP", "SG"])]
@@ -631,7 +631,7 @@ def run(args: argparse.Namespace, log) -> dict[str, Any]:
 
 def _stop_leftover_ray(home: Path) -> None:
     """Stop the local Ray of `home` if its child died before stopping it (a no-op otherwise)."""
-    from orchestrator.deploy import Settings
+    from sovra.orchestrator.deploy import Settings
 
     Settings(home=home).local_ray().stop()
 

@@ -38,15 +38,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import print_rows
-from orchestrator.router.app import RouterState, create_app
-from orchestrator.router.audit import AuditLog
-from core.backends import Backend, RoutingTable
-from providers.clients import BackendClient
-from orchestrator.router.dispatch import Dispatcher
-from orchestrator.router.tenants import TenantDirectory
-from core.spec import Residency
-from core.spec.org import Tenant
-from core.place import Place
+from sovra.orchestrator.router.app import RouterState, create_app
+from sovra.orchestrator.router.audit import AuditLog
+from sovra.core.backends import Backend, RoutingTable
+from sovra.providers.clients import BackendClient
+from sovra.orchestrator.router.dispatch import Dispatcher
+from sovra.orchestrator.router.tenants import TenantDirectory
+from sovra.core.spec import Residency
+from sovra.core.spec.org import Tenant
+from sovra.core.place import Place
 
 KEY = "sk-bench-eu"
 ANSWER = {"id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "bench",

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from core.errors import SovraError
+from sovra.core.errors import SovraError
 
 log = logging.getLogger("sovra.router")
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from core.api_errors import AmbiguousModel, ModelNotFound
-from core.spec.common import Residency, routing_policy
-from core.place import Place
+from sovra.core.api_errors import AmbiguousModel, ModelNotFound
+from sovra.core.spec.common import Residency, routing_policy
+from sovra.core.place import Place
 
 
 class Backend(BaseModel):

@@ -38,7 +38,7 @@ def wrapper_script(directory: Path, real_binary: str, host: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = directory / "haproxy-bound"
     path.write_text(f'#!/bin/sh\nexport {REAL_ENV}="{real_binary}" {HOST_ENV}="{host}"\n'
-                    f'exec "{sys.executable}" -m infra.haproxy_bind "$@"\n')
+                    f'exec "{sys.executable}" -m sovra.infra.haproxy_bind "$@"\n')
     path.chmod(0o700)
     return path
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from infra.home import sovra_home
-from core.errors import (
+from sovra.infra.home import sovra_home
+from sovra.core.errors import (
     CloudCredentialsError,
     ConcurrentUpdateError,
     ProvisionError,
@@ -52,9 +52,9 @@ if TYPE_CHECKING:  # the Pulumi SDK is imported where it is used: `sovra --help`
     from pulumi.automation.events import StepEventMetadata
     from rich.progress import Progress, TaskID
 
-    from core.spec import Deployment, Target
-    from core.spec.org import Endpoint
-    from policies.plan import Placement
+    from sovra.core.spec import Deployment, Target
+    from sovra.core.spec.org import Endpoint
+    from sovra.policies.plan import Placement
 
 
 # --------------------------------------------------------------------------------------------------- settings
@@ -378,8 +378,8 @@ def drift(result: StackResult) -> dict[str, int]:
 def residency_drift(stack: Stack, deployment: Deployment, targets: Iterable[Target]) -> tuple[str, ...]:
     """After a refresh: every resource of the stack that now lands outside its placements' regions (the guard's
     rule, read from the refreshed state)."""
-    from infra.pulumi.drift import residency_drift as check
-    from policies.guard import RegionRule
+    from sovra.infra.pulumi.drift import residency_drift as check
+    from sovra.policies.guard import RegionRule
 
     rules = [RegionRule.for_placement(deployment.name, t, deployment.spec.residency) for t in targets]
     if not rules:
@@ -404,7 +404,7 @@ def outputs_to_endpoints(outputs: Mapping[str, Any], targets: Iterable[Target]) 
     provisioned target id to its adapter's *non-secret* connection settings (SageMaker: `{endpoint, region}`;
     Azure ML: `{subscription_id, resource_group, workspace, endpoint, deployment}`). Keys and tokens are exported
     as separate Pulumi secrets and never copied here: the adapters read them from their SDK chain at run time."""
-    from core.spec.org import Endpoint
+    from sovra.core.spec.org import Endpoint
 
     raw = outputs.get(ENDPOINTS_OUTPUT)
     value = getattr(raw, "value", raw)  # an automation OutputValue, or a plain mapping
@@ -420,7 +420,7 @@ def outputs_to_endpoints(outputs: Mapping[str, Any], targets: Iterable[Target]) 
     unknown = sorted(set(value) - set(by_id))
     if unknown:
         raise ProvisionError(f"the stack exports endpoints for targets the plan does not know: {', '.join(unknown)}")
-    from core.spec.target import Target
+    from sovra.core.spec.target import Target
 
     # The target's own fields only: a cluster's (its router, token file, provision settings) are not an endpoint's.
     return [Endpoint.model_validate({**by_id[tid].model_dump(include=set(Target.model_fields)),
@@ -438,7 +438,7 @@ def build_program(deployment: Deployment, placements: Iterable[Placement], targe
     The one call into `infra.pulumi.program` (its `program(...)` returns the inline program; it registers every
     resource through the residency guard, so a tampered region aborts before any change)."""
     try:
-        from infra.pulumi.program import program
+        from sovra.infra.pulumi.program import program
     except ImportError as exc:
         raise ProvisionError(f"the Pulumi components are not available ({exc}); install Sovra with the "
                              "`pulumi` extra: pip install 'sovra[pulumi]'") from exc

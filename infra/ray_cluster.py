@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from infra.home import sovra_home
-from core.errors import SovraError
+from sovra.infra.home import sovra_home
+from sovra.core.errors import SovraError
 
 Progress = Callable[[str], None]
 # How much of a target's resource (`sovra.target/<id>`) a node offers; each replica asks for a tiny share of it.
@@ -177,7 +177,7 @@ def serve_fast_path_env(home: Path | None = None) -> dict[str, str]:
     With `home`, HAProxy's stats and Prometheus listeners (which Ray's template binds to every interface) are
     bound to 127.0.0.1 on free ports (`infra.haproxy_bind`), so only the router's own port is reachable from
     elsewhere, and a local service already holding Ray's default ports (8404, 9101) is no clash."""
-    from infra import haproxy_bind
+    from sovra.infra import haproxy_bind
 
     if os.environ.get("SOVRA_SERVE_HAPROXY", "0") != "1":
         return {}

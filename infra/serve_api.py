@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from infra.ray_cluster import NODES_PATH, ClusterError, Node, alive_nodes, auth_headers
+from sovra.infra.ray_cluster import NODES_PATH, ClusterError, Node, alive_nodes, auth_headers
 
 APPS_PATH = "/api/serve/applications/"
 
@@ -44,8 +44,8 @@ TOKEN_IN_CLEAR_FIX = ("Give the cluster an https:// dashboard address (a TLS pro
 def refuse_token_in_clear(dashboard: str, token: str | None, *, insecure_http: bool = False) -> None:
     """Raise ClusterError when `token` would go over plain http to a dashboard that is not loopback
     (`infra.transport.is_loopback`), unless the org says the network is trusted (`insecure_http`)."""
-    from infra.transport import TokenInClearError
-    from infra.transport import refuse_token_in_clear as refuse
+    from sovra.infra.transport import TokenInClearError
+    from sovra.infra.transport import refuse_token_in_clear as refuse
 
     if not token or insecure_http:
         return
@@ -62,7 +62,7 @@ class ServeApi:
     against the CAs the standard variables name (`infra.transport.client_trust`)."""
 
     def __init__(self, dashboard: str, *, token: str | None, timeout_s: float = 30, insecure_http: bool = False):
-        from infra.transport import client_trust
+        from sovra.infra.transport import client_trust
 
         self.dashboard = dashboard.rstrip("/")
         refuse_token_in_clear(self.dashboard, token, insecure_http=insecure_http)

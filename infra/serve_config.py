@@ -13,19 +13,19 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from core import __version__
-from core.backends import Backend
-from core.spec.deployment import PACKAGED_MODELS
-from core.spec import Deployment, Target
-from core.spec.org import Admin, AuditSettings, RouterSettings, Tenant
-from policies.plan import Placement
+from sovra.core import __version__
+from sovra.core.backends import Backend
+from sovra.core.spec.deployment import PACKAGED_MODELS
+from sovra.core.spec import Deployment, Target
+from sovra.core.spec.org import Admin, AuditSettings, RouterSettings, Tenant
+from sovra.policies.plan import Placement
 
 if TYPE_CHECKING:
-    from core.spec.org import RouterTls
+    from sovra.core.spec.org import RouterTls
 
-MODEL_IMPORT = "orchestrator.serving.ray_apps:model_server"
-MODEL_HTTP_IMPORT = "orchestrator.serving.ray_apps:model_http"
-ROUTER_IMPORT = "orchestrator.serving.ray_apps:router"
+MODEL_IMPORT = "sovra.orchestrator.serving.ray_apps:model_server"
+MODEL_HTTP_IMPORT = "sovra.orchestrator.serving.ray_apps:model_http"
+ROUTER_IMPORT = "sovra.orchestrator.serving.ray_apps:router"
 ROUTER_APP = "sovra-router"
 APP_PREFIX = "sovra."
 HOURS_PER_MONTH = 730

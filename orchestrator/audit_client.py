@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from core.errors import SovraError
+from sovra.core.errors import SovraError
 
 DEFAULT_KEY_ENV = "SOVRA_ADMIN_KEY"
 
@@ -37,7 +37,7 @@ def default_router() -> str:
     port = os.environ.get("SOVRA_ROUTER_PORT") or "8000"
     if not port.isdigit():
         raise AuditReadError(f"SOVRA_ROUTER_PORT={port!r} is not a port number")
-    from orchestrator.deploy import Settings, local_router_url
+    from sovra.orchestrator.deploy import Settings, local_router_url
 
     return local_router_url(Settings(router_port=int(port)))
 
@@ -64,7 +64,7 @@ def checkpoint_router(router: str, key_env: str) -> dict[str, Any]:
 
 def from_file(path: Path, filters: Mapping[str, Any], limit: int) -> Trail:
     """Read a local trail (e.g. copied from a cluster)."""
-    from orchestrator.router.audit import read
+    from sovra.orchestrator.router.audit import read
 
     _exists(path)
     try:
@@ -78,8 +78,8 @@ def verify_file(path: Path, checkpoint: Mapping[str, Any] | None = None,
                 public_key: str | None = None) -> dict[str, Any]:
     """Check every chain of a local trail (a directory, or one of its segment files); with a signed `checkpoint`
     (by `public_key` when given), also that the trail still extends it."""
-    from orchestrator.router.audit import verify
-    from orchestrator.router.audit_sign import CheckpointError, check
+    from sovra.orchestrator.router.audit import verify
+    from sovra.orchestrator.router.audit_sign import CheckpointError, check
 
     _exists(path)
     try:
@@ -96,8 +96,8 @@ def heads_checkpoint(result: Mapping[str, Any]) -> dict[str, Any]:
 
 def extends(path: Path, heads: Mapping[str, Any]) -> dict[str, Any]:
     """Whether a local trail still holds each remembered head (unsigned: the auditor's own record)."""
-    from orchestrator.router.audit import verify
-    from orchestrator.router.audit_chain import Head
+    from sovra.orchestrator.router.audit import verify
+    from sovra.orchestrator.router.audit_chain import Head
 
     expect = {h.writer: h for h in (Head.of(x) for x in heads.get("heads", []))}
     return verify(path, expect=expect).to_json()
@@ -120,7 +120,7 @@ class Memory:
         return data if isinstance(data, dict) and data.get("source") == self.source else None
 
     def save(self, checkpoint: Mapping[str, Any], *, time: str) -> None:
-        from orchestrator.router.audit_chain import FILE_MODE, private_dir
+        from sovra.orchestrator.router.audit_chain import FILE_MODE, private_dir
 
         private_dir(self.path.parent)
         data = {"source": self.source, "verified_at": time, "checkpoint": dict(checkpoint)}
@@ -141,7 +141,7 @@ def attempts_text(record: Mapping[str, Any]) -> str:
 
 
 def _exists(path: Path) -> None:
-    from orchestrator.router.audit_chain import chain_segments, trail_dir
+    from sovra.orchestrator.router.audit_chain import chain_segments, trail_dir
 
     if not chain_segments(trail_dir(path)):
         raise AuditReadError(f"no audit trail at {path}: give the trail's directory (e.g. ~/.sovra/audit); the "
@@ -154,7 +154,7 @@ def _get(router: str, route: str, key_env: str, params: Mapping[str, str]) -> di
 
 def _call(router: str, method: str, route: str, key_env: str, params: Mapping[str, str],
           body: bytes | None) -> dict[str, Any]:
-    from infra.transport import PLAIN_HTTP_ENV, key_may_travel
+    from sovra.infra.transport import PLAIN_HTTP_ENV, key_may_travel
 
     key = os.environ.get(key_env) or None
     headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -189,7 +189,7 @@ def _call(router: str, method: str, route: str, key_env: str, params: Mapping[st
 
 def _trust(url: str) -> Any:
     """https: the CAs the standard variables name (a company CA in SSL_CERT_FILE or REQUESTS_CA_BUNDLE)."""
-    from infra.transport import client_trust
+    from sovra.infra.transport import client_trust
 
     return client_trust() if url.startswith("https:") else True
 

@@ -7,15 +7,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from core.errors import ProviderError, SpecError, SpecIssue
-from core.spec import Catalog, Org, Target
-from core.spec.loader import Document, load, parse_documents, validate
-from core.spec.zones import COUNTRY_ZONE
+from sovra.core.errors import ProviderError, SpecError, SpecIssue
+from sovra.core.spec import Catalog, Org, Target
+from sovra.core.spec.loader import Document, load, parse_documents, validate
+from sovra.core.spec.zones import COUNTRY_ZONE
 
 
 def _prepare_targets(targets: Any, doc: Document, loc: tuple, defaults: dict[str, Any]) -> list[SpecIssue]:
     """Fill `zone` from the provider's own scope label (via its adapter) and file-level defaults."""
-    import providers
+    from sovra import providers
 
     issues: list[SpecIssue] = []
     if not isinstance(targets, list):
@@ -68,7 +68,7 @@ def _prepare_org(data: Any, doc: Document) -> list[SpecIssue]:
 def _connections(data: dict[str, Any], doc: Document) -> list[SpecIssue]:
     """Each endpoint's and account's `connection:` fits its provider's adapter (the spec models cannot ask the
     providers: they sit below them); an unknown provider is reported once, with a did-you-mean."""
-    import providers
+    from sovra import providers
 
     issues: list[SpecIssue] = []
     for key in ("endpoints", "accounts"):
@@ -94,8 +94,8 @@ def _connections(data: dict[str, Any], doc: Document) -> list[SpecIssue]:
 def _one_local_router(org: Org, path: str | Path) -> None:
     """Address-less clusters of a Serve-deployed provider are all the embedded local Ray: one router, one set of
     its settings (clusters sharing an address are checked by the model itself)."""
-    from core.spec.org import check_one_router
-    from providers.base import serve_deployed
+    from sovra.core.spec.org import check_one_router
+    from sovra.providers.base import serve_deployed
 
     local = [c for c in org.clusters if not c.address and serve_deployed(c.provider)]
     try:
@@ -120,7 +120,7 @@ def load_org(path: str | Path | None) -> Org:
 
 def shipped_catalog_files() -> list[Path]:
     """The catalog files that ship inside the `providers` package: each vendor's folder holds its own."""
-    root = Path(str(resources.files("providers")))
+    root = Path(str(resources.files("sovra.providers")))
     return sorted(root.glob("*/catalogs/*.yaml"), key=lambda p: p.name)
 
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from core.errors import SovraError, SpecError
+from sovra.core.errors import SovraError, SpecError
 
 app = typer.Typer(
     name="sovra",
@@ -57,7 +57,7 @@ def _as_of(value: str | None) -> dt.date | None:
 
 
 def _cli_issue(option: str, message: str):
-    from core.errors import SpecIssue
+    from sovra.core.errors import SpecIssue
 
     return SpecIssue("command line", None, None, option, message)
 
@@ -82,7 +82,7 @@ def _fail(exc: SovraError) -> None:
 
 
 def _inputs(files, org, catalog, as_of):
-    from orchestrator.planning import load_inputs
+    from sovra.orchestrator.planning import load_inputs
 
     return load_inputs(files, org, catalog, _as_of(as_of))
 
@@ -109,8 +109,8 @@ def plan(
     time_limit: Annotated[float, typer.Option(help="Solver time limit in seconds.")] = 120.0,
 ) -> None:
     """Place deployments at the lowest effective cost. Exit 0 feasible, 1 infeasible, 2 invalid input."""
-    from orchestrator import planning, render
-    from policies.placement import SolveOptions
+    from sovra.orchestrator import planning, render
+    from sovra.policies.placement import SolveOptions
 
     try:
         inputs = _inputs(files, org, catalog, as_of)
@@ -136,7 +136,7 @@ def explain(
     output: OutputOpt = Output.table,
 ) -> None:
     """Why a target was chosen or rejected, with the cost breakdown."""
-    from orchestrator.explain import explain_target, print_explanation
+    from sovra.orchestrator.explain import explain_target, print_explanation
 
     try:
         inputs = _inputs([file], org, catalog, as_of)
@@ -162,8 +162,8 @@ def targets(
     output: OutputOpt = Output.table,
 ) -> None:
     """List the target catalog (shipped catalog plus org clusters), filtered."""
-    from orchestrator.catalog import load_org, load_targets
-    from orchestrator.targets import filter_targets, print_targets, targets_json
+    from sovra.orchestrator.catalog import load_org, load_targets
+    from sovra.orchestrator.targets import filter_targets, print_targets, targets_json
 
     try:
         rows = filter_targets(load_targets(catalog, load_org(org)), zone=zone, provider=provider, country=country,
@@ -180,7 +180,7 @@ PortOpt = Annotated[int | None, typer.Option(
 
 
 def _settings(port: int | None):
-    from orchestrator.deploy import Settings
+    from sovra.orchestrator.deploy import Settings
 
     return Settings() if port is None else Settings(router_port=port)
 
@@ -206,7 +206,7 @@ def _print_status(entries: list[dict[str, Any]]) -> None:
         elif r and "https" in r:
             out.print(f"router serves {'HTTPS' if r['https'] else 'plain HTTP'} on {r['listen']}", highlight=False)
         if e.get("audit_key"):
-            from orchestrator.router.audit_sign import fingerprint
+            from sovra.orchestrator.router.audit_sign import fingerprint
 
             out.print(f"audit checkpoint key: {e['audit_key']} (fingerprint {fingerprint(e['audit_key'])})",
                       highlight=False)
@@ -224,7 +224,7 @@ def _print_status(entries: list[dict[str, Any]]) -> None:
 
 
 def _answered(model: str, deployment: str, answer) -> None:
-    from orchestrator.up import FIRST_PROMPT
+    from sovra.orchestrator.up import FIRST_PROMPT
 
     out.print(f"first request: {FIRST_PROMPT}", highlight=False)
     out.print(f"[bold]{model}[/] (deployment {deployment}) answered via target [bold]{answer.target}[/] "
@@ -236,7 +236,7 @@ def _live(inputs):
     before planning (recorded for later plans too)."""
     import dataclasses
 
-    from orchestrator import live_settings as ls
+    from sovra.orchestrator import live_settings as ls
 
     if not ls.checkable(inputs.org, inputs.targets):
         return inputs
@@ -268,19 +268,19 @@ YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking 
 
 
 def _engine():
-    from orchestrator.provisioning import Engine
+    from sovra.orchestrator.provisioning import Engine
 
     return Engine(err, _say)
 
 
 def _plan_for_pulumi(files, org, catalog, as_of):
-    from orchestrator import planning
+    from sovra.orchestrator import planning
 
     inputs = _inputs(files, org, catalog, as_of)
     with err.status("planning…"):
         result = planning.plan(inputs)
     if not result.feasible:
-        from core.errors import ProvisionError
+        from sovra.core.errors import ProvisionError
 
         raise ProvisionError("the plan is infeasible; run `sovra plan` to see which constraint to relax")
     return inputs, result
@@ -296,7 +296,7 @@ def preview(
     env: EnvOpt = "dev",
 ) -> None:
     """Plan, then show what `up` would provision with Pulumi (one stack per deployment); changes nothing."""
-    from orchestrator import provisioning as pv
+    from sovra.orchestrator import provisioning as pv
 
     try:
         inputs, result = _plan_for_pulumi(files, org, catalog, as_of)
@@ -323,7 +323,7 @@ def refresh(
     env: EnvOpt = "dev",
 ) -> None:
     """Read the live state of the deployments' Pulumi stacks and report drift. Exit 1 when something drifted."""
-    from orchestrator import provisioning as pv
+    from sovra.orchestrator import provisioning as pv
 
     try:
         inputs, result = _plan_for_pulumi(files, org, catalog, as_of)
@@ -358,7 +358,7 @@ def up(
 ) -> None:
     """Plan; provision cloud and Kubernetes placements with Pulumi (preview, confirm, up); deploy the Ray placements
     declaratively (idempotent) and start the router over all of them. Exit 1 on failure."""
-    from orchestrator import up as sequence
+    from sovra.orchestrator import up as sequence
 
     ask = None if not sys.stdin.isatty() else (lambda: typer.confirm("apply these changes?", default=False, err=True))
     hooks = sequence.Hooks(say=_say, warn=lambda m: err.print(f"[yellow]warning:[/] {m}", highlight=False),
@@ -378,8 +378,8 @@ def _deployed(results) -> None:
 
 
 def _destroy(inputs, backend: str | None, env: str) -> None:
-    from orchestrator import planning
-    from orchestrator.provisioning import destroy
+    from sovra.orchestrator import planning
+    from sovra.orchestrator.provisioning import destroy
 
     with err.status("planning…"):
         result = planning.plan(inputs)
@@ -399,7 +399,7 @@ def down(
 ) -> None:
     """Remove what `up` deployed for these deployments: their Pulumi stacks' resources, their Serve apps (the router
     too when no backend is left)."""
-    from orchestrator import deploy
+    from sovra.orchestrator import deploy
 
     try:
         inputs = _inputs(files, org, catalog, as_of)
@@ -419,11 +419,11 @@ def serve(
     port: PortOpt = None,
 ) -> None:
     """(Re)deploy the router on Ray Serve with the org's current tenants; models are left untouched."""
-    from orchestrator import deploy
-    from orchestrator.planning import Inputs
+    from sovra.orchestrator import deploy
+    from sovra.orchestrator.planning import Inputs
 
     try:
-        from orchestrator.catalog import load_org, load_targets
+        from sovra.orchestrator.catalog import load_org, load_targets
 
         org_ = load_org(org)
         inputs = Inputs((), org_, load_targets(catalog, org_), dt.date.today())
@@ -442,8 +442,8 @@ def status(
     output: OutputOpt = Output.table,
 ) -> None:
     """Deployments, backends, zones, replicas and health on each Ray cluster."""
-    from orchestrator import deploy
-    from orchestrator.catalog import load_org, load_targets
+    from sovra.orchestrator import deploy
+    from sovra.orchestrator.catalog import load_org, load_targets
 
     try:
         org_ = load_org(org)
@@ -491,7 +491,7 @@ def audit(
         return
     from rich.table import Table
 
-    from orchestrator import audit_client as ac
+    from sovra.orchestrator import audit_client as ac
 
     filters = {"tenant": tenant, "deployment": deployment, "model": model, "zone": zone, "status": status_,
                "since": since}
@@ -531,9 +531,9 @@ def audit_verify(
     """Prove no audit line was removed, reordered or edited: every writer's chain and its seq continuity, and with
     --checkpoint that the trail still extends signed heads. Also checks the heads this auditor verified last.
     Exit 0 intact, 1 naming the writer and the first broken or missing seq."""
-    from infra.home import sovra_home
-    from orchestrator import audit_client as ac
-    from orchestrator.router.audit import now_iso
+    from sovra.infra.home import sovra_home
+    from sovra.orchestrator import audit_client as ac
+    from sovra.orchestrator.router.audit import now_iso
 
     source = str(file.resolve()) if file is not None else (router or ac.default_router())
     memory = ac.Memory(sovra_home(), source)
@@ -596,8 +596,8 @@ def audit_checkpoint(
 ) -> None:
     """Fetch the router's signed heads (Ed25519): later, `sovra audit verify --checkpoint FILE` proves the trail
     still extends them."""
-    from orchestrator import audit_client as ac
-    from orchestrator.router.audit_sign import check, fingerprint
+    from sovra.orchestrator import audit_client as ac
+    from sovra.orchestrator.router.audit_sign import check, fingerprint
 
     try:
         cp = ac.checkpoint_router(router or ac.default_router(), admin_key_env)
@@ -616,7 +616,7 @@ def audit_checkpoint(
 
 
 def _read_json(path: Path) -> Any:
-    from orchestrator.audit_client import AuditReadError
+    from sovra.orchestrator.audit_client import AuditReadError
 
     try:
         return json.loads(path.read_text())
@@ -637,8 +637,8 @@ def audit_settings(
     mismatch or an account that could not be read."""
     from rich.table import Table
 
-    from orchestrator import live_settings as ls
-    from orchestrator.catalog import load_org, load_targets
+    from sovra.orchestrator import live_settings as ls
+    from sovra.orchestrator.catalog import load_org, load_targets
 
     try:
         org_ = load_org(org)
@@ -672,7 +672,7 @@ def audit_settings(
 @app.command()
 def schema(kind: Annotated[SchemaKind, typer.Argument(help="Which file format.")]) -> None:
     """Print the JSON Schema of a file format (for editors and CI validation)."""
-    from core.spec import Catalog, Deployment, Org
+    from sovra.core.spec import Catalog, Deployment, Org
 
     model = {"deployment": Deployment, "org": Org, "catalog": Catalog}[kind.value]
     sys.stdout.write(json.dumps(model.model_json_schema(by_alias=True), indent=2) + "\n")

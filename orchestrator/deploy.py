@@ -17,9 +17,9 @@ from typing import Any
 
 import httpx
 
-from infra import serve_config as sc
-from orchestrator import routing_table as rt
-from infra.ray_cluster import (
+from sovra.infra import serve_config as sc
+from sovra.orchestrator import routing_table as rt
+from sovra.infra.ray_cluster import (
     TARGET_RESOURCE_UNITS,
     ClusterError,
     LocalRay,
@@ -27,14 +27,14 @@ from infra.ray_cluster import (
     dashboard_url,
     sovra_home,
 )
-from infra.serve_api import AppState, ServeApi, refuse_token_in_clear
-from core.errors import ProviderError, SovraError
-from orchestrator.planning import Inputs
-from core.backends import Backend
-from core.spec import Target
-from core.spec.org import Cluster, RouterTls, connection_for
-from policies.plan import FleetPlan
-from providers import base as providers
+from sovra.infra.serve_api import AppState, ServeApi, refuse_token_in_clear
+from sovra.core.errors import ProviderError, SovraError
+from sovra.orchestrator.planning import Inputs
+from sovra.core.backends import Backend
+from sovra.core.spec import Target
+from sovra.core.spec.org import Cluster, RouterTls, connection_for
+from sovra.policies.plan import FleetPlan
+from sovra.providers import base as providers
 
 Say = Callable[[str], None]
 LOCAL = "local"
@@ -154,7 +154,7 @@ def router_url(key: str, settings: Settings, targets: Iterable[Target]) -> str:
 
 
 def _loopback(host: str) -> bool:
-    from infra.transport import is_loopback
+    from sovra.infra.transport import is_loopback
 
     return is_loopback(host)
 
@@ -461,7 +461,7 @@ def status(targets: Sequence[Target], settings: Settings) -> list[dict[str, Any]
                 out.append(entry)
                 continue
             dash = rec.dashboard
-            from orchestrator.router.audit_sign import existing_public_key
+            from sovra.orchestrator.router.audit_sign import existing_public_key
 
             entry["audit_key"] = existing_public_key(settings.home / "keys")  # the local router's, on this node
         else:
@@ -535,7 +535,7 @@ def describe_backend(backend: Backend, timeout_s: float = 10.0) -> str:
     credentials and no payload; the failure itself when it cannot be asked."""
     import asyncio
 
-    from providers import base
+    from sovra.providers import base
 
     async def ask() -> dict[str, Any]:
         client = base.get(backend.kind).client()
@@ -554,7 +554,7 @@ def describe_backend(backend: Backend, timeout_s: float = 10.0) -> str:
 def _probe_router(url: str) -> tuple[bool, dict[str, Any] | None]:
     """(answers /healthz, the /readyz body: per deployment its healthy allowed backends). A router with tenants or
     admins gives the per-deployment part only to an admin: the key in $SOVRA_ADMIN_KEY, as `sovra audit` sends."""
-    from infra.transport import client_trust, key_may_travel
+    from sovra.infra.transport import client_trust, key_may_travel
 
     key = os.environ.get("SOVRA_ADMIN_KEY") if key_may_travel(url) else None  # never in clear to another machine
     verify = client_trust() if url.startswith("https:") else True

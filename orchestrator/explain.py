@@ -7,10 +7,10 @@ from typing import Any
 
 from rich.console import Console
 
-from core.errors import SpecError, SpecIssue
-from orchestrator.planning import Inputs, plan
-from orchestrator.render import deployment_json, placement_json
-from policies import costs, filters
+from sovra.core.errors import SpecError, SpecIssue
+from sovra.orchestrator.planning import Inputs, plan
+from sovra.orchestrator.render import deployment_json, placement_json
+from sovra.policies import costs, filters
 
 
 def explain_target(inputs: Inputs, target_id: str, deployment: str | None = None) -> dict[str, Any]:

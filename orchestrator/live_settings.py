@@ -18,12 +18,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from core.errors import ProviderError, SovraError
-from core.spec import Target
-from core.spec.org import Endpoint, Org, connection_for, if_unread_for
-from core.spec.zones import GLOBAL, zone_of
-from providers import base
-from providers.base import LiveSetting
+from sovra.core.errors import ProviderError, SovraError
+from sovra.core.spec import Target
+from sovra.core.spec.org import Endpoint, Org, connection_for, if_unread_for
+from sovra.core.spec.zones import GLOBAL, zone_of
+from sovra.providers import base
+from sovra.providers.base import LiveSetting
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def apply(targets: Sequence[Target], findings: Iterable[Finding | Unread]) -> tu
 
 
 def record_path() -> Path:
-    from infra.home import sovra_home
+    from sovra.infra.home import sovra_home
 
     return sovra_home() / "live-settings.json"
 

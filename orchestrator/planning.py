@@ -7,14 +7,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator import live_settings
-from orchestrator.catalog import load_org, load_targets
-from core.errors import SpecError, SpecIssue
-from core.spec import Deployment, Org, Target
-from core.spec.loader import parse_documents, validate
-from policies.licenses import license_pack
-from policies.placement import SolveOptions, plan_fleet
-from policies.plan import FleetPlan
+from sovra.orchestrator import live_settings
+from sovra.orchestrator.catalog import load_org, load_targets
+from sovra.core.errors import SpecError, SpecIssue
+from sovra.core.spec import Deployment, Org, Target
+from sovra.core.spec.loader import parse_documents, validate
+from sovra.policies.licenses import license_pack
+from sovra.policies.placement import SolveOptions, plan_fleet
+from sovra.policies.plan import FleetPlan
 
 
 @dataclass(frozen=True)

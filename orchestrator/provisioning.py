@@ -11,15 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from core.errors import ProvisionError, PulumiMissingError
-from core.spec import Deployment, Org, Target
-from policies.plan import FleetPlan, Placement
+from sovra.core.errors import ProvisionError, PulumiMissingError
+from sovra.core.spec import Deployment, Org, Target
+from sovra.policies.plan import FleetPlan, Placement
 
 if TYPE_CHECKING:  # Pulumi's SDK and the planning glue are imported where they are used
     from pulumi.automation import Stack
 
-    from infra.pulumi_stack import StackResult
-    from orchestrator.planning import Inputs
+    from sovra.infra.pulumi_stack import StackResult
+    from sovra.orchestrator.planning import Inputs
 
 #: Per deployment, its placements that need Pulumi, each with its target.
 Found = list[tuple[Deployment, list[tuple[Placement, Target]]]]
@@ -30,7 +30,7 @@ Stacks = list[tuple[Deployment, list[tuple[Placement, Target]], "Stack"]]
 def provisioned(inputs: Inputs, result: FleetPlan) -> Found:
     """Per deployment, the placements that need Pulumi (a dedicated cloud endpoint or a Kubernetes cluster), with
     their targets. Pure: Ray targets, managed offerings and org endpoints need none."""
-    from providers.base import needs_provisioning
+    from sovra.providers.base import needs_provisioning
 
     targets = {t.id: t for t in inputs.targets}
     by_name = {d.name: d for d in inputs.deployments}
@@ -47,11 +47,11 @@ def service_keys(inputs: Inputs, result: FleetPlan) -> dict[str, str]:
     derived from the Ray token of the cluster whose router reaches it (the local Ray's, Sovra's own, when the
     deployment has no Ray placement; else the cluster of its Ray placements). That router derives the same key
     when it starts (`ray_apps.build_router_state_app`), so the key is in no config, table or log."""
-    import providers
-    from infra.ray_cluster import cluster_token, ensure_local_token
-    from orchestrator.deploy import LOCAL, cluster_key, is_ray
-    from orchestrator.serving.model_http import SERVICE_PURPOSE, derive_key
-    from core.spec.org import Cluster, provision_for
+    from sovra import providers
+    from sovra.infra.ray_cluster import cluster_token, ensure_local_token
+    from sovra.orchestrator.deploy import LOCAL, cluster_key, is_ray
+    from sovra.orchestrator.serving.model_http import SERVICE_PURPOSE, derive_key
+    from sovra.core.spec.org import Cluster, provision_for
 
     targets = {t.id: t for t in inputs.targets}
     keys: dict[str, str] = {}
@@ -89,8 +89,8 @@ def open_stacks(found: Found, backend: str | None, env: str, org: Org,
     """One stack per deployment, the Pulumi CLI checked first so that nothing is written without it; each
     component gets its target's `provision:` settings from org.yaml, and a KubeRay one its derived key (`keys`:
     `service_keys`, called after that check, since it may create the local Ray's token)."""
-    from infra import pulumi_stack as ps
-    from core.spec.org import provision_for
+    from sovra.infra import pulumi_stack as ps
+    from sovra.core.spec.org import provision_for
 
     try:
         ps.require_cli()
@@ -114,7 +114,7 @@ class Engine:
     say: Callable[[str], None]
 
     def __call__(self, op: str, stacks: Stacks) -> list[StackResult]:
-        from infra import pulumi_stack as ps
+        from sovra.infra import pulumi_stack as ps
 
         results = []
         for _, pairs, stack in stacks:
@@ -125,7 +125,7 @@ class Engine:
         return results
 
     def _display(self) -> tuple[Any, Any]:
-        from infra.pulumi_stack import EventDisplay
+        from sovra.infra.pulumi_stack import EventDisplay
 
         if self.console.is_terminal:
             from rich.progress import Progress, SpinnerColumn, TextColumn
@@ -142,7 +142,7 @@ def provision(inputs: Inputs, result: FleetPlan, backend: str | None, env: str, 
     """preview → confirm → up, for the placements that need Pulumi; returns the inputs with each provisioned target
     replaced by the endpoint its stack made, so `deploy.up` routes to it like an org endpoint. `confirm` asks
     whether to apply a preview with changes; None when there is no one to ask (then only --yes applies)."""
-    from infra import pulumi_stack as ps
+    from sovra.infra import pulumi_stack as ps
 
     found = provisioned(inputs, result)
     if not found:
@@ -170,7 +170,7 @@ def refresh(found: Found, backend: str | None, env: str, org: Org, engine: Engin
             ) -> list[tuple[str, dict[str, int], Sequence[str]]]:
     """Per stack: its name, the resources changed outside Sovra (by operation), and why any resource's live region
     no longer satisfies the deployment's residency."""
-    from infra import pulumi_stack as ps
+    from sovra.infra import pulumi_stack as ps
 
     stacks = open_stacks(found, backend, env, org)  # a refresh reads state, it runs no program: no keys
     return [(r.stack, ps.drift(r), ps.residency_drift(stack, d, [t for _, t in pairs]))
@@ -181,7 +181,7 @@ def destroy(inputs: Inputs, result: FleetPlan, backend: str | None, env: str, en
             note: Callable[[str], None]) -> None:
     """Destroy the Pulumi stacks of the deployments whose plan needs Pulumi (the plan says which); `note` gets one
     line per stack."""
-    from infra import pulumi_stack as ps
+    from sovra.infra import pulumi_stack as ps
 
     found = provisioned(inputs, result) if result.feasible else []
     s = ps.settings(backend, env)

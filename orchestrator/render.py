@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from policies.plan import DeploymentPlan, FleetPlan, Placement
+from sovra.policies.plan import DeploymentPlan, FleetPlan, Placement
 
 TABLE_REJECTED_LIMIT = 12
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from core.backends import Backend
-from core.errors import ProviderError
-from core.place import Place
-from core.spec import Deployment, Target
-from core.spec.org import Endpoint
-from infra.serve_config import (
+from sovra.core.backends import Backend
+from sovra.core.errors import ProviderError
+from sovra.core.place import Place
+from sovra.core.spec import Deployment, Target
+from sovra.core.spec.org import Endpoint
+from sovra.infra.serve_config import (
     HOURS_PER_MONTH,
     MAX_ONGOING_PER_REPLICA,
     REPLICA_KEY_ENV,
@@ -23,9 +23,9 @@ from infra.serve_config import (
     app_name,
     replica_ceiling,
 )
-from policies.plan import Placement
-from providers import base
-from providers.base import needs_provisioning
+from sovra.policies.plan import Placement
+from sovra.providers import base
+from sovra.providers.base import needs_provisioning
 
 
 def backend_entry(rp: RayPlacement, http: ServeHttp | None = None) -> Backend:

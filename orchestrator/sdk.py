@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import httpx
 
-from core.spec.common import Residency
+from sovra.core.spec.common import Residency
 
 __all__ = [
     "Answer",
@@ -96,7 +96,7 @@ def _residency_header(residency: str | Sequence[str] | None) -> dict[str, str]:
 
 
 def _loopback(host: str) -> bool:
-    from infra.transport import is_loopback  # Sovra's one rule: decided from the address as written
+    from sovra.infra.transport import is_loopback  # Sovra's one rule: decided from the address as written
 
     return is_loopback(host)
 
@@ -119,7 +119,7 @@ def _check_base_url(base_url: str, *, keyed: bool, direct: bool, insecure_http: 
 def _trust() -> Any:
     """How https servers are verified: the CAs the standard variables name (a company CA in SSL_CERT_FILE or
     REQUESTS_CA_BUNDLE), else certifi's (`infra.transport.client_trust`)."""
-    from infra.transport import client_trust
+    from sovra.infra.transport import client_trust
 
     return client_trust()
 
@@ -195,8 +195,8 @@ class AsyncClient:
                                      headers=self._headers) as resp:
             if resp.status_code >= 400:
                 _raise_for(resp.status_code, json.loads(await resp.aread()))
-            from providers.clients import sse_lines
-            from core.api_errors import Failed
+            from sovra.providers.clients import sse_lines
+            from sovra.core.api_errors import Failed
 
             try:
                 async for line in sse_lines(resp.aiter_bytes()):  # bounded: an endless line is a broken stream
@@ -226,7 +226,7 @@ class AsyncClient:
         return Answer(data, resp.headers.get("X-Sovra-Target", ""), resp.headers.get("X-Sovra-Zone", ""))
 
     async def _direct_call(self, model: str, op, wrap: bool = True):
-        from core.api_errors import RouterError
+        from sovra.core.api_errors import RouterError
 
         try:
             dispatcher, gate, clients = await self._routing()
@@ -265,7 +265,7 @@ class AsyncClient:
                         body["request_id"], resp.status_code, resp.text[:500])
 
     def _direct_route(self, dispatcher, model: str):
-        from core.api_errors import ModelNotFound, NoAllowedBackend
+        from sovra.core.api_errors import ModelNotFound, NoAllowedBackend
 
         try:
             return dispatcher.table.resolve(model)
@@ -295,10 +295,10 @@ class AsyncClient:
     async def _fetch_routing(self):
         """The tenant's routing table from `/v1/routes` (already narrowed to what it may reach), keeping the
         backends this process can call itself and the app allows; the rest are listed in `unreachable`."""
-        from core.backends import RoutingTable
-        from providers.clients import ClientSet, HttpClient
-        from orchestrator.router.dispatch import Dispatcher
-        from orchestrator.router.gate import RequestResidency
+        from sovra.core.backends import RoutingTable
+        from sovra.providers.clients import ClientSet, HttpClient
+        from sovra.orchestrator.router.dispatch import Dispatcher
+        from sovra.orchestrator.router.gate import RequestResidency
 
         resp = await self._http.get(self._base + "/v1/routes", headers=self._headers)
         data = resp.json()
@@ -324,8 +324,8 @@ class AsyncClient:
         """(the backend as direct mode calls it, None) or (None, why it is skipped). Only the app's settings decide
         the host and the key: the table's params are cut to what the kind's client needs, and the bearer key's
         variable is the one `direct_keys` names for this target or host."""
-        from core.backends import Backend
-        from providers import base
+        from sovra.core.backends import Backend
+        from sovra.providers import base
 
         backend = Backend.from_wire(raw)
         provider = base.get(backend.kind)
@@ -386,7 +386,7 @@ class _Report:
 async def _reported_stream(stream: AsyncIterator[dict[str, Any]], report: _Report
                            ) -> AsyncIterator[dict[str, Any]]:
     """The dispatcher's stream, reported when it ends: whole, broken, or left by the app."""
-    from core.api_errors import RouterError
+    from sovra.core.api_errors import RouterError
 
     status, outcome, usage = 499, "cancelled", None
     try:

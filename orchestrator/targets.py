@@ -8,8 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from core.spec import Target
-from core.spec.zones import normalize_country, normalize_zone, parts
+from sovra.core.spec import Target
+from sovra.core.spec.zones import normalize_country, normalize_zone, parts
 
 
 def filter_targets(
@@ -21,8 +21,8 @@ def filter_targets(
     gpu_memory: float | None = None,
 ) -> list[Target]:
     """Targets matching every given filter; unknown zone/country/provider names raise with the valid ones."""
-    from core.errors import SpecError, SpecIssue
-    import providers
+    from sovra.core.errors import SpecError, SpecIssue
+    from sovra import providers
 
     try:
         z = normalize_zone(zone) if zone else None

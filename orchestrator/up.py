@@ -15,8 +15,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator import deploy, planning
-from orchestrator.planning import Inputs
+from sovra.orchestrator import deploy, planning
+from sovra.orchestrator.planning import Inputs
 
 #: The first request `up` sends through the router, to prove the whole path answers.
 FIRST_PROMPT = "What is the capital of France?"
@@ -47,7 +47,7 @@ def run(inputs: Inputs, settings: deploy.Settings, hooks: Hooks, *, ray_only: bo
             hooks.say(f"plan: {dp.deployment} → {p.target} ({p.provider}, zone {p.zone}): {p.replicas} replica(s), "
                       f"${p.monthly_usd:,.2f}/month")
     if not ray_only and plan.feasible:
-        from orchestrator.provisioning import provision
+        from sovra.orchestrator.provisioning import provision
 
         inputs = provision(inputs, plan, backend, env, hooks.engine, confirm=hooks.confirm)
     results = deploy.up(inputs, plan, settings, hooks.say, ray_only=ray_only)
@@ -62,8 +62,8 @@ def run(inputs: Inputs, settings: deploy.Settings, hooks: Hooks, *, ray_only: bo
 
 def first_request(url: str, inputs: Inputs, hooks: Hooks) -> None:
     """Prove the slice works end to end: one chat through the router to the first chat deployment."""
-    from infra.serve_config import resolve_engine
-    from orchestrator.sdk import Client, SovraAPIError
+    from sovra.infra.serve_config import resolve_engine
+    from sovra.orchestrator.sdk import Client, SovraAPIError
 
     key = os.environ.get("SOVRA_API_KEY")
     if inputs.org.tenants and not key:

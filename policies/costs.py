@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping
 
-from core.spec.common import Accelerator, ManagedModel
-from core.spec.deployment import Traffic
-from core.spec.org import Credit
+from sovra.core.spec.common import Accelerator, ManagedModel
+from sovra.core.spec.deployment import Traffic
+from sovra.core.spec.org import Credit
 
 HOURS_PER_MONTH = 730
 SECONDS_PER_MONTH = 2_628_000  # 730 h × 3,600 s

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from core.errors import SpecError, SpecIssue
-from core.spec.common import Accelerator
-from core.spec.deployment import Deployment
-from core.spec.target import Target
-from policies import costs
-from policies.licenses import LicensePack
-from policies.plan import Candidate, Rejection
-from core.place import Place
-from policies.residency import violations
+from sovra.core.errors import SpecError, SpecIssue
+from sovra.core.spec.common import Accelerator
+from sovra.core.spec.deployment import Deployment
+from sovra.core.spec.target import Target
+from sovra.policies import costs
+from sovra.policies.licenses import LicensePack
+from sovra.policies.plan import Candidate, Rejection
+from sovra.core.place import Place
+from sovra.policies.residency import violations
 
 #: Reason prefixes, in the order rules are checked; used to group rejections when explaining infeasibility.
 RULES = ("residency", "sovereignty", "certifications", "licence", "model", "accelerator", "capacity")

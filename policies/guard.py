@@ -14,10 +14,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from core.errors import SovraError
-from core.spec import Residency, Target
-from core.place import Place
-from policies.residency import violations
+from sovra.core.errors import SovraError
+from sovra.core.spec import Residency, Target
+from sovra.core.place import Place
+from sovra.policies.residency import violations
 
 #: Ray's custom resource that pins replicas to a target (the same name `infra.serve_config.target_resource` uses).
 TARGET_RESOURCE_PREFIX = "sovra.target/"

@@ -9,7 +9,7 @@ from typing import Mapping
 
 import yaml
 
-from core.spec.org import OrgPolicy
+from sovra.core.spec.org import OrgPolicy
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class LicensePack:
 
 def shipped_pack() -> dict[str, bool]:
     """The licence pack that ships with Sovra (reads package data)."""
-    text = (resources.files("policies") / "packs" / "licenses.yaml").read_text(encoding="utf-8")
+    text = (resources.files("sovra.policies") / "packs" / "licenses.yaml").read_text(encoding="utf-8")
     return {row["id"].lower(): bool(row["self_hosting"]) for row in yaml.safe_load(text)["licenses"]}
 
 

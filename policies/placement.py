@@ -13,14 +13,14 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from core.spec.deployment import Deployment
-from core.spec.org import Credit
-from core.spec.target import Target
-from policies import costs, filters
-from policies.licenses import LicensePack
-from policies.milp import Model, Solution
-from policies.plan import Candidate, DeploymentPlan, FleetPlan, Placement, Rejection, SolveStats
-from policies.residency import location_allowed
+from sovra.core.spec.deployment import Deployment
+from sovra.core.spec.org import Credit
+from sovra.core.spec.target import Target
+from sovra.policies import costs, filters
+from sovra.policies.licenses import LicensePack
+from sovra.policies.milp import Model, Solution
+from sovra.policies.plan import Candidate, DeploymentPlan, FleetPlan, Placement, Rejection, SolveStats
+from sovra.policies.residency import location_allowed
 
 # Tie-breaks ride on the objective at well below a cent, so they never outweigh a real price difference:
 # fewer targets first (per target used), then lower target ids (rank in [0, 1)).

@@ -6,9 +6,9 @@ The planner calls it for every target and the router for every send, so it has a
 
 from __future__ import annotations
 
-from core.place import Place
-from core.spec.common import Residency
-from core.spec.zones import COUNTRY_ZONE, GLOBAL, SPAN_JOIN
+from sovra.core.place import Place
+from sovra.core.spec.common import Residency
+from sovra.core.spec.zones import COUNTRY_ZONE, GLOBAL, SPAN_JOIN
 
 
 def location_allowed(residency: Residency, zone: str, country: str | None) -> bool:

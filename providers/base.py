@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from core.errors import ProviderError
-from core.spec.zones import zone_of
+from sovra.core.errors import ProviderError
+from sovra.core.spec.zones import zone_of
 
 if TYPE_CHECKING:
-    from core.backends import Backend
-    from providers.clients import BackendClient
-    from core.spec import Target
+    from sovra.core.backends import Backend
+    from sovra.providers.clients import BackendClient
+    from sovra.core.spec import Target
 
 _REGISTRY: dict[str, type[Provider]] = {}
 
@@ -175,7 +175,7 @@ def needs_provisioning(target: Target) -> bool:
     """A placement on `target` needs something created first (a dedicated endpoint or cluster, by Pulumi): its
     provider provisions with Pulumi, it offers instances rather than per-token models, and it is not an endpoint the
     org already has. The one statement of that rule, for `up`'s routing and its Pulumi step alike."""
-    from core.spec.org import Endpoint
+    from sovra.core.spec.org import Endpoint
 
     return (get(target.provider).provisioner == "pulumi" and bool(target.accelerators)
             and not isinstance(target, Endpoint))
@@ -210,11 +210,11 @@ def names() -> tuple[str, ...]:
 
 def _load_adapters() -> None:
     # The one place adapters are listed: importing them registers them (no SDK is imported). One vendor, one folder.
-    import providers.aws.bedrock  # noqa: F401
-    import providers.aws.sagemaker  # noqa: F401
-    import providers.azure.foundry  # noqa: F401
-    import providers.azure.ml  # noqa: F401
-    import providers.databricks.provider  # noqa: F401
-    import providers.onprem.provider  # noqa: F401
-    import providers.openai_compatible.provider  # noqa: F401
-    import providers.snowflake.provider  # noqa: F401
+    import sovra.providers.aws.bedrock  # noqa: F401
+    import sovra.providers.aws.sagemaker  # noqa: F401
+    import sovra.providers.azure.foundry  # noqa: F401
+    import sovra.providers.azure.ml  # noqa: F401
+    import sovra.providers.databricks.provider  # noqa: F401
+    import sovra.providers.onprem.provider  # noqa: F401
+    import sovra.providers.openai_compatible.provider  # noqa: F401
+    import sovra.providers.snowflake.provider  # noqa: F401

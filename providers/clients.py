@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # imported where used: `sovra plan` loads the provider registry, which must stay light
     import httpx
 
-from core.backends import Backend
-from core.api_errors import (
+from sovra.core.backends import Backend
+from sovra.core.api_errors import (
     AttemptFailed,
     Failed,
     NotDelivered,
@@ -520,7 +520,7 @@ class ClientSet(Mapping[str, BackendClient]):
     def __getitem__(self, kind: str) -> BackendClient:
         client = self._clients.get(kind)
         if client is None:
-            from providers import base
+            from sovra.providers import base
 
             client = self._clients[kind] = base.get(kind).client()
         return client

@@ -15,10 +15,10 @@ from typing import Any, ClassVar, TypeVar
 
 import pulumi
 
-from providers.component_enforce import Enforcer
-from policies.guard import RegionRule
-from core.errors import SovraError
-from core.spec import Residency, Target
+from sovra.providers.component_enforce import Enforcer
+from sovra.policies.guard import RegionRule
+from sovra.core.errors import SovraError
+from sovra.core.spec import Residency, Target
 
 DEPLOYMENT_TAG = "sovra:deployment"
 TARGET_TAG = "sovra:target"
@@ -70,7 +70,7 @@ class PlacementInput:
     def parse_settings(self, cls: type[_S]) -> _S:
         """The component's settings dataclass from `settings`; an unknown key, or a required one missing, is an
         error naming the target and what is valid."""
-        from core.provision import parse
+        from sovra.core.provision import parse
 
         try:
             return parse(cls, self.target.provider, self.settings)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pulumi
 
-from policies.guard import Declared, RegionRule, ResidencyGuardError, check, declared
+from sovra.policies.guard import Declared, RegionRule, ResidencyGuardError, check, declared
 
 
 class Enforcer:

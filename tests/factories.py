@@ -5,10 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from core.spec import Deployment, Target
-from core.spec.org import Credit, OrgPolicy
-from policies.licenses import license_pack
-from policies.placement import SolveOptions, plan_fleet
+from sovra.core.spec import Deployment, Target
+from sovra.core.spec.org import Credit, OrgPolicy
+from sovra.policies.licenses import license_pack
+from sovra.policies.placement import SolveOptions, plan_fleet
 
 AS_OF = dt.date(2026, 11, 22)
 OPERATORS = {"aws": ("amazon", "US"), "azure": ("microsoft", "US"), "onprem": ("self", "FR")}
@@ -18,7 +18,7 @@ def target(tid: str, *, cloud: str = "aws", country: str | None = "FR", zone: st
            jurisdiction: str | None = None, price: float | None = 1.0, gpus: int = 1, gb: float = 80,
            available: int | None = None, models: dict[str, float] | None = None, certs=(), egress: float = 0.0,
            region: str | None = None, provider: str | None = None) -> Target:
-    from core.spec.zones import zone_of
+    from sovra.core.spec.zones import zone_of
 
     op, home = OPERATORS.get(cloud, (cloud, "US"))
     raw: dict[str, Any] = {
@@ -68,8 +68,8 @@ def solve(deps, targets, credits=(), *, as_of=AS_OF, policy: OrgPolicy | None = 
 def backend(name: str, place, *, cost: float = 1.0, deployment: str = "m", model: str = "m",
             residency: Any = None, policy: str = "cost", kind: str = "ray", address: str | None = None):
     """A routing-table record: backend `name` of `deployment` at `place` (a policies.residency.Place)."""
-    from core.backends import Backend
-    from core.spec import Residency
+    from sovra.core.backends import Backend
+    from sovra.core.spec import Residency
 
     return Backend(id=f"{deployment}@{name}", deployment=deployment, model=model, target=name, place=place,
                    residency=residency if residency is not None else Residency(), policy=policy, cost=cost,

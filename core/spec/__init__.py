@@ -1,9 +1,9 @@
 """Typed, frozen models of Sovra's YAML files (they also generate the JSON Schema)."""
 
-from core.spec.common import Accelerator, ManagedModel, Operator, Residency
-from core.spec.deployment import Deployment
-from core.spec.org import Admin, Catalog, Cluster, Credit, Org, Tenant
-from core.spec.target import Target
+from sovra.core.spec.common import Accelerator, ManagedModel, Operator, Residency
+from sovra.core.spec.deployment import Deployment
+from sovra.core.spec.org import Admin, Catalog, Cluster, Credit, Org, Tenant
+from sovra.core.spec.target import Target
 
 __all__ = [
     "Accelerator", "Admin", "Catalog", "Cluster", "Credit", "Deployment", "ManagedModel", "Operator", "Org", "Residency",

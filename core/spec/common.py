@@ -14,7 +14,7 @@ from pydantic import (
     model_validator,
 )
 
-from core.spec.zones import GLOBAL, normalize_country, normalize_span, normalize_zone
+from sovra.core.spec.zones import GLOBAL, normalize_country, normalize_span, normalize_zone
 
 
 class Frozen(BaseModel):

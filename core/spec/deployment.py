@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from core.spec.common import Frozen, Name, Residency, Usd, routing_policy
+from sovra.core.spec.common import Frozen, Name, Residency, Usd, routing_policy
 
 
 class Model(Frozen):

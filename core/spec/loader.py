@@ -12,7 +12,7 @@ from typing import Any, TypeVar, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from core.errors import SpecError, SpecIssue
+from sovra.core.errors import SpecError, SpecIssue
 
 M = TypeVar("M", bound=BaseModel)
 Loc = tuple[str | int, ...]

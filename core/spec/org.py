@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from core.spec.common import Frozen, Name, Operator, Residency, Usd
-from core.spec.target import Target
+from sovra.core.spec.common import Frozen, Name, Operator, Residency, Usd
+from sovra.core.spec.target import Target
 
 
 class Credit(Frozen):
@@ -23,7 +23,7 @@ class Credit(Frozen):
 
 def _check_provision(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
     """`provision:` fits its provider's component (a ValueError, which pydantic locates in the YAML)."""
-    from core.provision import check
+    from sovra.core.provision import check
 
     if "provider" in info.data:  # else the provider's own error is reported
         check(info.data["provider"], value)

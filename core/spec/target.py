@@ -6,8 +6,8 @@ import datetime as dt
 
 from pydantic import Field, model_validator
 
-from core.spec.common import Accelerator, Country, Frozen, ManagedModel, Operator, Span, TargetId, Usd
-from core.spec.zones import GLOBAL, SPAN_JOIN, zone_of
+from sovra.core.spec.common import Accelerator, Country, Frozen, ManagedModel, Operator, Span, TargetId, Usd
+from sovra.core.spec.zones import GLOBAL, SPAN_JOIN, zone_of
 
 
 class Target(Frozen):

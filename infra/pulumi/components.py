@@ -10,20 +10,20 @@ import importlib
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from core.errors import SovraError
+from sovra.core.errors import SovraError
 
 if TYPE_CHECKING:
-    from providers.component import PlacementComponent
+    from sovra.providers.component import PlacementComponent
 
 #: provider name -> "module:Class" of its component; None where a placement needs nothing created (a managed,
 #: per-token model the account can already call).
 COMPONENTS = MappingProxyType({
-    "aws-sagemaker": "providers.aws.component:SageMakerEndpoint",
-    "azure-ml": "providers.azure.component_ml:AzureMLOnlineEndpoint",
-    "azure-foundry": "providers.azure.component_foundry:AzureFoundryDeployment",
-    "databricks": "providers.databricks.component:DatabricksServingEndpoint",
-    "snowflake-cortex": "providers.snowflake.component:SnowflakeCortexAccess",
-    "kubernetes": "providers.onprem.component:KubeRayCluster",
+    "aws-sagemaker": "sovra.providers.aws.component:SageMakerEndpoint",
+    "azure-ml": "sovra.providers.azure.component_ml:AzureMLOnlineEndpoint",
+    "azure-foundry": "sovra.providers.azure.component_foundry:AzureFoundryDeployment",
+    "databricks": "sovra.providers.databricks.component:DatabricksServingEndpoint",
+    "snowflake-cortex": "sovra.providers.snowflake.component:SnowflakeCortexAccess",
+    "kubernetes": "sovra.providers.onprem.component:KubeRayCluster",
     "aws-bedrock": None,
 })
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from policies.guard import RegionRule, check, declared
+from sovra.policies.guard import RegionRule, check, declared
 
 
 def _name(urn: str) -> str:

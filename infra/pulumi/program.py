@@ -12,12 +12,12 @@ from typing import Any
 
 import pulumi
 
-from providers.component import PlacementInput
-from infra.pulumi.components import component_for
-from providers.component_enforce import Enforcer
-from infra.serve_config import RayPlacement, http_model_app
-from core.spec import Deployment, Target
-from policies.plan import Placement
+from sovra.providers.component import PlacementInput
+from sovra.infra.pulumi.components import component_for
+from sovra.providers.component_enforce import Enforcer
+from sovra.infra.serve_config import RayPlacement, http_model_app
+from sovra.core.spec import Deployment, Target
+from sovra.policies.plan import Placement
 
 
 def placement_inputs(placements: Iterable[Placement], deployment: Deployment,

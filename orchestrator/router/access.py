@@ -15,16 +15,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from infra.transport import is_loopback
-from core.api_errors import (
+from sovra.infra.transport import is_loopback
+from sovra.core.api_errors import (
     CrossSite,
     RouterError,
     ScrapeKeyRequired,
     Unauthorized,
     UnsupportedMediaType,
 )
-from orchestrator.router.tenants import TenantDirectory, bearer_digest
-from core.spec.org import Admin, RouterSettings, Tenant
+from sovra.orchestrator.router.tenants import TenantDirectory, bearer_digest
+from sovra.core.spec.org import Admin, RouterSettings, Tenant
 
 #: what a caller may see of readiness: everything, one tenant's deployments, or only the aggregate
 ReadinessView = Literal["all", "aggregate"] | Tenant

@@ -20,22 +20,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from orchestrator.router import completions, direct_report, responses
-from orchestrator.router.access import Access, ReadinessView, cross_site, preflight
-from orchestrator.router.audit import CLIENT_CLOSED, AuditLog, RequestContext
-from core.backends import Backend
-from orchestrator.router.body import json_object, refuse_declared, refuse_over
-from providers.clients import BackendClient
-from orchestrator.router.dispatch import Dispatcher
-from core.api_errors import BadRequest, RouterError
-from orchestrator.router.gate import RequestResidency
-from orchestrator.router.limits import TenantLimits
-from orchestrator.router.metrics import RouterMetrics
-from orchestrator.router.probe import Prober
-from orchestrator.router.requests import ChatRequest, EmbeddingRequest, Translated
-from orchestrator.router.tenants import TenantDirectory
-from core.spec.org import Tenant
-from policies.residency import allows
+from sovra.orchestrator.router import completions, direct_report, responses
+from sovra.orchestrator.router.access import Access, ReadinessView, cross_site, preflight
+from sovra.orchestrator.router.audit import CLIENT_CLOSED, AuditLog, RequestContext
+from sovra.core.backends import Backend
+from sovra.orchestrator.router.body import json_object, refuse_declared, refuse_over
+from sovra.providers.clients import BackendClient
+from sovra.orchestrator.router.dispatch import Dispatcher
+from sovra.core.api_errors import BadRequest, RouterError
+from sovra.orchestrator.router.gate import RequestResidency
+from sovra.orchestrator.router.limits import TenantLimits
+from sovra.orchestrator.router.metrics import RouterMetrics
+from sovra.orchestrator.router.probe import Prober
+from sovra.orchestrator.router.requests import ChatRequest, EmbeddingRequest, Translated
+from sovra.orchestrator.router.tenants import TenantDirectory
+from sovra.core.spec.org import Tenant
+from sovra.policies.residency import allows
 
 log = logging.getLogger("sovra.router")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -234,7 +234,7 @@ def _tenant_table(state: RouterState, tenant: Tenant) -> dict[str, Any]:
     """`/v1/routes`: the routing table for client-side routing, holding only what this tenant may ever reach and
     direct mode can call, each backend in its narrowed form (`Backend.for_tenant`: no Ray addresses, Snowflake users
     or roles, Azure subscriptions); the targets within reach that only the router can call are named, no more."""
-    from providers import base
+    from sovra.providers import base
 
     bound = RequestResidency(tenant.residency)
     table = state.dispatcher.table

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from orchestrator.router.audit_chain import (
+from sovra.orchestrator.router.audit_chain import (
     FILE_MODE,
     GENESIS,
     WRITER,
@@ -37,7 +37,7 @@ from orchestrator.router.audit_chain import (
     trail_dir,
     verify_chains,
 )
-from core.api_errors import AuditUnavailable
+from sovra.core.api_errors import AuditUnavailable
 
 log = logging.getLogger("sovra.audit")
 

@@ -18,11 +18,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from orchestrator.router.audit import AuditLog, Filter, now_iso
-from orchestrator.router.audit_sign import CheckpointError, Signer, check
-from core.api_errors import BadRequest, RouterError, Unauthorized
-from orchestrator.router.tenants import bearer_digest
-from core.spec.org import Admin, Tenant
+from sovra.orchestrator.router.audit import AuditLog, Filter, now_iso
+from sovra.orchestrator.router.audit_sign import CheckpointError, Signer, check
+from sovra.core.api_errors import BadRequest, RouterError, Unauthorized
+from sovra.orchestrator.router.tenants import bearer_digest
+from sovra.core.spec.org import Admin, Tenant
 
 MAX_LIMIT = 100_000
 _QUERY = ("tenant", "deployment", "model", "zone", "status", "since", "limit")

@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from core.errors import SovraError
-from orchestrator.router.audit_chain import FILE_MODE, Head, canonical, private_dir
+from sovra.core.errors import SovraError
+from sovra.orchestrator.router.audit_chain import FILE_MODE, Head, canonical, private_dir
 
 FORMAT = "sovra-audit-checkpoint/1"
 KEY_FILE = "audit-ed25519.pem"

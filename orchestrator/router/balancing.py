@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from core.backends import Backend
+from sovra.core.backends import Backend
 
 _POLICIES: dict[str, type[RoutingPolicy]] = {}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from core.api_errors import BadRequest, RequestTooLarge
+from sovra.core.api_errors import BadRequest, RequestTooLarge
 
 #: A request body over this is refused before it is read whole.
 MAX_BODY_BYTES = 4_000_000

@@ -15,8 +15,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.api_errors import BadRequest
-from orchestrator.router.requests import MAX_STOP, Translated, sse, strict
+from sovra.core.api_errors import BadRequest
+from sovra.orchestrator.router.requests import MAX_STOP, Translated, sse, strict
 
 SURFACE = "/v1/completions"
 #: A prompt's size: the chat path's body limit bounds it anyway; this keeps the message readable.

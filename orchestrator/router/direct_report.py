@@ -17,13 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from orchestrator.router.audit import OUTCOMES, RequestContext
-from orchestrator.router.body import json_object, refuse_declared, refuse_over
-from core.api_errors import BadRequest, DirectModeDisabled, RouterError
-from orchestrator.router.gate import MAX_HEADERS, RequestResidency
+from sovra.orchestrator.router.audit import OUTCOMES, RequestContext
+from sovra.orchestrator.router.body import json_object, refuse_declared, refuse_over
+from sovra.core.api_errors import BadRequest, DirectModeDisabled, RouterError
+from sovra.orchestrator.router.gate import MAX_HEADERS, RequestResidency
 
 if TYPE_CHECKING:
-    from orchestrator.router.app import RouterState
+    from sovra.orchestrator.router.app import RouterState
 
 log = logging.getLogger("sovra.router")
 
@@ -59,7 +59,7 @@ class Report(BaseModel):
 
 async def report(state: RouterState, request: Request) -> Response:
     """Authenticate, check the report against the tenant's own table, write one record; 204 when written."""
-    from providers import base
+    from sovra.providers import base
 
     try:
         tenant = state.tenants.authenticate(request.headers.get("authorization"))
@@ -82,7 +82,7 @@ async def report(state: RouterState, request: Request) -> Response:
             raise BadRequest(f"report: {', '.join(outside)[:500]} is not a backend of {route.name!r} that your "
                              f"direct mode may call within {bound.describe()}; nothing was recorded")
         if state.audit is None:
-            from orchestrator.router.audit_api import AuditDisabled
+            from sovra.orchestrator.router.audit_api import AuditDisabled
 
             raise AuditDisabled("this router writes no audit trail: it was started without an audit path")
         ctx = RequestContext(request_id=PREFIX + got.request_id)

@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from core.backends import Backend, Route, RoutingTable
-from orchestrator.router.balancing import Candidate, RoutingPolicy, get_policy
-from core.api_errors import (
+from sovra.core.backends import Backend, Route, RoutingTable
+from sovra.orchestrator.router.balancing import Candidate, RoutingPolicy, get_policy
+from sovra.core.api_errors import (
     AttemptFailed,
     BackendRefused,
     NoAllowedBackend,
@@ -31,8 +31,8 @@ from core.api_errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from orchestrator.router.gate import RequestResidency
-from orchestrator.router.health import Breaker
+from sovra.orchestrator.router.gate import RequestResidency
+from sovra.orchestrator.router.health import Breaker
 
 T = TypeVar("T")
 #: Told of every attempt as it ends: (backend, outcome), outcome as in the audit trail ("ok", "not_sent", ...).

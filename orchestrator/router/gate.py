@@ -13,11 +13,11 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from core.api_errors import InvalidResidency, ResidencyWidening
-from core.spec.common import Residency
-from core.spec.zones import COUNTRY_ZONE, GLOBAL, ZONES
-from core.place import Place
-from policies.residency import allows
+from sovra.core.api_errors import InvalidResidency, ResidencyWidening
+from sovra.core.spec.common import Residency
+from sovra.core.spec.zones import COUNTRY_ZONE, GLOBAL, ZONES
+from sovra.core.place import Place
+from sovra.policies.residency import allows
 
 #: The most `X-Sovra-Residency` lines one request may carry (each narrows; more is not a gateway chain).
 MAX_HEADERS = 16

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from core.api_errors import TenantBusy
-from core.spec.org import DEFAULT_TENANT_MAX_CONCURRENT, Tenant
+from sovra.core.api_errors import TenantBusy
+from sovra.core.spec.org import DEFAULT_TENANT_MAX_CONCURRENT, Tenant
 
 
 @dataclass

@@ -12,8 +12,8 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from providers.clients import BackendClient
-from orchestrator.router.dispatch import Dispatcher
+from sovra.providers.clients import BackendClient
+from sovra.orchestrator.router.dispatch import Dispatcher
 
 log = logging.getLogger("sovra.router")
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from core.api_errors import BadRequest
+from sovra.core.api_errors import BadRequest
 
 #: OpenAI's own limit on inputs per embeddings request.
 MAX_EMBEDDING_INPUTS = 2048

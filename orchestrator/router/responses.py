@@ -17,8 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.api_errors import BadRequest
-from orchestrator.router.requests import Translated, sse, strict
+from sovra.core.api_errors import BadRequest
+from sovra.orchestrator.router.requests import Translated, sse, strict
 
 SURFACE = "/v1/responses"
 #: Input items and tools one request may carry (the chat path's own message limit).

@@ -8,10 +8,10 @@ import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from core.api_errors import Unauthorized
-from core.spec.common import Residency
-from core.spec.org import Tenant
-from core.spec.zones import GLOBAL
+from sovra.core.api_errors import Unauthorized
+from sovra.core.spec.common import Residency
+from sovra.core.spec.org import Tenant
+from sovra.core.spec.zones import GLOBAL
 
 OPEN_TENANT = Tenant(name="open", key_sha256="0" * 64, residency=Residency(zones=(GLOBAL,)))
 

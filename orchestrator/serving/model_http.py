@@ -18,9 +18,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from orchestrator.router.body import json_object, refuse_declared, refuse_over
-from core.api_errors import RouterError
-from core.service_keys import (  # noqa: F401  (the server's key vocabulary, named here too)
+from sovra.orchestrator.router.body import json_object, refuse_declared, refuse_over
+from sovra.core.api_errors import RouterError
+from sovra.core.service_keys import (  # noqa: F401  (the server's key vocabulary, named here too)
     FROM_RAY_TOKEN,
     KEY_VARIABLE,
     REPLICA_PURPOSE,
@@ -30,7 +30,7 @@ from core.service_keys import (  # noqa: F401  (the server's key vocabulary, nam
 )
 
 if TYPE_CHECKING:
-    from orchestrator.serving.ray_apps import ModelServer
+    from sovra.orchestrator.serving.ray_apps import ModelServer
 
 
 class _NotFound(RouterError):
@@ -43,7 +43,7 @@ class _EngineRefused(RouterError):
 
 async def respond(server: ModelServer, request: Request) -> Response:
     """Answer `request` (OpenAI's chat, embeddings and models paths, and `/healthz`); errors in OpenAI's shape."""
-    from orchestrator.serving.engines import EngineError
+    from sovra.orchestrator.serving.engines import EngineError
 
     try:
         _authorize(request)

@@ -16,7 +16,7 @@ class ModelServer:
     """
 
     def __init__(self, model: str, target: str, engine: str, engine_options: dict[str, Any] | None = None) -> None:
-        from orchestrator.serving.engines import get_engine
+        from sovra.orchestrator.serving.engines import get_engine
 
         self.model, self.target = model, target
         self.engine = get_engine(engine)(model, target, **(engine_options or {}))
@@ -44,7 +44,7 @@ class ModelServer:
     async def check_health(self) -> None:
         """Ray Serve's replica health check (every `health_check_period_s`): raising makes Serve replace this
         replica once its failures pass Serve's threshold."""
-        from orchestrator.serving.engines import EngineError
+        from sovra.orchestrator.serving.engines import EngineError
 
         report = await self.health()
         if not report["ok"]:
@@ -73,7 +73,7 @@ class HttpModelServer(ModelServer):
 
     def __init__(self, model: str, target: str, engine: str, engine_options: dict[str, Any] | None = None,
                  replica_key: str | None = None) -> None:
-        from orchestrator.serving.model_http import FROM_RAY_TOKEN, install_replica_key, require_key
+        from sovra.orchestrator.serving.model_http import FROM_RAY_TOKEN, install_replica_key, require_key
 
         if replica_key == FROM_RAY_TOKEN:
             install_replica_key()
@@ -83,7 +83,7 @@ class HttpModelServer(ModelServer):
         super().__init__(model, target, engine, engine_options)
 
     async def __call__(self, request):
-        from orchestrator.serving.model_http import respond
+        from sovra.orchestrator.serving.model_http import respond
 
         return await respond(self, request)
 
@@ -119,29 +119,29 @@ def build_router_state_app(cfg: dict[str, Any]):
     shares the CLI's machine), else under that node's Sovra home; this replica writes its own chain there, named
     by its Serve replica id, and signs checkpoints with the node's key in the home's `keys/` (`audit_sign`).
     """
-    from infra.ray_cluster import sovra_home
-    from orchestrator.router.access import Access
-    from orchestrator.router.app import RouterState, create_app
-    from orchestrator.router.audit import AuditLog
-    from orchestrator.router.audit_api import audit_routes
-    from orchestrator.router.audit_sign import Signer
-    from core.backends import Backend, RoutingTable
-    from providers.clients import ClientSet
-    from orchestrator.router.dispatch import Dispatcher
-    from orchestrator.router.limits import TenantLimits
-    from orchestrator.router.tenants import TenantDirectory
-    from orchestrator.serving.model_http import FROM_RAY_TOKEN, install_replica_key
-    from core.spec.org import Admin, AuditSettings, RouterSettings, Tenant
+    from sovra.infra.ray_cluster import sovra_home
+    from sovra.orchestrator.router.access import Access
+    from sovra.orchestrator.router.app import RouterState, create_app
+    from sovra.orchestrator.router.audit import AuditLog
+    from sovra.orchestrator.router.audit_api import audit_routes
+    from sovra.orchestrator.router.audit_sign import Signer
+    from sovra.core.backends import Backend, RoutingTable
+    from sovra.providers.clients import ClientSet
+    from sovra.orchestrator.router.dispatch import Dispatcher
+    from sovra.orchestrator.router.limits import TenantLimits
+    from sovra.orchestrator.router.tenants import TenantDirectory
+    from sovra.orchestrator.serving.model_http import FROM_RAY_TOKEN, install_replica_key
+    from sovra.core.spec.org import Admin, AuditSettings, RouterSettings, Tenant
 
     if cfg.get("replica_key") == FROM_RAY_TOKEN:  # the key of the replicas it reaches over HTTP
-        from infra.serve_config import REPLICA_KEY_ENV
+        from sovra.infra.serve_config import REPLICA_KEY_ENV
 
         install_replica_key(REPLICA_KEY_ENV)
     table = RoutingTable.of(Backend.from_wire(b) for b in cfg["backends"])
-    from providers import base
+    from sovra.providers import base
 
     base.check_kinds(table.backends)  # an adapter this router does not have is an error now, not at a request
-    from orchestrator.serving.model_http import SERVICE_KEY_ENV, SERVICE_PURPOSE
+    from sovra.orchestrator.serving.model_http import SERVICE_KEY_ENV, SERVICE_PURPOSE
 
     if any(b.params.get("api_key_env") == SERVICE_KEY_ENV for b in table.backends):
         install_replica_key(SERVICE_KEY_ENV, SERVICE_PURPOSE)  # KubeRay services keyed from this cluster's token

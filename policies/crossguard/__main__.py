@@ -2,6 +2,6 @@
 
 from pulumi_policy import PolicyPack
 
-from policies.crossguard.residency_policy import POLICY
+from sovra.policies.crossguard.residency_policy import POLICY
 
 PolicyPack(name="sovra-residency", policies=[POLICY])

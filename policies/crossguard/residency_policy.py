@@ -15,7 +15,7 @@ from pulumi_policy import (
     ResourceValidationPolicy,
 )
 
-from policies.crossguard.rule import violation
+from sovra.policies.crossguard.rule import violation
 
 NAME = "sovra-residency"
 

@@ -25,14 +25,14 @@ from typing import Any
 
 from pydantic import Field
 
-from core.errors import ProviderError
-from core.backends import Backend
-from providers.clients import BackendClient
-from core.api_errors import AttemptFailed, BadRequest, Failed, building
-from providers import openai_wire
-from providers.aws import common as aws
-from providers.base import Connection, LiveSetting, Locator, Provider
-from providers.aws.bedrock_converse import FINISH, answer, converse_request, openai_messages, stream_chunks
+from sovra.core.errors import ProviderError
+from sovra.core.backends import Backend
+from sovra.providers.clients import BackendClient
+from sovra.core.api_errors import AttemptFailed, BadRequest, Failed, building
+from sovra.providers import openai_wire
+from sovra.providers.aws import common as aws
+from sovra.providers.base import Connection, LiveSetting, Locator, Provider
+from sovra.providers.aws.bedrock_converse import FINISH, answer, converse_request, openai_messages, stream_chunks
 
 log = logging.getLogger("sovra.providers.aws.bedrock")
 __all__ = ["FINISH", "Bedrock", "BedrockClient", "answer", "converse_request", "openai_messages", "stream_chunks"]

@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from providers import openai_wire
+from sovra.providers import openai_wire
 
 #: Converse stopReason (botocore `StopReason`) -> OpenAI finish_reason
 FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",

@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from types import ModuleType
 from typing import Any, TypeVar
 
-from core.errors import ProviderError
-from core.api_errors import AttemptFailed, BadRequest, Failed, NotDelivered, Refused, TimedOut
-from core.spec.zones import GLOBAL, zone_of
-from providers import openai_wire
+from sovra.core.errors import ProviderError
+from sovra.core.api_errors import AttemptFailed, BadRequest, Failed, NotDelivered, Refused, TimedOut
+from sovra.core.spec.zones import GLOBAL, zone_of
+from sovra.providers import openai_wire
 
 T = TypeVar("T")
 

@@ -8,8 +8,8 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from providers.component import PlacementComponent, PlacementInput
-from core.provision import SageMakerSettings
+from sovra.providers.component import PlacementComponent, PlacementInput
+from sovra.core.provision import SageMakerSettings
 
 SAGEMAKER_TRUST = {
     "Version": "2012-10-17",

@@ -20,13 +20,13 @@ from typing import Any
 
 from pydantic import Field
 
-from core.errors import ProviderError
-from core.backends import Backend
-from providers.clients import MAX_SSE_LINE, BackendClient, sse_event
-from core.api_errors import AttemptFailed, BadRequest, Failed, building
-from providers import openai_wire
-from providers.aws import common as aws
-from providers.base import Connection, LiveSetting, Locator, Provider
+from sovra.core.errors import ProviderError
+from sovra.core.backends import Backend
+from sovra.providers.clients import MAX_SSE_LINE, BackendClient, sse_event
+from sovra.core.api_errors import AttemptFailed, BadRequest, Failed, building
+from sovra.providers import openai_wire
+from sovra.providers.aws import common as aws
+from sovra.providers.base import Connection, LiveSetting, Locator, Provider
 
 log = logging.getLogger("sovra.providers.aws.sagemaker")
 _JSON = "application/json"

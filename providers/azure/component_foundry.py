@@ -15,10 +15,10 @@ from typing import Any
 import pulumi
 from pulumi_azure_native import cognitiveservices as cs
 
-from providers.component import PlacementComponent, PlacementInput
-from policies.guard import ResidencyGuardError
-from core.provision import AzureFoundrySettings
-from providers.azure.foundry import AzureFoundry, sku_name
+from sovra.providers.component import PlacementComponent, PlacementInput
+from sovra.policies.guard import ResidencyGuardError
+from sovra.core.provision import AzureFoundrySettings
+from sovra.providers.azure.foundry import AzureFoundry, sku_name
 
 INFERENCE_ENDPOINT = "Azure AI Model Inference API"
 

@@ -7,8 +7,8 @@ from typing import Any
 import pulumi
 from pulumi_azure_native import machinelearningservices as ml
 
-from providers.component import PlacementComponent, PlacementInput
-from core.provision import AzureMLSettings
+from sovra.providers.component import PlacementComponent, PlacementInput
+from sovra.core.provision import AzureMLSettings
 
 
 class AzureMLOnlineEndpoint(PlacementComponent):

@@ -14,10 +14,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from core.errors import ProviderError
-from core.spec.zones import GLOBAL
-from providers.azure.regions import country_of
-from providers.base import Connection, LiveSetting, Locator, Provider
+from sovra.core.errors import ProviderError
+from sovra.core.spec.zones import GLOBAL
+from sovra.providers.azure.regions import country_of
+from sovra.providers.base import Connection, LiveSetting, Locator, Provider
 
 #: Deployment and account names go into ARM URL paths and the request's `model`: nothing else passes.
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{1,63}$"
@@ -130,7 +130,7 @@ class AzureFoundry(Provider):
 
     def client(self):
         self.sdk()  # the install hint, before the router first needs credentials
-        from providers.azure.foundry_client import AzureFoundryClient
+        from sovra.providers.azure.foundry_client import AzureFoundryClient
 
         return AzureFoundryClient()
 
@@ -163,7 +163,7 @@ class AzureFoundry(Provider):
     def live_settings(self, target, connection) -> list[LiveSetting]:
         """The deployment type the deployment really has (its `sku.name`, read from ARM), and the zone it
         implies in the resource's region: a deployment changed to a wider type is held to that zone."""
-        from providers.azure import foundry_arm as farm
+        from sovra.providers.azure import foundry_arm as farm
 
         conn = self._deployment_connection(target, connection)
         self.sdk()
@@ -202,6 +202,6 @@ class AzureFoundry(Provider):
 
 
 def _is_org_endpoint(target) -> bool:
-    from core.spec.org import Endpoint
+    from sovra.core.spec.org import Endpoint
 
     return isinstance(target, Endpoint)

@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from core.api_errors import AttemptFailed, Refused
-from providers.azure import ml_arm as ml_arm
-from providers.azure.ml_arm import Secret, credential
+from sovra.core.api_errors import AttemptFailed, Refused
+from sovra.providers.azure import ml_arm as ml_arm
+from sovra.providers.azure.ml_arm import Secret, credential
 
 ARM_API_VERSION = "2024-10-01"
 #: The key of `properties.endpoints` that names the Azure AI model inference endpoint.

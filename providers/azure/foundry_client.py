@@ -23,12 +23,12 @@ from typing import Any, TypeVar
 
 import httpx
 
-from core.backends import Backend
-from providers.clients import HttpClient
-from core.api_errors import AttemptFailed, Refused
-from providers.azure import foundry_arm as farm
-from providers.azure.foundry import API_VERSION, COGNITIVE_SCOPE
-from providers.openai_wire import blocking
+from sovra.core.backends import Backend
+from sovra.providers.clients import HttpClient
+from sovra.core.api_errors import AttemptFailed, Refused
+from sovra.providers.azure import foundry_arm as farm
+from sovra.providers.azure.foundry import API_VERSION, COGNITIVE_SCOPE
+from sovra.providers.openai_wire import blocking
 
 T = TypeVar("T")
 PATHS = {"chat": "/chat/completions", "embed": "/embeddings"}

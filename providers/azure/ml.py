@@ -9,10 +9,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from core.errors import ProviderError
-from core.spec.zones import GLOBAL
-from providers.azure.regions import country_of
-from providers.base import Connection, LiveSetting, Locator, Provider
+from sovra.core.errors import ProviderError
+from sovra.core.spec.zones import GLOBAL
+from sovra.providers.azure.regions import country_of
+from sovra.providers.base import Connection, LiveSetting, Locator, Provider
 
 #: Azure's names for endpoints and deployments; they go into ARM URL paths and a header, so nothing else passes.
 NAME = r"^[A-Za-z][A-Za-z0-9-]{1,63}$"
@@ -75,7 +75,7 @@ _SCOPES_LOWER = {k.lower() for k in _SCOPES}
 
 def _foundry_hint(label: str) -> str:
     """`; <hint>` when `label` is a Foundry deployment type (Global*, DataZone*, ...), else ''."""
-    from providers.azure.foundry import _SCOPES as FOUNDRY
+    from sovra.providers.azure.foundry import _SCOPES as FOUNDRY
 
     return f"; {FOUNDRY_HINT}" if label.strip().lower() in {k.lower() for k in FOUNDRY} else ""
 
@@ -109,7 +109,7 @@ class AzureML(Provider):
 
     def client(self):
         self.sdk()  # the install hint, before the router first needs credentials
-        from providers.azure.ml_client import AzureMLClient
+        from sovra.providers.azure.ml_client import AzureMLClient
 
         return AzureMLClient()
 
@@ -128,7 +128,7 @@ class AzureML(Provider):
 
     def live_settings(self, target, connection) -> list[LiveSetting]:
         """The deployment type the endpoint really has, read from ARM, and the zone it implies."""
-        from providers.azure import ml_arm as arm
+        from sovra.providers.azure import ml_arm as arm
 
         conn = self._endpoint_connection(target, connection)
         self.sdk()

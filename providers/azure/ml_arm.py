@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.api_errors import AttemptFailed, NotDelivered, Refused
+from sovra.core.api_errors import AttemptFailed, NotDelivered, Refused
 
 #: Endpoint kinds Sovra reaches, as org.yaml names them.
 KINDS = ("online", "serverless")

@@ -23,11 +23,11 @@ from typing import Any, TypeVar
 
 import httpx
 
-from core.backends import Backend
-from providers.clients import HttpClient
-from core.api_errors import AttemptFailed, Refused
-from providers.azure import ml_arm as arm
-from providers.openai_wire import as_chunks, blocking, replay
+from sovra.core.backends import Backend
+from sovra.providers.clients import HttpClient
+from sovra.core.api_errors import AttemptFailed, Refused
+from sovra.providers.azure import ml_arm as arm
+from sovra.providers.openai_wire import as_chunks, blocking, replay
 
 T = TypeVar("T")
 #: operation -> path appended to a serverless endpoint's URI (an online endpoint's scoring URI takes both as is)

@@ -22,9 +22,9 @@ from typing import Any
 
 import httpx
 
-from core.backends import Backend
-from providers.clients import HttpClient, refused_503
-from core.api_errors import (
+from sovra.core.backends import Backend
+from sovra.providers.clients import HttpClient, refused_503
+from sovra.core.api_errors import (
     AttemptFailed,
     BadRequest,
     Failed,
@@ -34,7 +34,7 @@ from core.api_errors import (
     RouterError,
     TimedOut,
 )
-from providers.openai_wire import blocking
+from sovra.providers.openai_wire import blocking
 
 #: Error answers are small JSON objects; more than this is not read (the verdict needs only the code).
 MAX_ERROR_BYTES = 65_536

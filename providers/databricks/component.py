@@ -5,8 +5,8 @@ from __future__ import annotations
 import pulumi
 import pulumi_databricks as databricks
 
-from providers.component import PlacementComponent, PlacementInput
-from core.provision import DatabricksSettings
+from sovra.providers.component import PlacementComponent, PlacementInput
+from sovra.core.provision import DatabricksSettings
 
 
 class DatabricksServingEndpoint(PlacementComponent):

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.errors import ProviderError
-from core.spec.zones import GLOBAL, parts, zone_of
-from providers.base import LiveSetting
+from sovra.core.errors import ProviderError
+from sovra.core.spec.zones import GLOBAL, parts, zone_of
+from sovra.providers.base import LiveSetting
 
 # Databricks Geos on AWS and GCP, per docs.databricks.com/aws/en/resources/databricks-geos ("Geo: comprising
 # regions in"): Americas (United States, Brazil, Canada), Asia (Hong Kong, Japan, Korea, Singapore), Australia & New
@@ -39,8 +39,8 @@ _AZURE_GEOGRAPHIES = {"westeurope": "IE+NL", "northeurope": "IE+NL",  # "Europe"
 def geo_of(region: str, country: str | None) -> str:
     """Where a workspace in `region` (country `country`) processes with cross-Geo processing disabled: its Geo, as a
     span ("EU+UK+CH") or, for a one-country Geo, the country's zone. ValueError for a region Sovra cannot place."""
-    from providers.aws.common import REGION_COUNTRY as AWS
-    from providers.azure.regions import REGION_COUNTRY as AZURE
+    from sovra.providers.aws.common import REGION_COUNTRY as AWS
+    from sovra.providers.azure.regions import REGION_COUNTRY as AZURE
 
     key = region.replace(" ", "").lower()
     if key in _AZURE_GEOGRAPHIES:

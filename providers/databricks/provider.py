@@ -9,8 +9,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from core.errors import ProviderError
-from providers.base import Connection, LiveSetting, Locator, Provider
+from sovra.core.errors import ProviderError
+from sovra.providers.base import Connection, LiveSetting, Locator, Provider
 
 #: Databricks' own rule for serving endpoint names; the name goes into a URL path, so nothing else is accepted.
 ENDPOINT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
@@ -55,7 +55,7 @@ class Databricks(Provider):
         zone = self.zone_for_scope(scope, country)
         if zone == "GLOBAL":
             return zone
-        from providers.databricks.geo import geo_of
+        from sovra.providers.databricks.geo import geo_of
 
         return geo_of(region, country)
 
@@ -67,7 +67,7 @@ class Databricks(Provider):
 
     def client(self):
         self.sdk()  # the install hint, before the router first needs credentials
-        from providers.databricks.client import DatabricksClient
+        from sovra.providers.databricks.client import DatabricksClient
 
         return DatabricksClient()
 
@@ -94,7 +94,7 @@ class Databricks(Provider):
 
     def live_settings(self, target, connection) -> list[LiveSetting]:
         """Cross-Geo processing of the workspace serving `target` (see `databricks_geo` for what can be read)."""
-        from providers.databricks.geo import cross_geo_setting
+        from sovra.providers.databricks.geo import cross_geo_setting
 
         if not isinstance(connection, DatabricksConnection):
             connection = self.connection(None)

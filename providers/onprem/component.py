@@ -11,16 +11,16 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from providers.component import (
+from sovra.providers.component import (
     DEPLOYMENT_TAG,
     TARGET_TAG,
     ComponentSettingsError,
     PlacementComponent,
     PlacementInput,
 )
-from policies.guard import TARGET_RESOURCE_PREFIX
-from core.provision import KubeRaySettings
-from core.service_keys import KEY_VARIABLE, SERVICE_KEY_ENV
+from sovra.policies.guard import TARGET_RESOURCE_PREFIX
+from sovra.core.provision import KubeRaySettings
+from sovra.core.service_keys import KEY_VARIABLE, SERVICE_KEY_ENV
 
 #: What a node of the target offers of its pinning resource; a replica asks for 0.001 (infra.serve_config).
 TARGET_RESOURCE_UNITS = 1000

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from core.backends import Backend
-from providers.clients import HttpClient
+from sovra.core.backends import Backend
+from sovra.providers.clients import HttpClient
 
 
 class ModelHttpClient(HttpClient):

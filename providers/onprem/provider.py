@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from core.errors import ProviderError
-from providers.base import Connection, Locator, Provider
+from sovra.core.errors import ProviderError
+from sovra.providers.base import Connection, Locator, Provider
 
 
 class Ray(Provider):
@@ -21,7 +21,7 @@ class Ray(Provider):
         return "Ray cluster (on-prem or this machine), replicas served by Ray Serve"
 
     def client(self):
-        from providers.onprem.ray_client import RayClient
+        from sovra.providers.onprem.ray_client import RayClient
 
         return RayClient()
 
@@ -53,7 +53,7 @@ class Kubernetes(Provider):
         return "Kubernetes cluster (a KubeRay RayService provisioned with Pulumi, reached over HTTP)"
 
     def client(self):
-        from providers.onprem.model_http_client import ModelHttpClient
+        from sovra.providers.onprem.model_http_client import ModelHttpClient
 
         return ModelHttpClient()
 

@@ -18,9 +18,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from core.backends import Backend
-from providers.clients import BackendClient
-from core.api_errors import AttemptFailed, BadRequest, Failed, NotDelivered, Refused
+from sovra.core.backends import Backend
+from sovra.providers.clients import BackendClient
+from sovra.core.api_errors import AttemptFailed, BadRequest, Failed, NotDelivered, Refused
 
 log = logging.getLogger("sovra.router")
 DEPLOYMENT = "ModelServer"
@@ -32,7 +32,7 @@ def _verdict(exc: BaseException, backend: Backend) -> AttemptFailed | BadRequest
     from ray import exceptions as rex
     from ray.serve import exceptions as sex
 
-    from core.errors import EngineError
+    from sovra.core.errors import EngineError
 
     if isinstance(exc, sex.DeploymentUnavailableError):
         return NotDelivered(f"{backend.target}: Serve app unavailable", down=True)
@@ -174,7 +174,7 @@ class RayClient(BackendClient):
             return None
         self.watch.nudge(self.http_watch_s)
         if self._http is None:
-            from providers.onprem.model_http_client import ModelHttpClient
+            from sovra.providers.onprem.model_http_client import ModelHttpClient
 
             self._http = ModelHttpClient()
         return self._http

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from core.errors import ProviderError
-from providers.base import Connection, Locator, Provider
+from sovra.core.errors import ProviderError
+from sovra.providers.base import Connection, Locator, Provider
 
 
 class OpenAICompatibleConnection(Connection):
@@ -35,7 +35,7 @@ class OpenAICompatible(Provider):
         return backend.address
 
     def client(self):
-        from providers.clients import HttpClient
+        from sovra.providers.clients import HttpClient
 
         return HttpClient()
 

@@ -28,9 +28,9 @@ from typing import Any
 
 import httpx
 
-from core.backends import Backend
-from providers.clients import BackendClient, refused_503, sse_event, sse_lines
-from core.api_errors import (
+from sovra.core.backends import Backend
+from sovra.providers.clients import BackendClient, refused_503, sse_event, sse_lines
+from sovra.core.api_errors import (
     AttemptFailed,
     BadRequest,
     Failed,
@@ -40,8 +40,8 @@ from core.api_errors import (
     TimedOut,
     building,
 )
-from providers import openai_wire as wire
-from providers.snowflake.provider import SETTING, base_url, connect_kwargs
+from sovra.providers import openai_wire as wire
+from sovra.providers.snowflake.provider import SETTING, base_url, connect_kwargs
 
 REST_COMPLETE = "/api/v2/cortex/inference:complete"
 #: Cortex's sampling ranges: temperature and top_p are 0..1 inclusive (AI_COMPLETE / COMPLETE "model_parameters",
@@ -185,7 +185,7 @@ class CortexClient(BackendClient):
             account = self._accounts.get(key)
             if account is None:
                 if self._connect is None:
-                    from providers import base
+                    from sovra.providers import base
 
                     self._connect = base.get("snowflake-cortex").sdk().connect
                 account = self._accounts[key] = _Account(backend.params, self._connect)

@@ -8,8 +8,8 @@ import json
 import pulumi
 import pulumi_snowflake as snowflake
 
-from providers.component import PlacementComponent, PlacementInput
-from core.provision import SnowflakeSettings
+from sovra.providers.component import PlacementComponent, PlacementInput
+from sovra.core.provision import SnowflakeSettings
 
 CORTEX_USER = '"SNOWFLAKE"."CORTEX_USER"'
 

@@ -15,12 +15,12 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
-from core.errors import ProviderError
-from core.spec.zones import GLOBAL, SPAN_JOIN, zone_of
-from providers.base import Connection, LiveSetting, Locator, Provider
+from sovra.core.errors import ProviderError
+from sovra.core.spec.zones import GLOBAL, SPAN_JOIN, zone_of
+from sovra.providers.base import Connection, LiveSetting, Locator, Provider
 
 if TYPE_CHECKING:
-    from core.spec import Target
+    from sovra.core.spec import Target
 
 SETTING = "CORTEX_ENABLED_CROSS_REGION"
 
@@ -168,7 +168,7 @@ class SnowflakeCortex(Provider):
         return zone_for_cross_region(scope, zone_of(country) if country else None)
 
     def client(self):
-        from providers.snowflake.client import CortexClient
+        from sovra.providers.snowflake.client import CortexClient
 
         return CortexClient()
 

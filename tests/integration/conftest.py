@@ -17,7 +17,7 @@ LOCAL_ORGS = [ROOT / "examples" / "quickstart" / "org.yaml", *sorted((ROOT / "te
 def local_targets() -> list[str]:
     """Every local Ray target (a `provider: ray` cluster without `address`) in the orgs the tests use, and every
     Kubernetes cluster, whose KubeRay worker group the session's Ray stands in for (test_kuberay_http.py)."""
-    from orchestrator.catalog import load_org
+    from sovra.orchestrator.catalog import load_org
 
     return sorted({c.id for path in LOCAL_ORGS for c in load_org(path).clusters
                    if (c.provider == "ray" and not c.address) or c.provider == "kubernetes"})
@@ -45,9 +45,9 @@ def sovra_ray(tmp_path_factory):
     """
     import ray  # noqa: F401  (the 'ray' extra: scripts/test installs it, so its absence fails)
 
-    from infra import serve_config as sc
-    from infra.ray_cluster import free_port
-    from orchestrator.deploy import Settings
+    from sovra.infra import serve_config as sc
+    from sovra.infra.ray_cluster import free_port
+    from sovra.orchestrator.deploy import Settings
 
     home = tmp_path_factory.mktemp("sovra-home")
     settings = Settings(home=home, router_port=free_port(), dashboard_port=free_port(), gcs_port=free_port(),

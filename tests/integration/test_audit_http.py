@@ -10,12 +10,12 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from infra.ray_cluster import free_port
-from orchestrator.router.audit import Attempt, AuditLog, AuditRecord
-from orchestrator.router.audit_api import audit_routes
-from orchestrator.router.audit_sign import Signer
-from core.spec.common import Residency
-from core.spec.org import Admin, Tenant
+from sovra.infra.ray_cluster import free_port
+from sovra.orchestrator.router.audit import Attempt, AuditLog, AuditRecord
+from sovra.orchestrator.router.audit_api import audit_routes
+from sovra.orchestrator.router.audit_sign import Signer
+from sovra.core.spec.common import Residency
+from sovra.core.spec.org import Admin, Tenant
 from tests.fakes.openai_backend import ServerThread
 
 ADMIN_KEY, TENANT_KEY = "sk-admin-dpo", "sk-tenant-bank"

@@ -155,7 +155,7 @@ def test_plan_and_help_import_no_cloud_sdk():
     banned = ["boto3", "botocore", "azure", "snowflake", "databricks", "ray", "pulumi", "torch", "llama_cpp", "httpx"]
     code = textwrap.dedent(f"""
         import sys, json
-        from orchestrator.cli import app
+        from sovra.orchestrator.cli import app
         for argv in (["--help"], ["plan", *{QS!r}]):
             try:
                 app(argv, standalone_mode=False)

@@ -12,8 +12,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from providers.clients import MAX_SSE_LINE
-from orchestrator.sdk import AsyncClient, SovraAPIError
+from sovra.providers.clients import MAX_SSE_LINE
+from sovra.orchestrator.sdk import AsyncClient, SovraAPIError
 from tests.fakes.openai_backend import ServerThread
 from tests.integration.test_transport_security import _non_loopback_ip
 
@@ -95,7 +95,7 @@ def test_sovra_audit_never_sends_the_admin_key_in_clear_to_another_machine(remot
 
 
 def test_status_asks_a_distant_plain_http_router_without_the_admin_key(remote_router, monkeypatch):
-    from orchestrator.deploy import _probe_router
+    from sovra.orchestrator.deploy import _probe_router
 
     recorder, url = remote_router
     monkeypatch.setenv("SOVRA_ADMIN_KEY", ADMIN_KEY)

@@ -20,9 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from infra import serve_config as sc
-from infra.ray_cluster import LocalRay, free_port
-from orchestrator.deploy import Settings
+from sovra.infra import serve_config as sc
+from sovra.infra.ray_cluster import LocalRay, free_port
+from sovra.orchestrator.deploy import Settings
 from tests.emulators.aws import aws_env, fake_aws
 from tests.emulators.databricks import DatabricksEmulator
 from tests.integration.conftest import ROOT, SOVRA, ray_driver

@@ -7,8 +7,8 @@ import json
 import httpx
 import pytest
 
-from orchestrator.serving.model_http import create_app
-from orchestrator.serving.ray_apps import ModelServer
+from sovra.orchestrator.serving.model_http import create_app
+from sovra.orchestrator.serving.ray_apps import ModelServer
 
 pytestmark = pytest.mark.slow
 KEY = "k-json"

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from orchestrator.serving.engines import get_engine
-from orchestrator.serving.engines.request import InvalidChatRequest
+from sovra.orchestrator.serving.engines import get_engine
+from sovra.orchestrator.serving.engines.request import InvalidChatRequest
 
 pytestmark = pytest.mark.slow
 
@@ -236,7 +236,7 @@ def test_llama_health_answers_during_a_long_generation(llama):
 
 
 def test_llama_whose_generation_stalls_is_unhealthy(llama, monkeypatch):
-    from orchestrator.serving.engines import Heartbeat
+    from sovra.orchestrator.serving.engines import Heartbeat
 
     now = [0.0]
     monkeypatch.setattr(llama, "_heartbeat", Heartbeat(lambda: now[0]))
@@ -249,8 +249,8 @@ def test_llama_whose_generation_stalls_is_unhealthy(llama, monkeypatch):
 def test_llama_replica_whose_model_was_unloaded_fails_its_health(gguf_cache):
     import llama_cpp  # noqa: F401  (the 'local' extra: scripts/test installs it, so its absence fails)
 
-    from orchestrator.serving.engines import EngineError
-    from orchestrator.serving.ray_apps import ModelServer
+    from sovra.orchestrator.serving.engines import EngineError
+    from sovra.orchestrator.serving.ray_apps import ModelServer
 
     server = ModelServer("gemma-3-270m", "onprem-paris", "llama-cpp", {"cache_dir": str(gguf_cache)})
     assert run(server.health())["ok"] is True

@@ -15,10 +15,10 @@ import httpx
 import pulumi  # noqa: F401  (the `pulumi` extra: scripts/test installs it, so its absence fails)
 import pytest
 
-from infra import serve_config as sc
-from orchestrator import routing_table as rt
-from infra.serve_api import ServeApi
-from orchestrator.router.audit import read as read_trail
+from sovra.infra import serve_config as sc
+from sovra.orchestrator import routing_table as rt
+from sovra.infra.serve_api import ServeApi
+from sovra.orchestrator.router.audit import read as read_trail
 from tests.fakes.openai_backend import ServerThread
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -41,13 +41,13 @@ spec:
 
 @pytest.fixture(scope="module")
 def kuberay(sovra_ray, tmp_path_factory):
-    from infra.pulumi.program import placement_inputs
-    from infra.pulumi_stack import outputs_to_endpoints
-    from orchestrator import planning
-    from orchestrator.provisioning import service_keys
-    from orchestrator.serving.model_http import SERVICE_KEY_ENV
-    from core.spec.org import provision_for
-    from policies.plan import DeploymentPlan, FleetPlan, Placement
+    from sovra.infra.pulumi.program import placement_inputs
+    from sovra.infra.pulumi_stack import outputs_to_endpoints
+    from sovra.orchestrator import planning
+    from sovra.orchestrator.provisioning import service_keys
+    from sovra.orchestrator.serving.model_http import SERVICE_KEY_ENV
+    from sovra.core.spec.org import provision_for
+    from sovra.policies.plan import DeploymentPlan, FleetPlan, Placement
 
     d = tmp_path_factory.mktemp("kuberay")
     spec = d / "contracts.yaml"
@@ -84,7 +84,7 @@ def kuberay(sovra_ray, tmp_path_factory):
     backend = rt.routed_entry(deployment, placement, endpoint, endpoint.connection)
     cfg = {"backends": [backend.to_wire()], "tenants": [t.model_dump(mode="json") for t in inputs.org.tenants],
            "audit_path": str(d / "audit")}
-    from orchestrator.serving.ray_apps import build_router_state_app
+    from sovra.orchestrator.serving.ray_apps import build_router_state_app
 
     with ServerThread(build_router_state_app(cfg)) as router:
         assert os.environ[SERVICE_KEY_ENV] == made.service_key  # derived by the router when it started

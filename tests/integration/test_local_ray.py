@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from infra.ray_cluster import ClusterError, LocalRay, free_port
-from infra.serve_api import ServeApi
+from sovra.infra.ray_cluster import ClusterError, LocalRay, free_port
+from sovra.infra.serve_api import ServeApi
 from tests.integration.conftest import ROOT, SOVRA
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -14,16 +14,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from orchestrator.router.app import RouterState, create_app
-from orchestrator.router.audit import AuditLog, read
-from core.backends import RoutingTable
-from providers.clients import HttpClient
-from orchestrator.router.dispatch import Dispatcher
-from core.api_errors import Failed
-from orchestrator.router.tenants import TenantDirectory
-from core.spec import Residency
-from core.spec.org import Tenant
-from core.place import Place
+from sovra.orchestrator.router.app import RouterState, create_app
+from sovra.orchestrator.router.audit import AuditLog, read
+from sovra.core.backends import RoutingTable
+from sovra.providers.clients import HttpClient
+from sovra.orchestrator.router.dispatch import Dispatcher
+from sovra.core.api_errors import Failed
+from sovra.orchestrator.router.tenants import TenantDirectory
+from sovra.core.spec import Residency
+from sovra.core.spec.org import Tenant
+from sovra.core.place import Place
 from tests import factories
 from tests.fakes.openai_backend import FakeBackend, ServerThread
 

@@ -13,12 +13,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from orchestrator import routing_table as rt
-from providers.clients import HttpClient
-from core.api_errors import NotDelivered, Refused
-from core.spec.org import Endpoint, Org, connection_for
-from policies.plan import Placement
-from providers import base
+from sovra.orchestrator import routing_table as rt
+from sovra.providers.clients import HttpClient
+from sovra.core.api_errors import NotDelivered, Refused
+from sovra.core.spec.org import Endpoint, Org, connection_for
+from sovra.policies.plan import Placement
+from sovra.providers import base
 from tests import factories
 from tests.fakes.openai_backend import ServerThread
 
@@ -120,6 +120,6 @@ def test_a_throttled_answer_keeps_the_servers_retry_after(transport):
 
 
 def _paris():
-    from core.place import Place
+    from sovra.core.place import Place
 
     return Place("EU", "FR", "FR", "self")

@@ -13,20 +13,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.errors import ProviderError
-from core.backends import Backend
-from core.api_errors import BadRequest, Failed, NotDelivered, Refused, TimedOut
-from core.spec import Residency, Target
-from core.place import Place
-from providers import base
-from providers.aws import common as aws
-from providers.aws.bedrock import (
+from sovra.core.errors import ProviderError
+from sovra.core.backends import Backend
+from sovra.core.api_errors import BadRequest, Failed, NotDelivered, Refused, TimedOut
+from sovra.core.spec import Residency, Target
+from sovra.core.place import Place
+from sovra.providers import base
+from sovra.providers.aws import common as aws
+from sovra.providers.aws.bedrock import (
     BedrockClient,
     converse_request,
     openai_messages,
     zone_for_model_id,
 )
-from providers.aws.sagemaker import SageMakerClient, sse_chunks
+from sovra.providers.aws.sagemaker import SageMakerClient, sse_chunks
 from tests.emulators.aws import (
     TEST_ACCESS_KEY_ID,
     TEST_SECRET_ACCESS_KEY,
@@ -491,7 +491,7 @@ def test_importing_the_adapters_does_not_import_boto3():
     import subprocess
     import sys
 
-    code = "import sys; from providers import base; base.names(); assert 'boto3' not in sys.modules"
+    code = "import sys; from sovra.providers import base; base.names(); assert 'boto3' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], check=False, capture_output=True).returncode == 0
 
 
@@ -526,7 +526,7 @@ def test_sse_chunks_survive_any_cut_of_the_payload(texts, cuts):
 
 
 def test_every_shipped_bedrock_offering_locates_to_an_id_of_its_zone():
-    from orchestrator.catalog import load_catalog
+    from sovra.orchestrator.catalog import load_catalog
 
     catalog = load_catalog(base.__file__.replace("base.py", "aws/catalogs/aws_bedrock.yaml"))
     for t in catalog.targets:

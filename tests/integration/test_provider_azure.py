@@ -13,20 +13,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import providers
-from core.errors import ProviderError
-from core.backends import Backend, RoutingTable
-from orchestrator.router.dispatch import Dispatcher
-from core.api_errors import Failed, NotDelivered, Refused, TimedOut, UpstreamTimeout
-from orchestrator.router.gate import RequestResidency
-from core.spec import Residency
-from core.spec.zones import COUNTRY_ZONE, GLOBAL
-from core.place import Place
-from providers.azure import ml_arm as arm
-from providers.azure.foundry import DATA_ZONE_TYPES, GLOBAL_TYPES
-from providers.azure.ml import REGIONAL_TYPES
-from providers.azure.ml_client import AzureMLClient
-from providers.azure.regions import REGION_COUNTRY
+from sovra import providers
+from sovra.core.errors import ProviderError
+from sovra.core.backends import Backend, RoutingTable
+from sovra.orchestrator.router.dispatch import Dispatcher
+from sovra.core.api_errors import Failed, NotDelivered, Refused, TimedOut, UpstreamTimeout
+from sovra.orchestrator.router.gate import RequestResidency
+from sovra.core.spec import Residency
+from sovra.core.spec.zones import COUNTRY_ZONE, GLOBAL
+from sovra.core.place import Place
+from sovra.providers.azure import ml_arm as arm
+from sovra.providers.azure.foundry import DATA_ZONE_TYPES, GLOBAL_TYPES
+from sovra.providers.azure.ml import REGIONAL_TYPES
+from sovra.providers.azure.ml_client import AzureMLClient
+from sovra.providers.azure.regions import REGION_COUNTRY
 from tests import factories
 from tests.emulators.azure import AzureEmulator, Fault
 

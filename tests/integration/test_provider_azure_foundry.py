@@ -14,20 +14,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import providers
-from orchestrator.routing_table import routed_entry
-from orchestrator import live_settings as ls
-from orchestrator.catalog import load_catalog
-from core.errors import ProviderError
-from core.backends import Backend
-from core.api_errors import NotDelivered, Refused
-from core.spec import Residency
-from core.spec.org import Org
-from core.spec.zones import COUNTRY_ZONE, GLOBAL
-from core.place import Place
-from providers.azure.foundry import DATA_ZONE_TYPES, GLOBAL_TYPES, NO_PROMISE_TYPES, REGIONAL_TYPES
-from providers.azure.foundry_client import AzureFoundryClient
-from providers.azure.regions import REGION_COUNTRY
+from sovra import providers
+from sovra.orchestrator.routing_table import routed_entry
+from sovra.orchestrator import live_settings as ls
+from sovra.orchestrator.catalog import load_catalog
+from sovra.core.errors import ProviderError
+from sovra.core.backends import Backend
+from sovra.core.api_errors import NotDelivered, Refused
+from sovra.core.spec import Residency
+from sovra.core.spec.org import Org
+from sovra.core.spec.zones import COUNTRY_ZONE, GLOBAL
+from sovra.core.place import Place
+from sovra.providers.azure.foundry import DATA_ZONE_TYPES, GLOBAL_TYPES, NO_PROMISE_TYPES, REGIONAL_TYPES
+from sovra.providers.azure.foundry_client import AzureFoundryClient
+from sovra.providers.azure.regions import REGION_COUNTRY
 from tests import factories
 from tests.emulators.azure import AzureEmulator, Fault
 

@@ -9,15 +9,15 @@ import json
 
 import pytest
 
-from core.errors import ProviderError
-from core.backends import RoutingTable
-from orchestrator.router.dispatch import Dispatcher
-from core.api_errors import BadRequest, Refused, Untranslatable
-from orchestrator.router.gate import RequestResidency
-from orchestrator.router.probe import Prober
-from core.spec import Residency
-from providers.aws.bedrock import BedrockClient
-from providers.aws.sagemaker import SageMakerClient
+from sovra.core.errors import ProviderError
+from sovra.core.backends import RoutingTable
+from sovra.orchestrator.router.dispatch import Dispatcher
+from sovra.core.api_errors import BadRequest, Refused, Untranslatable
+from sovra.orchestrator.router.gate import RequestResidency
+from sovra.orchestrator.router.probe import Prober
+from sovra.core.spec import Residency
+from sovra.providers.aws.bedrock import BedrockClient
+from sovra.providers.aws.sagemaker import SageMakerClient
 from tests.emulators.aws import _vector, aws_env, aws_environ, fake_aws
 from tests.integration.test_provider_aws import (
     BEDROCK,

@@ -14,15 +14,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.catalog import load_catalog
-from core.errors import ProviderError
-from core.backends import Backend
-from providers.clients import refused_503
-from core.api_errors import BadRequest, Failed, NotDelivered, Refused, RouterError, TimedOut
-from core.spec import Residency
-from core.place import Place
-from providers import base
-from providers.databricks.client import DatabricksClient, verdict
+from sovra.orchestrator.catalog import load_catalog
+from sovra.core.errors import ProviderError
+from sovra.core.backends import Backend
+from sovra.providers.clients import refused_503
+from sovra.core.api_errors import BadRequest, Failed, NotDelivered, Refused, RouterError, TimedOut
+from sovra.core.spec import Residency
+from sovra.core.place import Place
+from sovra.providers import base
+from sovra.providers.databricks.client import DatabricksClient, verdict
 from tests.emulators.databricks import DatabricksEmulator, closed_url, reply, vector
 
 pytestmark = pytest.mark.integration
@@ -386,12 +386,12 @@ def test_sdk_direct_mode_calls_a_databricks_backend_itself_with_the_apps_own_cre
     (here DATABRICKS_HOST/TOKEN of the test process) — the router never sees the payload."""
     import hashlib
 
-    from orchestrator import sdk
-    from orchestrator.router.app import RouterState, create_app
-    from core.backends import RoutingTable
-    from orchestrator.router.dispatch import Dispatcher
-    from orchestrator.router.tenants import TenantDirectory
-    from core.spec.org import Tenant
+    from sovra.orchestrator import sdk
+    from sovra.orchestrator.router.app import RouterState, create_app
+    from sovra.core.backends import RoutingTable
+    from sovra.orchestrator.router.dispatch import Dispatcher
+    from sovra.orchestrator.router.tenants import TenantDirectory
+    from sovra.core.spec.org import Tenant
     from tests.fakes.openai_backend import ServerThread
 
     key = "sk-direct-eu"

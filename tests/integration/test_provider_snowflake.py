@@ -13,16 +13,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.catalog import load_catalog, shipped_catalog_files
-from core.errors import ProviderError
-from core.backends import Backend
-from core.api_errors import BadRequest, Failed, NotDelivered, Refused, TimedOut, Untranslatable
-from core.spec.common import Residency
-from core.spec.zones import GLOBAL
-from policies.residency import location_allowed
-from providers import base
-from providers.snowflake.provider import CROSS_REGION_ZONES, zone_for_cross_region
-from providers.snowflake.client import CortexClient
+from sovra.orchestrator.catalog import load_catalog, shipped_catalog_files
+from sovra.core.errors import ProviderError
+from sovra.core.backends import Backend
+from sovra.core.api_errors import BadRequest, Failed, NotDelivered, Refused, TimedOut, Untranslatable
+from sovra.core.spec.common import Residency
+from sovra.core.spec.zones import GLOBAL
+from sovra.policies.residency import location_allowed
+from sovra.providers import base
+from sovra.providers.snowflake.provider import CROSS_REGION_ZONES, zone_for_cross_region
+from sovra.providers.snowflake.client import CortexClient
 from tests.emulators.snowflake import SnowflakeEmulator, closed_port
 
 pytestmark = pytest.mark.integration
@@ -511,6 +511,6 @@ def test_no_connector_import_until_used():
     import subprocess
     import sys
 
-    code = ("import sys, providers.base as b; b.get('snowflake-cortex').describe(); "
+    code = ("import sys, sovra.providers.base as b; b.get('snowflake-cortex').describe(); "
             "assert 'snowflake.connector' not in sys.modules, 'connector imported eagerly'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.getcwd())

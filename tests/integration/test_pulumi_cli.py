@@ -75,7 +75,7 @@ def test_a_bad_backend_url_is_refused_before_anything(sovra, tmp_path, monkeypat
 def test_preview_reaches_the_engine_and_maps_its_failure(sovra, tmp_path, monkeypatch):
     """With the CLI and no cloud credentials, the preview fails in the providers, mapped to the variables to set;
     with credentials, it lists what `up` would create. Either way nothing is created."""
-    pytest.importorskip("infra.pulumi.components")
+    pytest.importorskip("sovra.infra.pulumi.components")
     monkeypatch.setenv("SOVRA_HOME", str(tmp_path / "home"))
     r = sovra("preview", DEPLOYMENT, "--org", ORG, "--backend", f"file://{tmp_path / 'state'}")
     if r.returncode == 0:
@@ -86,7 +86,7 @@ def test_preview_reaches_the_engine_and_maps_its_failure(sovra, tmp_path, monkey
 
 @needs_cli
 def test_refresh_of_a_stack_never_applied_reports_no_drift(sovra, tmp_path, monkeypatch):
-    pytest.importorskip("infra.pulumi.components")
+    pytest.importorskip("sovra.infra.pulumi.components")
     monkeypatch.setenv("SOVRA_HOME", str(tmp_path / "home"))
     r = sovra("refresh", DEPLOYMENT, "--org", ORG, "--backend", f"file://{tmp_path / 'state'}")
     assert r.returncode == 0, r.stderr

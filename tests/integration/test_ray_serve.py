@@ -16,10 +16,10 @@ import openai
 import pytest
 import ray
 
-from infra import serve_config as sc
-from infra.serve_api import ServeApi
-from orchestrator import deploy, planning
-from orchestrator.router.audit import read as read_trail
+from sovra.infra import serve_config as sc
+from sovra.infra.serve_api import ServeApi
+from sovra.orchestrator import deploy, planning
+from sovra.orchestrator.router.audit import read as read_trail
 from tests.integration.conftest import ray_driver, replicas_of, timed_chats
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -102,7 +102,7 @@ def _task_names(d, kind: str) -> list[str]:
     address discovery may find another cluster's leftover session on the same machine)."""
     import httpx
 
-    from infra.ray_cluster import auth_headers
+    from sovra.infra.ray_cluster import auth_headers
 
     settings = d["settings"]
     resp = httpx.get(f"{settings.local_ray().record().dashboard}/api/v0/tasks", timeout=60,

@@ -20,9 +20,9 @@ import httpx
 import pytest
 import ray  # noqa: F401  (the 'ray' extra: scripts/test installs it, so its absence fails)
 
-from infra import serve_config as sc
-from infra.ray_cluster import ClusterError, free_port
-from infra.serve_api import ServeApi
+from sovra.infra import serve_config as sc
+from sovra.infra.ray_cluster import ClusterError, free_port
+from sovra.infra.serve_api import ServeApi
 from tests.integration.conftest import ROOT, SOVRA
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

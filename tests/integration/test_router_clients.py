@@ -17,9 +17,9 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from providers.clients import MAX_SSE_LINE, HttpClient
-from core.api_errors import Failed, NotDelivered, Refused, RouterError
-from core.place import Place
+from sovra.providers.clients import MAX_SSE_LINE, HttpClient
+from sovra.core.api_errors import Failed, NotDelivered, Refused, RouterError
+from sovra.core.place import Place
 from tests import factories
 from tests.fakes.openai_backend import FakeBackend, ServerThread
 

@@ -15,18 +15,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from orchestrator import sdk
-from orchestrator.router.access import Access
-from orchestrator.router.app import RouterState, create_app
-from orchestrator.router.audit import AuditLog, read
-from orchestrator.router.audit_api import audit_routes
-from core.backends import Backend, RoutingTable
-from providers.clients import HttpClient
-from orchestrator.router.dispatch import Dispatcher
-from orchestrator.router.tenants import TenantDirectory
-from core.spec import Residency
-from core.spec.org import EMPTY_SHA256, Admin, RouterSettings, Tenant
-from core.place import Place
+from sovra.orchestrator import sdk
+from sovra.orchestrator.router.access import Access
+from sovra.orchestrator.router.app import RouterState, create_app
+from sovra.orchestrator.router.audit import AuditLog, read
+from sovra.orchestrator.router.audit_api import audit_routes
+from sovra.core.backends import Backend, RoutingTable
+from sovra.providers.clients import HttpClient
+from sovra.orchestrator.router.dispatch import Dispatcher
+from sovra.orchestrator.router.tenants import TenantDirectory
+from sovra.core.spec import Residency
+from sovra.core.spec.org import EMPTY_SHA256, Admin, RouterSettings, Tenant
+from sovra.core.place import Place
 from tests import factories
 from tests.fakes.openai_backend import FakeBackend, ServerThread
 
@@ -279,7 +279,7 @@ def test_an_org_that_disables_direct_mode_gets_a_403_and_the_sdk_says_so(fleet):
 
 
 def test_the_org_file_carries_the_direct_mode_and_scrape_key_settings():
-    from core.spec.org import Org
+    from sovra.core.spec.org import Org
 
     org = Org.model_validate({"router": {"direct_mode": False, "scrape_key_sha256": sha(SCRAPE_KEY)}})
     assert org.router.direct_mode is False
@@ -327,7 +327,7 @@ def test_readyz_names_deployments_only_to_admins_and_to_a_tenant_for_its_own(fle
 
 
 def test_readyz_for_sovra_status_sends_the_admin_key(fleet, monkeypatch):
-    from orchestrator.deploy import _probe_router
+    from sovra.orchestrator.deploy import _probe_router
 
     monkeypatch.setenv("SOVRA_ADMIN_KEY", ADMIN_KEY)
     live, ready = _probe_router(fleet["url"])
@@ -390,7 +390,7 @@ def test_the_sdk_lists_proxy_only_backends_as_unreachable_with_the_reason():
 
 
 def test_org_yaml_refuses_the_digest_of_the_empty_key():
-    from core.spec.org import Org
+    from sovra.core.spec.org import Org
 
     for raw in ({"tenants": [{"name": "t", "key_sha256": EMPTY_SHA256, "residency": {"zones": ["EU"]}}]},
                 {"admins": [{"name": "a", "key_sha256": EMPTY_SHA256}]},

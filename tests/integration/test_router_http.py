@@ -11,16 +11,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.router.access import Access
-from orchestrator.router.app import RouterState, create_app
-from orchestrator.router.audit import AuditLog, read
-from core.backends import RoutingTable
-from providers.clients import HttpClient
-from orchestrator.router.dispatch import Dispatcher
-from orchestrator.router.tenants import TenantDirectory
-from core.spec import Residency
-from core.spec.org import Admin, Tenant
-from core.place import Place
+from sovra.orchestrator.router.access import Access
+from sovra.orchestrator.router.app import RouterState, create_app
+from sovra.orchestrator.router.audit import AuditLog, read
+from sovra.core.backends import RoutingTable
+from sovra.providers.clients import HttpClient
+from sovra.orchestrator.router.dispatch import Dispatcher
+from sovra.orchestrator.router.tenants import TenantDirectory
+from sovra.core.spec import Residency
+from sovra.core.spec.org import Admin, Tenant
+from sovra.core.place import Place
 from tests import factories
 from tests.fakes.openai_backend import FakeBackend, ServerThread
 
@@ -190,7 +190,7 @@ def test_fuzzed_requests_get_json_4xx_never_500(stack, body, residency, path):
 
 # -- the routing SDK ---------------------------------------------------------------------------------------------
 
-from orchestrator import sdk
+from sovra.orchestrator import sdk
 
 
 def test_sdk_proxy_mode_sync_stream_and_typed_errors(stack):
@@ -279,7 +279,7 @@ def test_sdk_direct_mode_refreshes_its_table_so_a_narrowed_tenant_takes_effect(s
 def test_sdk_direct_mode_names_what_it_cannot_reach():
     import asyncio
 
-    from core.backends import RoutingTable as Table
+    from sovra.core.backends import RoutingTable as Table
 
     ray_only = RouterState(Dispatcher(Table.of([factories.backend("onprem-paris", Place("EU", "FR", "FR", "self"),
                                                                   kind="ray")])),

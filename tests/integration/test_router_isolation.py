@@ -23,20 +23,20 @@ import time
 import httpx
 import pytest
 
-from orchestrator.router.app import RouterState, create_app
-from orchestrator.router.audit import AuditLog, read
-from core.backends import Backend, RoutingTable
-from providers.clients import MAX_SSE_LINE, HttpClient
-from orchestrator.router.dispatch import Dispatcher
-from core.api_errors import BadRequest, Failed, Refused, TimedOut
-from orchestrator.router.tenants import TenantDirectory
-from providers.onprem.ray_client import RayClient, ReplicaWatch
-from core.spec import Residency
-from core.spec.org import Tenant
-from core.place import Place
-from providers.aws import common as aws
-from providers.aws.bedrock import BedrockClient
-from providers.aws.sagemaker import SageMakerClient
+from sovra.orchestrator.router.app import RouterState, create_app
+from sovra.orchestrator.router.audit import AuditLog, read
+from sovra.core.backends import Backend, RoutingTable
+from sovra.providers.clients import MAX_SSE_LINE, HttpClient
+from sovra.orchestrator.router.dispatch import Dispatcher
+from sovra.core.api_errors import BadRequest, Failed, Refused, TimedOut
+from sovra.orchestrator.router.tenants import TenantDirectory
+from sovra.providers.onprem.ray_client import RayClient, ReplicaWatch
+from sovra.core.spec import Residency
+from sovra.core.spec.org import Tenant
+from sovra.core.place import Place
+from sovra.providers.aws import common as aws
+from sovra.providers.aws.bedrock import BedrockClient
+from sovra.providers.aws.sagemaker import SageMakerClient
 from tests import factories
 from tests.emulators.aws import aws_env, aws_environ, fake_aws
 from tests.emulators.databricks import DatabricksEmulator
@@ -470,7 +470,7 @@ def test_a_503_with_evidence_is_a_refusal_and_goes_to_another_backend(fresh, evi
 def test_databricks_verdicts_need_evidence_for_a_refusal(fault, verdict, monkeypatch):
     """Databricks' own 503 (TEMPORARILY_UNAVAILABLE, with Retry-After) is a refusal; a gateway's bare 503 may have
     been received; a 504 is a timeout after delivery."""
-    from providers.databricks.client import DatabricksClient
+    from sovra.providers.databricks.client import DatabricksClient
 
     with DatabricksEmulator() as workspace:
         monkeypatch.setenv("DATABRICKS_TOKEN", workspace.token)

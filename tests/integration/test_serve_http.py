@@ -15,11 +15,11 @@ import openai
 import pytest
 import ray
 
-from infra import serve_config as sc
-from infra.ray_cluster import free_port
-from infra.serve_api import ServeApi
-from orchestrator import deploy, planning
-from orchestrator.router.audit import read as read_trail
+from sovra.infra import serve_config as sc
+from sovra.infra.ray_cluster import free_port
+from sovra.infra.serve_api import ServeApi
+from sovra.orchestrator import deploy, planning
+from sovra.orchestrator.router.audit import read as read_trail
 from tests.integration.conftest import ray_driver, replicas_of, timed_chats
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

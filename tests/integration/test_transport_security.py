@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from infra.ray_cluster import free_port
+from sovra.infra.ray_cluster import free_port
 from tests.integration.conftest import ROOT, SOVRA
 
 pytestmark = [pytest.mark.integration]
@@ -141,8 +141,8 @@ def test_the_local_router_serves_https_with_the_orgs_certificate(tmp_path):
         assert audit.returncode == 0, audit.stdout + audit.stderr
         assert any(rec.get("target") == "local" for rec in json.loads(audit.stdout)), audit.stdout
 
-        from infra.ray_cluster import cluster_token
-        from infra.serve_api import ServeApi
+        from sovra.infra.ray_cluster import cluster_token
+        from sovra.infra.serve_api import ServeApi
 
         dashboard = f"http://127.0.0.1:{env['SOVRA_RAY_DASHBOARD_PORT']}"
         details = ServeApi(dashboard, token=cluster_token(None, home=tmp_path / "sovra-home")).details()

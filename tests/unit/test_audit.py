@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from orchestrator.router.audit import Attempt, AuditLog, AuditRecord, RequestContext, read, verify
-from orchestrator.router.audit_chain import GENESIS, opened, verify_chains
-from orchestrator.router.audit_sign import CheckpointError, Signer, check
-from core.api_errors import AuditUnavailable
-from core.spec.org import Org
+from sovra.orchestrator.router.audit import Attempt, AuditLog, AuditRecord, RequestContext, read, verify
+from sovra.orchestrator.router.audit_chain import GENESIS, opened, verify_chains
+from sovra.orchestrator.router.audit_sign import CheckpointError, Signer, check
+from sovra.core.api_errors import AuditUnavailable
+from sovra.core.spec.org import Org
 
 PARIS_FAILED = Attempt("onprem-paris", "EU", "FR", "failed")
 LYON_OK = Attempt("onprem-lyon", "EU", "FR", "ok")
@@ -489,7 +489,7 @@ _JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow
 def test_a_sealed_line_is_the_canonical_record_with_its_hash_for_any_keys(body, prev):
     # `seal` encodes the record once, split around where "hash" sorts; whatever the keys (sorting before, after,
     # equal prefixes, non-ASCII), the line must be exactly what the verifier rebuilds.
-    from orchestrator.router.audit_chain import canonical, seal
+    from sovra.orchestrator.router.audit_chain import canonical, seal
 
     line, digest = seal(body, prev)
     assert digest == hashlib.sha256(canonical({**body, "prev": prev})).hexdigest()
@@ -497,7 +497,7 @@ def test_a_sealed_line_is_the_canonical_record_with_its_hash_for_any_keys(body, 
 
 
 def test_sealing_a_record_that_already_carries_a_hash_is_refused():
-    from orchestrator.router.audit_chain import seal
+    from sovra.orchestrator.router.audit_chain import seal
 
     with pytest.raises(ValueError, match="hash"):
         seal({"hash": "x", "a": 1}, GENESIS)

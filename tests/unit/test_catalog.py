@@ -4,9 +4,9 @@ from collections import defaultdict
 
 import pytest
 
-from orchestrator.catalog import load_catalog, load_targets, parse_catalog_text, shipped_catalog_files
-from core.errors import SpecError
-from core.spec import Org
+from sovra.orchestrator.catalog import load_catalog, load_targets, parse_catalog_text, shipped_catalog_files
+from sovra.core.errors import SpecError
+from sovra.core.spec import Org
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +77,8 @@ targets:
 
 def test_an_org_connection_that_does_not_fit_its_adapter_is_located_in_the_yaml(tmp_path):
     """The spec models sit below the providers, so the loader asks each adapter; the file, line and field stay."""
-    from core.errors import SpecError
-    from orchestrator.catalog import load_org
+    from sovra.core.errors import SpecError
+    from sovra.orchestrator.catalog import load_org
 
     org = tmp_path / "org.yaml"
     org.write_text("accounts:\n  - provider: databricks\n    connection: {hots: x}\n"

@@ -2,10 +2,10 @@ import datetime as dt
 
 import pytest
 
-from core.spec.common import Accelerator, ManagedModel
-from core.spec.deployment import Traffic
-from core.spec.org import Credit
-from policies import costs
+from sovra.core.spec.common import Accelerator, ManagedModel
+from sovra.core.spec.deployment import Traffic
+from sovra.core.spec.org import Credit
+from sovra.policies import costs
 
 
 @pytest.mark.parametrize(("expires", "as_of", "months"), [

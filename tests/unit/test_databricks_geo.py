@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.catalog import load_catalog
-from providers import base
-from providers.databricks.geo import geo_of
+from sovra.orchestrator.catalog import load_catalog
+from sovra.providers import base
+from sovra.providers.databricks.geo import geo_of
 from tests.factories import deployment, solve
 
 CATALOG = Path(__file__).resolve().parents[2] / "providers" / "databricks" / "catalogs" / "databricks.yaml"

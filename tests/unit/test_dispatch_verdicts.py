@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from core.backends import RoutingTable
-from orchestrator.router.dispatch import Dispatcher
-from core.api_errors import (
+from sovra.core.backends import RoutingTable
+from sovra.orchestrator.router.dispatch import Dispatcher
+from sovra.core.api_errors import (
     Failed,
     NoAllowedBackend,
     NotDelivered,
@@ -17,10 +17,10 @@ from core.api_errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from orchestrator.router.gate import RequestResidency
-from orchestrator.router.health import Breaker
-from core.spec import Residency
-from core.place import Place
+from sovra.orchestrator.router.gate import RequestResidency
+from sovra.orchestrator.router.health import Breaker
+from sovra.core.spec import Residency
+from sovra.core.place import Place
 from tests import factories
 
 EU = RequestResidency(Residency(zones=("EU",)))
@@ -212,7 +212,7 @@ def test_a_stream_the_client_abandons_is_observed_as_cancelled_and_leaves_nothin
 def test_a_backend_that_cannot_carry_the_request_steps_aside_for_one_in_the_bound_that_can():
     """`tools` to a vendor without them: nothing left, so the next allowed backend takes it, and no attempt is
     used up (max_attempts 1 still reaches it)."""
-    from core.api_errors import Untranslatable
+    from sovra.core.api_errors import Untranslatable
 
     t = table("paris", "lyon")
     d = Dispatcher(t, sleep=no_sleep, max_attempts=1)
@@ -223,7 +223,7 @@ def test_a_backend_that_cannot_carry_the_request_steps_aside_for_one_in_the_boun
 
 
 def test_when_no_allowed_backend_can_carry_it_the_client_gets_a_400_naming_each():
-    from core.api_errors import Untranslatable
+    from sovra.core.api_errors import Untranslatable
 
     t = table("paris", "lyon")
     d = Dispatcher(t, sleep=no_sleep)

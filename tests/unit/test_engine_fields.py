@@ -9,10 +9,10 @@ import json
 import httpx
 import pytest
 
-from orchestrator.serving.engines import get_engine
-from orchestrator.serving.engines.request import InvalidChatRequest, refuse_unsupported
-from orchestrator.serving.model_http import create_app
-from orchestrator.serving.ray_apps import ModelServer
+from sovra.orchestrator.serving.engines import get_engine
+from sovra.orchestrator.serving.engines.request import InvalidChatRequest, refuse_unsupported
+from sovra.orchestrator.serving.model_http import create_app
+from sovra.orchestrator.serving.ray_apps import ModelServer
 
 KEY = "k-fields"
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}

@@ -9,17 +9,17 @@ import types
 import numpy as np
 import pytest
 
-from orchestrator.serving.engines import EchoEngine, EngineError, chunk, completion, get_engine, known_engines
-from orchestrator.serving.engines.llama_cpp import StopScanner
-from orchestrator.serving.engines.request import (
+from sovra.orchestrator.serving.engines import EchoEngine, EngineError, chunk, completion, get_engine, known_engines
+from sovra.orchestrator.serving.engines.llama_cpp import StopScanner
+from sovra.orchestrator.serving.engines.request import (
     DEFAULT_PREAMBLE,
     ChatRequest,
     InvalidChatRequest,
     Message,
     transcript,
 )
-from orchestrator.serving.engines.sentence import InvalidEmbeddingsRequest, embedding_inputs, encode_vector
-from orchestrator.serving.engines.vllm import VLLMEngine, chat_prompt, finish_reason, sampling_kwargs
+from sovra.orchestrator.serving.engines.sentence import InvalidEmbeddingsRequest, embedding_inputs, encode_vector
+from sovra.orchestrator.serving.engines.vllm import VLLMEngine, chat_prompt, finish_reason, sampling_kwargs
 from tests.integration.conftest import ROOT
 
 HEAVY = ("llama_cpp", "torch", "sentence_transformers", "transformers", "vllm")
@@ -34,24 +34,24 @@ def parse(body, max_tokens=64, temperature=0.0):
 
 def test_importing_engines_and_getting_engine_classes_imports_no_heavy_library():
     code = ("import sys\n"
-            "from orchestrator.serving.engines import get_engine\n"
+            "from sovra.orchestrator.serving.engines import get_engine\n"
             "for name in ('echo', 'llama-cpp', 'minilm', 'vllm'):\n"
             "    get_engine(name)\n"
             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))\n"
-            "print(sorted(m for m in sys.modules if m.startswith('orchestrator.serving.engines.')))\n")
+            "print(sorted(m for m in sys.modules if m.startswith('sovra.orchestrator.serving.engines.')))\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
                        check=False)
     assert r.returncode == 0, r.stderr
     heavy, loaded = r.stdout.splitlines()
     assert heavy == "[]"
     for module in ("echo", "llama_cpp", "sentence", "vllm"):
-        assert f"orchestrator.serving.engines.{module}" in loaded
+        assert f"sovra.orchestrator.serving.engines.{module}" in loaded
 
 
 def test_engine_modules_are_imported_on_first_use_only():
     code = ("import sys\n"
-            "import orchestrator.serving.engines\n"
-            "print('orchestrator.serving.engines.llama_cpp' in sys.modules)\n")
+            "import sovra.orchestrator.serving.engines\n"
+            "print('sovra.orchestrator.serving.engines.llama_cpp' in sys.modules)\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
                        check=False)
     assert r.stdout.split() == ["False"], r.stderr

@@ -7,7 +7,7 @@ import jinja2
 from ray.serve._private.haproxy import _haproxy_fmt_literal
 from ray.serve._private.haproxy_templates import HAPROXY_CONFIG_TEMPLATE
 
-from infra.haproxy_bind import rewrite
+from sovra.infra.haproxy_bind import rewrite
 
 
 def _rendered(frontend_host: str) -> str:

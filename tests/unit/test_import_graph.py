@@ -1,10 +1,12 @@
 """Imports run one way (design.md, "Where things live"): orchestrator -> infra -> providers -> policies -> core, and
 core imports none of the rest. Computed from the source with `ast`, lazy imports inside functions included, so a
-new upward import fails here rather than in a newcomer's head."""
+new upward import fails here rather than in a newcomer's head. Everything is imported under the `sovra` namespace
+it is installed as: a bare `import orchestrator` would load a second copy of a module from the checkout."""
 
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -14,30 +16,56 @@ ROOT = Path(__file__).resolve().parents[2]
 LAYERS = ("core", "policies", "providers", "infra", "orchestrator")
 
 
+def _modules(tree: ast.AST) -> list[tuple[str, int]]:
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            # `from sovra import providers` imports the package `sovra.providers`
+            out += [(f"{node.module}.{a.name}" if node.module == "sovra" else node.module, node.lineno)
+                    for a in node.names]
+        elif isinstance(node, ast.Import):
+            out += [(a.name, node.lineno) for a in node.names]
+    return out
+
+
 def imports(package: str) -> list[tuple[str, str, int]]:
-    """(file, imported module, line) for every import of another of Sovra's packages in `package`."""
+    """(file, layer imported, line) for every import of another of Sovra's packages in `package`."""
     out = []
     for path in sorted((ROOT / package).rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            else:
-                continue
-            out += [(str(path.relative_to(ROOT)), n, node.lineno) for n in names
-                    if n.split(".")[0] in LAYERS and n.split(".")[0] != package]
+        for name, line in _modules(ast.parse(path.read_text(encoding="utf-8"))):
+            parts = name.split(".")
+            if parts[0] == "sovra" and len(parts) > 1 and parts[1] in LAYERS and parts[1] != package:
+                out.append((str(path.relative_to(ROOT)), parts[1], line))
     return out
 
 
 @pytest.mark.parametrize("package", LAYERS)
 def test_no_import_runs_up(package):
     below = set(LAYERS[:LAYERS.index(package)])
-    upward = [f"{f}:{line} imports {m}" for f, m, line in imports(package) if m.split(".")[0] not in below]
+    upward = [f"{f}:{line} imports sovra.{m}" for f, m, line in imports(package) if m not in below]
     assert not upward, "imports must run down (" + " -> ".join(reversed(LAYERS)) + "):\n" + "\n".join(upward)
 
 
 def test_the_graph_is_computed_from_real_imports():
     """The check above cannot pass vacuously: the packages do import each other, downward."""
-    assert any(m.startswith("core.") for _, m, _ in imports("providers"))
-    assert any(m.startswith("providers") for _, m, _ in imports("orchestrator"))
+    assert any(m == "core" for _, m, _ in imports("providers"))
+    assert any(m == "providers" for _, m, _ in imports("orchestrator"))
+
+
+def test_nothing_imports_a_package_by_its_bare_folder_name():
+    bare = []
+    for folder in (*LAYERS, "tests", "bench", "sovra"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            bare += [f"{path.relative_to(ROOT)}:{line} imports {name}"
+                     for name, line in _modules(ast.parse(path.read_text(encoding="utf-8")))
+                     if name.split(".")[0] in LAYERS]
+    assert not bare, "import Sovra's packages as sovra.<package>:\n" + "\n".join(bare)
+
+
+def test_every_package_folder_is_installed_under_sovra():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    mapped = {folder: name for name, folder in config["package-dir"].items()}
+    found = {mapped[p.parent.relative_to(ROOT).parts[0]] + "".join(
+        f".{x}" for x in p.parent.relative_to(ROOT).parts[1:]) for folder in (*LAYERS, "sovra")
+        for p in (ROOT / folder).rglob("__init__.py")}
+    assert found == set(config["packages"])

@@ -6,10 +6,10 @@ import datetime as dt
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator import live_settings as ls
-from core.spec.org import Org
-from core.spec.zones import GLOBAL
-from providers.base import LiveSetting
+from sovra.orchestrator import live_settings as ls
+from sovra.core.spec.org import Org
+from sovra.core.spec.zones import GLOBAL
+from sovra.providers.base import LiveSetting
 from tests import factories
 
 ORG = Org.model_validate({"accounts": [{"provider": "aws-bedrock", "connection": {}}]})
@@ -96,7 +96,7 @@ def test_findings_round_trip_through_the_record(tmp_path):
 def test_a_damaged_record_is_an_error_not_a_clean_slate(tmp_path):
     import pytest
 
-    from core.errors import SovraError
+    from sovra.core.errors import SovraError
 
     path = tmp_path / "live.json"
     path.write_text('{"findings": [')
@@ -133,8 +133,8 @@ def cortex(tid: str, country: str):
 
 def test_a_london_cortex_account_on_aws_eu_is_held_to_eu_and_uk():
     """AWS_EU is the default Snowflake sets for London accounts: EU regions, and the account's own UK region."""
-    from core.spec.zones import zone_of
-    from providers.snowflake.provider import SETTING, zone_for_cross_region
+    from sovra.core.spec.zones import zone_of
+    from sovra.providers.snowflake.provider import SETTING, zone_for_cross_region
 
     london, frankfurt = cortex("snowflake-cortex/eu-west-2", "GB"), cortex("snowflake-cortex/eu-central-1", "DE")
 
@@ -155,7 +155,7 @@ def test_a_london_cortex_account_on_aws_eu_is_held_to_eu_and_uk():
 
 
 def test_a_cloud_wide_cortex_setting_is_global():
-    from providers.snowflake.provider import zone_for_cross_region
+    from sovra.providers.snowflake.provider import zone_for_cross_region
 
     for value in ("AWS_GLOBAL", "AZURE_GLOBAL", "GCP_GLOBAL", "ANY_REGION", "AWS_EU,GCP_GLOBAL"):
         assert zone_for_cross_region(value, "EU") == GLOBAL

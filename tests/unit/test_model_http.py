@@ -10,10 +10,10 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestrator.router.body import MAX_BODY_BYTES
-from orchestrator.serving.engines import Engine
-from orchestrator.serving.model_http import create_app
-from orchestrator.serving.ray_apps import ModelServer
+from sovra.orchestrator.router.body import MAX_BODY_BYTES
+from sovra.orchestrator.serving.engines import Engine
+from sovra.orchestrator.serving.model_http import create_app
+from sovra.orchestrator.serving.ray_apps import ModelServer
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 SERVER_KEY = "k-server-123"
@@ -103,8 +103,8 @@ def test_an_engine_without_embeddings_and_an_unknown_path_are_explained():
 
 def test_the_model_http_client_probes_and_describes_through_healthz():
     """The router's side of the same surface, over real HTTP: health and `sovra status` ask the engine."""
-    from providers.onprem.model_http_client import ModelHttpClient
-    from core.place import Place
+    from sovra.providers.onprem.model_http_client import ModelHttpClient
+    from sovra.core.place import Place
     from tests import factories
     from tests.fakes.openai_backend import ServerThread
 
@@ -136,8 +136,8 @@ def test_with_a_key_configured_every_call_needs_it(monkeypatch):
 
 
 def test_the_model_http_client_sends_the_key_from_the_variable_its_backend_names(monkeypatch):
-    from providers.onprem.model_http_client import ModelHttpClient
-    from core.place import Place
+    from sovra.providers.onprem.model_http_client import ModelHttpClient
+    from sovra.core.place import Place
     from tests import factories
     from tests.fakes.openai_backend import ServerThread
 
@@ -163,7 +163,7 @@ def test_the_model_http_client_sends_the_key_from_the_variable_its_backend_names
 def test_the_model_server_refuses_to_start_without_a_key(monkeypatch):
     """Serve's deployment (what a KubeRay RayService runs) and the plain ASGI app alike: no key, no server that
     answers anyone who can reach it."""
-    from orchestrator.serving.ray_apps import HttpModelServer
+    from sovra.orchestrator.serving.ray_apps import HttpModelServer
 
     for unset in ("", "   "):
         monkeypatch.setenv("SOVRA_SERVE_API_KEY", unset)

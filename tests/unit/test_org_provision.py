@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.catalog import load_org
-from core.errors import SpecError
-from core.spec.org import Org, provision_for
+from sovra.orchestrator.catalog import load_org
+from sovra.core.errors import SpecError
+from sovra.core.spec.org import Org, provision_for
 
 CLUSTER = """apiVersion: sovra/v1
 kind: Org

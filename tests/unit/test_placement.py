@@ -4,7 +4,7 @@ import datetime as dt
 
 import pytest
 
-from core.spec.org import LicenseRule, OrgPolicy
+from sovra.core.spec.org import LicenseRule, OrgPolicy
 from tests.factories import credit, deployment, solve, target
 
 H = 730  # hours per month
@@ -23,7 +23,7 @@ def test_cheapest_target_wins_and_cost_is_hourly_times_730():
 
 
 def test_cheapest_fitting_accelerator_is_used():
-    from core.spec import Target
+    from sovra.core.spec import Target
 
     t = Target.model_validate({
         "id": "a/x", "provider": "aws-sagemaker", "cloud": "aws", "region": "x", "country": "FR",

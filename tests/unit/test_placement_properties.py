@@ -9,11 +9,11 @@ from collections import defaultdict
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from core.spec.org import OrgPolicy
-from core.spec.zones import COUNTRY_ZONE
-from policies import filters
-from policies.licenses import license_pack
-from policies.placement import SolveOptions
+from sovra.core.spec.org import OrgPolicy
+from sovra.core.spec.zones import COUNTRY_ZONE
+from sovra.policies import filters
+from sovra.policies.licenses import license_pack
+from sovra.policies.placement import SolveOptions
 from tests.factories import AS_OF, credit, deployment, solve, target
 
 COUNTRIES = ["FR", "DE", "US", "JP"]

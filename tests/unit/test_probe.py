@@ -2,12 +2,12 @@
 
 import asyncio
 
-from core.backends import RoutingTable
-from providers.clients import BackendClient
-from orchestrator.router.dispatch import Dispatcher
-from orchestrator.router.health import Breaker
-from orchestrator.router.probe import Prober
-from core.place import Place
+from sovra.core.backends import RoutingTable
+from sovra.providers.clients import BackendClient
+from sovra.orchestrator.router.dispatch import Dispatcher
+from sovra.orchestrator.router.health import Breaker
+from sovra.orchestrator.router.probe import Prober
+from sovra.core.place import Place
 from tests import factories
 
 EU = Place("EU", "FR", "FR", "self")

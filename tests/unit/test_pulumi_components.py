@@ -17,10 +17,10 @@ import pulumi_kubernetes as k8s
 import pulumi_snowflake  # noqa: F401
 import pytest
 
-from providers.component import DEPLOYMENT_TAG, TARGET_TAG, ComponentSettingsError, PlacementInput
-from policies.guard import ResidencyGuardError
-from core.spec import Residency
-from policies.plan import DeploymentPlan, Placement
+from sovra.providers.component import DEPLOYMENT_TAG, TARGET_TAG, ComponentSettingsError, PlacementInput
+from sovra.policies.guard import ResidencyGuardError
+from sovra.core.spec import Residency
+from sovra.policies.plan import DeploymentPlan, Placement
 from tests.factories import deployment, target
 
 EU = Residency(zones=("EU",))
@@ -141,7 +141,7 @@ def assert_tagged(resource, t) -> None:
 
 
 def test_sagemaker_endpoint_resources_region_tags_and_outputs(mocks):
-    from providers.aws.component import SageMakerEndpoint
+    from sovra.providers.aws.component import SageMakerEndpoint
 
     c = SageMakerEndpoint("sm", placed(SAGEMAKER))
     out = resolve(name=c.endpoint_name, uri=c.scoring_uri, key=c.key)
@@ -177,7 +177,7 @@ def test_sagemaker_endpoint_resources_region_tags_and_outputs(mocks):
 
 
 def test_sagemaker_with_a_tampered_provider_region_is_refused_before_any_cloud_resource(mocks):
-    from providers.aws.component import SageMakerEndpoint
+    from sovra.providers.aws.component import SageMakerEndpoint
 
     class Edited(SageMakerEndpoint):
         @property
@@ -193,7 +193,7 @@ def test_sagemaker_with_a_tampered_provider_region_is_refused_before_any_cloud_r
 
 
 def test_a_resource_added_inside_a_component_with_its_own_region_is_refused(mocks):
-    from providers.aws.component import SageMakerEndpoint
+    from sovra.providers.aws.component import SageMakerEndpoint
 
     class Edited(SageMakerEndpoint):
         def build(self, name, inputs):
@@ -207,7 +207,7 @@ def test_a_resource_added_inside_a_component_with_its_own_region_is_refused(mock
 
 
 def test_an_aws_resource_without_the_placement_provider_is_refused(mocks):
-    from providers.aws.component import SageMakerEndpoint
+    from sovra.providers.aws.component import SageMakerEndpoint
 
     class Edited(SageMakerEndpoint):
         def build(self, name, inputs):
@@ -219,7 +219,7 @@ def test_an_aws_resource_without_the_placement_provider_is_refused(mocks):
 
 
 def test_unknown_settings_name_the_valid_ones(mocks):
-    from providers.aws.component import SageMakerEndpoint
+    from sovra.providers.aws.component import SageMakerEndpoint
 
     with pytest.raises(ComponentSettingsError, match="unknown imag.*valid: image, model_data_url, policy_arn"):
         declare(lambda: SageMakerEndpoint("sm", placed(SAGEMAKER, imag="x")))
@@ -229,7 +229,7 @@ def test_unknown_settings_name_the_valid_ones(mocks):
 
 
 def test_azure_ml_endpoint_and_deployment_in_the_target_location_with_a_secret_key(mocks):
-    from providers.azure.component_ml import AzureMLOnlineEndpoint
+    from sovra.providers.azure.component_ml import AzureMLOnlineEndpoint
 
     c = AzureMLOnlineEndpoint("az", placed(AZURE, 3, "Standard_NC40ads_H100_v5", workspace="ws", resource_group="rg"))
     out = resolve(name=c.endpoint_name, uri=c.scoring_uri, key=c.key)
@@ -256,7 +256,7 @@ def test_azure_ml_endpoint_and_deployment_in_the_target_location_with_a_secret_k
 
 
 def test_azure_ml_with_a_tampered_location_is_refused(mocks):
-    from providers.azure.component_ml import AzureMLOnlineEndpoint
+    from sovra.providers.azure.component_ml import AzureMLOnlineEndpoint
 
     class Edited(AzureMLOnlineEndpoint):
         @property
@@ -275,7 +275,7 @@ def test_azure_ml_with_a_tampered_location_is_refused(mocks):
 
 
 def test_foundry_resource_in_the_target_region_and_a_deployment_of_the_targets_type_with_a_secret_key(mocks):
-    from providers.azure.component_foundry import AzureFoundryDeployment
+    from sovra.providers.azure.component_foundry import AzureFoundryDeployment
 
     c = AzureFoundryDeployment("af", placed(FOUNDRY, resource_group="rg", capacity=50))
     out = resolve(name=c.endpoint_name, uri=c.scoring_uri, key=c.key, where=c.connection())
@@ -296,7 +296,7 @@ def test_foundry_resource_in_the_target_region_and_a_deployment_of_the_targets_t
 
 @pytest.mark.parametrize("wider", ["GlobalStandard", "DeveloperTier", "GlobalProvisionedManaged"])
 def test_a_foundry_deployment_type_wider_than_the_target_is_refused_before_anything_is_declared(mocks, wider):
-    from providers.azure.component_foundry import AzureFoundryDeployment
+    from sovra.providers.azure.component_foundry import AzureFoundryDeployment
 
     with pytest.raises(ResidencyGuardError, match=f"{wider}.*would process in GLOBAL, outside the target's EU"):
         declare(lambda: AzureFoundryDeployment("af", placed(FOUNDRY, deployment_type=wider)))
@@ -304,7 +304,7 @@ def test_a_foundry_deployment_type_wider_than_the_target_is_refused_before_anyth
 
 
 def test_a_foundry_resource_with_a_tampered_location_is_refused(mocks):
-    from providers.azure.component_foundry import AzureFoundryDeployment
+    from sovra.providers.azure.component_foundry import AzureFoundryDeployment
 
     us = FOUNDRY.model_copy(update={"region": "eastus2"})  # a US resource for an EU data-zone target
     with pytest.raises(ResidencyGuardError, match="EU"):
@@ -316,7 +316,7 @@ def test_a_foundry_resource_with_a_tampered_location_is_refused(mocks):
 
 
 def test_databricks_serving_endpoint(mocks):
-    from providers.databricks.component import DatabricksServingEndpoint
+    from sovra.providers.databricks.component import DatabricksServingEndpoint
 
     c = DatabricksServingEndpoint("db", placed(DATABRICKS, 0, None, host="https://dbc.example.com"))
     out = resolve(name=c.endpoint_name, uri=c.scoring_uri, key=c.key)
@@ -332,7 +332,7 @@ def test_databricks_serving_endpoint(mocks):
 
 
 def test_snowflake_cortex_access_role_and_grant_only(mocks):
-    from providers.snowflake.component import CORTEX_USER, SnowflakeCortexAccess
+    from sovra.providers.snowflake.component import CORTEX_USER, SnowflakeCortexAccess
 
     c = SnowflakeCortexAccess("sf", placed(SNOWFLAKE, 0, None, account_url="https://acme.snowflakecomputing.com"))
     out = resolve(name=c.endpoint_name, uri=c.scoring_uri, key=c.key)
@@ -349,7 +349,7 @@ def test_snowflake_cortex_access_role_and_grant_only(mocks):
 
 
 def test_snowflake_dedicated_capacity_adds_a_compute_pool_and_service(mocks):
-    from providers.snowflake.component import SnowflakeCortexAccess
+    from sovra.providers.snowflake.component import SnowflakeCortexAccess
 
     c = SnowflakeCortexAccess("sf", placed(SNOWFLAKE, 2, "GPU_NV_M"))
     out = resolve(name=c.endpoint_name)
@@ -374,7 +374,7 @@ def test_a_target_outside_the_residency_is_refused_before_any_resource(mocks, co
     us = t.model_copy(update={"id": t.id.replace("eu-central-1", "us-east-1"), "region": "us-east-1",
                               "country": "US", "zone": "US"})
     with pytest.raises(ResidencyGuardError, match=r"residency: zone US is not in \[EU\]"):
-        declare(lambda: getattr(importlib.import_module(f"providers.{module}.component"), cls)("x", placed(us, 0, None)))
+        declare(lambda: getattr(importlib.import_module(f"sovra.providers.{module}.component"), cls)("x", placed(us, 0, None)))
     assert not mocks.resources
 
 
@@ -388,7 +388,7 @@ DERIVED = "derived-service-key-7f3a"
 
 def kuberay_input(t, count=3, instance="h100", service_key: str | None = DERIVED, **settings) -> PlacementInput:
     """The placement as the program builds it, the Serve application (and the derived key) included."""
-    from infra.pulumi.program import placement_inputs
+    from sovra.infra.pulumi.program import placement_inputs
 
     d = deployment("d", model="m", residency={"zones": ["EU"]})
     [i] = placement_inputs(_plan_of(t, count, instance).placements, d, [t], {t.id: {"image": IMAGE, **settings}},
@@ -403,8 +403,8 @@ def _plan_of(t, count, instance) -> DeploymentPlan:
 
 
 def test_kuberay_service_pins_gpu_workers_and_the_model_server_to_the_target(mocks):
-    from providers.onprem.component import KubeRayCluster
-    from infra.serve_config import MODEL_HTTP_IMPORT
+    from sovra.providers.onprem.component import KubeRayCluster
+    from sovra.infra.serve_config import MODEL_HTTP_IMPORT
 
     t = ONPREM.model_copy(update={"address": "paris-gpu"})
     c = KubeRayCluster("kr", kuberay_input(t))
@@ -432,7 +432,7 @@ def test_kuberay_service_pins_gpu_workers_and_the_model_server_to_the_target(moc
 
 
 def test_kuberay_url_setting_is_where_the_router_reaches_the_service(mocks):
-    from providers.onprem.component import KubeRayCluster
+    from sovra.providers.onprem.component import KubeRayCluster
 
     c = KubeRayCluster("kr", kuberay_input(ONPREM, url="https://ray-paris.example.internal"))
     assert resolve(conn=pulumi.Output.from_input(c.connection()))["conn"] == {
@@ -440,7 +440,7 @@ def test_kuberay_url_setting_is_where_the_router_reaches_the_service(mocks):
 
 
 def test_kuberay_key_is_a_kubernetes_secret_every_pod_reads_and_a_pulumi_secret(mocks, monkeypatch):
-    from providers.onprem.component import KubeRayCluster
+    from sovra.providers.onprem.component import KubeRayCluster
 
     monkeypatch.setenv("PARIS_KEY", "k-paris-123")
     c = KubeRayCluster("kr", kuberay_input(ONPREM, api_key_env="PARIS_KEY"))
@@ -463,7 +463,7 @@ def test_kuberay_without_api_key_env_keeps_the_derived_key_in_a_secret_every_pod
     """No `api_key_env` in the org: the service still requires a key, the one derived from the routing cluster's
     Ray token, kept in a Kubernetes Secret as a Pulumi secret; the stack output names only the variable the router
     derives it into, and the key is nowhere in clear (connection, RayService, repr)."""
-    from providers.onprem.component import KubeRayCluster
+    from sovra.providers.onprem.component import KubeRayCluster
 
     i = kuberay_input(ONPREM)
     assert DERIVED not in repr(i)
@@ -489,7 +489,7 @@ def test_kuberay_without_api_key_env_keeps_the_derived_key_in_a_secret_every_pod
 def test_kuberay_with_no_key_at_all_is_refused_before_any_resource(mocks):
     """Neither `api_key_env` nor a derived key: refused, rather than a service that answers anyone who can reach
     it (its model server would refuse to start anyway)."""
-    from providers.onprem.component import KubeRayCluster
+    from sovra.providers.onprem.component import KubeRayCluster
 
     with pytest.raises(ComponentSettingsError, match=r"onprem/paris: the KubeRay service needs a key.*api_key_env"):
         declare(lambda: KubeRayCluster("kr", kuberay_input(ONPREM, service_key=None)))
@@ -497,7 +497,7 @@ def test_kuberay_with_no_key_at_all_is_refused_before_any_resource(mocks):
 
 
 def test_kuberay_key_variable_unset_where_up_runs_is_refused_before_any_resource(mocks, monkeypatch):
-    from providers.onprem.component import KubeRayCluster
+    from sovra.providers.onprem.component import KubeRayCluster
 
     monkeypatch.delenv("PARIS_KEY", raising=False)
     with pytest.raises(ComponentSettingsError, match="PARIS_KEY.*not set here"):
@@ -506,7 +506,7 @@ def test_kuberay_key_variable_unset_where_up_runs_is_refused_before_any_resource
 
 
 def test_kuberay_without_an_image_says_what_the_image_must_hold(mocks):
-    from providers.onprem.component import KubeRayCluster
+    from sovra.providers.onprem.component import KubeRayCluster
 
     bare = PlacementInput(deployment="d", target=ONPREM, residency=EU, model="m", instance_count=1,
                           app=kuberay_input(ONPREM).app)
@@ -517,7 +517,7 @@ def test_kuberay_without_an_image_says_what_the_image_must_hold(mocks):
 
 
 def test_kuberay_service_pinned_elsewhere_is_refused(mocks):
-    from providers.onprem.component import KubeRayCluster
+    from sovra.providers.onprem.component import KubeRayCluster
 
     class Edited(KubeRayCluster):
         def build(self, name, inputs):
@@ -536,7 +536,7 @@ def test_kuberay_service_pinned_elsewhere_is_refused(mocks):
 def test_kuberay_serve_app_pinned_elsewhere_or_unpinned_is_refused(mocks, resources, stray):
     """Tampering with the Serve config, not the worker groups: replicas asking for another target's nodes (or for
     none, so Ray may place them on any node) are refused before anything reaches the engine."""
-    from providers.onprem.component import KubeRayCluster
+    from sovra.providers.onprem.component import KubeRayCluster
 
     i = kuberay_input(ONPREM)
     app = json.loads(json.dumps(i.app))
@@ -558,7 +558,7 @@ def _plan(*targets_) -> DeploymentPlan:
 
 
 def test_program_builds_one_guarded_component_per_placement_and_exports_outputs(mocks):
-    from infra.pulumi.program import program
+    from sovra.infra.pulumi.program import program
 
     d = deployment("d", residency={"zones": ["EU"]})
     bedrock = target("aws-bedrock/eu", region="eu-central-1", country=None, zone="EU", models={"m": 0.001})
@@ -576,7 +576,7 @@ def test_program_builds_one_guarded_component_per_placement_and_exports_outputs(
 
 
 def test_a_hand_edited_program_with_a_resource_in_another_region_fails(mocks):
-    from infra.pulumi.program import program
+    from sovra.infra.pulumi.program import program
 
     d = deployment("d", residency={"zones": ["EU"]})
     run = program(_plan(SAGEMAKER, AZURE).placements, d, [SAGEMAKER, AZURE])
@@ -608,10 +608,10 @@ def test_fresh_mocks_do_not_inherit_the_previous_programs_guard(mocks):
 def test_the_exported_connections_become_endpoints_the_router_can_reach(mocks):
     """The seam to `up`: each component's connection (non-secret) -> an org-style Endpoint that its provider
     adapter locates; no key is copied into it."""
-    from providers.azure.component_ml import AzureMLOnlineEndpoint
-    from providers.aws.component import SageMakerEndpoint
-    from infra.pulumi_stack import outputs_to_endpoints
-    from providers import base
+    from sovra.providers.azure.component_ml import AzureMLOnlineEndpoint
+    from sovra.providers.aws.component import SageMakerEndpoint
+    from sovra.infra.pulumi_stack import outputs_to_endpoints
+    from sovra.providers import base
 
     sm, az = SageMakerEndpoint("sm", placed(SAGEMAKER)), AzureMLOnlineEndpoint("az", placed(AZURE, instance="x"))
     conns = resolve(sm=pulumi.Output.from_input(sm.connection()), az=pulumi.Output.from_input(az.connection()))
@@ -632,11 +632,11 @@ def test_the_exported_connections_become_endpoints_the_router_can_reach(mocks):
 def test_a_kuberay_stack_output_becomes_an_own_capacity_backend_reached_over_http():
     """The seam for a Kubernetes cluster in org.yaml: its exported URL -> an Endpoint (the cluster's own fields
     dropped) -> a first-rung routing-table backend that the KubeRay client calls."""
-    from infra.pulumi_stack import outputs_to_endpoints
-    from orchestrator.routing_table import routed_entry
-    from providers.onprem.model_http_client import ModelHttpClient
-    from core.spec.org import Cluster
-    from providers import base
+    from sovra.infra.pulumi_stack import outputs_to_endpoints
+    from sovra.orchestrator.routing_table import routed_entry
+    from sovra.providers.onprem.model_http_client import ModelHttpClient
+    from sovra.core.spec.org import Cluster
+    from sovra.providers import base
 
     cluster = Cluster.model_validate({
         "id": "k8s-paris", "provider": "kubernetes", "country": "FR", "zone": "EU", "address": "paris-gpu",
@@ -657,7 +657,7 @@ def test_a_kuberay_stack_output_becomes_an_own_capacity_backend_reached_over_htt
 
 def test_build_program_hands_each_component_its_targets_provision_settings(mocks):
     """What `sovra preview/up` runs: `build_program` with the org's `provision:` settings by target id."""
-    from infra.pulumi_stack import build_program
+    from sovra.infra.pulumi_stack import build_program
 
     d = deployment("d", residency={"zones": ["EU"]})
     run = build_program(d, _plan(AZURE).placements, {AZURE.id: AZURE},

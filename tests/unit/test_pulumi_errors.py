@@ -23,8 +23,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infra import pulumi_stack as ps
-from core.errors import (
+from sovra.infra import pulumi_stack as ps
+from sovra.core.errors import (
     CloudCredentialsError,
     ConcurrentUpdateError,
     ProvisionError,
@@ -277,7 +277,7 @@ def test_plain_display_prints_one_line_per_resource_change():
 
 
 def _targets():
-    from orchestrator.catalog import load_org, load_targets
+    from sovra.orchestrator.catalog import load_org, load_targets
 
     return {t.id: t for t in load_targets(None, load_org(None))}
 
@@ -285,7 +285,7 @@ def _targets():
 def test_outputs_become_endpoints_the_router_can_reach():
     from pulumi.automation import OutputValue
 
-    from core.spec.org import Endpoint
+    from sovra.core.spec.org import Endpoint
 
     t = _targets()
     chosen = [t["aws-sagemaker/eu-central-1"], t["azure-ml/swedencentral"]]

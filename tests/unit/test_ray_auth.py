@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.ray_cluster import ClusterError, LocalRay, cluster_token, ensure_local_token, local_token_path
+from sovra.infra.ray_cluster import ClusterError, LocalRay, cluster_token, ensure_local_token, local_token_path
 
 REMOTE = "http://ray-head.example:8265"
 

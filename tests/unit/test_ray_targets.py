@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from infra import serve_config as sc
-from infra.ray_cluster import Node
-from orchestrator import deploy
-from orchestrator.planning import Inputs
-from core.spec.org import Cluster, Org
+from sovra.infra import serve_config as sc
+from sovra.infra.ray_cluster import Node
+from sovra.orchestrator import deploy
+from sovra.orchestrator.planning import Inputs
+from sovra.core.spec.org import Cluster, Org
 
 REMOTE = "http://ray-head.example:8265"
 

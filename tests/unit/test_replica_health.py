@@ -7,10 +7,10 @@ import types
 
 import pytest
 
-from orchestrator.serving.engines import Engine, EngineError, Heartbeat
-from orchestrator.serving.engines.llama_cpp import _loaded
-from orchestrator.serving.engines.vllm import VLLMEngine
-from orchestrator.serving.ray_apps import ModelServer
+from sovra.orchestrator.serving.engines import Engine, EngineError, Heartbeat
+from sovra.orchestrator.serving.engines.llama_cpp import _loaded
+from sovra.orchestrator.serving.engines.vllm import VLLMEngine
+from sovra.orchestrator.serving.ray_apps import ModelServer
 
 
 class FakeClock:
@@ -36,7 +36,7 @@ def test_heartbeat_tells_busy_from_stuck():
 
 
 def test_every_engine_must_say_how_it_checks_its_health(monkeypatch):
-    from orchestrator.serving import engines
+    from sovra.orchestrator.serving import engines
 
     monkeypatch.setattr(engines, "_ENGINES", dict(engines._ENGINES))  # the test engine registers in a copy
 

@@ -4,7 +4,7 @@
 import asyncio
 import threading
 
-from providers.onprem.ray_client import ReplicaWatch
+from sovra.providers.onprem.ray_client import ReplicaWatch
 
 
 class Status:
@@ -75,11 +75,11 @@ def test_a_backend_served_over_http_goes_over_http_with_its_key_and_not_while_se
 
     import pytest
 
-    from core.backends import Backend
-    from core.api_errors import NotDelivered
-    from providers.onprem.ray_client import RayClient
-    from core.spec.common import Residency
-    from core.place import Place
+    from sovra.core.backends import Backend
+    from sovra.core.api_errors import NotDelivered
+    from sovra.providers.onprem.ray_client import RayClient
+    from sovra.core.spec.common import Residency
+    from sovra.core.place import Place
 
     seen = []
 
@@ -160,9 +160,9 @@ def test_a_failed_by_value_call_is_not_resent_and_reads_for_people():
     to the dispatcher (which puts it in front once)."""
     import grpc
 
-    from core.api_errors import Failed
-    from providers.onprem.ray_client import _verdict
-    from core.place import Place
+    from sovra.core.api_errors import Failed
+    from sovra.providers.onprem.ray_client import _verdict
+    from sovra.core.place import Place
     from tests import factories
 
     exc = grpc.aio.AioRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(), grpc.aio.Metadata(),
@@ -179,10 +179,10 @@ def test_an_engine_refusal_is_a_400_however_serve_delivers_it():
     the exception itself. Either way the engine refused the request: the client gets 400, nothing is resent."""
     from ray.exceptions import RayTaskError
 
-    from core.api_errors import BadRequest
-    from orchestrator.serving.engines import EngineError
-    from providers.onprem.ray_client import _verdict
-    from core.place import Place
+    from sovra.core.api_errors import BadRequest
+    from sovra.orchestrator.serving.engines import EngineError
+    from sovra.providers.onprem.ray_client import _verdict
+    from sovra.core.place import Place
     from tests import factories
 
     backend = factories.backend("local", Place("EU", "FR", "FR", "self"))

@@ -1,9 +1,9 @@
 from hypothesis import given, strategies as st
 
-from core.spec import Residency
-from core.spec.zones import COUNTRY_ZONE, GLOBAL
-from core.place import Place
-from policies.residency import allows, violations
+from sovra.core.spec import Residency
+from sovra.core.spec.zones import COUNTRY_ZONE, GLOBAL
+from sovra.core.place import Place
+from sovra.policies.residency import allows, violations
 
 FR_SELF = Place("EU", "FR", "FR", "self")
 FR_US_OP = Place("EU", "FR", "US", "microsoft")

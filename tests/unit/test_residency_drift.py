@@ -1,9 +1,9 @@
 """`sovra refresh` reports a resource that now lands outside its placement's region (moved or re-created outside
 Sovra), read from the stack's refreshed state in Pulumi's checkpoint format."""
 
-from infra.pulumi.drift import residency_drift
-from policies.guard import RegionRule
-from core.spec import Residency
+from sovra.infra.pulumi.drift import residency_drift
+from sovra.policies.guard import RegionRule
+from sovra.core.spec import Residency
 from tests import factories
 
 PARIS = factories.target("aws-sagemaker/eu-west-3", region="eu-west-3", country="FR")

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.guard import RAY_SERVICE, Declared, RegionRule, check, check_all, declared, normalize_region
-from core.spec import Residency
-from core.place import Place
-from policies.residency import allows
+from sovra.policies.guard import RAY_SERVICE, Declared, RegionRule, check, check_all, declared, normalize_region
+from sovra.core.spec import Residency
+from sovra.core.place import Place
+from sovra.policies.residency import allows
 from tests.factories import target
 
 PARIS = target("aws-sagemaker/eu-west-3", region="eu-west-3", country="FR")
@@ -149,7 +149,7 @@ def _policy_args(type_: str, props: dict, provider_region: str | None, config: d
 
 
 def test_crossguard_rule_refuses_what_the_guard_refuses_from_the_packs_config():
-    from policies.crossguard.rule import violation
+    from sovra.policies.crossguard.rule import violation
 
     config = {"allowedRegions": ["eu-west-3"], "rule": "deployment support: zones [EU]"}
     why = violation("aws:sagemaker/endpoint:Endpoint", "r", {}, {"region": "us-east-1"}, config)
@@ -164,7 +164,7 @@ def test_crossguard_pack_reports_the_guard_refusal_from_its_config():
     # pulumi-policy lives in the pack's own environment (policies/crossguard/requirements.txt), not in Sovra's
     # extras: it pins protobuf ~=5.29, which ray[serve] cannot run with. Where it is installed, the pack is checked.
     pytest.importorskip("pulumi_policy", reason="the CrossGuard pack's own environment is not installed here")
-    from policies.crossguard.residency_policy import POLICY, validate
+    from sovra.policies.crossguard.residency_policy import POLICY, validate
 
     config = {"allowedRegions": ["eu-west-3"], "rule": "deployment support: zones [EU]"}
     seen: list[str] = []

@@ -5,11 +5,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.api_errors import InvalidResidency, ResidencyWidening
-from orchestrator.router.gate import MAX_HEADERS, RequestResidency, parse_header
-from core.spec import Residency
-from core.place import Place
-from policies.residency import allows
+from sovra.core.api_errors import InvalidResidency, ResidencyWidening
+from sovra.orchestrator.router.gate import MAX_HEADERS, RequestResidency, parse_header
+from sovra.core.spec import Residency
+from sovra.core.place import Place
+from sovra.policies.residency import allows
 
 PLACES = [Place("EU", "FR", "FR", "self"), Place("EU", "DE", "US", "amazon"), Place("EU", "DE", "DE", "self"),
           Place("US", "US", "US", "amazon"), Place("GLOBAL", None, "US", "microsoft"),

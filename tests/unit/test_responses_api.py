@@ -10,8 +10,8 @@ from openai.types import Completion
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from orchestrator.router import completions, responses
-from core.api_errors import BadRequest
+from sovra.orchestrator.router import completions, responses
+from sovra.core.api_errors import BadRequest
 
 EVENT = TypeAdapter(ResponseStreamEvent)
 

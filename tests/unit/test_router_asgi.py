@@ -5,15 +5,15 @@ import asyncio
 import hashlib
 import json
 
-from orchestrator.router.app import RouterState, create_app
-from orchestrator.router.audit import AuditLog, read
-from core.backends import RoutingTable
-from providers.clients import BackendClient
-from orchestrator.router.dispatch import Dispatcher
-from orchestrator.router.tenants import TenantDirectory
-from core.spec import Residency
-from core.spec.org import Tenant
-from core.place import Place
+from sovra.orchestrator.router.app import RouterState, create_app
+from sovra.orchestrator.router.audit import AuditLog, read
+from sovra.core.backends import RoutingTable
+from sovra.providers.clients import BackendClient
+from sovra.orchestrator.router.dispatch import Dispatcher
+from sovra.orchestrator.router.tenants import TenantDirectory
+from sovra.core.spec import Residency
+from sovra.core.spec.org import Tenant
+from sovra.core.place import Place
 from tests import factories
 
 KEY = "sk-test-asgi"

@@ -8,14 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from core.backends import RoutingTable
-from orchestrator.router.dispatch import Dispatcher
-from core.api_errors import AmbiguousModel, ModelNotFound, NoAllowedBackend
-from orchestrator.router.gate import RequestResidency
-from orchestrator.router.tenants import TenantDirectory
-from core.spec import Residency
-from core.spec.org import Org, Tenant
-from core.place import Place
+from sovra.core.backends import RoutingTable
+from sovra.orchestrator.router.dispatch import Dispatcher
+from sovra.core.api_errors import AmbiguousModel, ModelNotFound, NoAllowedBackend
+from sovra.orchestrator.router.gate import RequestResidency
+from sovra.orchestrator.router.tenants import TenantDirectory
+from sovra.core.spec import Residency
+from sovra.core.spec.org import Org, Tenant
+from sovra.core.place import Place
 from tests import factories
 
 EU, FR, ANY = Residency(zones=("EU",)), Residency(countries=("FR",)), Residency(zones=("GLOBAL",))
@@ -120,8 +120,8 @@ def test_unrestricted_is_spelled_out_and_tenants_may_name_their_deployments():
 
 
 def test_a_missing_tenant_residency_in_yaml_names_the_file_the_field_and_the_fix(tmp_path):
-    from orchestrator.catalog import load_org
-    from core.errors import SpecError
+    from sovra.orchestrator.catalog import load_org
+    from sovra.core.errors import SpecError
 
     org = tmp_path / "org.yaml"
     org.write_text(f"apiVersion: sovra/v1\nkind: Org\ntenants:\n  - {{name: bank, key_sha256: '{KEY}'}}\n")

@@ -8,14 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.backends import Backend, RoutingTable
-from orchestrator.router.balancing import Candidate, get_policy, policy_names
-from orchestrator.router.dispatch import Dispatcher
-from core.api_errors import ResidencyWidening
-from orchestrator.router.gate import RequestResidency
-from orchestrator.router.health import Breaker
-from core.spec import Residency
-from core.place import Place
+from sovra.core.backends import Backend, RoutingTable
+from sovra.orchestrator.router.balancing import Candidate, get_policy, policy_names
+from sovra.orchestrator.router.dispatch import Dispatcher
+from sovra.core.api_errors import ResidencyWidening
+from sovra.orchestrator.router.gate import RequestResidency
+from sovra.orchestrator.router.health import Breaker
+from sovra.core.spec import Residency
+from sovra.core.place import Place
 from tests import factories
 
 EU, US = Residency(zones=("EU",)), Residency(zones=("US",))

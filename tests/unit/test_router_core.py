@@ -8,17 +8,17 @@ from collections import Counter
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from core.backends import RoutingTable
-from orchestrator.router.balancing import Candidate, get_policy
-from orchestrator.router.dispatch import Dispatcher
-from core.api_errors import (InvalidResidency, ModelNotFound, NoAllowedBackend, NotDelivered,
+from sovra.core.backends import RoutingTable
+from sovra.orchestrator.router.balancing import Candidate, get_policy
+from sovra.orchestrator.router.dispatch import Dispatcher
+from sovra.core.api_errors import (InvalidResidency, ModelNotFound, NoAllowedBackend, NotDelivered,
                                         ResidencyWidening, Saturated, Unauthorized)
-from orchestrator.router.gate import RequestResidency, parse_header
-from orchestrator.router.health import Breaker
-from orchestrator.router.tenants import TenantDirectory
-from core.spec import Residency
-from core.spec.org import Tenant
-from core.place import Place
+from sovra.orchestrator.router.gate import RequestResidency, parse_header
+from sovra.orchestrator.router.health import Breaker
+from sovra.orchestrator.router.tenants import TenantDirectory
+from sovra.core.spec import Residency
+from sovra.core.spec.org import Tenant
+from sovra.core.place import Place
 from tests import factories
 
 EU = Residency(zones=("EU",))
@@ -183,7 +183,7 @@ def test_no_attempt_ever_leaves_the_allowed_set(backs, failing, tenant, policy, 
 
 def test_the_ground_package_names_exactly_the_routers_policies():
     """Deployments and routing tables are checked against core's names, the router registers the classes."""
-    from core.spec.common import ROUTING_POLICIES
-    from orchestrator.router.balancing import policy_names
+    from sovra.core.spec.common import ROUTING_POLICIES
+    from sovra.orchestrator.router.balancing import policy_names
 
     assert set(ROUTING_POLICIES) == set(policy_names())

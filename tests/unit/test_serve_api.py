@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from infra.ray_cluster import ClusterError
-from infra.serve_api import APPS_PATH, ServeApi
+from sovra.infra.ray_cluster import ClusterError
+from sovra.infra.serve_api import APPS_PATH, ServeApi
 
 CONTROLLER_DIED = "ray.exceptions.ActorDiedError: The actor died unexpectedly ... name: SERVE_CONTROLLER_ACTOR"
 

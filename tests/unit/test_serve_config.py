@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from infra import serve_config as sc
-from orchestrator import routing_table as rt
-from core.backends import Backend
-from core.spec import Deployment
-from core.place import Place
+from sovra.infra import serve_config as sc
+from sovra.orchestrator import routing_table as rt
+from sovra.core.backends import Backend
+from sovra.core.spec import Deployment
+from sovra.core.place import Place
 from tests import factories
 from tests.factories import deployment, solve, target
 
@@ -140,7 +140,7 @@ def test_over_serve_http_replicas_answer_under_their_route_and_no_key_is_in_any_
 def test_the_replica_key_is_derived_from_the_ray_token_and_required_by_the_replica(monkeypatch, tmp_path):
     import hmac
 
-    from orchestrator.serving import model_http
+    from sovra.orchestrator.serving import model_http
 
     token = tmp_path / "token"
     token.write_text("ray-cluster-token\n")

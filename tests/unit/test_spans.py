@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.spec.common import Residency
-from core.spec.zones import COUNTRY_ZONE, ZONE_COUNTRIES, normalize_span
-from core.place import Place
-from policies.residency import allows, location_allowed, violations
+from sovra.core.spec.common import Residency
+from sovra.core.spec.zones import COUNTRY_ZONE, ZONE_COUNTRIES, normalize_span
+from sovra.core.place import Place
+from sovra.policies.residency import allows, location_allowed, violations
 
 EUROPE, AMERICAS = "EU+UK+CH", "US+CA+BR"
 

@@ -8,13 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.backends import RoutingTable
-from orchestrator.router.dispatch import Dispatcher
-from core.api_errors import BackendRefused, NoAllowedBackend, NotDelivered, Refused, Saturated
-from orchestrator.router.gate import RequestResidency
-from core.spec import Residency
-from core.place import Place
-from policies.residency import allows
+from sovra.core.backends import RoutingTable
+from sovra.orchestrator.router.dispatch import Dispatcher
+from sovra.core.api_errors import BackendRefused, NoAllowedBackend, NotDelivered, Refused, Saturated
+from sovra.orchestrator.router.gate import RequestResidency
+from sovra.core.spec import Residency
+from sovra.core.place import Place
+from sovra.policies.residency import allows
 from tests import factories
 
 EU = RequestResidency(Residency(zones=("EU",)))

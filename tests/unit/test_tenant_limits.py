@@ -4,10 +4,10 @@ import hashlib
 
 import pytest
 
-from core.api_errors import TenantBusy
-from orchestrator.router.limits import TenantLimits
-from core.spec import Residency
-from core.spec.org import Org, Tenant
+from sovra.core.api_errors import TenantBusy
+from sovra.orchestrator.router.limits import TenantLimits
+from sovra.core.spec import Residency
+from sovra.core.spec.org import Org, Tenant
 
 
 def tenant(name: str, max_concurrent: int | None = None) -> Tenant:

@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from infra import serve_config as sc
-from infra.ray_cluster import ClusterError
-from infra.serve_api import ServeApi
-from infra.transport import client_trust, is_loopback
-from orchestrator import deploy
-from orchestrator.planning import Inputs
-from core.spec.org import Cluster, Org
-from policies.plan import DeploymentPlan, FleetPlan, Placement
+from sovra.infra import serve_config as sc
+from sovra.infra.ray_cluster import ClusterError
+from sovra.infra.serve_api import ServeApi
+from sovra.infra.transport import client_trust, is_loopback
+from sovra.orchestrator import deploy
+from sovra.orchestrator.planning import Inputs
+from sovra.core.spec.org import Cluster, Org
+from sovra.policies.plan import DeploymentPlan, FleetPlan, Placement
 from tests.factories import deployment
 
 REMOTE = "http://ray-head.example:8265"
@@ -96,8 +96,8 @@ def test_clusters_sharing_a_router_must_agree_on_its_tls(tmp_path):
     # check runs where org.yaml is loaded
     import json
 
-    from core.errors import SpecError
-    from orchestrator.catalog import load_org
+    from sovra.core.errors import SpecError
+    from sovra.orchestrator.catalog import load_org
 
     org_file = tmp_path / "org.yaml"
     org_file.write_text(json.dumps({"clusters": [cluster("a", tls=TLS), cluster("b")]}))
@@ -213,8 +213,8 @@ def _kuberay_inputs(*extra_clusters: dict[str, Any], placements_on: tuple[str, .
 
 
 def test_a_kuberay_service_without_api_key_env_gets_a_key_the_local_router_derives_too(monkeypatch, tmp_path):
-    from orchestrator.provisioning import service_keys
-    from orchestrator.serving import model_http
+    from sovra.orchestrator.provisioning import service_keys
+    from sovra.orchestrator.serving import model_http
 
     monkeypatch.setenv("SOVRA_HOME", str(tmp_path))
     inputs, plan = _kuberay_inputs()
@@ -236,8 +236,8 @@ def test_a_kuberay_service_without_api_key_env_gets_a_key_the_local_router_deriv
 
 
 def test_a_derived_key_needs_one_router_with_a_known_token(monkeypatch, tmp_path):
-    from core.errors import ProvisionError
-    from orchestrator.provisioning import service_keys
+    from sovra.core.errors import ProvisionError
+    from sovra.orchestrator.provisioning import service_keys
 
     monkeypatch.setenv("SOVRA_HOME", str(tmp_path))
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)

@@ -13,17 +13,17 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
-from core.errors import EngineError, SovraError  # noqa: F401  (EngineError: the engines' error, named here too)
-from core.spec.deployment import PACKAGED_MODELS  # noqa: F401  (what `engine: auto` picks, named here too)
+from sovra.core.errors import EngineError, SovraError  # noqa: F401  (EngineError: the engines' error, named here too)
+from sovra.core.spec.deployment import PACKAGED_MODELS  # noqa: F401  (what `engine: auto` picks, named here too)
 
 _ENGINES: dict[str, type[Engine]] = {}
 
 # Engine name -> module that registers it; imported by `get_engine` on first use.
 _MODULES: dict[str, str] = {
-    "echo": "orchestrator.serving.engines.echo",
-    "llama-cpp": "orchestrator.serving.engines.llama_cpp",
-    "minilm": "orchestrator.serving.engines.sentence",
-    "vllm": "orchestrator.serving.engines.vllm",
+    "echo": "sovra.orchestrator.serving.engines.echo",
+    "llama-cpp": "sovra.orchestrator.serving.engines.llama_cpp",
+    "minilm": "sovra.orchestrator.serving.engines.sentence",
+    "vllm": "sovra.orchestrator.serving.engines.vllm",
 }
 
 
@@ -54,7 +54,7 @@ class Engine(abc.ABC):
 
     def refuse_unsupported(self, body: dict[str, Any]) -> None:
         """Refuse (EngineError, a 400) a chat request asking for what this engine does not honour."""
-        from orchestrator.serving.engines.request import refuse_unsupported
+        from sovra.orchestrator.serving.engines.request import refuse_unsupported
 
         refuse_unsupported(body, self.name, self.supports)
 

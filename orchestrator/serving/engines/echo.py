@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from orchestrator.serving.engines import Engine, chunk, completion, new_completion_id
+from sovra.orchestrator.serving.engines import Engine, chunk, completion, new_completion_id
 
 
 class EchoEngine(Engine, name="echo"):

@@ -30,7 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.serving.engines import (
+from sovra.orchestrator.serving.engines import (
     Engine,
     EngineError,
     Heartbeat,
@@ -39,7 +39,7 @@ from orchestrator.serving.engines import (
     new_completion_id,
     token_usage,
 )
-from orchestrator.serving.engines.request import (
+from sovra.orchestrator.serving.engines.request import (
     DEFAULT_PREAMBLE,
     TRANSCRIPT_STOPS,
     ChatRequest,

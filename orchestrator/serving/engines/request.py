@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.serving.engines import EngineError
+from sovra.orchestrator.serving.engines import EngineError
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit on a request's own `stop` list

@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.serving.engines import Engine, EngineError, Heartbeat
-from orchestrator.serving.engines.request import InvalidChatRequest
+from sovra.orchestrator.serving.engines import Engine, EngineError, Heartbeat
+from sovra.orchestrator.serving.engines.request import InvalidChatRequest
 
 INSTALL_HINT = "pip install 'sovra[local]'"
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

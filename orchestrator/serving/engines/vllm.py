@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.serving.engines import (
+from sovra.orchestrator.serving.engines import (
     Engine,
     EngineError,
     chunk,
@@ -24,7 +24,7 @@ from orchestrator.serving.engines import (
     new_completion_id,
     token_usage,
 )
-from orchestrator.serving.engines.request import TRANSCRIPT_STOPS, ChatRequest, Message, transcript
+from sovra.orchestrator.serving.engines.request import TRANSCRIPT_STOPS, ChatRequest, Message, transcript
 
 INSTALL_HINT = "vLLM is not installed; pip install 'sovra[vllm]' on a GPU node"
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
