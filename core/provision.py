@@ -95,7 +95,8 @@ class KubeRaySettings:
     api_key_env: str | None = None
 
 
-#: provider name -> its component's settings. The one list, beside `infra.pulumi.components.COMPONENTS`.
+#: provider name -> its Pulumi component's settings (org.yaml `provision:`), checked when org.yaml is loaded; the
+#: component itself is named by the provider's adapter (`Provider.component`).
 SETTINGS: Mapping[str, type] = MappingProxyType({
     "aws-sagemaker": SageMakerSettings,
     "azure-ml": AzureMLSettings,

@@ -82,6 +82,9 @@ class Provider(abc.ABC):
     #: do the model servers Sovra provisions here require a key, which `up` derives from the Ray token of the
     #: cluster whose router reaches them when org.yaml names none (`provision: {api_key_env: ...}`)?
     derives_service_key: ClassVar[bool] = False
+    #: "module:Class" of the Pulumi component (a `providers.component.PlacementComponent`, in the vendor's folder)
+    #: that creates this provider's dedicated endpoints or clusters; None: nothing is ever created here.
+    component: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)

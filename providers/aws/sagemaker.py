@@ -54,6 +54,7 @@ class SageMaker(Provider):
     """Each replica is one endpoint instance; data stays in the endpoint's region."""
 
     name = "aws-sagemaker"
+    component = "sovra.providers.aws.component:SageMakerEndpoint"
     extra = "aws"
     sdk_module = "boto3"
     scopes = {"regional": None}

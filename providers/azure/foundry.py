@@ -102,6 +102,7 @@ class AzureFoundry(Provider):
     """Foundry deployments: the deployment type says where inference may run (see the module's docstring)."""
 
     name = "azure-foundry"
+    component = "sovra.providers.azure.component_foundry:AzureFoundryDeployment"
     extra = "azure"
     sdk_module = "azure.identity"
     scopes = _SCOPES  # type: ignore[assignment]  (None: the region's own zone, narrowed for DataZone below)

@@ -84,6 +84,7 @@ class AzureML(Provider):
     """Managed online and serverless endpoints, each in its own region."""
 
     name = "azure-ml"
+    component = "sovra.providers.azure.component_ml:AzureMLOnlineEndpoint"
     extra = "azure"
     sdk_module = "azure.ai.ml"
     scopes = _SCOPES  # type: ignore[assignment]  (None: the region's own zone)

@@ -43,6 +43,7 @@ class Databricks(Provider):
     """Serving runs in the workspace's Geo unless cross-Geo processing is enabled (then anywhere: GLOBAL)."""
 
     name = "databricks"
+    component = "sovra.providers.databricks.component:DatabricksServingEndpoint"
     extra = "databricks"
     sdk_module = "databricks.sdk"
     #: `in-geo`: cross-Geo processing disabled, so serving processes in the workspace's Geo (`databricks_geo.geo_of`);

@@ -41,6 +41,7 @@ class Kubernetes(Provider):
     target's worker group, and the router reaches it over HTTP (the stack exports its URL)."""
 
     name = "kubernetes"
+    component = "sovra.providers.onprem.component:KubeRayCluster"
     extra = "pulumi"
     sdk_module = "pulumi"
     connection_model = KubeRayConnection

@@ -140,6 +140,7 @@ class SnowflakeCortex(Provider):
     """CORTEX_ENABLED_CROSS_REGION decides where Cortex may process: in-region, a cloud's geography, or ANY_REGION."""
 
     name = "snowflake-cortex"
+    component = "sovra.providers.snowflake.component:SnowflakeCortexAccess"
     extra = "snowflake"
     sdk_module = "snowflake.connector"
     scopes: ClassVar[dict[str, str | None]] = {label.lower(): zone for label, zone in CROSS_REGION_ZONES.items()}

@@ -670,3 +670,16 @@ def test_build_program_hands_each_component_its_targets_provision_settings(mocks
     go()
     endpoint = mocks.one("azure-native:machinelearningservices:OnlineEndpoint")
     assert endpoint.inputs["workspaceName"] == "ml-prod" and endpoint.inputs["resourceGroupName"] == "rg-ml"
+
+
+def test_every_adapter_that_names_a_component_has_its_settings_and_the_class_exists():
+    """A vendor's component is named by its adapter (one folder); its `provision:` settings are a ground fact."""
+    from sovra.core.provision import SETTINGS
+    from sovra.infra.pulumi.components import component_for
+    from sovra.providers import base
+
+    named = {n for n in base.names() if base.get(n).component}
+    assert named == {"aws-sagemaker", "azure-ml", "azure-foundry", "databricks", "snowflake-cortex", "kubernetes"}
+    assert named <= set(SETTINGS)
+    assert all(component_for(n).__name__ == base.get(n).component.rsplit(":", 1)[1] for n in named)
+    assert component_for("aws-bedrock") is None  # per-token: nothing is created
