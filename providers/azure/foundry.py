@@ -5,7 +5,7 @@ foundry-models/concepts/deployment-types): Global* may process in any region, Da
 zone of the resource's region, Standard / ProvisionedManaged in the resource's region; DeveloperTier makes no
 residency promise. Those labels are translated into Sovra zones here and nowhere else.
 
-ARM reads are in `azure_foundry_arm`, the router's client in `azure_foundry_client`.
+ARM reads are in `foundry_arm`, the router's client in `azure_foundry_client`.
 """
 
 from __future__ import annotations

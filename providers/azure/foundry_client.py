@@ -9,25 +9,24 @@ deployment by matching the parameter name inside of the request to the name of t
   goes as `Authorization: Bearer`, renewed before it expires. A 401/403 re-reads them once and resends to the same
   deployment, which refused without processing.
 - Health and describe read ARM only: no payload goes to the inference endpoint for them.
-Verdicts for HTTP answers (429 with Retry-After included) are HttpClient's; ARM failures `azure_foundry_arm.verdict`'s.
+Verdicts for HTTP answers (429 with Retry-After included) are HttpClient's; ARM failures `foundry_arm.verdict`'s.
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
 
 from sovra.core.backends import Backend
-from sovra.providers.clients import HttpClient
 from sovra.core.api_errors import AttemptFailed, Refused
 from sovra.providers.azure import foundry_arm as farm
 from sovra.providers.azure.foundry import API_VERSION, COGNITIVE_SCOPE
+from sovra.providers.azure.resolving import ResolvingClient
 from sovra.providers.openai_wire import blocking
 
 T = TypeVar("T")
@@ -42,7 +41,7 @@ class _Resolved:
     key: farm.Secret | None  # None: Entra ID
 
 
-class AzureFoundryClient(HttpClient):
+class AzureFoundryClient(ResolvingClient[_Resolved]):
     """HttpClient for Foundry deployments; `arm()` makes the (blocking) ARM reader, injectable for tests."""
 
     def __init__(self, client: httpx.AsyncClient | None = None, *, arm: Callable[[], farm.Arm] = farm.Arm,
@@ -51,8 +50,6 @@ class AzureFoundryClient(HttpClient):
         self._make_arm, self._clock = arm, clock
         self._arm: farm.Arm | None = None
         self._arm_lock = threading.Lock()
-        self._resolved: dict[farm.Ref, _Resolved] = {}
-        self._resolving: dict[farm.Ref, asyncio.Lock] = {}
         self._tokens: dict[str, tuple[farm.Secret, int]] = {}
 
     # -- what HttpClient asks ------------------------------------------------------------------------------------
@@ -75,42 +72,11 @@ class AzureFoundryClient(HttpClient):
             out["stream"] = stream
         return out
 
-    # -- operations: resolve first, re-read once if the credentials were refused ---------------------------------
+    def _key(self, backend: Backend) -> farm.Ref:
+        return _ref(backend)
 
-    async def chat(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
-        return await self._call(backend, lambda: super(AzureFoundryClient, self).chat(backend, body))
-
-    async def embed(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
-        return await self._call(backend, lambda: super(AzureFoundryClient, self).embed(backend, body))
-
-    async def chat_stream(self, backend: Backend, body: dict[str, Any]):
-        return await self._call(backend, lambda: super(AzureFoundryClient, self).chat_stream(backend, body))
-
-    async def _call(self, backend: Backend, send: Callable[[], Awaitable[T]]) -> T:
-        await self._ready(backend)
-        try:
-            return await send()
-        except Refused as exc:
-            if exc.status != 401:
-                raise
-        # A rotated key or a revoked token: nothing was processed, so read them again and resend, once.
-        self._resolved.pop(_ref(backend), None)
+    def _forget_tokens(self) -> None:
         self._tokens.clear()
-        await self._ready(backend)
-        return await send()
-
-    # -- payload-free: ARM only ----------------------------------------------------------------------------------
-
-    async def health(self, backend: Backend) -> bool:
-        """Provisioned, as ARM says; a failure to ask counts as not healthy."""
-        try:
-            facts = await self._facts(backend)
-        except AttemptFailed:
-            self._resolved.pop(_ref(backend), None)
-            return False
-        if not facts.ready:
-            self._resolved.pop(_ref(backend), None)
-        return facts.ready
 
     async def describe(self, backend: Backend) -> dict[str, Any]:
         """The deployment's state, type and capacity as ARM reports them (no key)."""
@@ -128,18 +94,9 @@ class AzureFoundryClient(HttpClient):
 
     # -- ARM ------------------------------------------------------------------------------------------------------
 
-    async def _ready(self, backend: Backend) -> _Resolved:
-        ref = _ref(backend)
-        hit = self._resolved.get(ref)
-        if hit is not None:
-            return hit
-        async with self._resolving.setdefault(ref, asyncio.Lock()):  # concurrent first calls read ARM once
-            hit = self._resolved.get(ref)
-            if hit is None:
-                key_auth = backend.params.get("auth", "key") == "key"
-                hit = self._resolved[ref] = await self._ask(lambda: self._resolve(ref, key_auth), ref,
-                                                            "reading the deployment and its resource")
-        return hit
+    async def _resolve_now(self, backend: Backend) -> _Resolved:
+        ref, key_auth = _ref(backend), backend.params.get("auth", "key") == "key"
+        return await self._ask(lambda: self._resolve(ref, key_auth), ref, "reading the deployment and its resource")
 
     async def _facts(self, backend: Backend) -> farm.DeploymentFacts:
         ref = _ref(backend)

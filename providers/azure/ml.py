@@ -1,7 +1,7 @@
 """Azure ML: managed online endpoints (GPU instances in one region) and serverless API endpoints (per token, hosted in
 their region). Both are regional: a serverless endpoint's SKU is always `Consumption` (azure-ai-ml creates it so).
 Global and DataZone deployment types belong to Azure AI Foundry deployments, the `azure-foundry` adapter.
-The router's client is in `azure_ml_client`, the ARM calls in `azure_ml_arm`."""
+The router's client is in `ml_client`, the ARM calls in `ml_arm`."""
 
 from __future__ import annotations
 

@@ -9,24 +9,23 @@ scoring URI, with the endpoint's key as a bearer token.
   a managed online endpoint forwards its scoring URI to the container's scoring route, which for vLLM / TGI
   containers takes the OpenAI body as is (the same URI for chat and embeddings).
 - Health and describe read the endpoint's state from ARM: no payload ever goes to the scoring URI for them.
-Verdicts for HTTP answers are HttpClient's; ARM and credential failures are mapped by `azure_ml_arm.verdict`.
+Verdicts for HTTP answers are HttpClient's; ARM and credential failures are mapped by `ml_arm.verdict`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
 
 from sovra.core.backends import Backend
-from sovra.providers.clients import HttpClient
 from sovra.core.api_errors import AttemptFailed, Refused
 from sovra.providers.azure import ml_arm as arm
+from sovra.providers.azure.resolving import ResolvingClient
 from sovra.providers.openai_wire import as_chunks, blocking, replay
 
 T = TypeVar("T")
@@ -58,7 +57,7 @@ class _Resolved:
     headers: tuple[tuple[str, str], ...]
 
 
-class AzureMLClient(HttpClient):
+class AzureMLClient(ResolvingClient[_Resolved]):
     """HttpClient for Azure ML endpoints; `ml_client(workspace, credential)` builds the MLClient (injectable, as is
     the credential factory), one per workspace, made on first use."""
 
@@ -70,8 +69,6 @@ class AzureMLClient(HttpClient):
         self._credential: Any = None
         self._ml: dict[arm.Workspace, Any] = {}
         self._ml_lock = threading.Lock()  # MLClients are made in the pool's threads
-        self._resolved: dict[_Ref, _Resolved] = {}
-        self._resolving: dict[_Ref, asyncio.Lock] = {}
         self._token: tuple[arm.Secret, float] | None = None
 
     # -- what HttpClient asks ------------------------------------------------------------------------------------
@@ -91,44 +88,16 @@ class AzureMLClient(HttpClient):
             out["azureml-model-deployment"] = backend.params["deployment"]
         return out
 
-    # -- operations: resolve first, re-read the key once if it was refused ---------------------------------------
+    def _key(self, backend: Backend) -> _Ref:
+        return _Ref.of(backend)
 
-    async def chat(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
-        return await self._call(backend, lambda: super(AzureMLClient, self).chat(backend, body))
-
-    async def embed(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
-        return await self._call(backend, lambda: super(AzureMLClient, self).embed(backend, body))
+    def _forget_tokens(self) -> None:
+        self._token = None
 
     async def chat_stream(self, backend: Backend, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         if backend.params.get("stream") == "false":  # the endpoint does not stream: one answer, streamed on
             return replay(as_chunks(await self.chat(backend, body)))
-        return await self._call(backend, lambda: super(AzureMLClient, self).chat_stream(backend, body))
-
-    async def _call(self, backend: Backend, send: Callable[[], Awaitable[T]]) -> T:
-        await self._ready(backend)
-        try:
-            return await send()
-        except Refused as exc:
-            if exc.status != 401:
-                raise
-        # The key was rotated or the token expired: nothing was processed, so read it again and resend, once.
-        self._resolved.pop(_Ref.of(backend), None)
-        self._token = None
-        await self._ready(backend)
-        return await send()
-
-    # -- payload-free: ARM only ----------------------------------------------------------------------------------
-
-    async def health(self, backend: Backend) -> bool:
-        """Provisioned and online, as ARM says; a failure to ask counts as not healthy."""
-        try:
-            facts = await self._facts(backend)
-        except AttemptFailed:
-            self._resolved.pop(_Ref.of(backend), None)
-            return False
-        if not facts.ready:
-            self._resolved.pop(_Ref.of(backend), None)  # re-read the URI and key once it is back
-        return facts.ready
+        return await super().chat_stream(backend, body)
 
     async def describe(self, backend: Backend) -> dict[str, Any]:
         """The endpoint's state, location and deployment type as ARM reports them (no key)."""
@@ -149,17 +118,8 @@ class AzureMLClient(HttpClient):
 
     # -- ARM ------------------------------------------------------------------------------------------------------
 
-    async def _ready(self, backend: Backend) -> _Resolved:
-        ref = _Ref.of(backend)
-        hit = self._resolved.get(ref)
-        if hit is not None:
-            return hit
-        lock = self._resolving.setdefault(ref, asyncio.Lock())
-        async with lock:  # concurrent first calls read ARM once
-            hit = self._resolved.get(ref)
-            if hit is None:
-                hit = self._resolved[ref] = await self._arm(self._resolve, ref, "reading the endpoint and its key")
-        return hit
+    async def _resolve_now(self, backend: Backend) -> _Resolved:
+        return await self._arm(self._resolve, _Ref.of(backend), "reading the endpoint and its key")
 
     async def _facts(self, backend: Backend) -> arm.EndpointFacts:
         ref = _Ref.of(backend)

@@ -47,4 +47,4 @@ def country_of(region: str) -> str:
         return REGION_COUNTRY[key]
     except KeyError:
         raise ValueError(f"azure-ml: unknown Azure region {region!r}; add it with its country to "
-                         "providers/azure_ml_regions.py") from None
+                         "providers/azure/regions.py") from None

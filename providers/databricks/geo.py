@@ -31,7 +31,7 @@ from sovra.providers.base import LiveSetting
 _GEOS: tuple[str, ...] = ("US+CA+BR", "HK+JP+KR+SG", "AU+NZ", "EU+UK+CH", "IN", "CN", "QA+ZA+AE")
 #: Azure Databricks follows Azure geographies (learn.microsoft.com/azure/databricks/resources/databricks-geos):
 #: most are one country (Germany, France, Sweden, Norway, Switzerland, UK, ...: the region's country, from
-#: providers/azure_ml_regions.py); these hold two.
+#: providers/azure/regions.py); these hold two.
 _AZURE_GEOGRAPHIES = {"westeurope": "IE+NL", "northeurope": "IE+NL",  # "Europe"
                       "eastasia": "HK+SG", "southeastasia": "HK+SG"}  # "Asia Pacific"
 
@@ -54,7 +54,7 @@ def geo_of(region: str, country: str | None) -> str:
         members = geo.split("+")
         if country in members or zone_of(country) in members:
             return geo if "+" in geo else zone_of(country)
-    raise ValueError(f"databricks: {country} is in no Databricks Geo Sovra knows; add it to providers/databricks_geo.py")
+    raise ValueError(f"databricks: {country} is in no Databricks Geo Sovra knows; add it to providers/databricks/geo.py")
 
 
 SETTING = "cross-Geo processing (Designated Services)"

@@ -1,6 +1,6 @@
 """Databricks Model Serving: foundation model APIs per token, or provisioned / custom serving endpoints, per
-workspace region. How the router calls an endpoint is in `databricks_client`; what the account says about where
-it processes (cross-Geo processing) is in `databricks_geo`."""
+workspace region. How the router calls an endpoint is in `client`; what the account says about where
+it processes (cross-Geo processing) is in `geo`."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class Databricks(Provider):
     component = "sovra.providers.databricks.component:DatabricksServingEndpoint"
     extra = "databricks"
     sdk_module = "databricks.sdk"
-    #: `in-geo`: cross-Geo processing disabled, so serving processes in the workspace's Geo (`databricks_geo.geo_of`);
+    #: `in-geo`: cross-Geo processing disabled, so serving processes in the workspace's Geo (`geo.geo_of`);
     #: `in-region` is read the same way (no Designated Service promises one region or country).
     scopes = {"in-geo": None, "in-region": None, "cross-geo": "GLOBAL"}
     connection_model = DatabricksConnection
@@ -94,7 +94,7 @@ class Databricks(Provider):
         return Locator(address, params)
 
     def live_settings(self, target, connection) -> list[LiveSetting]:
-        """Cross-Geo processing of the workspace serving `target` (see `databricks_geo` for what can be read)."""
+        """Cross-Geo processing of the workspace serving `target` (see `geo` for what can be read)."""
         from sovra.providers.databricks.geo import cross_geo_setting
 
         if not isinstance(connection, DatabricksConnection):

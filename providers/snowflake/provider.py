@@ -2,7 +2,7 @@
 
 Where Cortex processes is an account parameter, CORTEX_ENABLED_CROSS_REGION, not a property of the endpoint: this
 module translates its values into Sovra zones (and nowhere else does), reads the live value from the account, and
-says where the router's backend is. The router's client is in `snowflake_client` (it imports the connector).
+says where the router's backend is. The router's client is in `client` (it imports the connector).
 """
 
 from __future__ import annotations
