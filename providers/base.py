@@ -198,6 +198,12 @@ def for_tenant(backend: Backend) -> Backend:
     return backend.keeping(provider.direct_params if provider.direct else frozenset())
 
 
+def direct_view(backend: Backend) -> Backend | None:
+    """What a tenant's direct-mode client may see of `backend` (`for_tenant`), or None when only the router can call
+    it. The router is handed this function by its composition root; it imports no provider."""
+    return for_tenant(backend) if get(backend.kind).direct else None
+
+
 def check_kinds(backends: Iterable[Backend]) -> None:
     """Every backend's `kind` names a registered adapter (ProviderError with a did-you-mean otherwise): a routing
     table is checked once, where it is loaded, not at its first request."""

@@ -11,7 +11,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from pydantic import BaseModel, ValidationError
@@ -24,8 +24,10 @@ from sovra.orchestrator.router import completions, direct_report, responses
 from sovra.orchestrator.router.access import Access, ReadinessView, cross_site, preflight
 from sovra.orchestrator.router.audit import CLIENT_CLOSED, AuditLog, RequestContext
 from sovra.core.backends import Backend
+
+if TYPE_CHECKING:  # the interface only: the router is handed its clients and imports no provider
+    from sovra.providers.clients import BackendClient
 from sovra.orchestrator.router.body import json_object, refuse_declared, refuse_over
-from sovra.providers.clients import BackendClient
 from sovra.orchestrator.router.dispatch import Dispatcher
 from sovra.core.api_errors import BadRequest, RouterError
 from sovra.orchestrator.router.gate import RequestResidency
@@ -56,6 +58,9 @@ class RouterState:
     extra_routes: Sequence[Route] = ()  # e.g. the admin-only audit endpoints
     access: Access = field(default_factory=Access)  # admins' and the metrics scraper's keys
     direct_mode: bool = True  # org.yaml `router.direct_mode`: may tenants route client-side?
+    #: what a tenant's direct-mode client may see of a backend, None when only the router can call it (from the
+    #: providers, handed in by the composition root: `providers.base.direct_view`); by default none is direct
+    direct_view: Callable[[Backend], Backend | None] = field(default=lambda _: None)
 
     def client(self, backend: Backend) -> BackendClient:
         return self.clients[backend.kind]
@@ -232,21 +237,19 @@ def _audit_state(audit: AuditLog | None) -> str:
 
 def _tenant_table(state: RouterState, tenant: Tenant) -> dict[str, Any]:
     """`/v1/routes`: the routing table for client-side routing, holding only what this tenant may ever reach and
-    direct mode can call, each backend in its narrowed form (`Backend.for_tenant`: no Ray addresses, Snowflake users
+    direct mode can call, each backend in its narrowed form (`state.direct_view`: no Ray addresses, Snowflake users
     or roles, Azure subscriptions); the targets within reach that only the router can call are named, no more."""
-    from sovra.providers import base
-
     bound = RequestResidency(tenant.residency)
     table = state.dispatcher.table
     out = {}
     for name in table.names(state.tenants.visible(tenant)):
         route = table.routes[name]
         within = [b for b in route.backends if bound.bound_by(route.residency).permits(b.place)]
-        direct = {b.id: base.get(b.kind).direct for b in within}
+        views = [(b, state.direct_view(b)) for b in within]
         out[name] = {"model": route.model, "residency": route.residency.model_dump(mode="json"),
                      "policy": route.policy,
-                     "backends": [base.for_tenant(b).to_wire() for b in within if direct[b.id]],
-                     "proxy_only": [{"target": b.target, "kind": b.kind} for b in within if not direct[b.id]]}
+                     "backends": [v.to_wire() for _, v in views if v is not None],
+                     "proxy_only": [{"target": b.target, "kind": b.kind} for b, v in views if v is None]}
     return {"tenant": tenant.name, "residency": tenant.residency.model_dump(mode="json"), "deployments": out}
 
 

@@ -59,8 +59,6 @@ class Report(BaseModel):
 
 async def report(state: RouterState, request: Request) -> Response:
     """Authenticate, check the report against the tenant's own table, write one record; 204 when written."""
-    from sovra.providers import base
-
     try:
         tenant = state.tenants.authenticate(request.headers.get("authorization"))
         if not state.direct_mode:
@@ -75,7 +73,7 @@ async def report(state: RouterState, request: Request) -> Response:
         bound = RequestResidency.build(tenant.residency, got.residency or None).bound_by(route.residency)
         reachable = {}
         for b in route.backends:
-            if bound.permits(b.place) and base.get(b.kind).direct:
+            if bound.permits(b.place) and state.direct_view(b) is not None:
                 reachable.setdefault(b.target, b)
         outside = sorted({a.target for a in got.attempts if a.target not in reachable})
         if outside:

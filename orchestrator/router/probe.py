@@ -11,9 +11,12 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from sovra.providers.clients import BackendClient
 from sovra.orchestrator.router.dispatch import Dispatcher
+
+if TYPE_CHECKING:  # the interface only: the prober is handed its clients
+    from sovra.providers.clients import BackendClient
 
 log = logging.getLogger("sovra.router")
 

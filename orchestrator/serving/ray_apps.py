@@ -158,7 +158,8 @@ def build_router_state_app(cfg: dict[str, Any]):
     state = RouterState(Dispatcher(table), tenants, ClientSet(), audit, limits=limits,
                         extra_routes=audit_routes(audit, admins, open_router=tenants.open, tenants=tenant_list,
                                                   signer=signer),
-                        access=Access.of(admins, settings), direct_mode=settings.direct_mode)
+                        access=Access.of(admins, settings), direct_mode=settings.direct_mode,
+                        direct_view=base.direct_view)
     return create_app(state)
 
 

@@ -23,6 +23,7 @@ from sovra.core.spec import Residency
 from sovra.core.place import Place
 from sovra.providers import base
 from sovra.providers.databricks.client import DatabricksClient, verdict
+from sovra.providers.base import direct_view
 from tests.emulators.databricks import DatabricksEmulator, closed_url, reply, vector
 
 pytestmark = pytest.mark.integration
@@ -397,7 +398,7 @@ def test_sdk_direct_mode_calls_a_databricks_backend_itself_with_the_apps_own_cre
     key = "sk-direct-eu"
     tenant = Tenant(name="eu", key_sha256=hashlib.sha256(key.encode()).hexdigest(),
                     residency=Residency(zones=("EU", "UK", "CH")))  # the workspace's Geo: Europe
-    state = RouterState(Dispatcher(RoutingTable.of([backend()])), TenantDirectory.of([tenant]), {})
+    state = RouterState(Dispatcher(RoutingTable.of([backend()])), TenantDirectory.of([tenant]), {}, direct_view=direct_view)
     with ServerThread(create_app(state)) as router:
         async def scenario():
             async with sdk.AsyncClient(router.url, api_key=key, mode="direct", direct_hosts=["127.0.0.1"]) as c:

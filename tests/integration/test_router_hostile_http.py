@@ -27,6 +27,7 @@ from sovra.orchestrator.router.tenants import TenantDirectory
 from sovra.core.spec import Residency
 from sovra.core.spec.org import EMPTY_SHA256, Admin, RouterSettings, Tenant
 from sovra.core.place import Place
+from sovra.providers.base import direct_view
 from tests import factories
 from tests.fakes.openai_backend import FakeBackend, ServerThread
 
@@ -64,7 +65,7 @@ def fleet(tmp_path_factory):
     state = RouterState(Dispatcher(table, backoff_s=0.0), TenantDirectory.of(tenants),
                         {"openai-compatible": HttpClient()}, audit, probe=False,
                         extra_routes=audit_routes(audit, admins, open_router=False, tenants=tenants),
-                        access=Access.of(admins, RouterSettings(scrape_key_sha256=sha(SCRAPE_KEY))))
+                        access=Access.of(admins, RouterSettings(scrape_key_sha256=sha(SCRAPE_KEY))), direct_view=direct_view)
     router = ServerThread(create_app(state)).__enter__()
     yield {"url": router.url, "fakes": fakes, "servers": servers, "state": state, "audit": audit_path}
     router.__exit__()
@@ -363,7 +364,7 @@ def test_routes_give_a_tenant_only_what_direct_mode_can_use_and_nothing_of_the_a
         factories.backend("bedrock", at, kind="aws-bedrock", address="eu.mistral").model_copy(update={
             "params": {"region": "eu-west-3", "profile": "router-admin"}})])
     state = RouterState(Dispatcher(table), TenantDirectory.of([
-        Tenant(name="eu", key_sha256=sha(EU_KEY), residency=Residency(zones=("EU",)))]), {}, probe=False)
+        Tenant(name="eu", key_sha256=sha(EU_KEY), residency=Residency(zones=("EU",)))]), {}, probe=False, direct_view=direct_view)
     with ServerThread(create_app(state)) as router:
         r = httpx.get(router.url + "/v1/routes", headers=auth(EU_KEY))
     m = r.json()["deployments"]["m"]
@@ -378,7 +379,7 @@ def test_routes_give_a_tenant_only_what_direct_mode_can_use_and_nothing_of_the_a
 
 def test_the_sdk_lists_proxy_only_backends_as_unreachable_with_the_reason():
     ray_only = RouterState(Dispatcher(RoutingTable.of([factories.backend("onprem-paris", PARIS, kind="ray")])),
-                           TenantDirectory.of([]), {}, probe=False)
+                           TenantDirectory.of([]), {}, probe=False, direct_view=direct_view)
     with ServerThread(create_app(ray_only)) as server:
         async def scenario():
             async with sdk.AsyncClient(server.url, mode="direct", direct_hosts=["127.0.0.1"]) as c:
@@ -426,7 +427,7 @@ def test_an_empty_bearer_is_a_401_even_where_a_digest_of_nothing_slipped_into_th
     with ServerThread(fake.app()) as backend_server:
         state = RouterState(Dispatcher(RoutingTable.of([backend("paris", PARIS, backend_server.url, cost=1.0)])),
                             TenantDirectory.of([empty]), {"openai-compatible": HttpClient()}, audit, probe=False,
-                            extra_routes=audit_routes(audit, [admin], open_router=False, tenants=[empty]))
+                            extra_routes=audit_routes(audit, [admin], open_router=False, tenants=[empty]), direct_view=direct_view)
         with ServerThread(create_app(state)) as router:
             chat = _raw(router.url, "POST", "/v1/chat/completions", value, BODY.encode())
             trail = _raw(router.url, "GET", "/v1/audit", value)
@@ -443,7 +444,7 @@ def open_router():
     fake = FakeBackend("paris")
     with ServerThread(fake.app()) as backend_server:
         state = RouterState(Dispatcher(RoutingTable.of([backend("paris", PARIS, backend_server.url, cost=1.0)])),
-                            TenantDirectory.of([]), {"openai-compatible": HttpClient()}, probe=False)
+                            TenantDirectory.of([]), {"openai-compatible": HttpClient()}, probe=False, direct_view=direct_view)
         with ServerThread(create_app(state)) as router:
             yield {"url": router.url, "fake": fake}
 

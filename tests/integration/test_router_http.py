@@ -59,7 +59,7 @@ def stack(tmp_path_factory):
         Tenant(name="us-retail", key_sha256=sha(US_KEY), residency=Residency(zones=("US",)), deployments=("m",)),
         Tenant(name="global", key_sha256=sha(ANY_KEY), residency=Residency(zones=("GLOBAL",)))])
     state = RouterState(Dispatcher(RoutingTable.of(backends), backoff_s=0.0), tenants, {"openai-compatible": HttpClient()},
-                        AuditLog(audit_path), access=Access.of([Admin(name="ops", key_sha256=sha("sk-test-admin"))]))
+                        AuditLog(audit_path), access=Access.of([Admin(name="ops", key_sha256=sha("sk-test-admin"))]), direct_view=direct_view)
     router = ServerThread(create_app(state)).__enter__()
     yield {"url": router.url, "fakes": fakes, "state": state, "audit": audit_path}
     router.__exit__()
@@ -191,6 +191,7 @@ def test_fuzzed_requests_get_json_4xx_never_500(stack, body, residency, path):
 # -- the routing SDK ---------------------------------------------------------------------------------------------
 
 from sovra.orchestrator import sdk
+from sovra.providers.base import direct_view
 
 
 def test_sdk_proxy_mode_sync_stream_and_typed_errors(stack):
@@ -283,7 +284,7 @@ def test_sdk_direct_mode_names_what_it_cannot_reach():
 
     ray_only = RouterState(Dispatcher(Table.of([factories.backend("onprem-paris", Place("EU", "FR", "FR", "self"),
                                                                   kind="ray")])),
-                           TenantDirectory.of([]), {})
+                           TenantDirectory.of([]), {}, direct_view=direct_view)
     with ServerThread(create_app(ray_only)) as server:
         async def scenario():
             async with sdk.AsyncClient(server.url, mode="direct", direct_hosts=["127.0.0.1"]) as c:

@@ -69,3 +69,25 @@ def test_every_package_folder_is_installed_under_sovra():
         f".{x}" for x in p.parent.relative_to(ROOT).parts[1:]) for folder in (*LAYERS, "sovra")
         for p in (ROOT / folder).rglob("__init__.py")}
     assert found == set(config["packages"])
+
+
+def test_the_router_imports_no_provider():
+    """The router is handed its clients (and what direct mode may see) by its composition root
+    (`orchestrator/serving/ray_apps.py`, the SDK): it names the client interface for type checkers only."""
+
+    def runtime_imports(tree: ast.AST) -> list[tuple[str, int]]:
+        out = []
+        for node in ast.iter_child_nodes(tree):
+            if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+                continue
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                out += _modules(node)
+            else:
+                out += runtime_imports(node)
+        return out
+
+    found = [f"{path.relative_to(ROOT)}:{line} imports {name}"
+             for path in sorted((ROOT / "orchestrator" / "router").rglob("*.py"))
+             for name, line in runtime_imports(ast.parse(path.read_text(encoding="utf-8")))
+             if name.startswith("sovra.providers")]
+    assert not found, "\n".join(found)
