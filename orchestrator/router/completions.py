@@ -13,10 +13,10 @@ import secrets
 import time
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from sovra.core.api_errors import BadRequest
-from sovra.orchestrator.router.requests import MAX_STOP, Translated, sse, strict
+from sovra.orchestrator.router.requests import Sampling, Translated, sse, strict
 
 SURFACE = "/v1/completions"
 #: A prompt's size: the chat path's body limit bounds it anyway; this keeps the message readable.
@@ -28,25 +28,14 @@ _Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 _Flag = Annotated[bool, Field(strict=True)]
 
 
-class CompletionRequest(BaseModel):
+class CompletionRequest(Sampling):
     """The `/v1/completions` fields the router can carry to a chat backend; any other field is a 400."""
 
     model_config = ConfigDict(extra="forbid")
-    model: _Text = Field(min_length=1, max_length=256)
     prompt: _Text | Annotated[list[_Text], Field(min_length=1, max_length=1)] = Field(
         description="One prompt (a string, or a list holding one string)")
-    max_tokens: _Int | None = Field(default=None, ge=1, le=131_072)
-    temperature: _Number | None = Field(default=None, ge=0, le=2)
-    top_p: _Number | None = Field(default=None, ge=0, le=1)
-    presence_penalty: _Number | None = Field(default=None, ge=-2, le=2)
-    frequency_penalty: _Number | None = Field(default=None, ge=-2, le=2)
-    stop: _Text | Annotated[list[_Text], Field(max_length=MAX_STOP)] | None = None
-    seed: _Int | None = Field(default=None, ge=-(2 ** 63), le=2 ** 63 - 1)
     logprobs: _Int | None = Field(default=None, ge=0, le=20)
     logit_bias: dict[str, _Int] | None = None
-    stream: _Flag = False
-    stream_options: dict[str, Any] | None = None
-    user: _Text | None = Field(default=None, max_length=256)
     n: _Int | None = Field(default=None, ge=1, le=1)
     best_of: _Int | None = Field(default=None, ge=1, le=1)
     echo: _Flag | None = None

@@ -36,26 +36,31 @@ class _Message(BaseModel):
     content: _Text | list[dict[str, Any]] | None = None
 
 
-class ChatRequest(BaseModel):
-    """The chat fields the router checks; everything else is passed to the backend untouched."""
+class Sampling(BaseModel):
+    """The generation fields chat and legacy completions share, typed the same way for both."""
 
-    model_config = ConfigDict(extra="allow")
     model: _Text = Field(min_length=1, max_length=256)
-    messages: list[_Message] = Field(min_length=1, max_length=10_000)
     stream: _Flag = False
     stream_options: dict[str, Any] | None = None
-    n: _Int | None = Field(default=None, ge=1, le=128)
     max_tokens: _Int | None = Field(default=None, ge=1, le=131_072)
-    max_completion_tokens: _Int | None = Field(default=None, ge=1, le=131_072)
     temperature: _Number | None = Field(default=None, ge=0, le=2)
     top_p: _Number | None = Field(default=None, ge=0, le=1)
     presence_penalty: _Number | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: _Number | None = Field(default=None, ge=-2, le=2)
     stop: _Text | Annotated[list[_Text], Field(max_length=MAX_STOP)] | None = None
     seed: _Int | None = Field(default=None, ge=-(2 ** 63), le=2 ** 63 - 1)
+    user: _Text | None = Field(default=None, max_length=256)
+
+
+class ChatRequest(Sampling):
+    """The chat fields the router checks; everything else is passed to the backend untouched."""
+
+    model_config = ConfigDict(extra="allow")
+    messages: list[_Message] = Field(min_length=1, max_length=10_000)
+    n: _Int | None = Field(default=None, ge=1, le=128)
+    max_completion_tokens: _Int | None = Field(default=None, ge=1, le=131_072)
     logprobs: _Flag | None = None
     top_logprobs: _Int | None = Field(default=None, ge=0, le=20)
-    user: _Text | None = Field(default=None, max_length=256)
     tools: list[dict[str, Any]] | None = None
     tool_choice: _Text | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
