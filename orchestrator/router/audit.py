@@ -46,6 +46,8 @@ __all__ = ["OUTCOMES", "Attempt", "AuditLog", "AuditRecord", "Filter", "Head", "
 
 OUTCOMES = frozenset({"ok", "not_sent", "refused", "rejected", "failed", "timeout", "cancelled",
                       "stream_interrupted"})
+#: Attempt outcomes where the backend answered (all of it, or a stream's first part): the request was processed there.
+ANSWERED = frozenset({"ok", "stream_interrupted"})
 CLIENT_CLOSED = 499  # nginx's "client closed request": the client went away before an answer was written
 
 
@@ -101,8 +103,9 @@ class AuditRecord:
 
     @property
     def served(self) -> Attempt | None:
-        """The last attempt that answered: where the request was processed."""
-        return next((a for a in reversed(self.attempts) if a.outcome == "ok"), None)
+        """The last attempt that answered: where the request was processed, also when its stream then broke (the
+        client got part of an answer from there, so the record must name it)."""
+        return next((a for a in reversed(self.attempts) if a.outcome in ANSWERED), None)
 
     @property
     def target(self) -> str | None:

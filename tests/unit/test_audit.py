@@ -86,7 +86,10 @@ def test_finish_returns_the_record_with_tokens_and_an_amended_stream_attempt():
     ctx.usage({"prompt_tokens": 4, "completion_tokens": "lots"})  # junk is ignored, not trusted
     r = ctx.finish(502, "stream_interrupted", latency_ms=9.5, completion_tokens=2)
     assert (r.status, r.latency_ms, r.prompt_tokens, r.completion_tokens) == (502, 9.5, 4, 2)
-    assert r.attempts == (Attempt("onprem-lyon", "EU", "FR", "stream_interrupted", 3),) and r.target is None
+    assert r.attempts == (Attempt("onprem-lyon", "EU", "FR", "stream_interrupted", 3),)
+    # part of the answer came from there: the record names where it was processed (it named none before)
+    assert (r.target, r.zone, r.country) == ("onprem-lyon", "EU", "FR")
+    assert r.to_json()["target"] == "onprem-lyon"
 
 
 # -- writing: one chain per writer, across segments, restarts, torn lines and threads -----------------------------
