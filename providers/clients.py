@@ -357,8 +357,17 @@ def refused_503(content: bytes, retry_after: str | None) -> bool:
     return bool(retry_after) or _REFUSAL_503.search(content[:4096]) is not None
 
 
+#: In the 503 page of Serve's HAProxy ingress as Sovra's local Ray runs it (`infra.haproxy_bind.NO_LIVE_REPLICA`):
+#: HAProxy connected to no replica of the app, so nothing was sent, and none is live right now.
+NO_LIVE_REPLICA = b"sovra-no-live-replica"
+
+
 def _answer(target: str, status: int, content: bytes, retry_after: str | None = None) -> dict[str, Any]:
     """A backend's HTTP answer -> its JSON object, or the verdict / client error it amounts to."""
+    if status == 503 and NO_LIVE_REPLICA in content[:4096]:
+        # The ingress took the request and forwarded it to no replica: a refusal (nothing processed), and the
+        # backend is out until a replica is back (its breaker, so /readyz says so at once).
+        raise Refused(f"HTTP 503: no live replica behind Serve's ingress; no replica got the request", down=True)
     if status == 429:  # throttled: the backend says it did not process it, another allowed backend may
         raise Refused("HTTP 429", throttled=True, retry_after_s=_seconds(retry_after))
     if status == 503 and refused_503(content, retry_after):
