@@ -26,7 +26,7 @@ the same `up` as the only placement of a second deployment (`bench-gw`):
               `audit: {fsync: true}`: the trail's durability policy, fsync per line against as deployed
 in two local Rays, one per Serve proxy mode (the mode is an environment variable read when Ray starts):
   default     Serve's own proxy, a Python actor, in front of the ingress replicas
-  haproxy     SOVRA_SERVE_HAPROXY=1 (infra.ray_cluster.serve_fast_path_env): HAProxy forwards straight into them
+  haproxy     SOVRA_SERVE_HAPROXY=1, the default (infra.ray_cluster.ingress_mode): HAProxy forwards straight into them
 Ratios only divide numbers measured side by side in the same Ray: variants run round-robin, in a shuffled order
 per round, and are pooled over rounds. The routing decision (gate + policy, no I/O) is timed on its own, in µs.
 """
@@ -261,7 +261,6 @@ def _reply(obj: dict[str, Any]) -> None:
 def child_cluster(workdir: str) -> None:
     """Deploy with `up`, add the bench's two applications, then answer `procs` and `quit` on stdin (JSON lines)."""
     from sovra.infra import serve_config as sc
-    from sovra.infra.ray_cluster import serve_fast_path_env
     from sovra.infra.serve_api import ServeApi
     from sovra.orchestrator import deploy, planning
 
@@ -295,7 +294,9 @@ def child_cluster(workdir: str) -> None:
                  timeout_s=300, what="the bench's applications to run")
         _reply({"ready": True, "router_url": result.router_url, "dashboard": result.dashboard,
                 "ray_pid": settings.local_ray().record().pid,
-                "model_app": model_app, "up_s": round(up_s, 1), "serve_env": serve_fast_path_env()})
+                "model_app": model_app, "up_s": round(up_s, 1),
+                "serve_env": {"haproxy_ingress": settings.local_ray().record().serve_http,
+                              "ports": dict(settings.local_ray().record().ports)}})
         for line in sys.stdin:
             command = line.strip()
             if command == "procs":
@@ -815,7 +816,7 @@ only), so the router's table holds it as an `openai-compatible` backend whose ke
 environment; (g) sends the same tenant key and residency header as (s), (o) sends the server the payload and key
 the router sends it. One Ray per mode, started by `up` with
 the mode's environment: `default` is Serve's own proxy (a Python actor in front of the ingress replicas); `haproxy` is
-SOVRA_SERVE_HAPROXY=1, which makes `infra.ray_cluster.serve_fast_path_env` start Ray with the variables listed in
+SOVRA_SERVE_HAPROXY=1 (the default since issue 20), which makes `infra.ray_cluster.ingress_env` start Ray with the variables listed in
 the JSON (`serve_env`), so HAProxy forwards straight into the ingress replicas. HTTP requests come from one load
 generator process (`bench/loadgen.py`, uvloop, aiohttp with a keep-alive pool). Per round, the variants run in a
 shuffled order; rounds are pooled. TTFC is the time to the first SSE `data:` line of a streamed chat completion

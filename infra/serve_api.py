@@ -7,6 +7,7 @@ applied in place to the running replicas.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -55,6 +56,21 @@ def refuse_token_in_clear(dashboard: str, token: str | None, *, insecure_http: b
         raise ClusterError(str(exc)) from None
 
 
+_RAISED = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception|Exit))(?:\([\w.]*\))?: (.+)$")
+
+
+def explain(text: str) -> str:
+    """A dashboard's error body as one sentence: its innermost raised error when it is a Python traceback (what
+    Ray answers when Serve fails to start), else the body itself, shortened."""
+    if "Traceback (most recent call last)" not in text:
+        return text.strip()[:2000]
+    raised = [m for line in text.splitlines() if (m := _RAISED.match(line))]
+    if not raised:
+        return "Ray answered with a Python traceback; the dashboard's log on the head node has it in full"
+    kind, message = raised[-1][1], re.sub(r"\x1b\[[0-9;]*m", "", raised[-1][2]).strip()
+    return f"{kind}: {message[:600]} (the dashboard's log on the head node has the full traceback)"
+
+
 class ServeApi:
     """A thin client of a cluster's dashboard: `/api/serve/applications/` (GET details, PUT the whole config,
     DELETE all) and the state API's node list. `token` comes from `infra.ray_cluster.cluster_token`; it is sent
@@ -89,7 +105,7 @@ class ServeApi:
                                "`auth_token_file` in org.yaml, or set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH (the "
                                "local Ray's token is $SOVRA_HOME/ray/auth_token)")
         if resp.status_code >= 400:
-            raise ClusterError(f"Ray rejected {method} {path} ({resp.status_code}): {resp.text[:2000]}")
+            raise ClusterError(f"Ray rejected {method} {path} ({resp.status_code}): {explain(resp.text)}")
         return resp.json() if resp.content and method == "GET" else {}
 
     def details(self) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from sovra.core import __version__
 from sovra.core.backends import Backend
 from sovra.core.spec.deployment import PACKAGED_MODELS
 from sovra.core.spec import Deployment, Target
-from sovra.core.spec.org import Admin, AuditSettings, RouterSettings, Tenant
+from sovra.core.spec.org import Admin, AuditSettings, RouterScale, RouterSettings, Tenant
 from sovra.policies.plan import Placement
 
 if TYPE_CHECKING:
@@ -173,7 +173,7 @@ def http_model_app(rp: RayPlacement) -> dict[str, Any]:
 def router_app(backends: Sequence[Backend], *, tenants: Iterable[Tenant], audit_path: str | None,
                admins: Iterable[Admin] = (), router: RouterSettings | None = None,
                audit: AuditSettings | None = None, num_cpus: float = 0.25,
-               http: ServeHttp | None = None) -> dict[str, Any]:
+               http: ServeHttp | None = None, scale: RouterScale | None = None, nodes: int = 1) -> dict[str, Any]:
     """The router application; its arguments are the routing table, serialised by `Backend.to_wire` only. With
     `http`, it derives the replica key when it starts (the table names only the variable it goes in).
 
@@ -193,14 +193,36 @@ def router_app(backends: Sequence[Backend], *, tenants: Iterable[Tenant], audit_
         "route_prefix": "/",
         "import_path": ROUTER_IMPORT,
         "args": args,
-        # On the head node, beside Serve's proxy (`HeadOnly`): losing a worker node (and the targets on it) never
-        # takes the router down, and its audit trail stays on one node.
-        # No Serve access log: the audit trail already records every request (with every attempt), so a second
-        # line per request in Serve's logs would only cost the router's CPU on each request and fill the node's disk.
-        "deployments": [{"name": "Router", "num_replicas": 1, "logging_config": {"enable_access_log": False},
-                         "ray_actor_options": {"num_cpus": num_cpus, "resources": {HEAD_NODE_RESOURCE: 0.001},
-                                               "runtime_env": {"env_vars": dict(ROUTER_SERVE_ENV)}}}],
+        "deployments": [router_deployment(scale, nodes, num_cpus)],
     }
+
+
+#: Router replicas Serve's autoscaler aims at per replica: a quarter of the 256 each may hold.
+ROUTER_TARGET_ONGOING = 64
+
+
+def router_deployment(scale: RouterScale | None, nodes: int, num_cpus: float = 0.25) -> dict[str, Any]:
+    """The router deployment's Serve config: `scale` (org.yaml `router:`), by default 2 replicas on a cluster with
+    several alive nodes (`nodes`), 1 on a single node.
+
+    One replica runs on the head node beside Serve's ingress (`HeadOnly`), so losing a worker node never takes the
+    router down. Several are left to Serve's default SPREAD scheduling, which puts them on different nodes where
+    it can: one node lost leaves the others serving. No Serve access log: the audit trail already records every
+    request (with every attempt); a second line per request would only cost CPU and fill the node's disk."""
+    if scale is None:
+        scale = RouterScale(replicas=2 if nodes > 1 else 1)
+    actor: dict[str, Any] = {"num_cpus": num_cpus, "runtime_env": {"env_vars": dict(ROUTER_SERVE_ENV)}}
+    count: dict[str, Any]
+    if scale.replicas is not None:
+        count = {"num_replicas": scale.replicas}
+    else:
+        auto = scale.autoscaling
+        assert auto is not None
+        count = {"autoscaling_config": {"min_replicas": auto.min, "max_replicas": auto.max,
+                                        "target_ongoing_requests": ROUTER_TARGET_ONGOING}}
+    if scale.replicas == 1:
+        actor["resources"] = {HEAD_NODE_RESOURCE: 0.001}
+    return {"name": "Router", **count, "logging_config": {"enable_access_log": False}, "ray_actor_options": actor}
 
 
 def http_options(*, host: str, port: int, tls: RouterTls | None = None) -> dict[str, Any]:

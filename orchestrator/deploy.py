@@ -65,7 +65,8 @@ class Settings:
     timeout_s: float = 600
 
     def local_ray(self) -> LocalRay:
-        return LocalRay(self.home, dashboard_port=self.dashboard_port, gcs_port=self.gcs_port)
+        return LocalRay(self.home, dashboard_port=self.dashboard_port, gcs_port=self.gcs_port,
+                        router_port=self.router_port)
 
     @property
     def audit_path(self) -> str:
@@ -128,6 +129,7 @@ def _connect(key: str, settings: Settings, say: Say, targets: Iterable[Target], 
     if key == LOCAL:
         local = settings.local_ray()
         rec = local.ensure(say, resources=[sc.target_resource(t) for t in local_targets],
+                           tls=router_tls(LOCAL, targets) is not None,
                            serving=lambda r: ServeApi(r.dashboard, token=local.token()).apps())
         return ServeApi(rec.dashboard, token=local.token())
     return ServeApi(dashboard_url(key), token=_token(key, settings, targets),
@@ -217,9 +219,9 @@ def _refuse_tls_over_haproxy(key: str, http: sc.ServeHttp | None, targets: Itera
     """Serve's HAProxy ingress (Ray 2.60) ignores Serve's TLS options: the router would answer in plain HTTP."""
     if http is not None and router_tls(key, targets) is not None:
         raise DeployError(
-            "the local Ray runs Serve's HAProxy ingress (SOVRA_SERVE_HAPROXY=1), which does not serve HTTPS, and the "
-            "org gives the local router `tls`: stop it (`sovra down FILE... --stop-ray`) and run `sovra up` without "
-            "SOVRA_SERVE_HAPROXY, or remove `tls` from the local cluster")
+            "the local Ray runs Serve's HAProxy ingress, which does not serve HTTPS, and the org now gives the local "
+            "router `tls`: stop it (`sovra down FILE... --stop-ray`) and run `sovra up` again (a local Ray started "
+            "for a router with `tls` runs Serve's own proxy), or remove `tls` from the local cluster")
 
 
 def check_places(api: ServeApi, key: str, targets: Iterable[str]) -> None:
@@ -248,6 +250,9 @@ def _cluster_keys(targets: Sequence[Target], settings: Settings) -> list[str]:
 def _current(api: ServeApi) -> list[dict[str, Any]]:
     """The configs of the cluster's Serve apps; refuses clusters with imperatively deployed apps."""
     apps = api.apps()
+    if any(a.status == "DELETING" for a in apps.values()):  # a `down` (or another tool) still removing some:
+        apps = api.wait(lambda now: all(a.status != "DELETING" for a in now.values()), timeout_s=120,  # they have
+                        what="Serve to finish deleting applications")  # no config until gone, and would look foreign
     imperative = sorted(n for n, a in apps.items() if a.config is None)
     if imperative:
         raise DeployError(
@@ -264,11 +269,25 @@ def _apply(api: ServeApi, key: str, settings: Settings, apps: list[dict[str, Any
     config = sc.serve_config(apps, host=host, port=port, tls=router_tls(key, targets))
     if check_tls:
         _check_http_options(api, key, config["http_options"])
+    if key == LOCAL:
+        _check_router_port(api, port)
     if _normalised(apps) == _normalised(current):
         say(f"{key}: nothing to change")
         return False
     api.apply(config)
     return True
+
+
+def _check_router_port(api: ServeApi, port: int) -> None:
+    """On the local Ray, before Serve starts its ingress (no HTTP options yet: this PUT starts it), the router's
+    port must be free: otherwise Serve fails deep inside (HAProxy cannot bind) and answers with a traceback."""
+    from sovra.infra.ray_ports import port_free
+
+    if api.details().get("http_options"):
+        return
+    if not port_free(port):
+        raise DeployError(f"port {port}, where the router would listen, is already taken by another program on this "
+                          f"machine; stop that program or set SOVRA_ROUTER_PORT (or `sovra up --port`) to a free port")
 
 
 def _normalised(apps: Sequence[Mapping[str, Any]]) -> str:
@@ -332,25 +351,58 @@ def up(inputs: Inputs, plan: FleetPlan, settings: Settings, say: Say, *, ray_onl
         refuse_plain_router(key, inputs, settings)
         _refuse_token_in_clear(key, settings, inputs.targets)
     local_targets = sorted(t.id for t in inputs.targets if is_ray(t) and cluster_key(t) == LOCAL)
-    apis = {key: _connect(key, settings, say, inputs.targets, local_targets=local_targets if key == LOCAL else ())
-            for key in sorted(clusters)}
-    for key, rps in sorted(clusters.items()):  # every cluster checked before any is changed
-        check_places(apis[key], key, [rp.target.id for rp in rps])
-    results = []
-    for key, rps in sorted(clusters.items()):
-        api = apis[key]
-        current = _current(api)
-        names = {rp.deployment.name for rp in rps} | {b.deployment for b in routed.get(key, ())}
-        http = _serve_http(key, settings)
-        _refuse_tls_over_haproxy(key, http, inputs.targets)
-        configs = sc.merge(current, names, [sc.model_app(rp, http) for rp in rps])
-        backends = _table(sc.router_of(current), names,
-                          [rt.backend_entry(rp, http) for rp in rps] + routed.get(key, []))
-        configs = _with_router(configs, backends, inputs, settings, key, http or _kept_http(current, settings))
-        changed = _apply(api, key, settings, configs, current, say, inputs.targets)
-        apps = _wait_ready(api, key, settings, say)
-        results.append(ClusterResult(key, api.dashboard, router_url(key, settings, inputs.targets), changed, apps))
-    return results
+    started = LOCAL in clusters and settings.local_ray().running() is None
+    fresh: set[str] = set()  # clusters where Serve ran no app before this `up`
+    try:
+        apis = {key: _connect(key, settings, say, inputs.targets,
+                              local_targets=local_targets if key == LOCAL else ()) for key in sorted(clusters)}
+        for key, rps in sorted(clusters.items()):  # every cluster checked before any is changed
+            check_places(apis[key], key, [rp.target.id for rp in rps])
+        results = []
+        for key, rps in sorted(clusters.items()):
+            api = apis[key]
+            current = _current(api)
+            if not current:
+                fresh.add(key)
+            names = {rp.deployment.name for rp in rps} | {b.deployment for b in routed.get(key, ())}
+            http = _serve_http(key, settings)
+            _refuse_tls_over_haproxy(key, http, inputs.targets)
+            configs = sc.merge(current, names, [sc.model_app(rp, http) for rp in rps])
+            backends = _table(sc.router_of(current), names,
+                              [rt.backend_entry(rp, http) for rp in rps] + routed.get(key, []))
+            configs = _with_router(configs, backends, inputs, settings, key, http or _kept_http(current, settings),
+                                   nodes=len(api.alive_nodes()))
+            changed = _apply(api, key, settings, configs, current, say, inputs.targets)
+            apps = _wait_ready(api, key, settings, say)
+            results.append(ClusterResult(key, api.dashboard, router_url(key, settings, inputs.targets), changed, apps))
+        return results
+    except BaseException:  # a failure, or Ctrl-C: undo what this `up` started, then say why it stopped
+        _undo(started, fresh, settings, say, inputs.targets)
+        raise
+
+
+def _undo(started: bool, fresh: Collection[str], settings: Settings, say: Say, targets: Iterable[Target]) -> None:
+    """After a failed `up`: stop the local Ray if this `up` started it, and remove the Serve applications from
+    clusters that ran none before it (so Serve's proxy or HAProxy holds no port for a router that never came up).
+    Clusters that already served something are left as they are: their earlier apps still serve."""
+    if started:
+        if settings.local_ray().stop():
+            say("stopped the local Ray that this `up` started")
+        return
+    for key in sorted(fresh):
+        try:
+            if key == LOCAL:
+                local = settings.local_ray()
+                rec = local.running()
+                api = ServeApi(rec.dashboard, token=local.token()) if rec else None
+            else:
+                api = ServeApi(dashboard_url(key), token=_token(key, settings, targets),
+                               insecure_http=_insecure_dashboard(key, targets))
+            if api is not None and api.apps():
+                say(f"{key}: removing the applications this `up` deployed")
+                api.delete_all()
+        except ClusterError as exc:
+            say(f"{key}: could not remove what this `up` deployed ({exc})")
 
 
 def _serve_http(key: str, settings: Settings) -> sc.ServeHttp | None:
@@ -370,7 +422,7 @@ def _kept_http(current: Sequence[Mapping[str, Any]], settings: Settings) -> sc.S
 
 
 def _with_router(configs: list[dict[str, Any]], backends: list[Backend], inputs: Inputs, settings: Settings,
-                 key: str, http: sc.ServeHttp | None = None) -> list[dict[str, Any]]:
+                 key: str, http: sc.ServeHttp | None = None, *, nodes: int = 1) -> list[dict[str, Any]]:
     """The cluster's apps with the router rebuilt over `backends` (none: no router). A remote cluster's router
     keeps its audit trail on its own node (`sovra audit` reads it over HTTP), the local one under $SOVRA_HOME.
     With `http`, the router holds the key of the replicas it reaches over HTTP."""
@@ -379,9 +431,11 @@ def _with_router(configs: list[dict[str, Any]], backends: list[Backend], inputs:
         return configs
     refuse_open_router(key, inputs, settings)
     refuse_plain_router(key, inputs, settings)
+    c = _router_cluster(key, inputs.targets)
     return [*configs, sc.router_app(backends, tenants=inputs.org.tenants, admins=inputs.org.admins,
                                     router=inputs.org.router, audit=inputs.org.audit,
-                                    audit_path=settings.audit_path if key == LOCAL else None, http=http)]
+                                    audit_path=settings.audit_path if key == LOCAL else None, http=http,
+                                    scale=c.router if c else None, nodes=nodes)]
 
 
 def _table(current_router: Mapping[str, Any] | None, deployments: Collection[str],
@@ -405,7 +459,7 @@ def down(inputs: Inputs, settings: Settings, say: Say, *, stop_ray: bool = False
             continue
         old_router = sc.router_of(current)
         configs = _with_router(sc.merge(current, names, []), _table(old_router, names, []), inputs, settings, key,
-                               _kept_http(current, settings))
+                               _kept_http(current, settings), nodes=len(api.alive_nodes()))
         changed = False
         if not configs and current:
             api.delete_all()
@@ -441,7 +495,8 @@ def serve(inputs: Inputs, settings: Settings, say: Say) -> list[ClusterResult]:
         if not backends:
             say(f"{key}: no deployments to route to; run `sovra up` first")
             continue
-        configs = _with_router(current, backends, inputs, settings, key, _kept_http(current, settings))
+        configs = _with_router(current, backends, inputs, settings, key, _kept_http(current, settings),
+                               nodes=len(api.alive_nodes()))
         changed = _apply(api, key, settings, configs, current, say, inputs.targets)
         apps = _wait_ready(api, key, settings, say)
         results.append(ClusterResult(key, api.dashboard, router_url(key, settings, inputs.targets), changed, apps))

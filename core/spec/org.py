@@ -53,6 +53,38 @@ class RouterTls(Frozen):
     _paths = field_validator("cert_file", "key_file")(_a_path_not_a_pem)
 
 
+class RouterAutoscaling(Frozen):
+    """Bounds for Serve's autoscaling of the router replicas."""
+
+    min: int = Field(ge=1, le=64, description="Fewest router replicas (2 or more for no single point of failure).")
+    max: int = Field(ge=1, le=64, description="Most router replicas.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RouterAutoscaling:
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) is below min ({self.min})")
+        return self
+
+
+class RouterScale(Frozen):
+    """How many router replicas a Ray cluster runs: a fixed number, or autoscaling bounds. Each replica keeps its
+    own audit chain and its own breakers; a tenant's `max_concurrent` applies per replica."""
+
+    replicas: int | None = Field(default=None, ge=1, le=64, description="A fixed number of router replicas.")
+    autoscaling: RouterAutoscaling | None = Field(default=None, description="{min, max}: Serve adds replicas "
+                                                  "under load and removes them when idle, within these bounds.")
+
+    @model_validator(mode="after")
+    def _one(self) -> RouterScale:
+        if (self.replicas is None) == (self.autoscaling is None):
+            raise ValueError("give either `replicas: N` or `autoscaling: {min: N, max: M}`")
+        return self
+
+    @property
+    def floor(self) -> int:
+        return self.replicas if self.replicas is not None else self.autoscaling.min  # type: ignore[union-attr]
+
+
 class Cluster(Target):
     """An on-prem cluster: a target the company operates itself."""
 
@@ -68,6 +100,9 @@ class Cluster(Target):
         "head node). A non-loopback host needs tenants in org.yaml: with none the router is open. Clusters sharing "
         "an address share one router, so they must agree.")
     router_port: int = Field(default=8000, ge=1, le=65535, description="The router's port on that cluster.")
+    router: RouterScale | None = Field(
+        default=None, description="Router replicas on this Ray cluster: {replicas: N} or {autoscaling: {min, max}}. "
+        "Default: 2, spread over different nodes, on a cluster with several alive nodes; 1 on a single node.")
     tls: RouterTls | None = Field(
         default=None, description="The router serves HTTPS with this certificate and key ({cert_file, key_file}: "
         "paths on the router's node). Required for a router_host that is not loopback, unless insecure_http. "
@@ -334,12 +369,12 @@ class Catalog(Frozen):
 def check_one_router(where: str, clusters: Sequence[Cluster]) -> None:
     """ValueError when clusters on one Ray cluster (`where`: an address, or the local Ray) differ in the settings of
     the one router it runs."""
-    seen = {(c.router_host, c.router_port, c.auth_token_file, c.tls, c.insecure_http, c.insecure_dashboard)
+    seen = {(c.router_host, c.router_port, c.auth_token_file, c.tls, c.insecure_http, c.insecure_dashboard, c.router)
             for c in clusters}
     if len(seen) > 1:
         raise ValueError(
             f"clusters {', '.join(c.id for c in clusters)} share {where} (one Ray cluster, one router) but differ "
-            "in router_host, router_port, auth_token_file, tls, insecure_http or insecure_dashboard; give "
+            "in router_host, router_port, router, auth_token_file, tls, insecure_http or insecure_dashboard; give "
             "them the same values")
 
 

@@ -107,7 +107,8 @@ def router(args: dict[str, Any]):
     def build_asgi():  # Serve recognises an app *builder* by a zero-argument function
         return build_router_state_app(config)
 
-    deployment = serve.deployment(name="Router", num_replicas=1, max_ongoing_requests=256,
+    # How many replicas: the config's deployment (`infra.serve_config.router_deployment`), applied in place.
+    deployment = serve.deployment(name="Router", max_ongoing_requests=256,
                                   ray_actor_options={"num_cpus": 0.25})(serve.ingress(build_asgi)())
     return deployment.bind()
 

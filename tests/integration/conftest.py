@@ -55,7 +55,11 @@ def sovra_ray(tmp_path_factory):
     env = {"SOVRA_HOME": str(home), "SOVRA_ROUTER_PORT": str(settings.router_port),
            "SOVRA_RAY_DASHBOARD_PORT": str(settings.dashboard_port), "SOVRA_RAY_PORT": str(settings.gcs_port),
            # Serve's actors report their tasks to Ray's state API, so a test can see how Serve hands requests on
-           "RAY_SERVE_ENABLE_TASK_EVENTS": "1"}
+           "RAY_SERVE_ENABLE_TASK_EVENTS": "1",
+           # Serve's own proxy, where the router calls replicas by handle: the path of every cluster Sovra did not
+           # start itself, and of a local router with `tls`. The default, HAProxy ingress, is what the quickstart,
+           # test_serve_http.py and test_router_ha.py run.
+           "SOVRA_SERVE_HAPROXY": "0"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     local = settings.local_ray()

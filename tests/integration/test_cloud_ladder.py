@@ -60,7 +60,11 @@ def ladder(tmp_path_factory):
                    DATABRICKS_TOKEN=dbx.token, DATABRICKS_CONFIG_FILE=str(tmp / "databrickscfg"),
                    SOVRA_HOME=str(settings.home), SOVRA_ROUTER_PORT=str(settings.router_port),
                    SOVRA_RAY_DASHBOARD_PORT=str(settings.dashboard_port), SOVRA_RAY_PORT=str(settings.gcs_port),
-                   SOVRA_ADMIN_KEY=ADMIN_KEY, COLUMNS="200", NO_COLOR="1")
+                   SOVRA_ADMIN_KEY=ADMIN_KEY, COLUMNS="200", NO_COLOR="1",
+                   # by handle: a killed replica is then provably unassigned at once (the ladder's timing below);
+                   # over HAProxy a request may wait out its connect retries for Serve's replacement replica
+                   # (test_serve_http.py holds that path to the same residency guarantees)
+                   SOVRA_SERVE_HAPROXY="0")
 
         def sovra(*args: str) -> subprocess.CompletedProcess:
             return subprocess.run([str(SOVRA), *args], cwd=ROOT, env=env, capture_output=True, text=True,

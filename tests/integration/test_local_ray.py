@@ -56,6 +56,15 @@ def test_quickstart_up_and_down_from_an_empty_home(tmp_path):
         pid = json.loads((sovra_home / "ray" / "cluster.json").read_text())["pid"]
         dashboard = f"http://127.0.0.1:{ports['SOVRA_RAY_DASHBOARD_PORT']}"
         assert httpx.get(f"{dashboard}/api/version", timeout=5).status_code == 401  # it does want a token
+        # README command 1 deploys the fast ingress: Serve's HAProxy, the `ray` extra's binary
+        assert json.loads((sovra_home / "ray" / "cluster.json").read_text())["serve_http"] is True
+        assert "HAProxy ingress" in up.stderr + up.stdout
+        # a re-deploy after `down` removed every application (it once failed in HAProxy mode)
+        emptied = sovra("down", *QS)
+        assert emptied.returncode == 0 and "removed" in emptied.stdout, emptied.stdout + emptied.stderr
+        again = sovra("up", *QS)
+        assert again.returncode == 0 and "answered via target local (zone EU)" in again.stdout, (
+            again.stdout + again.stderr)
         down = sovra("down", *QS, "--stop-ray")
         assert down.returncode == 0, down.stdout + down.stderr
         assert not _group_alive(pid), "the local Ray outlived `down --stop-ray`"
@@ -83,3 +92,73 @@ def test_a_local_ray_lacking_a_target_is_restarted_only_when_it_serves_nothing(t
         assert local.ensure(resources=[paris]) == second  # a subset: kept
     finally:
         local.stop()
+
+
+def _env(home: Path, **ports: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SOVRA_", "RAY_AUTH_")) and k != "RAY_ADDRESS"}
+    env.update({k: str(v) for k, v in ports.items()}, SOVRA_HOME=str(home), COLUMNS="200", NO_COLOR="1")
+    return env
+
+
+def _held_port():
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s
+
+
+ECHO = ["tests/integration/specs/two-zones.yaml", "--org", "tests/integration/specs/two-zones-org.yaml", "--no-check"]
+
+
+def test_a_taken_router_port_stops_up_before_ray_starts_with_a_sentence(tmp_path):
+    """Another program holds the router's port: `up` says so, naming the setting, and starts nothing."""
+    with _held_port() as held:
+        port = held.getsockname()[1]
+        env = _env(tmp_path / "home", SOVRA_ROUTER_PORT=port, SOVRA_RAY_DASHBOARD_PORT=free_port(),
+                   SOVRA_RAY_PORT=free_port())
+        r = subprocess.run([str(SOVRA), "up", *ECHO], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=600, check=False)
+    assert r.returncode == 1
+    err = " ".join(r.stderr.split())
+    assert f"port {port}, which the local Ray's router needs, is already taken by another program" in err, err
+    assert "SOVRA_ROUTER_PORT" in err and "Traceback" not in r.stderr + r.stdout
+    assert LocalRay(tmp_path / "home").running() is None
+    assert not (tmp_path / "home" / "ray" / "cluster.json").exists()
+
+
+def test_a_failed_up_on_a_running_ray_removes_what_it_deployed_and_says_why(tmp_path):
+    """The Ray runs (started by an earlier `up`) but serves nothing, and the router's port is taken meanwhile:
+    the error is a sentence (once a 500 with Serve's traceback), and the Ray is left as it was, serving nothing."""
+    home = tmp_path / "home"
+    router, env = free_port(), None
+    env = _env(home, SOVRA_ROUTER_PORT=router, SOVRA_RAY_DASHBOARD_PORT=free_port(), SOVRA_RAY_PORT=free_port())
+
+    def sovra(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(SOVRA), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+                              check=False)
+
+    try:
+        first = sovra("up", *ECHO)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert sovra("down", *ECHO[:-1]).returncode == 0  # every app removed: Serve and HAProxy stop
+        local = LocalRay(home)
+        rec = local.running()
+        assert rec is not None
+        import socket
+
+        with socket.socket() as held:
+            held.bind(("127.0.0.1", router))
+            held.listen()
+            r = sovra("up", *ECHO)
+        assert r.returncode == 1
+        err = " ".join(r.stderr.split())
+        assert f"port {router}, where the router would listen, is already taken" in err, err
+        assert "Traceback" not in r.stderr + r.stdout
+        assert local.running() == rec  # not started by this `up`: kept
+        assert ServeApi(rec.dashboard, token=local.token()).apps() == {}
+        again = sovra("up", *ECHO)  # the port is free again
+        assert again.returncode == 0, again.stdout + again.stderr
+    finally:
+        LocalRay(home).stop()

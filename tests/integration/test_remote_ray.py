@@ -226,7 +226,8 @@ def test_every_replica_runs_on_its_targets_node(deployed):
     assert len(eu) == 2 and set(eu) == eu_nodes, (eu, eu_nodes)
     assert len(us) == 1 and set(us) == us_nodes, (us, us_nodes)
     router = api.details()["applications"][sc.ROUTER_APP]["deployments"]["Router"]["replicas"]
-    assert {r["node_id"] for r in router} == us_nodes  # the head node, beside Serve's proxy
+    # no single router: by default on a cluster of several nodes, 2 replicas, one on each node
+    assert len(router) == 2 and {r["node_id"] for r in router} == eu_nodes | us_nodes, router
     r = _chat(deployed["url"], EU_KEY)
     assert r.status_code == 200 and r.headers["X-Sovra-Target"] == EU, r.text
     r = _chat(deployed["url"], US_KEY)

@@ -71,3 +71,17 @@ def test_a_write_is_sent_once(dash):
     with pytest.raises(ClusterError, match="PUT"):
         ServeApi(dash.url, token=None).apply({"applications": []})
     assert dash.seen == [("PUT", APPS_PATH)]
+
+
+def test_a_dashboard_traceback_becomes_its_innermost_error_in_one_sentence():
+    from sovra.infra.serve_api import explain
+
+    body = ("Traceback (most recent call last):\n  File \"/x/serve_head.py\", line 175, in put_all_applications\n"
+            "    client = await serve_start_async(\n"
+            "ray.exceptions.RayTaskError(RuntimeError): \x1b[36mray::HAProxyManager.ready()\x1b[39m (pid=1)\n"
+            "  File \"/x/haproxy.py\", line 1226, in _wait_for_hap_availability\n"
+            "RuntimeError: HAProxy did not come up: [ALERT] cannot bind socket [127.0.0.1:8000]\n")
+    text = explain(body)
+    assert text.startswith("RuntimeError: HAProxy did not come up: [ALERT] cannot bind socket [127.0.0.1:8000]")
+    assert "Traceback" not in text and "File " not in text and "\n" not in text
+    assert explain('{"detail": "bad config"}') == '{"detail": "bad config"}'

@@ -159,3 +159,34 @@ def test_the_replica_key_is_derived_from_the_ray_token_and_required_by_the_repli
     monkeypatch.delenv("RAY_AUTH_TOKEN_PATH")
     with pytest.raises(RuntimeError, match="no auth token"):  # no token: the replica does not start keyless
         model_http.install_replica_key()
+
+
+def test_router_replicas_default_to_two_spread_on_several_nodes_and_one_on_the_head_of_a_single_node():
+    from sovra.core.spec.org import RouterScale
+    from sovra.infra.serve_config import HEAD_NODE_RESOURCE, router_deployment
+
+    one = router_deployment(None, nodes=1)
+    assert one["num_replicas"] == 1 and one["ray_actor_options"]["resources"] == {HEAD_NODE_RESOURCE: 0.001}
+    two = router_deployment(None, nodes=3)
+    assert two["num_replicas"] == 2 and "resources" not in two["ray_actor_options"]  # Serve's SPREAD places them
+    fixed = router_deployment(RouterScale(replicas=4), nodes=1)
+    assert fixed["num_replicas"] == 4 and "autoscaling_config" not in fixed
+    auto = router_deployment(RouterScale.model_validate({"autoscaling": {"min": 2, "max": 6}}), nodes=2)
+    assert "num_replicas" not in auto
+    assert auto["autoscaling_config"] == {"min_replicas": 2, "max_replicas": 6, "target_ongoing_requests": 64}
+    for d in (one, two, fixed, auto):
+        assert d["logging_config"] == {"enable_access_log": False}
+
+
+def test_router_scale_takes_one_form_and_sane_bounds():
+    import pydantic
+    import pytest
+
+    from sovra.core.spec.org import RouterScale
+
+    for bad, words in (({}, "either `replicas: N` or `autoscaling"),
+                       ({"replicas": 2, "autoscaling": {"min": 1, "max": 2}}, "either"),
+                       ({"autoscaling": {"min": 3, "max": 2}}, "max (2) is below min (3)"),
+                       ({"replicas": 0}, "greater than or equal to 1")):
+        with pytest.raises(pydantic.ValidationError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            RouterScale.model_validate(bad)
