@@ -1,9 +1,13 @@
 """The OpenAI-compatible backend of `bench/router.py`: a minimal, fast HTTP server in its own process, outside Ray.
 
-    .venv/bin/python bench/openai_echo.py [--port 0] [--api-key-env VAR] [--name TEXT]
+    .venv/bin/python bench/openai_echo.py [--port 0] [--api-key-env VAR] [--name TEXT] [--server raw|fastapi]
 
 It stands for the vLLM / NIM / TGI server a user declares under `endpoints:` in org.yaml, doing no work, so that
-what a gateway in front of it adds is what is measured. Raw asyncio HTTP/1.1 (uvloop when installed), keep-alive:
+what a gateway in front of it adds is what is measured. Two HTTP stacks answer the same routes in the same shapes:
+  raw      (the default) raw asyncio HTTP/1.1 (uvloop when installed), keep-alive: far faster than any real server,
+           so a gateway's own cost is measured at its strictest
+  fastapi  FastAPI on uvicorn (one worker, uvloop + httptools when installed, no access log, keep-alive 5 s), as
+           vLLM runs its OpenAI server: the HTTP stack of the servers users put behind a gateway
   POST /v1/chat/completions   `served-by <name>` as one JSON answer, or with `"stream": true` as server-sent
                               events (chunked), in the shapes of Sovra's echo engine (`orchestrator/serving/engines/
                               echo.py`); the answer's `model` is the request's
@@ -20,6 +24,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +32,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+SERVERS = ("raw", "fastapi")  # --server choices; raw first: the default
 MAX_HEAD = 65_536
 MAX_BODY = 16 * 1_048_576
 USAGE = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
@@ -188,15 +194,108 @@ async def serve(app: EchoApp, host: str, port: int) -> None:
         await done.wait()
 
 
+def fastapi_app(echo: EchoApp) -> Any:
+    """`echo`'s answers through FastAPI: Starlette's routing, `Request`, `Response` and, for a stream, a
+    `StreamingResponse` over an async generator (chunked), as vLLM's chat route answers."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import Response, StreamingResponse
+
+    api = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)  # vLLM's --disable-fastapi-docs
+
+    async def respond(request: Request) -> Response:
+        status, content_type, parts = echo.answer(request.method, request.url.path, request.headers,
+                                                  await request.body())
+        if len(parts) == 1:
+            return Response(parts[0], status_code=status, media_type=content_type)
+
+        async def events():
+            for part in parts:
+                yield part
+
+        return StreamingResponse(events(), status_code=status, media_type=content_type,
+                                 headers={"Cache-Control": "no-cache"})
+
+    # FastAPI injects the request by its annotation, which `from __future__ import annotations` left as a string
+    # naming a local import: given as the class.
+    respond.__annotations__ = {"request": Request, "return": Response}
+    api.add_api_route("/v1/chat/completions", respond, methods=["POST"])
+    api.add_api_route("/v1/models", respond, methods=["GET"])
+    # Anything else (another path, a wrong method, no key): EchoApp's 401/404/405, as the raw server answers.
+    api.add_api_route("/{path:path}", respond, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    return api
+
+
+def _http_impl() -> str:
+    """uvicorn's HTTP/1.1 parser as its `http="auto"` picks it: httptools when installed, else h11."""
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        return "h11"
+    return "httptools"
+
+
+async def serve_fastapi(app: EchoApp, host: str, port: int) -> None:
+    """Serve `fastapi_app(app)` with uvicorn as vLLM's OpenAI server does, until stdin reaches EOF or SIGTERM/SIGINT;
+    print the ready line once listening.
+
+    Modelled on vLLM's `vllm/entrypoints/openai/api_server.py` (`run_server` -> `build_and_serve`) and
+    `vllm/entrypoints/launcher.py` (`serve_http`): the process runs `uvloop.run(run_server(args))`; `setup_server`
+    binds the socket first (SO_REUSEADDR, SO_REUSEPORT); `serve_http` builds `uvicorn.Config(app, host, port,
+    log_level=..., access_log=not args.disable_uvicorn_access_log, timeout_keep_alive=
+    envs.VLLM_HTTP_TIMEOUT_KEEP_ALIVE, ...)` (that variable's default: "5" seconds, `vllm/envs.py`) and awaits
+    `uvicorn.Server(config).serve(sockets=[sock])`: one worker, in this process. uvicorn's `http`/`loop` stay "auto"
+    there (httptools when installed; the loop is the one uvloop.run made). vLLM's access log is on unless
+    `--disable-uvicorn-access-log` is given; it is off here (that flag), so that the server is as fast as its stack
+    allows: a slower server would flatter every gateway's ratio to it. vLLM also validates each request with
+    pydantic and tokenizes it, which this server does not: a real server is slower still.
+    """
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    http = _http_impl()
+    config = uvicorn.Config(fastapi_app(app), host=host, port=sock.getsockname()[1], http=http, lifespan="off",
+                            log_level="warning", access_log=False, timeout_keep_alive=5,
+                            timeout_graceful_shutdown=3, backlog=1024)
+    server = uvicorn.Server(config)  # its own SIGTERM/SIGINT handlers end `serve` (then re-raise the signal)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started and not task.done():
+        await asyncio.sleep(0.02)
+    if task.done():
+        await task  # a start-up failure, raised
+        return
+    loop = asyncio.get_running_loop()
+
+    def stdin_readable() -> None:
+        try:
+            if not os.read(sys.stdin.fileno(), 4096):
+                server.should_exit = True
+        except OSError:
+            server.should_exit = True
+
+    if not sys.stdin.isatty():
+        loop.add_reader(sys.stdin.fileno(), stdin_readable)
+    bound = sock.getsockname()
+    print(json.dumps({"ready": True, "url": f"http://{bound[0]}:{bound[1]}", "pid": os.getpid(),
+                      "loop": type(loop).__module__.split(".")[0], "server": "fastapi", "http": http}), flush=True)
+    await task
+
+
 class EchoProcess:
-    """This server run as a child process of the caller; `url` once it listens. Stopped by `stop()` or when the
-    caller exits (its stdin closes)."""
+    """This server run as a child process of the caller, with the HTTP stack `server` names (see the module
+    docstring); `url` once it listens. Stopped by `stop()` or when the caller exits (its stdin closes)."""
 
     def __init__(self, *, name: str, api_key_env: str | None = None, env: Mapping[str, str] | None = None,
-                 timeout_s: float = 30.0):
+                 timeout_s: float = 30.0, server: str = "raw"):
         import select
 
+        if server not in SERVERS:
+            raise ValueError(f"server {server!r}: choose one of {', '.join(SERVERS)}")
         cmd = [sys.executable, os.path.abspath(__file__), "--name", name]
+        if server != "raw":
+            cmd += ["--server", server]
         if api_key_env:
             cmd += ["--api-key-env", api_key_env]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -212,6 +311,10 @@ class EchoProcess:
         ready = json.loads(line)
         self.url: str = ready["url"]
         self.loop: str = ready["loop"]
+        self.server = server
+        # What answers, in words: for reports.
+        self.stack = (f"FastAPI {_version('fastapi')} on uvicorn {_version('uvicorn')} ({ready['loop']}, "
+                      f"{ready['http']}, one worker)" if server == "fastapi" else f"raw asyncio ({ready['loop']})")
 
     @property
     def pid(self) -> int:
@@ -234,12 +337,23 @@ class EchoProcess:
         return self.proc.wait()
 
 
+def _version(dist: str) -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0, help="0: a free port (printed in the ready line)")
     ap.add_argument("--name", default="openai-echo", help="who the answers say served them")
     ap.add_argument("--api-key-env", help="environment variable holding the key every request must carry")
+    ap.add_argument("--server", choices=SERVERS, default="raw",
+                    help="HTTP stack: raw asyncio (default) or FastAPI on uvicorn, as vLLM runs its server")
     args = ap.parse_args(argv)
     key = None
     if args.api_key_env:
@@ -247,12 +361,13 @@ def main(argv: list[str] | None = None) -> int:
         if not key:
             ap.error(f"--api-key-env {args.api_key_env}: the variable is not set")
     app = EchoApp(args.name, key)
+    main_coro = (serve_fastapi if args.server == "fastapi" else serve)(app, args.host, args.port)
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(app, args.host, args.port))
+        asyncio.run(main_coro)
     else:
-        uvloop.run(serve(app, args.host, args.port))
+        uvloop.run(main_coro)
     return 0
 
 
