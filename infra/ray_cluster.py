@@ -377,6 +377,10 @@ class LocalRay:
         progress(f"stopping local Ray (pid {rec.pid})")
         _kill_group(rec.pid)
         self._record_path.unlink(missing_ok=True)
+        if rec.serve_http:  # HAProxy's folder outside the home: gone with the Ray that used it
+            import shutil
+
+            shutil.rmtree(haproxy_dir(self.home), ignore_errors=True)
         return True
 
 
