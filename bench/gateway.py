@@ -182,21 +182,31 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _one(pool: cf.Executor, g: Gateway, b: Backend, sizes: Sizes, roles: dict[str, list[int]], shape: str
          ) -> dict[str, Any]:
-    """One measurement of gateway `g` in front of backend `b`, split evenly over `g.urls(b)`."""
+    """One measurement of gateway `g` in front of backend `b`, split evenly over `g.urls(b)`. Where there are
+    several (direct: each server) and the shape's concurrency allows, the parts run at once, each with its share
+    of the concurrency, so that the servers are loaded together, as a gateway in front of them loads them; at C=1
+    they run one after the other."""
     conc, stream = SHAPES[shape]
-    urls, parts = g.urls(b), []
+    urls = g.urls(b)
+    together = len(urls) > 1 and conc >= len(urls)
     cpu0 = {role: cpu_s(pids) for role, pids in roles.items()}
+    specs = []
     for i, url in enumerate(urls):
         n = sizes.n(shape) // len(urls) + (1 if i < sizes.n(shape) % len(urls) else 0)
-        spec = {"kind": "http", "url": url, "headers": g.headers, "body": body(b.model), "concurrency": conc,
-                "n": n, "stream": stream, "cap_s": sizes.cap_s / len(urls),
-                "warmup": max(conc * 4, sizes.warmup // (1 if conc > 1 else 4)) // len(urls)}
-        result = pool.submit(loadgen, spec).result()
+        specs.append({"kind": "http", "url": url, "headers": g.headers, "body": body(b.model),
+                      "concurrency": conc // len(urls) if together else conc, "n": n, "stream": stream,
+                      "cap_s": sizes.cap_s if together else sizes.cap_s / len(urls),
+                      "warmup": max(conc * 4, sizes.warmup // (1 if conc > 1 else 4)) // len(urls)})
+    if together:
+        parts = [f.result() for f in [pool.submit(loadgen, spec) for spec in specs]]
+    else:
+        parts = [pool.submit(loadgen, spec).result() for spec in specs]
+    for spec, result in zip(specs, parts):
         result["sent"] = spec["warmup"] + result["n"] + len(result["errors"])
-        parts.append(result)
+    walls = [p["wall_s"] for p in parts]
     return {"latencies_ms": [x for p in parts for x in p["latencies_ms"]],
             "overhead_ms": [x for p in parts for x in p["overhead_ms"]],
-            "n": sum(p["n"] for p in parts), "wall_s": sum(p["wall_s"] for p in parts),
+            "n": sum(p["n"] for p in parts), "wall_s": max(walls) if together else sum(walls),
             "errors": [e for p in parts for e in p["errors"]], "sent": sum(p["sent"] for p in parts),
             "cpu_s": {role: cpu_s(pids) - cpu0[role] for role, pids in roles.items()}}
 
@@ -205,7 +215,7 @@ def measure(pool: cf.Executor, gateways: dict[str, Gateway], backends: list[Back
             ) -> dict[str, dict[str, Any]]:
     """Every (variant, backend) pair in every shape, round-robin in a shuffled order per round; pooled over rounds:
     backend kind -> variant -> shape -> summary. `direct` splits each measurement over the backend's two servers
-    (half the requests each), as a round-robin client would."""
+    (half the requests each, loaded together where the concurrency allows), as a round-robin client would."""
     pairs = [(name, b) for b in backends for name in gateways]
     for name, b in pairs:  # each pair warmed up once at C=16 before the first round (not recorded)
         g = gateways[name]
@@ -363,7 +373,8 @@ HOW = """\
   own pair (the "spread over" lines check it); the local cluster is declared as in examples/quickstart; no tenants
   (the router is open, on 127.0.0.1); the audit trail on, as by default; `up` sends its first request as usual.
   One router serves both deployments. Torn down with `sovra down ... --stop-ray`.
-- **direct**: the same payload and key to the servers, each measurement split in two halves, one per server.
+- **direct**: the same payload and key to the servers, each measurement split in two halves, one per server,
+  loaded together (C=8 each at C=16; one after the other at C=1).
 - **litellm**: the proxy's CLI (`litellm --config`, no database, no master key), one model name per backend, each
   with two deployments (`openai/<model>`, `api_base`, `api_key: os.environ/...`), `simple-shuffle`,
   `LITELLM_LOCAL_MODEL_COST_MAP=True`, `telemetry: false`.
@@ -491,7 +502,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                 res["served_by"][name] = {b.kind: served_by(g.urls(b)[0], g.headers, b.model) for b in backends}
         for name in res["sovra"]:
             res["sovra"][name]["served_by"] = res["served_by"][name]
-        with cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        # two load-generator processes: `direct` loads its two servers at once (`_one`)
+        with cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
             own = {os.getsid(0), *(s.pid for b in backends for s in b.servers),
                    *(g.session for g in gateways.values() if g.session)}
             t0, cpu0 = time.perf_counter(), cpu_by_session()

@@ -204,7 +204,7 @@ class Gateway(abc.ABC):
 
 
 class Direct(Gateway):
-    """The servers themselves, round-robin: each measurement sends half its requests to each."""
+    """The servers themselves: each measurement sends half its requests to each, both at once where it can."""
 
     name = "direct"
 
