@@ -18,6 +18,7 @@ import errno
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
+from typing import ClassVar
 
 from sovra.core.errors import SovraError
 
@@ -71,7 +72,7 @@ class RayPorts:
     worker_max: int = DEFAULT_WORKER_PORTS[1]
 
     #: The setting that moves each port a person chooses; the others are picked free at every start.
-    SETTINGS = {"router": "SOVRA_ROUTER_PORT (or `sovra up --port`)", "gcs": "SOVRA_RAY_PORT",
+    SETTINGS: ClassVar[dict[str, str]] = {"router": "SOVRA_ROUTER_PORT (or `sovra up --port`)", "gcs": "SOVRA_RAY_PORT",
                 "dashboard": "SOVRA_RAY_DASHBOARD_PORT", "worker": "SOVRA_RAY_WORKER_PORTS (e.g. 20000-20999)"}
 
     @classmethod

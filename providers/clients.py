@@ -369,7 +369,7 @@ def _answer(target: str, status: int, content: bytes, retry_after: str | None = 
     if status == 503 and NO_LIVE_REPLICA in content[:4096]:
         # The ingress took the request and forwarded it to no replica: a refusal (nothing processed), and the
         # backend is out until a replica is back (its breaker, so /readyz says so at once).
-        raise Refused(f"HTTP 503: no live replica behind Serve's ingress; no replica got the request", down=True)
+        raise Refused("HTTP 503: no live replica behind Serve's ingress; no replica got the request", down=True)
     if status == 429:  # throttled: the backend says it did not process it, another allowed backend may
         raise Refused("HTTP 429", throttled=True, retry_after_s=_seconds(retry_after))
     if status == 503 and refused_503(content, retry_after):
