@@ -280,6 +280,8 @@ def _f(x: float | None, fmt: str = ".2f") -> str:
 
 
 def label(name: str, res: dict[str, Any]) -> str:
+    if name == "sovra-before":
+        return f"{name}: Sovra with Serve's own proxy (README command 1 before issue 20; SOVRA_SERVE_HAPROXY=0)"
     if name.startswith("sovra"):
         replicas = res["sovra"][name]["router_replicas"]
         return f"{name}: Sovra (`sovra up`, {'default router replicas' if replicas is None else f'{replicas} router replica(s)'})"
@@ -485,6 +487,12 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
             gateways[name] = g  # registered first: torn down even if `up` fails half-way
             g.start()
             res["sovra"][name] = {"router_replicas": n, "up_s": g.up_s, "url": g.url, "dropped_env": g.dropped}
+        if args.before:  # what README command 1 deployed before issue 20: Serve's own proxy, one router replica
+            g = Sovra("sovra-before", workdir, backends, None, log, extra_env={"SOVRA_SERVE_HAPROXY": "0"})
+            gateways["sovra-before"] = g
+            g.start()
+            res["sovra"]["sovra-before"] = {"router_replicas": None, "up_s": g.up_s, "url": g.url,
+                                            "dropped_env": g.dropped, "env": {"SOVRA_SERVE_HAPROXY": "0"}}
         if not args.no_litellm:
             try:
                 gateways["litellm"] = LiteLLM(workdir, backends, log)
@@ -553,6 +561,8 @@ def command(args: argparse.Namespace) -> str:
         flags.append("--backends " + ",".join(args.backends))
     if args.router_replicas:
         flags.append("--router-replicas " + " ".join(map(str, args.router_replicas)))
+    if args.before:
+        flags.append("--before")
     return " ".join([".venv/bin/python bench/gateway.py", *flags])
 
 
@@ -576,6 +586,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--router-replicas", type=int, nargs="+", metavar="N",
                     help="write `router: {replicas: N}` into org.yaml's local cluster; several values: one Sovra "
                          "(its own Ray) per value, measured in the same run (default: org.yaml says nothing)")
+    ap.add_argument("--before", action="store_true",
+                    help="also Sovra with Serve's own proxy (SOVRA_SERVE_HAPROXY=0), what README command 1 deployed "
+                         "before issue 20, in its own Ray, measured in the same run")
     ap.add_argument("--out", default=str(RESULTS), help="results folder (default bench/results)")
     args = ap.parse_args(argv)
     if args.router_replicas and len(set(args.router_replicas)) != len(args.router_replicas):

@@ -222,7 +222,8 @@ class Sovra(Gateway):
     """`sovra up` as README command 1 runs it, in a temporary SOVRA_HOME on free ports, one deployment per backend
     in one file (planned jointly); `sovra down --stop-ray`."""
 
-    def __init__(self, name: str, workdir: Path, backends: list[Backend], replicas: int | None, log: Log):
+    def __init__(self, name: str, workdir: Path, backends: list[Backend], replicas: int | None, log: Log,
+                 extra_env: dict[str, str] | None = None):
         self.name, self.log = name, log
         self.dir = workdir / name
         self.dir.mkdir()
@@ -239,7 +240,8 @@ class Sovra(Gateway):
         self.dropped = sorted(set(os.environ) - set(base))
         self.env = {**base, "SOVRA_HOME": str(self.home), "SOVRA_ROUTER_PORT": str(port),
                     "SOVRA_RAY_DASHBOARD_PORT": str(dashboard), "SOVRA_RAY_PORT": str(free_port()),
-                    KEY_ENV: KEY}  # where the router runs: the local Ray inherits the environment of `up`
+                    KEY_ENV: KEY,  # where the router runs: the local Ray inherits the environment of `up`
+                    **(extra_env or {})}  # only `--before`: Serve's own proxy, the default before issue 20
         self.dashboard_port = dashboard
         self.url = f"http://127.0.0.1:{port}"
         self.headers = {}
