@@ -385,11 +385,11 @@ def _undo(started: bool, fresh: Collection[str], settings: Settings, say: Say, t
     """After a failed `up`: stop the local Ray if this `up` started it, and remove the Serve applications from
     clusters that ran none before it (so Serve's proxy or HAProxy holds no port for a router that never came up).
     Clusters that already served something are left as they are: their earlier apps still serve."""
-    if started:
-        if settings.local_ray().stop():
-            say("stopped the local Ray that this `up` started")
-        return
+    if started and settings.local_ray().stop():
+        say("stopped the local Ray that this `up` started")
     for key in sorted(fresh):
+        if key == LOCAL and started:
+            continue  # stopped whole, above
         try:
             if key == LOCAL:
                 local = settings.local_ray()
