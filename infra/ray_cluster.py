@@ -239,6 +239,42 @@ def haproxy_dir(home: Path) -> Path:
     return path
 
 
+def stop_haproxy(folder: Path, progress: Progress = lambda _m: None) -> None:
+    """Stop the HAProxy processes whose config is in `folder` (`haproxy_dir`), then remove the folder. Serve's
+    HAProxyManager starts HAProxy in a session of its own, so killing the Ray leaves it running, holding the
+    router's port (seen: HAProxy processes of stopped Rays still listening an hour later). Only processes naming
+    this folder on their command line are touched."""
+    import shutil
+
+    needle = str(folder).encode()
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0].endswith(b"haproxy") and any(needle in a for a in args):
+            pids.append(int(cmdline.parent.name))
+    if pids:
+        progress(f"stopping the local Ray's HAProxy (pid {', '.join(map(str, pids))})")
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        alive = [p for p in pids if _pid_alive(p)]
+        for p in alive:
+            try:
+                os.kill(p, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while any(_pid_alive(p) for p in alive) and time.monotonic() < deadline:
+            for p in alive:  # reap if it is our child
+                try:
+                    os.waitpid(p, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+            time.sleep(0.1)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @dataclass(frozen=True)
 class LocalRayRecord:
     """What `ensure` started: the `ray start` process, its ports, and the custom resources its node carries."""
@@ -377,10 +413,8 @@ class LocalRay:
         progress(f"stopping local Ray (pid {rec.pid})")
         _kill_group(rec.pid)
         self._record_path.unlink(missing_ok=True)
-        if rec.serve_http:  # HAProxy's folder outside the home: gone with the Ray that used it
-            import shutil
-
-            shutil.rmtree(haproxy_dir(self.home), ignore_errors=True)
+        if rec.serve_http:  # HAProxy runs in a session of its own, which the group kill above does not reach
+            stop_haproxy(haproxy_dir(self.home), progress)
         return True
 
 

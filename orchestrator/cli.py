@@ -205,6 +205,13 @@ def _print_status(entries: list[dict[str, Any]]) -> None:
             err.print(f"[yellow]warning:[/] router of {e['cluster']}: {r['warning']}", highlight=False)
         elif r and "https" in r:
             out.print(f"router serves {'HTTPS' if r['https'] else 'plain HTTP'} on {r['listen']}", highlight=False)
+        if r:
+            out.print(f"router replicas running: {r.get('replicas')}", highlight=False)
+        if e.get("ingress"):
+            ports = e.get("ports") or {}
+            out.print(f"ingress: {'HAProxy' if e['ingress'] == 'haproxy' else 'Serve proxy'}; ports: router "
+                      f"{ports.get('router')}, GCS {ports.get('gcs')}, dashboard {ports.get('dashboard')} "
+                      f"({len(ports)} in all: `-o json`)", highlight=False)
         if e.get("audit_key"):
             from sovra.orchestrator.router.audit_sign import fingerprint
 

@@ -516,6 +516,8 @@ def status(targets: Sequence[Target], settings: Settings) -> list[dict[str, Any]
                 out.append(entry)
                 continue
             dash = rec.dashboard
+            entry["ports"] = dict(rec.ports)  # every port the local Ray was given (`infra.ray_ports`)
+            entry["ingress"] = "haproxy" if rec.serve_http else "serve-proxy"
             from sovra.orchestrator.router.audit_sign import existing_public_key
 
             entry["audit_key"] = existing_public_key(settings.home / "keys")  # the local router's, on this node

@@ -203,9 +203,8 @@ class _AiohttpTransport(_Transport):
     request); on a router replica that is most of the per-request cost. The session is made on first use, on the
     event loop that serves requests. Only connecting is timed here; the dispatcher bounds answers and chunks."""
 
-    def __init__(self, connect_timeout_s: float = 2.0, *, keep_alive: bool = True):
+    def __init__(self, connect_timeout_s: float = 2.0):
         self._connect_timeout_s = connect_timeout_s
-        self._keep_alive = keep_alive
         self._session: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._proxies: dict[str, str] = {}
@@ -222,9 +221,8 @@ class _AiohttpTransport(_Transport):
             # would re-read them, and ~/.netrc, on every request).
             self._proxies = urllib.request.getproxies_environment()
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=512, limit_per_host=0, ssl=_httpx().create_ssl_context(),
-                                               **({"keepalive_timeout": 4.0} if self._keep_alive
-                                                  else {"force_close": True})),
+                connector=aiohttp.TCPConnector(limit=512, limit_per_host=0, keepalive_timeout=4.0,
+                                               ssl=_httpx().create_ssl_context()),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout_s),
                 cookie_jar=aiohttp.DummyCookieJar(),  # a backend's cookies must not follow another tenant's call
                 read_bufsize=2 ** 16, max_line_size=MAX_SSE_LINE, max_field_size=65536)
@@ -319,7 +317,7 @@ def _httpx():
     return httpx
 
 
-def _default_transport(*, keep_alive: bool = True) -> _Transport:
+def _default_transport() -> _Transport:
     try:
         import aiohttp  # noqa: F401  (installed with ray[serve])
     except ImportError:
@@ -328,7 +326,7 @@ def _default_transport(*, keep_alive: bool = True) -> _Transport:
         return _HttpxTransport(httpx.AsyncClient(
             timeout=httpx.Timeout(None, connect=2.0, pool=2.0),
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=4.0)))
-    return _AiohttpTransport(keep_alive=keep_alive)
+    return _AiohttpTransport()
 
 
 def _encode(body: dict[str, Any]) -> bytes:
@@ -404,9 +402,8 @@ class HttpClient(BackendClient):
     #: operation -> path under the backend's address
     paths = {"chat": "/v1/chat/completions", "embed": "/v1/embeddings", "health": "/v1/models"}
 
-    def __init__(self, client: httpx.AsyncClient | None = None, *, keep_alive: bool = True):
-        self._transport = (_HttpxTransport(client) if client is not None
-                           else _default_transport(keep_alive=keep_alive))
+    def __init__(self, client: httpx.AsyncClient | None = None):
+        self._transport = _HttpxTransport(client) if client is not None else _default_transport()
 
     def url(self, backend: Backend, op: str) -> str:
         return backend.address + self.paths[op]

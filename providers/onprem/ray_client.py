@@ -176,10 +176,7 @@ class RayClient(BackendClient):
         if self._http is None:
             from sovra.providers.onprem.model_http_client import ModelHttpClient
 
-            # A new connection per request: Serve reloads its HAProxy on every replica change, and a request written
-            # into a kept-alive connection of the old process was lost unanswered (a 502, since it may have been
-            # received) right after a replica died. A fresh connection always reaches the current process.
-            self._http = ModelHttpClient(keep_alive=False)
+            self._http = ModelHttpClient()
         return self._http
 
     async def aclose(self) -> None:

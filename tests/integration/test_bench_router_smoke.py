@@ -51,7 +51,8 @@ def test_router_bench_quick_measures_every_variant_in_both_proxy_modes_and_print
         # the gateway's answers came through Sovra's router (its header), the direct ones did not
         gateway, direct = results["modes"][mode]["gateway"], results["modes"][mode]["direct"]
         assert gateway["c1"]["router_overhead_n"] > 0 and direct["c1"]["router_overhead_n"] == 0, mode
-    assert results["up_s"]["default"] > 0 and results["serve_env"]["haproxy"].get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
+    assert results["up_s"]["default"] > 0 and results["serve_env"]["haproxy"]["haproxy_ingress"] is True
+    assert results["serve_env"]["default"]["haproxy_ingress"] is False  # SOVRA_SERVE_HAPROXY=0: Serve's own proxy
     decision = results["decision"]
     assert "error" not in decision, decision.get("error")  # the micro-benchmark follows the router's internal API
     assert [d["backends"] for d in decision["rows"] if d["policy"] == "cost"] == [10, 100, 1000]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import subprocess
 from pathlib import Path
@@ -146,8 +147,6 @@ def test_a_failed_up_on_a_running_ray_removes_what_it_deployed_and_says_why(tmp_
         local = LocalRay(home)
         rec = local.running()
         assert rec is not None
-        import socket
-
         with socket.socket() as held:
             held.bind(("127.0.0.1", router))
             held.listen()
@@ -162,3 +161,19 @@ def test_a_failed_up_on_a_running_ray_removes_what_it_deployed_and_says_why(tmp_
         assert again.returncode == 0, again.stdout + again.stderr
     finally:
         LocalRay(home).stop()
+    # Stopped while Serve ran: HAProxy (in a session of its own, out of the Ray's process group) went too, and its
+    # folder with it; it once kept listening on the router's port after its Ray was gone.
+    from sovra.infra.ray_cluster import haproxy_dir
+
+    folder = str(haproxy_dir(home / "ray"))
+    left = [p for p in Path("/proc").glob("[0-9]*/cmdline") if folder.encode() in _read(p)]
+    assert not left, left
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", router))  # nothing holds the router's port any more
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""

@@ -407,6 +407,12 @@ def test_cli_status_and_audit(deployed, sovra, monkeypatch):
     zones = {b["target"]: (b["zone"], b["status"]) for b in local["backends"]}
     assert zones == {"onprem-paris": ("EU", "RUNNING"), "onprem-virginia": ("US", "RUNNING")}
     assert {b["residency"] for b in local["backends"]} == {"unrestricted"}
+    # the local Ray's ingress and every port it was given (the session's Ray runs Serve's own proxy)
+    assert local["ingress"] == "serve-proxy"
+    assert local["ports"]["router"] == deployed["settings"].router_port and len(local["ports"]) == 14
+    assert len(set(local["ports"].values())) == 14  # all distinct
+    shown = sovra("status", "--org", ORG)
+    assert shown.returncode == 0 and "ingress: Serve proxy; ports: router " in shown.stdout, shown.stdout
     # the trail is read from the router (as for a remote cluster), with an admin key; tenants may not read it
     monkeypatch.setenv("SOVRA_ADMIN_KEY", EU_KEY)
     refused = sovra("audit", "--tenant", "eu", "-o", "json")

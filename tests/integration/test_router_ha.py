@@ -23,7 +23,8 @@ import httpx
 import pytest
 
 from sovra.infra import serve_config as sc
-from sovra.infra.ray_cluster import free_port, haproxy_binary, haproxy_dir
+from sovra.infra import haproxy_bind
+from sovra.infra.ray_cluster import free_port, haproxy_binary, haproxy_dir, stop_haproxy
 from sovra.infra.serve_api import ServeApi
 from sovra.orchestrator.router.audit import read as read_trail
 from tests.integration.test_remote_ray import (
@@ -69,7 +70,10 @@ def two_nodes(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_SERVE_"))}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file), RAY_USAGE_STATS_ENABLED="0",
                SOVRA_HOME=str(d / "node-home"), RAY_SERVE_ENABLE_HA_PROXY="1",
-               RAY_SERVE_HAPROXY_BINARY_PATH=binary, RAY_SERVE_HAPROXY_CONFIG_FILE_LOC=str(haproxy / "haproxy.cfg"),
+               # as Sovra's local Ray runs it: the wrapper that binds HAProxy's own listeners to loopback and gives
+               # its 503 Sovra's page (`infra.haproxy_bind`)
+               RAY_SERVE_HAPROXY_BINARY_PATH=str(haproxy_bind.wrapper_script(d, binary, "127.0.0.1")),
+               RAY_SERVE_HAPROXY_CONFIG_FILE_LOC=str(haproxy / "haproxy.cfg"),
                RAY_SERVE_HAPROXY_SOCKET_PATH=str(haproxy / "admin.sock"),
                RAY_SERVE_HAPROXY_SERVER_STATE_BASE=str(haproxy),
                RAY_SERVE_HAPROXY_SERVER_STATE_FILE=str(haproxy / "server-state"),
@@ -93,6 +97,7 @@ def two_nodes(tmp_path_factory):
     finally:
         for proc in reversed(procs):
             _kill_node(proc)
+        stop_haproxy(haproxy)  # in a session of its own: the node kills do not reach it
         leftover = {p.pid: _live(p.pid) for p in procs if _live(p.pid)}
         assert not leftover, f"Ray processes left running after teardown: {leftover}"
 
