@@ -21,7 +21,8 @@ import pytest
 import ray  # noqa: F401  (the 'ray' extra: scripts/test installs it, so its absence fails)
 
 from sovra.infra import serve_config as sc
-from sovra.infra.ray_cluster import ClusterError, free_port
+from sovra.infra.ray_cluster import ClusterError
+from sovra.infra.ray_cluster import free_port as _free_port
 from sovra.infra.serve_api import ServeApi
 from tests.integration.conftest import ROOT, SOVRA
 
@@ -45,6 +46,18 @@ def _cluster(cid: str, country: str, price: float, address: str, extra: str) -> 
     return (f"  - {{id: {cid}, provider: ray, address: '{address}', country: {country},{extra}\n"
             f"     operator: {{name: self, jurisdiction: {country}}},\n"
             f"     accelerators: [{{sku: cpu, gpus: 1, gpu_memory_gb: 2, usd_per_hour: {price}, available: 4}}]}}\n")
+
+
+_HANDED: set[int] = set()
+
+
+def free_port() -> int:
+    """A free port not handed out before in this process: the kernel may give the same one twice in a row, and a
+    `ray start` given one port for two of its components refuses to start (seen in CI)."""
+    while (port := _free_port()) in _HANDED:
+        pass
+    _HANDED.add(port)
+    return port
 
 
 def _tenant(name: str, key: str, zone: str) -> str:

@@ -24,7 +24,7 @@ import pytest
 
 from sovra.infra import serve_config as sc
 from sovra.infra import haproxy_bind
-from sovra.infra.ray_cluster import free_port, haproxy_binary, haproxy_dir, stop_haproxy
+from sovra.infra.ray_cluster import haproxy_binary, haproxy_dir, stop_haproxy
 from sovra.infra.serve_api import ServeApi
 from sovra.orchestrator.router.audit import read as read_trail
 from tests.integration.test_remote_ray import (
@@ -37,6 +37,7 @@ from tests.integration.test_remote_ray import (
     _sovra,
     _tenant,
     _wait,
+    free_port,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
