@@ -16,7 +16,7 @@ In front of both, in one run (each gateway is one process set serving both backe
            inherit), the local cluster as in examples/quickstart, no tenants, the audit trail on; no tuning variable
            is set (whatever `up` does by default is measured); torn down with `sovra down ... --stop-ray`
   direct   the same servers called directly, round-robin, with the same payload and their key: the baseline
-  litellm  LiteLLM's proxy (a pinned 2025 release, in its own venv under bench/.venvs, installed from PyPI on first
+  litellm  LiteLLM's proxy (a pinned 2025 release, in its own venv under ~/.cache/sovra-bench, installed from PyPI on first
            use), one model name per backend over its two deployments, simple-shuffle, offline (local cost map, no
            telemetry)
   nginx    an nginx reverse proxy (where installed): one upstream per backend (keep-alive, unbuffered), one location

@@ -36,7 +36,8 @@ KEY_ENV, KEY = "SOVRA_BENCH_GW_KEY", "sk-bench-backend"  # the servers' key, as 
 SERVER_HEADERS = {"Authorization": f"Bearer {KEY}"}  # what direct and nginx callers send; Sovra and LiteLLM add it
 BACKEND_KINDS = ("fastapi", "raw")  # bench/openai_echo.py's --server values, in the order reports list them
 LITELLM_PIN = "litellm[proxy]==1.76.3"
-LITELLM_VENV = Path(__file__).resolve().parent / ".venvs" / "litellm"
+# Outside the repository: a third-party venv (its packages ship sample keys and certificates) is no part of the tree.
+LITELLM_VENV = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sovra-bench" / "litellm-1.76.3"
 # Offline: the cost map bundled with the package (and, in later releases, every other catalog: offline mode); no
 # telemetry is set in its config.
 LITELLM_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_OFFLINE_MODE": "true"}

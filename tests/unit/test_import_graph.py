@@ -57,7 +57,7 @@ def test_nothing_imports_a_package_by_its_bare_folder_name():
     for folder in (*LAYERS, "tests", "bench", "sovra"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             if any(part.startswith(".") for part in path.relative_to(ROOT).parts):
-                continue  # a virtual environment a benchmark made (bench/.venvs), not the project's code
+                continue  # a hidden folder (a virtual environment, a cache), not the project's code
             bare += [f"{path.relative_to(ROOT)}:{line} imports {name}"
                      for name, line in _modules(ast.parse(path.read_text(encoding="utf-8")))
                      if name.split(".")[0] in LAYERS]
