@@ -75,6 +75,28 @@ class Saturated(RouterError):
         self.retry_after_s = retry_after_s
 
 
+class BudgetExceeded(RouterError):
+    """A USD budget of the caller's tenant or deployment has no room for this request this month."""
+
+    status, type, code = 429, "rate_limit_error", "budget_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: int, resets: str):
+        super().__init__(message, headers={"Retry-After": str(retry_after_s), "X-Sovra-Budget-Reset": resets})
+        self.retry_after_s = retry_after_s
+
+
+class RateLimited(BudgetExceeded):
+    """A tokens- or requests-per-minute quota has no room for this request in this minute."""
+
+    code = "rate_limited"
+
+
+class SpendUnavailable(RouterError):
+    """Fail closed: the spend store cannot be reached to check a budget, so nothing is sent."""
+
+    status, type, code = 503, "service_unavailable", "spend_unavailable"
+
+
 class NoAllowedBackend(RouterError):
     """Fail closed: no backend that this request's residency allows is left; the payload went nowhere."""
 

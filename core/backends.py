@@ -27,8 +27,9 @@ class Backend(BaseModel):
     takes them from its SDK's standard chain where the router runs. `cost` is the relative price of one request
     there. `tier` is the spillover ladder's rung: 0 for the company's own replicas and endpoints (already paid for),
     1 for managed per-token offerings, tried only when tier 0 is saturated or down. `capacity` caps the requests
-    in flight there (None: the router's default). The deployment's residency travels with every backend so that
-    no request to it can be routed by a bound wider than the deployment's own.
+    in flight there (None: the router's default). `cloud` and `usd_per_1k_tokens` price its answers in the
+    ledger (no per-token price: capacity already paid for, 0 USD per answer). The deployment's residency travels
+    with every backend so that no request to it can be routed by a bound wider than the deployment's own.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -46,6 +47,8 @@ class Backend(BaseModel):
     params: dict[str, str] = Field(default_factory=dict)
     tier: int = Field(default=0, ge=0, le=1)
     capacity: int | None = Field(default=None, ge=1)
+    cloud: str | None = None  # the billing account family (credits are per cloud); None in tables before 0.2
+    usd_per_1k_tokens: float | None = Field(default=None, ge=0)  # list price per token; None: capacity paid for
 
     def __hash__(self) -> int:  # `params` is a dict; equal backends share an id, so the id is a sound hash
         return hash(self.id)

@@ -92,3 +92,7 @@ class SecretsProviderError(ProvisionError):
 
 class EngineError(SovraError):
     """An engine is unknown, its library is missing, or a request cannot be served by it."""
+
+
+class StoreUnavailable(SovraError):
+    """The spend store (SQLite file or PostgreSQL server) cannot be reached or written."""

@@ -17,7 +17,8 @@ from sovra.core import __version__
 from sovra.core.backends import Backend
 from sovra.core.spec.deployment import PACKAGED_MODELS
 from sovra.core.spec import Deployment, Target
-from sovra.core.spec.org import Admin, AuditSettings, RouterScale, RouterSettings, Tenant
+from sovra.core.spec.org import Admin, AuditSettings, Credit, RouterScale, RouterSettings, Tenant
+from sovra.core.spec.spend import Budget, SpendSettings
 from sovra.policies.plan import Placement
 
 if TYPE_CHECKING:
@@ -173,7 +174,9 @@ def http_model_app(rp: RayPlacement) -> dict[str, Any]:
 def router_app(backends: Sequence[Backend], *, tenants: Iterable[Tenant], audit_path: str | None,
                admins: Iterable[Admin] = (), router: RouterSettings | None = None,
                audit: AuditSettings | None = None, num_cpus: float = 0.25,
-               http: ServeHttp | None = None, scale: RouterScale | None = None, nodes: int = 1) -> dict[str, Any]:
+               http: ServeHttp | None = None, scale: RouterScale | None = None, nodes: int = 1,
+               spend: SpendSettings | None = None, budgets: Iterable[Budget] = (), credits: Iterable[Credit] = (),
+               spend_path: str | None = None) -> dict[str, Any]:
     """The router application; its arguments are the routing table, serialised by `Backend.to_wire` only. With
     `http`, it derives the replica key when it starts (the table names only the variable it goes in).
 
@@ -185,6 +188,10 @@ def router_app(backends: Sequence[Backend], *, tenants: Iterable[Tenant], audit_
         "admins": [a.model_dump(mode="json") for a in sorted(admins, key=lambda a: a.name)],
         "router": (router or RouterSettings()).model_dump(mode="json"),  # direct mode, the metrics scrape key
         "audit_path": audit_path, "audit": (audit or AuditSettings()).model_dump(mode="json"),
+        # the ledger's store (a DSN only by the name of its variable) and the limits the router holds tenants to
+        "spend": (spend or SpendSettings()).model_dump(mode="json"), "spend_path": spend_path,
+        "budgets": [b.model_dump(mode="json", exclude_none=True) for b in budgets],
+        "credits": [c.model_dump(mode="json") for c in credits],
         "sovra_version": __version__}
     if http is not None:
         args["replica_key"] = REPLICA_KEY_FROM_RAY_TOKEN

@@ -72,6 +72,10 @@ class Settings:
     def audit_path(self) -> str:
         return str(self.home / "audit")
 
+    @property
+    def spend_path(self) -> str:
+        return str(self.home / "spend")
+
 
 @dataclass(frozen=True)
 class ClusterResult:
@@ -435,7 +439,9 @@ def _with_router(configs: list[dict[str, Any]], backends: list[Backend], inputs:
     return [*configs, sc.router_app(backends, tenants=inputs.org.tenants, admins=inputs.org.admins,
                                     router=inputs.org.router, audit=inputs.org.audit,
                                     audit_path=settings.audit_path if key == LOCAL else None, http=http,
-                                    scale=c.router if c else None, nodes=nodes)]
+                                    scale=c.router if c else None, nodes=nodes, spend=inputs.org.spend,
+                                    budgets=inputs.org.budgets, credits=inputs.org.credits,
+                                    spend_path=settings.spend_path if key == LOCAL else None)]
 
 
 def _table(current_router: Mapping[str, Any] | None, deployments: Collection[str],

@@ -43,7 +43,8 @@ def backend_entry(rp: RayPlacement, http: ServeHttp | None = None) -> Backend:
               if http is not None else {})
     return Backend(id=name, deployment=d.name, model=d.spec.model.name, target=t.id, place=Place.of(t),
                    residency=d.spec.residency, policy=d.spec.routing.policy, cost=round(unit, 6), kind="ray",
-                   address=name, params=params, capacity=replica_ceiling(rp) * MAX_ONGOING_PER_REPLICA)
+                   address=name, params=params, capacity=replica_ceiling(rp) * MAX_ONGOING_PER_REPLICA,
+                   cloud=t.cloud)
 
 
 def routed_entry(d: Deployment, p: Placement, t: Target, connection: Mapping[str, Any]) -> Backend:
@@ -66,7 +67,8 @@ def routed_entry(d: Deployment, p: Placement, t: Target, connection: Mapping[str
                    place=Place.of(t), residency=d.spec.residency, policy=d.spec.routing.policy,
                    cost=round(price.usd_per_1k_tokens, 6) if price else 0.0, kind=t.provider,
                    address=where.address, params=dict(where.params), tier=0 if own else 1,
-                   capacity=getattr(t, "capacity", None))
+                   capacity=getattr(t, "capacity", None), cloud=t.cloud,
+                   usd_per_1k_tokens=price.usd_per_1k_tokens if price else None)
 
 
 class StaleRouterError(ValueError):

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from sovra.core.spec.common import Frozen, Name, Operator, Residency, Usd
+from sovra.core.spec.spend import Budget, SpendSettings, check_budgets
 from sovra.core.spec.target import Target
 
 
@@ -306,7 +307,17 @@ class Org(Frozen):
     router: RouterSettings = Field(default=RouterSettings(), description="Direct mode and the metrics scrape key.")
     audit: AuditSettings = Field(default=AuditSettings(), description="The router's audit trail: durability and "
                                  "what to do when it cannot be written.")
+    spend: SpendSettings = Field(default=SpendSettings(), description="The run-time ledger: its store (SQLite by "
+                                 "default, PostgreSQL for routers on several nodes) and fail-closed or -open.")
+    budgets: tuple[Budget, ...] = Field(
+        default=(), description="USD per month, tokens and requests per minute, per tenant, deployment or both; "
+        "over a limit the router answers 429 budget_exceeded or rate_limited.")
     policy: OrgPolicy = OrgPolicy()
+
+    @model_validator(mode="after")
+    def _budgets_known(self) -> Org:
+        check_budgets(self.budgets, {t.name for t in self.tenants})
+        return self
 
     @model_validator(mode="after")
     def _one_router_per_address(self) -> Org:

@@ -35,6 +35,7 @@ from sovra.orchestrator.router.limits import TenantLimits
 from sovra.orchestrator.router.metrics import RouterMetrics
 from sovra.orchestrator.router.probe import Prober
 from sovra.orchestrator.router.requests import ChatRequest, EmbeddingRequest, Translated
+from sovra.orchestrator.router.spend import Spend
 from sovra.orchestrator.router.tenants import TenantDirectory
 from sovra.core.spec.org import Tenant
 from sovra.policies.residency import allows
@@ -58,6 +59,7 @@ class RouterState:
     extra_routes: Sequence[Route] = ()  # e.g. the admin-only audit endpoints
     access: Access = field(default_factory=Access)  # admins' and the metrics scraper's keys
     direct_mode: bool = True  # org.yaml `router.direct_mode`: may tenants route client-side?
+    spend: Spend | None = None  # budgets and the ledger (orchestrator.router.spend); None: neither
     #: what a tenant's direct-mode client may see of a backend, None when only the router can call it (from the
     #: providers, handed in by the composition root: `providers.base.direct_view`); by default none is direct
     direct_view: Callable[[Backend], Backend | None] = field(default=lambda _: None)
@@ -72,6 +74,8 @@ class RouterState:
 
 def create_app(state: RouterState) -> Callable:
     """The router's ASGI app."""
+    if state.spend is not None:
+        state.metrics.watch_spend(state.spend)
     if state.tenants.open:
         log.warning("SOVRA ROUTER IS RUNNING OPEN: no tenants are configured in org.yaml, so any caller is "
                     "accepted with no residency bound beyond each deployment's. Sovra binds it to loopback only.")
@@ -117,9 +121,13 @@ def create_app(state: RouterState) -> Callable:
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         prober = asyncio.create_task(Prober(state.dispatcher, state.clients).run()) if state.probe else None
+        if state.spend is not None:
+            state.spend.ledger.start()
         try:
             yield
         finally:
+            if state.spend is not None:  # what is spooled goes to the store now, or stays for the next replica
+                state.spend.close()
             if prober is not None:
                 prober.cancel()
             for client in state.clients.values():  # release pooled backend connections when the replica stops
@@ -301,6 +309,7 @@ async def _serve(state: RouterState, scope: dict[str, Any], receive: Callable, s
     stream: Any = None
     recorded = False
     release: Callable[[], None] = _nothing  # the tenant's in-flight slot, once taken
+    held: list[Any] = [None, ()]  # the budget reservation and the route's backends, for the ledger
     try:
         answer: _Answer | None = None
         try:
@@ -319,6 +328,9 @@ async def _serve(state: RouterState, scope: dict[str, Any], receive: Callable, s
             ctx.deployment, ctx.model, label = route.name, route.model, route.name
             ctx.residency = residency.bound_by(route.residency).describe()
             observe, before = _observer(ctx, served), _write_ahead(state, ctx)
+            if state.spend is not None:
+                held[1] = route.backends
+                held[0] = await state.spend.reserve(tenant.name, route, body)
             if op == "chat" and parsed.stream:
                 stream, backend = await state.dispatcher.send_stream(
                     route, residency, timer.wrap(lambda b: state.client(b).chat_stream(b, body)), observe, before)
@@ -347,7 +359,7 @@ async def _serve(state: RouterState, scope: dict[str, Any], receive: Callable, s
             answer = _error(RouterError("internal router error; see the router log for request id " + rid))
         if stream is None:  # a whole answer is on record before the client has it, like every refusal
             recorded = True
-            _finish(state, ctx, served, end, start, label)
+            _finish(state, ctx, served, end, start, label, held)
         await answer(scope, receive, send)
     finally:  # cancellation included
         release()
@@ -356,7 +368,7 @@ async def _serve(state: RouterState, scope: dict[str, Any], receive: Callable, s
                 with contextlib.suppress(Exception):
                     await stream.aclose()
         if not recorded:
-            _finish(state, ctx, served, end, start, label)
+            _finish(state, ctx, served, end, start, label, held)
 
 
 def _nothing() -> None:
@@ -482,21 +494,29 @@ async def _translated_sse(stream: AsyncIterator[dict[str, Any]], end: _Outcome, 
 
 
 def _finish(state: RouterState, ctx: RequestContext, served: list[Backend], end: _Outcome, start: float,
-            label: str) -> None:
+            label: str, held: Sequence[Any] = (None, ())) -> None:
     latency = time.perf_counter() - start
     where = served[-1] if served else None
     state.metrics.observe(label, where.target if where else "none", where.zone if where else "none", end.status,
                           latency)
-    if state.audit is None:
+    if state.audit is None and state.spend is None:
         return
     if end.status == 401 and ctx.tenant == "-":  # never authenticated: counted, so strangers cannot flush the trail
-        state.audit.unauthenticated()
+        if state.audit is not None:
+            state.audit.unauthenticated()
         return
     ctx.usage(end.usage)  # a backend's token counts, only where they are counts
-    try:
-        state.audit.write(ctx.finish(status=end.status, outcome=end.outcome, latency_ms=round(latency * 1000, 3)))
-    except Exception:  # the answer is decided; the `send` line already holds where the payload went
-        log.exception("audit write failed for request %s", ctx.request_id)
+    record = ctx.finish(status=end.status, outcome=end.outcome, latency_ms=round(latency * 1000, 3))
+    if state.audit is not None:
+        try:
+            state.audit.write(record)
+        except Exception:  # the answer is decided; the `send` line already holds where the payload went
+            log.exception("audit write failed for request %s", ctx.request_id)
+    if state.spend is not None:
+        try:
+            state.spend.settle(record, held[1], held[0])
+        except Exception:  # the answer is decided; a reservation not reconciled only holds budget longer
+            log.exception("ledger entry failed for request %s", ctx.request_id)
 
 
 class _Json:

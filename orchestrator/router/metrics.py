@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
 class RouterMetrics:
@@ -38,6 +38,29 @@ class RouterMetrics:
                                           self.latency.labels(deployment, target))
         series[0].inc()
         series[1].observe(seconds)
+
+    def watch_spend(self, spend: Any) -> None:
+        """Gauges read from the replica's `Spend` at each scrape: the ledger's backlog and store health, budget
+        checks the store could not answer, 429s by code."""
+        ledger = spend.ledger
+        for name, doc, read in (
+                ("sovra_ledger_pending_bytes", "Ledger entries spooled on this node, not yet in the store",
+                 lambda: ledger.pending_bytes),
+                ("sovra_ledger_written_total", "Ledger entries this replica wrote to the store",
+                 lambda: ledger.written),
+                ("sovra_ledger_store_failures_total", "Writes to the spend store that failed",
+                 lambda: ledger.failures),
+                ("sovra_ledger_store_up", "1 if the last write to the spend store worked",
+                 lambda: 1.0 if ledger.healthy else 0.0),
+                ("sovra_spend_checks_unavailable_total", "Budget checks the spend store could not answer",
+                 lambda: spend.unavailable),
+                ("sovra_spend_unchecked_total", "Requests sent unchecked (spend.on_unavailable: open)",
+                 lambda: spend.unchecked)):
+            Gauge(name, doc, registry=self.registry).set_function(read)
+        refused = Gauge("sovra_budget_refusals_total", "Requests refused by a budget or quota", ["code"],
+                        registry=self.registry)
+        for code in ("budget_exceeded", "rate_limited"):
+            refused.labels(code).set_function(lambda code=code: spend.refused.get(code, 0))
 
     def overhead(self, seconds: float) -> None:
         self.overhead_s.observe(seconds)

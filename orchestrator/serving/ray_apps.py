@@ -155,13 +155,44 @@ def build_router_state_app(cfg: dict[str, Any]):
     audit = AuditLog(trail, writer=_writer_name(), fsync=written.fsync, refuse=written.on_failure == "refuse",
                      unauthenticated_every_s=written.unauthenticated_every_s)
     signer = Signer(trail.parent / "keys")
+    spend = _spend(cfg, Path(cfg.get("spend_path") or sovra_home() / "spend"), tenant_list)
     limits = TenantLimits(settings.tenant_max_concurrent)  # a tenant's own `max_concurrent` comes with it
     state = RouterState(Dispatcher(table), tenants, ClientSet(), audit, limits=limits,
                         extra_routes=audit_routes(audit, admins, open_router=tenants.open, tenants=tenant_list,
                                                   signer=signer),
                         access=Access.of(admins, settings), direct_mode=settings.direct_mode,
-                        direct_view=base.direct_view)
+                        direct_view=base.direct_view, spend=spend)
     return create_app(state)
+
+
+def _spend(cfg: dict[str, Any], home: Path, tenants: list[Any]):
+    """The replica's budgets and ledger: the org's store (SQLite under the node's Sovra home by default, or the
+    PostgreSQL database named by `dsn_env` in the router's environment), its spool beside it."""
+    import os
+
+    from sovra.core.errors import StoreUnavailable
+    from sovra.core.spec.org import Credit
+    from sovra.core.spec.spend import Budget, SpendSettings
+    from sovra.infra.ledger.store import SpendStore
+    from sovra.orchestrator.router.budgets import BudgetIndex
+    from sovra.orchestrator.router.ledger import Ledger
+    from sovra.orchestrator.router.spend import Spend, credit_caps
+
+    settings = SpendSettings.model_validate(cfg.get("spend") or {})
+    if settings.store == "postgres":
+        dsn = os.environ.get(settings.dsn_env)
+        if not dsn:
+            raise StoreUnavailable(f"org.yaml spend.store is postgres, but ${settings.dsn_env} is not set where the "
+                                   "router runs; set it (postgresql://user:password@host/db) in the environment "
+                                   "of `sovra up`, which the local Ray inherits")
+        store = SpendStore.postgres(dsn)
+    else:
+        store = SpendStore.sqlite(settings.path or home / "ledger.db")
+    credits = [Credit.model_validate(c) for c in cfg.get("credits", [])]
+    ledger = Ledger(store, home / "spool", _writer_name(), flush_every_s=settings.flush_every_s,
+                    credits=credit_caps(credits))
+    return Spend(store, ledger, BudgetIndex(tuple(Budget.model_validate(b) for b in cfg.get("budgets", []))),
+                 settings)
 
 
 def _writer_name() -> str:

@@ -1,0 +1,1 @@
+"""The spend ledger's store (SQLite or PostgreSQL) and its schema migrations."""

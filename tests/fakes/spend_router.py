@@ -1,0 +1,71 @@
+"""A router process built by the real composition root (`build_router_state_app`, as a Serve replica builds it),
+for tests that need several router processes over one spend store.
+
+    python -m tests.fakes.spend_router CONFIG.json PORT [--naive]
+
+`--naive` swaps the store's atomic reservation for a read-then-write one (a SELECT, a round trip's pause, an
+UPDATE): the race the concurrency tests must be able to see. Test code only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from sovra.infra.ledger import store as ledger_store
+from sovra.orchestrator.serving.ray_apps import build_router_state_app
+
+
+KEY = "sk-test-acme"
+ADMIN_KEY = "sk-test-spend-admin"  # reads /metrics
+
+
+def config(tmp: Path, urls: dict[str, str], store: dict[str, Any], name: str, budgets: list[dict[str, Any]],
+           credits: list[dict[str, Any]] = (), usd_per_1k: float = 1.0) -> dict[str, Any]:
+    """The router's Serve args (`infra.serve_config.router_app`'s shape): deployment `chat` on the backends
+    `urls` (target id -> URL, each priced `usd_per_1k` on cloud azure), tenant `acme` (EU) with key `KEY`."""
+    from sovra.core.place import Place
+    from tests import factories
+
+    backends = [factories.backend(target, Place("EU", "FR", "FR", "self"), deployment="chat", model="chat",
+                                  kind="openai-compatible", address=url, cost=i).model_copy(
+        update={"cloud": "azure", "usd_per_1k_tokens": usd_per_1k}) for i, (target, url) in enumerate(urls.items())]
+    return {"backends": [b.to_wire() for b in backends],
+            "tenants": [{"name": "acme", "key_sha256": hashlib.sha256(KEY.encode()).hexdigest(),
+                         "residency": {"zones": ["EU"]}}],
+            "admins": [{"name": "ops", "key_sha256": hashlib.sha256(ADMIN_KEY.encode()).hexdigest()}],
+            "audit_path": str(tmp / name / "audit"), "spend_path": str(tmp / "spend"), "spend": store,
+            "budgets": budgets, "credits": list(credits)}
+
+
+def _naive_reserve(self, charges):
+    """Read, decide, write: two replicas can both see room for the last of the budget."""
+    self._ready()
+    for c in charges:
+        used = self.used(c.scope, c.metric, c.window)
+        if used + c.amount > c.limit:
+            return ledger_store.Refusal(c, used)
+        time.sleep(0.002)  # a PostgreSQL round trip's worth of time between the read and the write
+        with self._transaction():
+            self._run("INSERT INTO spend_counters (scope, metric, window_start, used) VALUES (?, ?, ?, ?) "
+                      "ON CONFLICT (scope, metric, window_start) DO UPDATE SET used = excluded.used",
+                      (c.scope, c.metric, c.window, used + c.amount))
+    return None
+
+
+def main(argv: list[str]) -> None:
+    cfg = json.loads(open(argv[0]).read())
+    if "--naive" in argv:
+        ledger_store.SpendStore.reserve = _naive_reserve  # type: ignore[method-assign]
+    uvicorn.run(build_router_state_app(cfg), host="127.0.0.1", port=int(argv[1]), log_level="warning",
+                lifespan="on")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

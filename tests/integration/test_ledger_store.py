@@ -1,0 +1,136 @@
+"""The spend store on a real SQLite file and a real PostgreSQL server, the same tests on both: migrations, atomic
+reservations, idempotent ledger writes, credits burned up to their monthly cap, and failures as StoreUnavailable."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sovra.core.errors import StoreUnavailable
+from sovra.infra.ledger import migrations
+from sovra.infra.ledger.store import Charge, CreditCap, Entry, SpendStore
+
+MINUTE = "2026-12-07T03:41"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        s = SpendStore.sqlite(tmp_path / "spend" / "ledger.db")
+    else:
+        s = SpendStore.postgres(request.getfixturevalue("postgres_dsn"))
+    yield s
+    s.close()
+
+
+def entry(n: int, *, cloud: str = "azure", usd: int = 1_000, tokens: tuple[int, int] = (3, 2),
+          adjust: tuple = ()) -> Entry:
+    return Entry(entry_id=f"w.t:{n}", request_id=f"r{n}", time=f"2026-12-07T03:41:{n % 60:02d}.000+00:00",
+                 tenant="acme", deployment="chat", target="azure-foundry/westeurope", cloud=cloud,
+                 provider="azure-foundry", outcome="ok", tokens_in=tokens[0], tokens_out=tokens[1],
+                 price_source="list", usd_list_micros=usd, adjust=adjust)
+
+
+def test_migrates_from_empty_to_latest_once(store):
+    assert store.migrate() == migrations.LATEST
+    assert store.migrate() == migrations.LATEST  # idempotent: a second replica starting finds nothing to do
+    assert store.version() == migrations.LATEST
+
+
+def test_migrates_from_the_previous_version_keeping_its_ledger(store):
+    assert store.migrate(target=migrations.LATEST - 1) == migrations.LATEST - 1
+    with pytest.raises(Exception):  # the previous schema has no counters yet
+        store._run("SELECT used FROM spend_counters")
+    store._drop()
+    store._run("INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               entry(1).row(0))
+    assert store.migrate() == migrations.LATEST
+    assert [e.entry_id for e in store.entries()] == ["w.t:1"]
+    assert store.reserve([Charge("tenant=acme", "tokens", MINUTE, 5, 10)]) is None
+
+
+def test_a_store_newer_than_this_sovra_is_refused_with_a_sentence(store):
+    store.migrate()
+    store._run("INSERT INTO sovra_schema (version, applied_at) VALUES (?, ?)", (migrations.LATEST + 1, "x"))
+    with pytest.raises(ValueError, match="newer than this Sovra knows"):
+        store.migrate()
+
+
+def test_reserve_is_all_or_nothing(store):
+    fits = Charge("tenant=acme", "tokens", MINUTE, 60, 100)
+    other = Charge("deployment=chat", "requests", MINUTE, 1, 1)
+    assert store.reserve([fits, other]) is None
+    refusal = store.reserve([fits, other])  # tokens 120 > 100: refused, and the requests charge not kept either
+    assert refusal is not None and refusal.charge == fits and refusal.used == 60
+    assert store.used("tenant=acme", "tokens", MINUTE) == 60
+    assert store.used("deployment=chat", "requests", MINUTE) == 1
+    # a later window is a new row: the limit holds per window, with no reset to race
+    assert store.reserve([Charge("tenant=acme", "tokens", "2026-12-07T03:42", 100, 100)]) is None
+    # more than the whole limit can never fit
+    assert store.reserve([Charge("tenant=acme", "tokens", "2026-12-07T03:43", 101, 100)]).used == 0
+
+
+def test_record_counts_each_entry_once_and_reconciles_the_reservation(store):
+    assert store.reserve([Charge("tenant=acme", "tokens", MINUTE, 100, 1000)]) is None
+    e = entry(1, adjust=(("tenant=acme", "tokens", MINUTE, -95),))  # reserved 100, used 5
+    assert store.record([e, e]) == 1
+    assert store.record([e]) == 0  # a replayed batch
+    assert store.used("tenant=acme", "tokens", MINUTE) == 5
+    assert len(store.entries()) == 1
+
+
+def test_credits_pay_up_to_their_monthly_cap_then_list_price(store):
+    caps = {"azure": CreditCap("azure", "2026-12", 2_500)}
+    store.record([entry(i, usd=1_000) for i in range(1, 4)], caps)
+    store.record([entry(4, usd=1_000), entry(5, usd=1_000, cloud="aws")], caps)
+    paid = {e.entry_id: e.credit_micros for e in store.entries()}
+    assert paid == {"w.t:1": 1_000, "w.t:2": 1_000, "w.t:3": 500, "w.t:4": 0, "w.t:5": 0}
+    assert store.used("credit=azure", "usd_micros", "2026-12") == 2_500
+    totals = store.summary("2026-12", "2027", ["cloud"])
+    assert totals == [
+        {"cloud": "aws", "entries": 1, "tokens_in": 3, "tokens_out": 2, "usd_list_micros": 1_000, "credit_micros": 0},
+        {"cloud": "azure", "entries": 4, "tokens_in": 12, "tokens_out": 8, "usd_list_micros": 4_000,
+         "credit_micros": 2_500}]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(amounts=st.lists(st.integers(1, 40), min_size=1, max_size=30), limit=st.integers(1, 200))
+def test_reservations_never_pass_the_limit(store, amounts, limit):
+    window = f"w{abs(hash((tuple(amounts), limit))) % 10**9}"
+    kept = [a for a in amounts if store.reserve([Charge("s", "tokens", window, a, limit)]) is None]
+    assert sum(kept) == store.used("s", "tokens", window) <= limit
+    # greedy in order: each refused amount did not fit what was kept before it
+    running = 0
+    for a in amounts:
+        if running + a <= limit:
+            running += a
+    assert running == sum(kept)
+
+
+def test_an_unreachable_store_is_store_unavailable_naming_it_without_its_password(tmp_path):
+    bad = SpendStore.postgres("postgresql://sovra:hunter2@127.0.0.1:1/x")
+    with pytest.raises(StoreUnavailable) as e:
+        bad.reserve([Charge("s", "tokens", MINUTE, 1, 2)])
+    assert "127.0.0.1:1" in str(e.value) and "hunter2" not in str(e.value)
+    (tmp_path / "ro").mkdir(mode=0o500)
+    unwritable = SpendStore.sqlite(tmp_path / "ro" / "sub" / "ledger.db")
+    if not _is_root():  # root writes anywhere: the mode proves nothing then
+        with pytest.raises(StoreUnavailable):
+            unwritable.record([entry(1)])
+
+
+def test_the_sqlite_file_is_private(tmp_path):
+    s = SpendStore.sqlite(tmp_path / "spend" / "ledger.db")
+    s.migrate()
+    assert (tmp_path / "spend" / "ledger.db").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "spend").stat().st_mode & 0o777 == 0o700
+    assert sqlite3.connect(tmp_path / "spend" / "ledger.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def _is_root() -> bool:
+    import os
+
+    return os.geteuid() == 0
