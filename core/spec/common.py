@@ -33,7 +33,7 @@ Usd = Annotated[float, Field(ge=0)]
 
 #: The router's routing policies, by name (`orchestrator.router.balancing` registers one class for each; a test
 #: holds the two equal). Named here so a deployment and a routing table can be checked without the router.
-ROUTING_POLICIES = ("cost", "latency", "least_load")
+ROUTING_POLICIES = ("commitments", "cost", "latency", "least_load")
 
 
 def routing_policy(name: str) -> str:

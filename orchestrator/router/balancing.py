@@ -25,12 +25,14 @@ class Candidate:
     backend: Backend
     in_flight: int
     latency_ms: float | None  # EWMA; None before the first answer
+    credited: bool = False  # its cloud's committed-spend credits have room this month (for `commitments`)
 
 
 class RoutingPolicy(abc.ABC):
     """Ranks candidates best-first. Subclasses register themselves with `name=`."""
 
     name: ClassVar[str]
+    wants_credits: ClassVar[bool] = False  # the dispatcher fills `Candidate.credited` only for policies that read it
 
     def __init_subclass__(cls, *, name: str, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -116,6 +118,25 @@ class LatencyPolicy(RoutingPolicy, name="latency"):
         keys = [-1.0 if c.latency_ms is None else c.latency_ms for c in candidates]
         low = min(keys)  # then uniformly among the fastest (or the unmeasured), as `rank` does
         return rng.choice([c for c, k in zip(candidates, keys) if k == low])
+
+
+class CommitmentsPolicy(RoutingPolicy, name="commitments"):
+    """Spend what is already paid for: the ladder puts the company's own capacity first (tier 0); among the rest,
+    backends whose cloud's credits still have room this month (burned live from the ledger, up to the monthly cap
+    the planner spreads them by), then pay-as-you-go; cheapest first in each, balanced by power of two choices.
+    Only ever among the candidates the dispatcher hands it: the allowed set of the request's bound."""
+
+    wants_credits = True
+
+    def rank(self, candidates: Sequence[Candidate], rng: random.Random) -> list[Candidate]:
+        groups: dict[tuple[bool, float], list[Candidate]] = {}
+        for c in candidates:
+            groups.setdefault((not c.credited, _cost_key(c.backend)), []).append(c)
+        return [c for key in sorted(groups) for c in _p2c(groups[key], rng)]
+
+    def choose(self, candidates: Sequence[Candidate], rng: random.Random) -> Candidate:
+        credited = [c for c in candidates if c.credited]
+        return get_policy("cost").choose(credited or candidates, rng)
 
 
 @functools.cache

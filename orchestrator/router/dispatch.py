@@ -81,6 +81,8 @@ class Dispatcher:
     timeout_s: float = 120.0       # a whole answer, or a stream's first chunk
     chunk_timeout_s: float = 60.0  # a stream's idle time between two chunks
     stream_deadline_s: float = 600.0  # a stream's whole life, from its send: one stream cannot hold a slot forever
+    #: clouds whose committed-spend credits have room this month (the ledger's live view; `commitments` reads it)
+    credited: Callable[[], Collection[str]] = tuple
     in_flight: dict[str, int] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)
     #: the last failure each backend's breaker counted, in words (no payload: verdicts are built without it), until
@@ -296,6 +298,7 @@ class Dispatcher:
         cannot carry the request). None when none is available."""
         check = self.breaker.any_open()
         in_flight, latency, default_cap = self.in_flight, self.latency_ms, self.max_in_flight
+        clouds = self.credited() if ranker.wants_credits else ()
         for skip in ((tried, frozenset()) if tried else (frozenset(),)):
             healthy = 0
             for tier in plan.tiers:
@@ -305,7 +308,7 @@ class Dispatcher:
                 if not ok:
                     continue
                 healthy += len(ok)
-                free = [Candidate(b, n, latency.get(b.id)) for b in ok
+                free = [Candidate(b, n, latency.get(b.id), b.cloud in clouds) for b in ok
                         if (n := in_flight.get(b.id, 0)) < (b.capacity or default_cap)]
                 if free:
                     return ranker.choose(free, self.rng).backend

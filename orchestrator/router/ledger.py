@@ -55,6 +55,8 @@ class Ledger:
         self.written = 0  # entries the store took
         self._memory: list[Entry] = []
         self._next_scan = 0.0
+        #: clouds whose credits had room this month at the last flush (all credited clouds until one is read)
+        self.credited: frozenset[str] = frozenset(self.credits())
 
     # -- the request path ----------------------------------------------------------------------------------------
 
@@ -106,6 +108,7 @@ class Ledger:
                     raise
             self._drain(self.path, self._file, own=True)
             self._orphans()
+            self._read_credit_room()
         except StoreUnavailable as exc:
             self.failures += 1
             if self.healthy:
@@ -172,6 +175,11 @@ class Ledger:
                 with contextlib.suppress(OSError):
                     _mark_path(path).unlink()
                 path.unlink()
+
+    def _read_credit_room(self) -> None:
+        caps = self.credits()
+        self.credited = frozenset(cloud for cloud, cap in caps.items()
+                                  if self.store.used(cap.scope, "usd_micros", cap.month) < cap.cap_micros)
 
     @property
     def pending_bytes(self) -> int:

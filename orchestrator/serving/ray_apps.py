@@ -157,7 +157,7 @@ def build_router_state_app(cfg: dict[str, Any]):
     signer = Signer(trail.parent / "keys")
     spend = _spend(cfg, Path(cfg.get("spend_path") or sovra_home() / "spend"), tenant_list)
     limits = TenantLimits(settings.tenant_max_concurrent)  # a tenant's own `max_concurrent` comes with it
-    state = RouterState(Dispatcher(table), tenants, ClientSet(), audit, limits=limits,
+    state = RouterState(Dispatcher(table, credited=lambda: spend.ledger.credited), tenants, ClientSet(), audit, limits=limits,
                         extra_routes=audit_routes(audit, admins, open_router=tenants.open, tenants=tenant_list,
                                                   signer=signer),
                         access=Access.of(admins, settings), direct_mode=settings.direct_mode,
