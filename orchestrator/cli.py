@@ -676,6 +676,41 @@ def audit_settings(
     raise typer.Exit(1 if report.widened or report.unread else 0)
 
 
+class SpendOutput(str, enum.Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+@app.command()
+def spend(
+    org: OrgOpt = None,
+    since: Annotated[str | None, typer.Option(help="First day (YYYY-MM-DD, UTC); default: this month's first.")] = None,
+    until: Annotated[str | None, typer.Option(help="Last day, inclusive (YYYY-MM-DD); default: now.")] = None,
+    by: Annotated[str | None, typer.Option(help="Group by, comma-separated: tenant, deployment, target, cloud, "
+                                                "provider, day, month.")] = None,
+    output: Annotated[SpendOutput, typer.Option("-o", "--output", help="Output format.")] = SpendOutput.table,
+    html: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report here.")] = None,
+) -> None:
+    """Spend from the router's ledger: per group, credits' burn and forecast, budgets. Exit 1 if unreadable."""
+    from sovra.orchestrator import spend_report as sr
+    from sovra.orchestrator.catalog import load_org
+
+    try:
+        report = sr.report(load_org(org), since, until, by, dt.datetime.now(dt.UTC), daily=html is not None)
+    except ValueError as exc:
+        _fail(SpecError([_cli_issue("--by" if "group by" in str(exc) else "--since/--until", str(exc))]))
+    except SovraError as exc:
+        _fail(exc)
+    if output is SpendOutput.table:
+        sr.render_table(report, out)
+    else:
+        sys.stdout.write(sr.render_json(report) if output is SpendOutput.json else sr.render_csv(report))
+    if html is not None:
+        html.write_text(sr.render_html(report), encoding="utf-8")
+        err.print(f"wrote {html}", highlight=False)
+
+
 @app.command()
 def schema(kind: Annotated[SchemaKind, typer.Argument(help="Which file format.")]) -> None:
     """Print the JSON Schema of a file format (for editors and CI validation)."""
