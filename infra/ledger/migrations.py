@@ -57,12 +57,17 @@ def pending(current: int, target: int = LATEST) -> list[int]:
 
 
 def apply(run: Callable[[str, tuple], list[tuple]], transaction: Callable[[], object], now: str,
-          target: int = LATEST) -> int:
-    """Bring the schema to `target` with `run(sql, params)` inside `transaction()` (a context manager holding
-    the write lock); return the version reached."""
-    run(VERSION_TABLE, ())
+          target: int = LATEST, lock: str = "") -> int:
+    """Bring the schema to `target` with `run(sql, params)` inside `transaction()`; return the version reached.
+
+    `lock` is the statement that serialises schema changes where the transaction alone does not (PostgreSQL: an
+    advisory lock; there, two `CREATE TABLE IF NOT EXISTS` at once can both try to create the table). SQLite's
+    `BEGIN IMMEDIATE` already holds the database's write lock."""
     while True:
         with transaction():  # type: ignore[attr-defined]
+            if lock:
+                run(lock, ())
+            run(VERSION_TABLE, ())
             current = run("SELECT COALESCE(MAX(version), 0) FROM sovra_schema", ())[0][0]
             todo = pending(int(current), target)
             if not todo:

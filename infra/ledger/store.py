@@ -116,10 +116,13 @@ class _Dialect:
     begin: str
     for_update: str
     convert: Callable[[str], str]
+    schema_lock: str  # serialises migrations across connections, inside their transaction
 
 
-_SQLITE = _Dialect("sqlite", "BEGIN IMMEDIATE", "", lambda sql: sql)
-_POSTGRES = _Dialect("postgres", "BEGIN", " FOR UPDATE", lambda sql: sql.replace("?", "%s"))
+_SQLITE = _Dialect("sqlite", "BEGIN IMMEDIATE", "", lambda sql: sql, "")
+#: 0x50E1D6E5: an arbitrary key for Sovra's schema lock (transaction-scoped, released at commit or rollback)
+_POSTGRES = _Dialect("postgres", "BEGIN", " FOR UPDATE", lambda sql: sql.replace("?", "%s"),
+                     "SELECT pg_advisory_xact_lock(1357977317)")
 
 _RESERVE = ("INSERT INTO spend_counters (scope, metric, window_start, used) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (scope, metric, window_start) DO UPDATE SET used = spend_counters.used + excluded.used "
@@ -258,7 +261,7 @@ class SpendStore:
     def migrate(self, target: int = migrations.LATEST) -> int:
         """Apply pending migrations up to `target`; the version reached."""
         try:
-            version = migrations.apply(self._run, self._transaction, _now(), target)
+            version = migrations.apply(self._run, self._transaction, _now(), target, self.dialect.schema_lock)
             self._migrated = version == migrations.LATEST
             return version
         except StoreUnavailable:
@@ -276,6 +279,8 @@ class SpendStore:
 
     def version(self) -> int:
         with self._transaction():
+            if self.dialect.schema_lock:
+                self._run(self.dialect.schema_lock)
             self._run(migrations.VERSION_TABLE)
             return int(self._run("SELECT COALESCE(MAX(version), 0) FROM sovra_schema")[0][0])
 
@@ -299,8 +304,27 @@ class SpendStore:
             return exc.refusal
         return None
 
+    def lease(self, scope: str, metric: str, window: str, need: int, limit: int,
+              chunk: Callable[[int], int]) -> tuple[int, int] | Refusal:
+        """Grant a router replica a slice of one counter's room: at least `need`, up to `chunk(room)` (room: what
+        the limit leaves), as one locked read-and-add; (granted, used after) or the Refusal when `need` does not
+        fit. The counter then holds every slice granted, so slices never add up past the limit across replicas."""
+        self._ready()
+        with self._transaction():
+            self._run("INSERT INTO spend_counters (scope, metric, window_start, used) VALUES (?, ?, ?, 0) "
+                      "ON CONFLICT (scope, metric, window_start) DO NOTHING", (scope, metric, window))
+            used = int(self._run(_USED + self.dialect.for_update, (scope, metric, window))[0][0])
+            room = limit - used
+            if need > room:
+                return Refusal(Charge(scope, metric, window, need, limit), used)
+            grant = min(room, max(need, chunk(room)))
+            self._run("UPDATE spend_counters SET used = used + ? WHERE scope = ? AND metric = ? AND window_start = ?",
+                      (grant, scope, metric, window))
+        return grant, used + grant
+
     def release(self, adjust: Sequence[tuple[str, str, str, int]]) -> None:
-        """Give back reservations whose payload never left (no ledger entry will reconcile them)."""
+        """Add (or give back, with negative amounts) to counters unconditionally: reservations whose payload never
+        left, unused slices returned."""
         self._ready()
         with self._transaction():
             self._many(_ADD, [(s, m, w, d) for s, m, w, d in adjust if d])

@@ -122,7 +122,7 @@ def create_app(state: RouterState) -> Callable:
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         prober = asyncio.create_task(Prober(state.dispatcher, state.clients).run()) if state.probe else None
         if state.spend is not None:
-            state.spend.ledger.start()
+            state.spend.start()
         try:
             yield
         finally:

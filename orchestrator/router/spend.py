@@ -12,6 +12,7 @@ import concurrent.futures
 import dataclasses
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ from sovra.core.backends import Backend, Route
 from sovra.core.errors import StoreUnavailable
 from sovra.core.spec.org import Credit
 from sovra.core.spec.spend import SpendSettings
-from sovra.infra.ledger.store import Charge, CreditCap, Entry, SpendStore
+from sovra.infra.ledger.store import Charge, CreditCap, Entry, Refusal, SpendStore
 from sovra.orchestrator.router import budgets as bg
 from sovra.orchestrator.router.audit import AuditRecord
 from sovra.orchestrator.router.ledger import Ledger
@@ -47,8 +48,36 @@ class Reservation:
 
 
 @dataclass
+class _Lease:
+    """A slice of one counter (scope, metric, window) this replica holds in the store: requests reserve from it
+    locally; a new slice is asked for only when it runs short."""
+
+    granted: int = 0
+    used: int = 0  # reserved by requests in flight, then what they used
+    last: float = 0.0  # when a request last took from it (monotonic)
+
+
+#: A slice returns to the store after this long without a request taking from it, so other replicas may use it.
+IDLE_RETURN_S = 2.0
+
+
+def _chunk(limit: int) -> Callable[[int], int]:
+    """How big a slice to ask for when `room` is left of `limit`: an eighth of the room, at most a twentieth of the
+    limit. Slices shrink as the budget runs out, so what other replicas hold near the end is small."""
+    cap = max(1, limit // 20)
+    return lambda room: min(room // 8, cap)
+
+
+@dataclass
 class Spend:
-    """One router replica's budgets and ledger."""
+    """One router replica's budgets and ledger.
+
+    Budgets are held exactly across replicas by slices (leases): the store grants each replica a slice of a
+    counter's room atomically (`SpendStore.lease`), so the slices never add up past the limit; a request reserves
+    its estimate from its replica's slice without a store round trip, and asks the store only when the slice runs
+    short (near the limit, slices shrink to one request's size). Its usage is reconciled into the slice; a slice
+    idle for `IDLE_RETURN_S` and what is left at shutdown go back to the store. An answer that outgrew its
+    reservation adds the excess to the store with its ledger entry."""
 
     store: SpendStore
     ledger: Ledger
@@ -60,6 +89,15 @@ class Spend:
     refused: dict[str, int] = field(default_factory=dict)  # 429 code -> count
     unavailable: int = 0  # budget checks the store could not answer
     unchecked: int = 0  # of those, requests sent anyway (on_unavailable: open)
+    leases_taken: int = 0  # slices the store granted this replica
+    _leases: dict[tuple[str, str, str], _Lease] = field(default_factory=dict)
+    _locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
+    _returner: asyncio.Task | None = None
+
+    def start(self) -> None:
+        """Start the ledger's writer and, on the running loop, the return of idle slices."""
+        self.ledger.start()
+        self._returner = asyncio.get_running_loop().create_task(self._return_idle_forever())
 
     async def reserve(self, tenant: str, route: Route, body: Mapping[str, Any]) -> Reservation | None:
         """Hold the request's share of every budget it falls under, or raise the 429 (or the 503) it gets."""
@@ -70,33 +108,111 @@ class Spend:
         tokens = bg.estimate_tokens(body, self.settings.default_max_tokens)
         usd = bg.usd_micros(tokens, bg.highest_price(route.backends))
         charges = tuple(bg.charges(applying, tokens, usd, now))
+        taken: list[Charge] = []
         try:
-            refusal = await asyncio.get_running_loop().run_in_executor(self.pool, self.store.reserve, charges)
+            for c in charges:
+                await self._take(c, now)
+                taken.append(c)
         except StoreUnavailable as exc:
+            self._put_back(taken)
             self.unavailable += 1
             if self.settings.on_unavailable == "open":
                 self.unchecked += 1
                 return Reservation(charges, checked=False, tokens=tokens)
             raise SpendUnavailable(f"budgets cannot be checked: {exc}; nothing was sent (org.yaml spend."
                                    "on_unavailable: closed)") from None
-        if refusal is not None:
-            error = bg.refusal_error(refusal, now)
-            self.refused[error.code] = self.refused.get(error.code, 0) + 1
-            raise error
+        except BaseException:
+            self._put_back(taken)
+            raise
         return Reservation(charges, checked=True, tokens=tokens)
 
+    async def _take(self, c: Charge, now: dt.datetime) -> None:
+        key = (c.scope, c.metric, c.window)
+        lease = self._leases.get(key)
+        if lease is None:
+            lease = self._leases[key] = _Lease()
+        lease.last = time.monotonic()
+        if lease.used + c.amount <= lease.granted:  # the request path: no store round trip
+            lease.used += c.amount
+            return
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        async with lock:  # one slice request per counter at a time; the others wait for its answer
+            while lease.used + c.amount > lease.granted:
+                need = lease.used + c.amount - lease.granted
+                got = await asyncio.get_running_loop().run_in_executor(
+                    self.pool, self.store.lease, c.scope, c.metric, c.window, need, c.limit, _chunk(c.limit))
+                if isinstance(got, Refusal):
+                    error = bg.refusal_error(Refusal(c, got.used), now)
+                    self.refused[error.code] = self.refused.get(error.code, 0) + 1
+                    raise error
+                lease.granted += got[0]
+                self.leases_taken += 1
+            lease.used += c.amount
+
+    def _put_back(self, taken: Sequence[Charge]) -> None:
+        for c in taken:
+            lease = self._leases.get((c.scope, c.metric, c.window))
+            if lease is not None:
+                lease.used -= c.amount
+
     def settle(self, record: AuditRecord, backends: Sequence[Backend], held: Reservation | None) -> None:
-        """Spool the record's ledger entries, reconciling `held`; give a reservation back when nothing left."""
+        """Spool the record's ledger entries and reconcile `held` with what was used (nothing, when no payload
+        left)."""
         if record.deployment is None:
             return
-        entries = entries_of(record, backends, held, self.ledger.next_id)
+        entries, actual = entries_of(record, backends, held, self.ledger.next_id)
+        adjust: list[tuple[str, str, str, int]] = []
+        for c in held.charges if held is not None else ():
+            used = actual[c.metric] if entries else 0
+            if not held.checked:  # sent unchecked (the store was down): the store learns it with the entry
+                if used:
+                    adjust.append((c.scope, c.metric, c.window, used))
+                continue
+            lease = self._leases.get((c.scope, c.metric, c.window))
+            if lease is None:  # its window has passed: the slice is gone with it
+                continue
+            lease.used += used - c.amount
+            if lease.used > lease.granted:  # the answer outgrew its reservation: count the excess in the store
+                adjust.append((c.scope, c.metric, c.window, lease.used - lease.granted))
+                lease.granted = lease.used
         if entries:
+            if adjust:
+                entries[0] = dataclasses.replace(entries[0], adjust=tuple(adjust))
             self.ledger.add(entries)
-        elif held is not None and held.checked:  # no payload left: nothing will reconcile it
-            give_back = [(c.scope, c.metric, c.window, -c.amount) for c in held.charges]
-            self.pool.submit(_quietly, self.store.release, give_back)
+        elif adjust:
+            self.pool.submit(_quietly, self.store.release, adjust)
+
+    def _unused(self, idle_s: float | None) -> list[tuple[str, str, str, int]]:
+        """Take back the unused part of slices (idle ones, or all) and forget those of past windows."""
+        now, moment = time.monotonic(), self.clock()
+        current = {bg.minute(moment), bg.month(moment)}
+        out = []
+        for key, lease in list(self._leases.items()):
+            if key[2] not in current and lease.used <= 0:
+                del self._leases[key]
+                self._locks.pop(key, None)
+                continue
+            if (idle_s is None or now - lease.last >= idle_s) and lease.granted > max(lease.used, 0):
+                out.append((*key, -(lease.granted - max(lease.used, 0))))
+                lease.granted = max(lease.used, 0)
+        return out
+
+    async def _return_idle_forever(self) -> None:
+        while True:
+            await asyncio.sleep(IDLE_RETURN_S / 2)
+            unused = self._unused(IDLE_RETURN_S)
+            if unused:
+                self.pool.submit(_quietly, self.store.release, unused)
 
     def close(self) -> None:
+        """Return every slice's unused part, write what is spooled, release the store."""
+        if self._returner is not None:
+            self._returner.cancel()
+        unused = self._unused(None)
+        if unused:
+            _quietly(self.store.release, unused)
         self.ledger.close()
         self.pool.shutdown(wait=False)
         self.store.close()
@@ -117,9 +233,9 @@ def credit_caps(credits: Sequence[Credit], clock: Callable[[], dt.datetime] = _u
 
 
 def entries_of(record: AuditRecord, backends: Sequence[Backend], held: Reservation | None,
-               next_id: Callable[[], str]) -> list[Entry]:
-    """One entry per attempt that may have cost money; the answering one carries the reported usage (or, when
-    none was reported, the reservation's estimate) and the reconciliation of `held`."""
+               next_id: Callable[[], str]) -> tuple[list[Entry], dict[str, int]]:
+    """One entry per attempt that may have cost money (the answering one carries the reported usage or, when
+    none was reported, the reservation's estimate), and what the request used per budget metric."""
     by_target = {}
     for b in backends:
         by_target.setdefault(b.target, b)
@@ -148,12 +264,7 @@ def entries_of(record: AuditRecord, backends: Sequence[Backend], held: Reservati
             cloud=(backend.cloud if backend is not None and backend.cloud else "unknown"),
             provider=backend.kind if backend is not None else "unknown", outcome=attempt.outcome,
             tokens_in=t_in, tokens_out=t_out, price_source=source, usd_list_micros=usd))
-    if out and held is not None:
-        actual = {bg.REQUESTS: 1, bg.TOKENS: total_tokens, bg.USD: total_usd}
-        adjust = tuple((c.scope, c.metric, c.window, actual[c.metric] - (c.amount if held.checked else 0))
-                       for c in held.charges)
-        out[0] = dataclasses.replace(out[0], adjust=adjust)
-    return out
+    return out, {bg.REQUESTS: 1 if out else 0, bg.TOKENS: total_tokens, bg.USD: total_usd}
 
 
 def _quietly(call: Callable[..., Any], *args: Any) -> None:

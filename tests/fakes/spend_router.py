@@ -3,7 +3,7 @@ for tests that need several router processes over one spend store.
 
     python -m tests.fakes.spend_router CONFIG.json PORT [--naive]
 
-`--naive` swaps the store's atomic reservation for a read-then-write one (a SELECT, a round trip's pause, an
+`--naive` swaps the store's atomic slice grant (`SpendStore.lease`) for a read-then-write one (a SELECT, a round trip's pause, an
 UPDATE): the race the concurrency tests must be able to see. Test code only.
 """
 
@@ -44,25 +44,26 @@ def config(tmp: Path, urls: dict[str, str], store: dict[str, Any], name: str, bu
             "budgets": budgets, "credits": list(credits)}
 
 
-def _naive_reserve(self, charges):
-    """Read, decide, write: two replicas can both see room for the last of the budget."""
+def _naive_lease(self, scope, metric, window, need, limit, chunk):
+    """`SpendStore.lease` as read, decide, write: two replicas can both see room for the last of the budget."""
     self._ready()
-    for c in charges:
-        used = self.used(c.scope, c.metric, c.window)
-        if used + c.amount > c.limit:
-            return ledger_store.Refusal(c, used)
-        time.sleep(0.002)  # a PostgreSQL round trip's worth of time between the read and the write
-        with self._transaction():
-            self._run("INSERT INTO spend_counters (scope, metric, window_start, used) VALUES (?, ?, ?, ?) "
-                      "ON CONFLICT (scope, metric, window_start) DO UPDATE SET used = excluded.used",
-                      (c.scope, c.metric, c.window, used + c.amount))
-    return None
+    used = self.used(scope, metric, window)
+    room = limit - used
+    if need > room:
+        return ledger_store.Refusal(ledger_store.Charge(scope, metric, window, need, limit), used)
+    grant = min(room, max(need, chunk(room)))
+    time.sleep(0.002)  # a PostgreSQL round trip's worth of time between the read and the write
+    with self._transaction():
+        self._run("INSERT INTO spend_counters (scope, metric, window_start, used) VALUES (?, ?, ?, ?) "
+                  "ON CONFLICT (scope, metric, window_start) DO UPDATE SET used = excluded.used",
+                  (scope, metric, window, used + grant))
+    return grant, used + grant
 
 
 def main(argv: list[str]) -> None:
     cfg = json.loads(open(argv[0]).read())
     if "--naive" in argv:
-        ledger_store.SpendStore.reserve = _naive_reserve  # type: ignore[method-assign]
+        ledger_store.SpendStore.lease = _naive_lease  # type: ignore[method-assign]
     uvicorn.run(build_router_state_app(cfg), host="127.0.0.1", port=int(argv[1]), log_level="warning",
                 lifespan="on")
 

@@ -103,14 +103,17 @@ def test_two_routers_never_serve_past_the_budget(tmp_path, spend_store):
     ok, refused, codes = _run(tmp_path, settings, env, naive=False)
     store = open_store()
     entries, tokens, usd = _served(store)
+    print(f"{settings['store']}: {ok} answered, {refused} refused, {tokens} of {BUDGET_TOKENS} tokens served")
     assert set(codes) <= {200, 429}, codes
     assert refused > 0 and ok > 0
     # the ledger agrees with the clients: every answer recorded once, none lost across the two processes
     assert entries == ok and tokens == ok * USAGE
     # the bound: reservations are upper estimates, taken atomically, so served spend never passes the budget
     assert usd <= BUDGET_TOKENS * 1000 and tokens <= BUDGET_TOKENS
-    # and the budget is used, not refused early: what is left is less than one request's reservation (15 tokens)
-    assert BUDGET_TOKENS - tokens < 15
+    # and the budget is used, not refused early: when the last request is refused, what its replica's slice and
+    # the store have left together is below one reservation (15 tokens), and the other replica holds at most one
+    # slice (at most a twentieth of the budget, 30 tokens, or one reservation)
+    assert BUDGET_TOKENS - tokens < 15 + max(15, BUDGET_TOKENS // 20)
     month = [c for c in store.counters("tenant=acme") if c[1] == "usd_micros"]
     assert month and month[0][3] == usd  # reconciled: the counter holds exactly what was served
     store.close()
@@ -120,8 +123,9 @@ def test_two_routers_never_serve_past_the_budget(tmp_path, spend_store):
 def test_the_same_load_with_a_read_then_write_reservation_overspends(tmp_path, spend_store):
     """The control: the harness above sees the race a naive implementation has."""
     settings, env, open_store = spend_store
-    ok, _, _ = _run(tmp_path, settings, env, naive=True)
+    _run(tmp_path, settings, env, naive=True)
     store = open_store()
     _, tokens, usd = _served(store)
+    print(f"{settings['store']} (read-then-write): {tokens} of {BUDGET_TOKENS} tokens served")
     assert usd > BUDGET_TOKENS * 1000 and tokens > BUDGET_TOKENS
     store.close()

@@ -137,7 +137,9 @@ def test_store_down_fails_open_where_configured_and_replays_every_entry_once(tmp
     os.environ["SOVRA_SPEND_DSN"] = dsn
     try:
         store_settings = {"store": "postgres", "on_unavailable": "open"}
-        with _router(tmp_path, url, store_settings, [{"tenant": "acme", "tokens_per_minute": 100_000}]) as r:
+        # each request reserves 11 + 4,096 tokens (no max_tokens): its replica's slice of 8,300 is that one request,
+        # so every later one needs the store (a bigger budget would let the slice carry on while the store is down)
+        with _router(tmp_path, url, store_settings, [{"tenant": "acme", "tokens_per_minute": 8_300}]) as r:
             post = lambda: httpx.post(r.url + "/v1/chat/completions", headers=AUTH, timeout=30,  # noqa: E731
                                       json={"model": "chat", "messages": HI})
             assert post().status_code == 200
@@ -150,8 +152,8 @@ def test_store_down_fails_open_where_configured_and_replays_every_entry_once(tmp
             store = SpendStore.postgres(dsn)
             entries = _until(lambda: len(store.entries()) == 6 and store.entries(), 20)
             assert entries and len({e.entry_id for e in entries}) == 6
-            # the unchecked ones count against the quota once replayed: 6 answers x 5 tokens
-            assert sum(c[3] for c in store.counters("tenant=acme") if c[1] == "tokens") == 30
+            # the unchecked ones count against the quota once replayed, and the idle slice goes back: 6 answers x 5
+            assert _until(lambda: sum(c[3] for c in store.counters("tenant=acme") if c[1] == "tokens") == 30, 10)
             assert _until(lambda: "sovra_ledger_store_up 1.0" in httpx.get(r.url + "/metrics", headers=ADMIN).text)
         assert len(store.entries()) == 6  # shutdown flushed nothing twice
         store.close()
