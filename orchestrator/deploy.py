@@ -32,7 +32,7 @@ from sovra.core.errors import ProviderError, SovraError
 from sovra.orchestrator.planning import Inputs
 from sovra.core.backends import Backend
 from sovra.core.spec import Target
-from sovra.core.spec.org import Cluster, RouterTls, connection_for
+from sovra.core.spec.org import RouterScale, Cluster, RouterTls, connection_for
 from sovra.policies.plan import FleetPlan
 from sovra.providers import base as providers
 
@@ -175,6 +175,21 @@ def refuse_open_router(key: str, inputs: Inputs, settings: Settings) -> None:
         f"the org has no tenants, so the router would accept any caller, and on cluster {key} it would listen on "
         f"{host}:{port}. Add tenants with key_sha256 to the org file, or bind the router to loopback with "
         f"`router_host: 127.0.0.1` on cluster{'s' if len(ids) > 1 else ''} {', '.join(ids)}.")
+
+
+def refuse_node_local_budgets(key: str, inputs: Inputs, scale: RouterScale | None, nodes: int) -> None:
+    """Budgets are exact across router replicas only through one store: a SQLite file lives on one node, so
+    routers on several nodes would each hold the whole budget."""
+    spend = inputs.org.spend
+    if not inputs.org.budgets or spend.store != "sqlite" or nodes <= 1:
+        return
+    several = scale is None or (scale.replicas or 0) > 1 or scale.autoscaling is not None
+    if several:
+        raise DeployError(
+            f"org.yaml sets budgets and the spend store is SQLite, but the router of cluster {key} would run "
+            f"replicas on several nodes ({nodes} alive), each with its own SQLite file: every node would hold the "
+            "whole budget. Use `spend: {store: postgres}` with $SOVRA_SPEND_DSN set where the router runs (the "
+            "local Ray inherits the environment of `sovra up`), or `router: {replicas: 1}` on the cluster.")
 
 
 def refuse_plain_router(key: str, inputs: Inputs, settings: Settings) -> None:
@@ -436,6 +451,7 @@ def _with_router(configs: list[dict[str, Any]], backends: list[Backend], inputs:
     refuse_open_router(key, inputs, settings)
     refuse_plain_router(key, inputs, settings)
     c = _router_cluster(key, inputs.targets)
+    refuse_node_local_budgets(key, inputs, c.router if c else None, nodes)
     return [*configs, sc.router_app(backends, tenants=inputs.org.tenants, admins=inputs.org.admins,
                                     router=inputs.org.router, audit=inputs.org.audit,
                                     audit_path=settings.audit_path if key == LOCAL else None, http=http,
