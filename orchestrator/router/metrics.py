@@ -61,6 +61,30 @@ class RouterMetrics:
                         registry=self.registry)
         for code in ("budget_exceeded", "rate_limited"):
             refused.labels(code).set_function(lambda code=code: spend.refused.get(code, 0))
+        limit = Gauge("sovra_budget_limit", "Each budget's limit (USD per month, tokens or requests per minute)",
+                      ["scope", "metric"], registry=self.registry)
+        for b in spend.budgets.budgets:
+            for metric, value in (("usd_per_month", b.usd_per_month), ("tokens_per_minute", b.tokens_per_minute),
+                                  ("requests_per_minute", b.requests_per_minute)):
+                if value is not None:
+                    limit.labels(b.scope, metric).set(value)
+        # Spend as this replica priced it; summed over replicas by the scraper. Labels come from the routing table
+        # and org.yaml (tenant, deployment, cloud), never from a client.
+        usd = Counter("sovra_spend_usd", "USD at list price of answers (ledger entries)",
+                      ["tenant", "deployment", "cloud"], registry=self.registry)
+        tokens = Counter("sovra_spend_tokens", "Tokens of answers", ["tenant", "deployment", "direction"],
+                         registry=self.registry)
+        # (what credits paid is decided in the store's transaction; `sovra spend` reports it)
+
+        def observe(entry: Any) -> None:
+            if entry.usd_list_micros:
+                usd.labels(entry.tenant, entry.deployment, entry.cloud).inc(entry.usd_list_micros / 1e6)
+            if entry.tokens_in:
+                tokens.labels(entry.tenant, entry.deployment, "in").inc(entry.tokens_in)
+            if entry.tokens_out:
+                tokens.labels(entry.tenant, entry.deployment, "out").inc(entry.tokens_out)
+
+        spend.observe = observe
 
     def overhead(self, seconds: float) -> None:
         self.overhead_s.observe(seconds)

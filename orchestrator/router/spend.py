@@ -90,6 +90,7 @@ class Spend:
     unavailable: int = 0  # budget checks the store could not answer
     unchecked: int = 0  # of those, requests sent anyway (on_unavailable: open)
     leases_taken: int = 0  # slices the store granted this replica
+    observe: Callable[[Entry], None] = lambda _entry: None  # /metrics' spend counters (`RouterMetrics.watch_spend`)
     _leases: dict[tuple[str, str, str], _Lease] = field(default_factory=dict)
     _locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
     _returner: asyncio.Task | None = None
@@ -181,6 +182,8 @@ class Spend:
             if adjust:
                 entries[0] = dataclasses.replace(entries[0], adjust=tuple(adjust))
             self.ledger.add(entries)
+            for e in entries:
+                self.observe(e)
         elif adjust:
             self.pool.submit(_quietly, self.store.release, adjust)
 

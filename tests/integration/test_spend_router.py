@@ -93,6 +93,9 @@ def test_over_budget_is_a_429_with_retry_after_and_nothing_is_sent(tmp_path, bac
         assert refused[0].headers["X-Sovra-Budget-Reset"].endswith("-01T00:00:00Z")
         metrics = httpx.get(r.url + "/metrics", headers=ADMIN).text
         assert 'sovra_budget_refusals_total{code="budget_exceeded"} 2.0' in metrics
+        assert 'sovra_budget_limit{metric="usd_per_month",scope="tenant=acme"} 0.03' in metrics
+        assert 'sovra_spend_usd_total{cloud="azure",deployment="chat",tenant="acme"} 0.02' in metrics  # 4 x $0.005
+        assert 'sovra_spend_tokens_total{deployment="chat",direction="out",tenant="acme"} 8.0' in metrics
 
 
 def test_a_request_rate_quota_is_rate_limited(tmp_path, backend):
