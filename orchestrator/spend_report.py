@@ -97,7 +97,7 @@ def forecast_credits(org: Org, counters: Mapping[tuple[str, str, str], int], now
         own_cap = monthly_credit_caps([c], today).get(c.cloud, 0.0)
         share = own_cap / cloud_caps[c.cloud] if cloud_caps.get(c.cloud) else 0.0
         burned = counters.get((f"credit={c.cloud}", "usd_micros", month), 0) / MICRO * share
-        rate = burned / elapsed * days_in_month
+        rate = min(burned / elapsed * days_in_month, own_cap)  # the router never lets it pay more than its cap
         left = months_left(c.expires, today)
         reach = rate * left
         out.append(CreditForecast(
@@ -118,10 +118,12 @@ class BudgetUse:
         return 100.0 * self.used_usd / self.limit_usd if self.limit_usd else 0.0
 
 
-def budget_use(org: Org, counters: Mapping[tuple[str, str, str], int], now: dt.datetime) -> list[BudgetUse]:
-    """USD used this month (the budget's own counter) against each monthly USD budget."""
-    month = now.strftime("%Y-%m")
-    return [BudgetUse(b.scope, counters.get((b.scope, "usd_micros", month), 0) / MICRO, float(b.usd_per_month))
+def budget_use(org: Org, month_rows: Sequence[Mapping[str, Any]]) -> list[BudgetUse]:
+    """USD at list price spent this month (the ledger, by tenant and deployment) against each monthly USD budget.
+    Not the budget's counter: that also holds what running routers have reserved and not yet used."""
+    return [BudgetUse(b.scope, sum(r["usd_list_micros"] for r in month_rows
+                                   if b.tenant in (None, r["tenant"]) and b.deployment in (None, r["deployment"]))
+                      / MICRO, float(b.usd_per_month))
             for b in org.budgets if b.usd_per_month is not None]
 
 
@@ -168,8 +170,10 @@ def build(org: Org, store, since: str, until: str, by: Sequence[str], now: dt.da
     rows = [with_net(r) for r in store.summary(since, until, list(by))]
     counters = {(s, m, w): u for s, m, w, u in store.counters("")}
     days = store.summary(since, until, ["day", "tenant"]) if daily else []
+    month_start = now.strftime("%Y-%m")
+    month = store.summary(month_start, month_start + "-99", ["tenant", "deployment"]) if org.budgets else []
     return Report(since, until, tuple(by), rows, totals(rows), forecast_credits(org, counters, now),
-                  budget_use(org, counters, now), now, days)
+                  budget_use(org, month), now, days)
 
 
 def report(org: Org, since: str | None, until: str | None, by: str | None, now: dt.datetime,
