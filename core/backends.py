@@ -7,9 +7,10 @@ read it, the SDK and `sovra status` too. It is serialised in one place (`to_wire
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
+import dataclasses
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -48,6 +49,7 @@ class Backend(BaseModel):
     tier: int = Field(default=0, ge=0, le=1)
     capacity: int | None = Field(default=None, ge=1)
     cloud: str | None = None  # the billing account family (credits are per cloud); None in tables before 0.2
+    over_budget: Literal["refuse", "spill"] = "refuse"  # the deployment's `routing.over_budget`
     usd_per_1k_tokens: float | None = Field(default=None, ge=0)  # list price per token; None: capacity paid for
 
     def __hash__(self) -> int:  # `params` is a dict; equal backends share an id, so the id is a sound hash
@@ -78,6 +80,9 @@ class Backend(BaseModel):
         return self.model_copy(update={"params": {k: v for k, v in self.params.items() if k in params}})
 
 
+_SPILLS: dict[Route, tuple[Route | None]] = {}
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """What a request's `model` resolved to: one deployment, or several sharing one residency and policy."""
@@ -88,6 +93,20 @@ class Route:
     residency: Residency
     policy: str
     backends: tuple[Backend, ...]
+    over_budget: str = "refuse"
+    paid_only: bool = False  # narrowed to capacity already paid for (a spill over a USD budget)
+
+    def spill(self) -> Route | None:
+        """This route narrowed to the backends already paid for (no per-token price), where its deployment spills
+        over a USD budget and has any; None otherwise. Cached: the request path asks for it per refused request."""
+        cache = _SPILLS.get(self)
+        if cache is None:
+            paid = tuple(b for b in self.backends if not b.usd_per_1k_tokens)
+            cache = (dataclasses.replace(self, backends=paid, paid_only=True),) if (
+                self.over_budget == "spill" and paid and not self.paid_only) else (None,)
+            if len(_SPILLS) < 4096:
+                _SPILLS[self] = cache
+        return cache[0]
 
 
 @dataclass(frozen=True)
@@ -108,12 +127,13 @@ class RoutingTable:
         by_model: dict[str, list[str]] = {}
         for name, bs in sorted(grouped.items()):
             first = bs[0]
-            odd = [b.id for b in bs if (b.model, b.residency, b.policy) != (first.model, first.residency, first.policy)]
+            odd = [b.id for b in bs if (b.model, b.residency, b.policy, b.over_budget) != (
+                first.model, first.residency, first.policy, first.over_budget)]
             if odd:
                 raise ValueError(f"deployment {name!r}: backends {', '.join(odd)} disagree with {first.id} on model, "
-                                 "residency or policy; one deployment has one of each")
+                                 "residency, policy or over_budget; one deployment has one of each")
             routes[name] = Route(name, (name,), first.model, first.residency, first.policy,
-                                 tuple(sorted(bs, key=lambda b: b.id)))
+                                 tuple(sorted(bs, key=lambda b: b.id)), first.over_budget)
             by_model.setdefault(first.model, []).append(name)
         return cls(MappingProxyType(routes), MappingProxyType({m: tuple(ds) for m, ds in by_model.items()}))
 
@@ -160,5 +180,6 @@ class RoutingTable:
             raise AmbiguousModel(f"model {name!r} is served by deployments with different residency or routing "
                                  f"policy: {options}. Name the deployment in `model`.")
         first = serving[0]
+        spill = "spill" if all(r.over_budget == "spill" for r in serving) else "refuse"  # the strictest
         return Route(name, tuple(r.name for r in serving), first.model, first.residency, first.policy,
-                     tuple(sorted((b for r in serving for b in r.backends), key=lambda b: b.id)))
+                     tuple(sorted((b for r in serving for b in r.backends), key=lambda b: b.id)), spill)

@@ -44,7 +44,7 @@ def backend_entry(rp: RayPlacement, http: ServeHttp | None = None) -> Backend:
     return Backend(id=name, deployment=d.name, model=d.spec.model.name, target=t.id, place=Place.of(t),
                    residency=d.spec.residency, policy=d.spec.routing.policy, cost=round(unit, 6), kind="ray",
                    address=name, params=params, capacity=replica_ceiling(rp) * MAX_ONGOING_PER_REPLICA,
-                   cloud=t.cloud)
+                   cloud=t.cloud, over_budget=d.spec.routing.over_budget)
 
 
 def routed_entry(d: Deployment, p: Placement, t: Target, connection: Mapping[str, Any]) -> Backend:
@@ -67,7 +67,7 @@ def routed_entry(d: Deployment, p: Placement, t: Target, connection: Mapping[str
                    place=Place.of(t), residency=d.spec.residency, policy=d.spec.routing.policy,
                    cost=round(price.usd_per_1k_tokens, 6) if price else 0.0, kind=t.provider,
                    address=where.address, params=dict(where.params), tier=0 if own else 1,
-                   capacity=getattr(t, "capacity", None), cloud=t.cloud,
+                   capacity=getattr(t, "capacity", None), cloud=t.cloud, over_budget=d.spec.routing.over_budget,
                    usd_per_1k_tokens=price.usd_per_1k_tokens if price else None)
 
 

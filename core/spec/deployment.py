@@ -70,7 +70,11 @@ class Placement(Frozen):
 class Routing(Frozen):
     """How the router picks among this deployment's backends."""
 
-    policy: str = Field(default="cost", description="Routing policy name: cost, least_load, latency.")
+    policy: str = Field(default="cost", description="Routing policy name: commitments, cost, least_load, latency.")
+    over_budget: Literal["refuse", "spill"] = Field(
+        default="refuse", description="When a USD budget (org.yaml `budgets:`) has no room for a request: `refuse` "
+        "(429 budget_exceeded) or `spill` to the capacity already paid for (the deployment's own replicas and "
+        "endpoints with no per-token price) inside the request's bound, refusing only when none is there.")
 
     @field_validator("policy")
     @classmethod

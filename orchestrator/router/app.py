@@ -23,13 +23,13 @@ from starlette.routing import Route
 from sovra.orchestrator.router import completions, direct_report, responses
 from sovra.orchestrator.router.access import Access, ReadinessView, cross_site, preflight
 from sovra.orchestrator.router.audit import CLIENT_CLOSED, AuditLog, RequestContext
-from sovra.core.backends import Backend
+from sovra.core.backends import Backend, Route as TableRoute
 
 if TYPE_CHECKING:  # the interface only: the router is handed its clients and imports no provider
     from sovra.providers.clients import BackendClient
 from sovra.orchestrator.router.body import json_object, refuse_declared, refuse_over
 from sovra.orchestrator.router.dispatch import Dispatcher
-from sovra.core.api_errors import BadRequest, RouterError
+from sovra.core.api_errors import BadRequest, BudgetExceeded, RouterError
 from sovra.orchestrator.router.gate import RequestResidency
 from sovra.orchestrator.router.limits import TenantLimits
 from sovra.orchestrator.router.metrics import RouterMetrics
@@ -329,8 +329,7 @@ async def _serve(state: RouterState, scope: dict[str, Any], receive: Callable, s
             ctx.residency = residency.bound_by(route.residency).describe()
             observe, before = _observer(ctx, served), _write_ahead(state, ctx)
             if state.spend is not None:
-                held[1] = route.backends
-                held[0] = await state.spend.reserve(tenant.name, route, body)
+                route = await _reserve(state.spend, tenant.name, route, body, held)
             if op == "chat" and parsed.stream:
                 stream, backend = await state.dispatcher.send_stream(
                     route, residency, timer.wrap(lambda b: state.client(b).chat_stream(b, body)), observe, before)
@@ -373,6 +372,24 @@ async def _serve(state: RouterState, scope: dict[str, Any], receive: Callable, s
 
 def _nothing() -> None:
     return None
+
+
+async def _reserve(spend: Spend, tenant: str, route: TableRoute, body: dict[str, Any], held: list[Any]
+                   ) -> TableRoute:
+    """Reserve the request's budgets (into `held`); over a USD budget, a deployment that spills is served from its
+    capacity already paid for, inside the same bound: the route narrowed to it is what the request goes to."""
+    held[1] = route.backends
+    try:
+        held[0] = await spend.reserve(tenant, route, body)
+        return route
+    except BudgetExceeded as exc:
+        paid = route.spill() if exc.code == "budget_exceeded" else None
+        if paid is None:
+            raise
+    held[1] = paid.backends
+    held[0] = await spend.reserve(tenant, paid, body)  # priced at 0 USD; token and request quotas still hold
+    spend.spilled += 1
+    return paid
 
 
 def _write_ahead(state: RouterState, ctx: RequestContext) -> Callable[[Backend], None]:

@@ -71,13 +71,16 @@ class BudgetIndex:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_cache", {})
 
-    def applying(self, tenant: str, deployment: str) -> tuple[Budget, ...]:
-        cache: dict[tuple[str, str], tuple[Budget, ...]] = self._cache  # type: ignore[attr-defined]
-        hit = cache.get((tenant, deployment))
+    def applying(self, tenant: str, deployments: tuple[str, ...]) -> tuple[Budget, ...]:
+        """The budgets a request of `tenant` falls under when it may land on any of `deployments` (a route by
+        model name spans several): each that names the tenant or none, and one of them or none."""
+        cache: dict[tuple[str, tuple[str, ...]], tuple[Budget, ...]] = self._cache  # type: ignore[attr-defined]
+        hit = cache.get((tenant, deployments))
         if hit is None:
-            hit = tuple(b for b in self.budgets if b.tenant in (None, tenant) and b.deployment in (None, deployment))
+            hit = tuple(b for b in self.budgets
+                        if b.tenant in (None, tenant) and (b.deployment is None or b.deployment in deployments))
             if len(cache) < 65_536:
-                cache[(tenant, deployment)] = hit
+                cache[(tenant, deployments)] = hit
         return hit
 
 

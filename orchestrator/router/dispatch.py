@@ -88,7 +88,7 @@ class Dispatcher:
     #: the last failure each backend's breaker counted, in words (no payload: verdicts are built without it), until
     #: it answers again; /readyz shows admins why a backend is out
     why: dict[str, str] = field(default_factory=dict)
-    _plans: dict[tuple[str, tuple[str, ...], RequestResidency], _Plan] = field(
+    _plans: dict[tuple[str, tuple[str, ...], RequestResidency, bool], _Plan] = field(
         default_factory=dict, init=False, repr=False, compare=False)
     _plans_table: RoutingTable | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -97,7 +97,7 @@ class Dispatcher:
         if self._plans_table is not self.table:  # `up` swapped the table: every plan is stale
             self._plans.clear()
             self._plans_table = self.table
-        key = (route.name, route.deployments, bound)
+        key = (route.name, route.deployments, bound, route.paid_only)
         plan = self._plans.get(key)
         if plan is None:
             allowed = tuple(b for b in route.backends if bound.permits(b.place))

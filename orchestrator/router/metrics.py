@@ -55,7 +55,9 @@ class RouterMetrics:
                 ("sovra_spend_checks_unavailable_total", "Budget checks the spend store could not answer",
                  lambda: spend.unavailable),
                 ("sovra_spend_unchecked_total", "Requests sent unchecked (spend.on_unavailable: open)",
-                 lambda: spend.unchecked)):
+                 lambda: spend.unchecked),
+                ("sovra_budget_spilled_total", "Requests over a USD budget served from capacity already paid for",
+                 lambda: spend.spilled)):
             Gauge(name, doc, registry=self.registry).set_function(read)
         refused = Gauge("sovra_budget_refusals_total", "Requests refused by a budget or quota", ["code"],
                         registry=self.registry)

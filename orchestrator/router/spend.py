@@ -90,6 +90,7 @@ class Spend:
     unavailable: int = 0  # budget checks the store could not answer
     unchecked: int = 0  # of those, requests sent anyway (on_unavailable: open)
     leases_taken: int = 0  # slices the store granted this replica
+    spilled: int = 0  # requests over a USD budget served from capacity already paid for (`over_budget: spill`)
     observe: Callable[[Entry], None] = lambda _entry: None  # /metrics' spend counters (`RouterMetrics.watch_spend`)
     _leases: dict[tuple[str, str, str], _Lease] = field(default_factory=dict)
     _locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
@@ -102,7 +103,7 @@ class Spend:
 
     async def reserve(self, tenant: str, route: Route, body: Mapping[str, Any]) -> Reservation | None:
         """Hold the request's share of every budget it falls under, or raise the 429 (or the 503) it gets."""
-        applying = self.budgets.applying(tenant, route.name)
+        applying = self.budgets.applying(tenant, route.deployments)
         if not applying:
             return None
         now = self.clock()
@@ -263,7 +264,8 @@ def entries_of(record: AuditRecord, backends: Sequence[Backend], held: Reservati
         total_tokens, total_usd = total_tokens + t_in + t_out, total_usd + usd
         out.append(Entry(
             entry_id=next_id(), request_id=record.request_id, time=record.time, tenant=record.tenant,
-            deployment=record.deployment or "-", target=attempt.target,
+            deployment=backend.deployment if backend is not None else (record.deployment or "-"),
+            target=attempt.target,
             cloud=(backend.cloud if backend is not None and backend.cloud else "unknown"),
             provider=backend.kind if backend is not None else "unknown", outcome=attempt.outcome,
             tokens_in=t_in, tokens_out=t_out, price_source=source, usd_list_micros=usd))

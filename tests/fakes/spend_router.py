@@ -27,15 +27,19 @@ ADMIN_KEY = "sk-test-spend-admin"  # reads /metrics
 
 
 def config(tmp: Path, urls: dict[str, str], store: dict[str, Any], name: str, budgets: list[dict[str, Any]],
-           credits: list[dict[str, Any]] = (), usd_per_1k: float = 1.0) -> dict[str, Any]:
+           credits: list[dict[str, Any]] = (), usd_per_1k: float = 1.0, prices: dict[str, float | None] | None = None,
+           over_budget: str = "refuse") -> dict[str, Any]:
     """The router's Serve args (`infra.serve_config.router_app`'s shape): deployment `chat` on the backends
-    `urls` (target id -> URL, each priced `usd_per_1k` on cloud azure), tenant `acme` (EU) with key `KEY`."""
+    `urls` (target id -> URL, cheapest first, each priced `usd_per_1k` or its `prices` entry, None: capacity paid
+    for, on cloud azure), tenant `acme` (EU) with key `KEY`."""
+    prices = prices or {}
     from sovra.core.place import Place
     from tests import factories
 
     backends = [factories.backend(target, Place("EU", "FR", "FR", "self"), deployment="chat", model="chat",
                                   kind="openai-compatible", address=url, cost=i).model_copy(
-        update={"cloud": "azure", "usd_per_1k_tokens": usd_per_1k}) for i, (target, url) in enumerate(urls.items())]
+        update={"cloud": "azure", "usd_per_1k_tokens": prices.get(target, usd_per_1k), "over_budget": over_budget})
+        for i, (target, url) in enumerate(urls.items())]
     return {"backends": [b.to_wire() for b in backends],
             "tenants": [{"name": "acme", "key_sha256": hashlib.sha256(KEY.encode()).hexdigest(),
                          "residency": {"zones": ["EU"]}}],

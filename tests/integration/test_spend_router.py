@@ -98,6 +98,28 @@ def test_over_budget_is_a_429_with_retry_after_and_nothing_is_sent(tmp_path, bac
         assert 'sovra_spend_tokens_total{deployment="chat",direction="out",tenant="acme"} 8.0' in metrics
 
 
+@pytest.mark.parametrize("over_budget", ["spill", "refuse"])
+def test_over_a_usd_budget_a_spilling_deployment_is_served_by_capacity_already_paid_for(tmp_path, over_budget):
+    cloud, own = FakeBackend("cloud-1"), FakeBackend("own-1")
+    with ServerThread(cloud.app()) as c, ServerThread(own.app()) as o:
+        cfg = config(tmp_path, {"cloud-1": c.url, "own-1": o.url}, {"store": "sqlite", "path": str(tmp_path / "l.db")},
+                     "r", [{"tenant": "acme", "usd_per_month": 0.02}], prices={"own-1": None},
+                     over_budget=over_budget)
+        with ServerThread(build_router_state_app(cfg)) as r:
+            answers = []
+            for _ in range(4):  # $0.015 reserved each at $1/1k, $0.005 used: the third does not fit the $0.02
+                answers.append(httpx.post(r.url + "/v1/chat/completions", headers=AUTH, timeout=10,
+                                          json={"model": "chat", "messages": HI, "max_tokens": 4}))
+                time.sleep(0.15)
+            metrics = httpx.get(r.url + "/metrics", headers=ADMIN).text
+    served = [a.headers.get("X-Sovra-Target") if a.status_code == 200 else a.status_code for a in answers]
+    if over_budget == "spill":
+        assert served == ["cloud-1", "cloud-1", "own-1", "own-1"]  # the priced backend is cheaper by `cost`
+        assert "sovra_budget_spilled_total 2.0" in metrics
+    else:
+        assert served == ["cloud-1", "cloud-1", 429, 429] and len(own.received) == 0
+
+
 def test_a_request_rate_quota_is_rate_limited(tmp_path, backend):
     fake, url = backend
     with _router(tmp_path, url, {"store": "sqlite", "path": str(tmp_path / "l.db")},

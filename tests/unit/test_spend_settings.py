@@ -62,3 +62,15 @@ def test_up_refuses_budgets_on_sqlite_when_router_replicas_span_nodes():
     deploy.refuse_node_local_budgets("ray://head", _inputs(budgets=budgets), RouterScale(replicas=1), nodes=3)
     deploy.refuse_node_local_budgets("ray://head", _inputs(budgets=budgets, spend={"store": "postgres"}), None, 3)
     deploy.refuse_node_local_budgets("ray://head", _inputs(), None, nodes=3)
+
+
+def test_a_deployment_says_whether_it_spills_over_a_usd_budget():
+    from sovra.core.spec.deployment import Deployment
+
+    base = {"apiVersion": "sovra/v1", "kind": "Deployment", "metadata": {"name": "chat"},
+            "spec": {"model": {"name": "m"}, "residency": {"zones": ["EU"]}}}
+    assert Deployment.model_validate(base).spec.routing.over_budget == "refuse"
+    spill = {**base, "spec": {**base["spec"], "routing": {"policy": "commitments", "over_budget": "spill"}}}
+    assert Deployment.model_validate(spill).spec.routing.over_budget == "spill"
+    with pytest.raises(ValidationError):
+        Deployment.model_validate({**base, "spec": {**base["spec"], "routing": {"over_budget": "overspend"}}})
