@@ -181,15 +181,14 @@ def refuse_node_local_budgets(key: str, inputs: Inputs, scale: RouterScale | Non
     """Budgets are exact across router replicas only through one store: a SQLite file lives on one node, so
     routers on several nodes would each hold the whole budget."""
     spend = inputs.org.spend
-    if not inputs.org.budgets or spend.store != "sqlite" or nodes <= 1:
+    if not inputs.org.budgets or spend.store != "sqlite" or key == LOCAL:  # the local Ray is one node
         return
-    several = scale is None or (scale.replicas or 0) > 1 or scale.autoscaling is not None
-    if several:
+    if scale is None or scale.replicas != 1:  # a cluster with one node today may add nodes, and Serve routers there
         raise DeployError(
-            f"org.yaml sets budgets and the spend store is SQLite, but the router of cluster {key} would run "
-            f"replicas on several nodes ({nodes} alive), each with its own SQLite file: every node would hold the "
-            "whole budget. Use `spend: {store: postgres}` with $SOVRA_SPEND_DSN set where the router runs (the "
-            "local Ray inherits the environment of `sovra up`), or `router: {replicas: 1}` on the cluster.")
+            f"org.yaml sets budgets and the spend store is SQLite, but the router of cluster {key} may run "
+            f"replicas on several nodes ({nodes} alive now), each with its own SQLite file: every node would hold "
+            "the whole budget. Use `spend: {store: postgres}` with $SOVRA_SPEND_DSN set where the router runs, or "
+            "pin one router with `router: {replicas: 1}` on the cluster.")
 
 
 def refuse_plain_router(key: str, inputs: Inputs, settings: Settings) -> None:

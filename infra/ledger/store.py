@@ -178,9 +178,12 @@ class SpendStore:
                                    "runs: pip install 'sovra[postgres]'") from None
 
         def connect() -> Any:
-            return psycopg.connect(dsn, autocommit=True, connect_timeout=5)
+            # Bounded everywhere: a dead server or a held lock is an error in seconds, never a thread hung for good
+            return psycopg.connect(dsn, autocommit=True, connect_timeout=5, keepalives=1, keepalives_idle=10,
+                                   keepalives_interval=5, keepalives_count=3, tcp_user_timeout=10_000,
+                                   options="-c statement_timeout=5000 -c lock_timeout=5000")
 
-        return cls(_POSTGRES, connect, _without_password(dsn))
+        return cls(_POSTGRES, connect, _where_postgres(dsn))
 
     # -- connections ---------------------------------------------------------------------------------------------
 
@@ -350,17 +353,38 @@ class SpendStore:
                 marks = ", ".join("?" * len(part))
                 seen.update(r[0] for r in self._run(f"SELECT entry_id FROM ledger WHERE entry_id IN ({marks})",
                                                     part))
-            new = [e for e in {e.entry_id: e for e in entries}.values() if e.entry_id not in seen]
+            fresh = [e for e in {e.entry_id: e for e in entries}.values() if e.entry_id not in seen]
+            # Only what this transaction inserted counts: another writer may commit the same ids in between (a
+            # replay racing a flush), and its rows then win; adjustments and credits follow the rows.
+            new = self._insert_new(fresh)
             covered = self._burn(new, credits)
-            placeholders = ", ".join("?" * len(COLUMNS))
-            self._many(f"INSERT INTO ledger ({', '.join(COLUMNS)}) VALUES ({placeholders}) "
-                       "ON CONFLICT (entry_id) DO NOTHING", [e.row(covered.get(e.entry_id, 0)) for e in new])
+            self._many("UPDATE ledger SET credit_micros = ? WHERE entry_id = ?",
+                       [(n, i) for i, n in sorted(covered.items())])
             sums: dict[tuple[str, str, str], int] = {}
             for e in new:
                 for scope, metric, window, delta in e.adjust:
                     sums[(scope, metric, window)] = sums.get((scope, metric, window), 0) + delta
             self._many(_ADD, [(*k, d) for k, d in sorted(sums.items()) if d])
         return len(new)
+
+    def _insert_new(self, fresh: Sequence[Entry]) -> list[Entry]:
+        """Insert `fresh` (no credit yet); those this transaction really inserted."""
+        if not fresh:
+            return []
+        sql = (f"INSERT INTO ledger ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+               "ON CONFLICT (entry_id) DO NOTHING RETURNING entry_id")
+        conn, inserted = self._conn(), set()
+        if self.dialect is _SQLITE:  # local and fast: one statement per row
+            for e in fresh:
+                inserted.update(r[0] for r in conn.execute(sql, e.row(0)).fetchall())
+        else:  # pipelined by psycopg
+            with conn.cursor() as cur:
+                cur.executemany(self.dialect.convert(sql), [e.row(0) for e in fresh], returning=True)
+                while True:
+                    inserted.update(r[0] for r in cur.fetchall())
+                    if not cur.nextset():
+                        break
+        return [e for e in fresh if e.entry_id in inserted]
 
     def _burn(self, new: Sequence[Entry], credits: Mapping[str, CreditCap]) -> dict[str, int]:
         """entry_id -> micro-USD its cloud's credits pay, in order, up to each cap (rows locked until commit)."""
@@ -407,8 +431,8 @@ class SpendStore:
 
     def counters(self, prefix: str = "") -> list[tuple[str, str, str, int]]:
         """(scope, metric, window, used) of counters whose scope starts with `prefix`."""
-        rows = self._read("SELECT scope, metric, window_start, used FROM spend_counters WHERE scope LIKE ? "
-                         "ORDER BY scope, metric, window_start", (prefix.replace("%", "") + "%",))
+        rows = self._read("SELECT scope, metric, window_start, used FROM spend_counters WHERE substr(scope, 1, ?) = ? "
+                          "ORDER BY scope, metric, window_start", (len(prefix), prefix))
         return [(str(s), str(m), str(w), int(u)) for s, m, w, u in rows]
 
     def entries(self, since: str = "", until: str = "9999") -> list[Entry]:
@@ -437,12 +461,17 @@ def _reason(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _without_password(dsn: str) -> str:
-    """A DSN fit for a message: no password, whichever form it is in."""
-    import re
+def _where_postgres(dsn: str) -> str:
+    """Where a PostgreSQL store is, fit for a message: host, port and database, parsed by libpq's rules (URI or
+    key=value, quoted or not); never the password or the rest of the string."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
 
-    dsn = re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", dsn)
-    return re.sub(r"(password\s*=\s*)\S+", r"\1***", dsn)
+        parts = conninfo_to_dict(dsn)
+    except Exception:  # noqa: BLE001  (a DSN libpq cannot parse: say so without echoing it)
+        return "PostgreSQL (an unparsable connection string)"
+    host, port, db = parts.get("host", "localhost"), parts.get("port", "5432"), parts.get("dbname", "")
+    return f"PostgreSQL at {host}:{port}/{db}"
 
 
 def _now() -> str:

@@ -50,15 +50,28 @@ def usd_micros(tokens: int, usd_per_1k_tokens: float | None) -> int:
     return round(tokens * usd_per_1k_tokens * 1000)
 
 
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def bound_answer(body: dict[str, Any], default_max_tokens: int) -> None:
+    """A chat request under a token or USD budget names the most it may answer: `default_max_tokens` when it names
+    none, so its reservation is an upper bound rather than a guess at what the model's context allows."""
+    if "messages" in body and _count(body.get("max_completion_tokens")) is None and _count(
+            body.get("max_tokens")) is None:
+        body["max_tokens"] = default_max_tokens
+
+
 def estimate_tokens(body: Mapping[str, Any], default_max_tokens: int) -> int:
-    """An upper-ish estimate of a request's tokens: its prompt's size and the most it may answer."""
+    """An upper-ish estimate of a request's tokens: its prompt's size and the most it may answer, times the
+    number of answers it asks for (`n`)."""
     if "messages" in body:
         prompt = json.dumps(body.get("messages"), ensure_ascii=False, separators=(",", ":"))
-        answer = body.get("max_completion_tokens") or body.get("max_tokens") or default_max_tokens
+        answer = (_count(body.get("max_completion_tokens")) or _count(body.get("max_tokens"))
+                  or default_max_tokens) * (_count(body.get("n")) or 1)
     else:  # embeddings: the input only
         prompt = json.dumps(body.get("input"), ensure_ascii=False, separators=(",", ":"))
         answer = 0
-    answer = answer if isinstance(answer, int) and not isinstance(answer, bool) and answer > 0 else default_max_tokens
     return math.ceil(len(prompt) / CHARS_PER_TOKEN) + answer
 
 

@@ -45,6 +45,8 @@ class Ledger:
         self.path = self.dir / (self.prefix + SPOOL_SUFFIX)
         self._n = 0
         self._lock = threading.Lock()  # appends (event loop) against emptying (flusher)
+        self._flushing = threading.Lock()
+        self.corrupt = 0  # spool lines that could not be read (skipped, logged)
         self._file: IO[bytes] = _open_locked(self.path)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -67,19 +69,25 @@ class Ledger:
 
     def add(self, entries: Iterable[Entry]) -> None:
         """Spool `entries`: on the node's disk when this returns (one write)."""
+        entries = list(entries)
         data = b"".join(json.dumps(e.to_json(), separators=(",", ":")).encode() + b"\n" for e in entries)
         if not data:
             return
-        try:
-            with self._lock:
+        with self._lock:
+            start = None
+            try:
+                start = os.fstat(self._file.fileno()).st_size
                 view = memoryview(data)
                 while view:
                     view = view[self._file.write(view):]
-        except OSError as exc:  # disk full: keep them in memory for the flusher rather than lose them now
-            self.spool_failures += 1
-            log.error("ledger spool %s cannot be written (%s); entries kept in memory until the store has them",
-                      self.path, exc)
-            self._memory.extend(Entry.from_json(json.loads(line)) for line in data.splitlines())
+            except (OSError, ValueError) as exc:  # disk full, or closed: keep them for the flusher, lose none
+                self.spool_failures += 1
+                log.error("ledger spool %s cannot be written (%s); entries kept in memory until the store has them",
+                          self.path, exc)
+                if start is not None:  # no torn line left behind for the next append to glue onto
+                    with contextlib.suppress(OSError, ValueError):
+                        os.ftruncate(self._file.fileno(), start)
+                self._memory.extend(entries)
         if len(data) > BATCH_BYTES // 4:
             self._wake.set()
 
@@ -97,14 +105,21 @@ class Ledger:
             self._wake.clear()
 
     def flush(self) -> bool:
-        """Write what is pending (this replica's spool, then orphaned spools); False if the store failed."""
+        """Write what is pending (this replica's spool, then orphaned spools); False if the store failed. One
+        flush at a time (the thread's, or `close`'s when the thread is slow to stop)."""
+        with self._flushing:
+            return self._flush()
+
+    def _flush(self) -> bool:
         try:
             if self._memory:
-                batch, self._memory = self._memory, []
+                with self._lock:
+                    batch, self._memory = self._memory, []
                 try:
                     self.written += self.store.record(batch, self.credits())
                 except BaseException:
-                    self._memory[:0] = batch
+                    with self._lock:
+                        self._memory[:0] = batch
                     raise
             self._drain(self.path, self._file, own=True)
             self._orphans()
@@ -140,7 +155,14 @@ class Ledger:
                     mark = size
                     _write_mark(path, mark)
                 break
-            entries = [Entry.from_json(json.loads(line)) for line in chunk[:end].splitlines() if line.strip()]
+            entries = []
+            for line in chunk[:end].splitlines():
+                if line.strip():
+                    try:
+                        entries.append(Entry.from_json(json.loads(line)))
+                    except (ValueError, KeyError, TypeError):  # one bad line must not stop the ledger for good
+                        self.corrupt += 1
+                        log.error("ledger spool %s: skipped an unreadable line at byte %d", path, mark)
             self.written += self.store.record(entries, self.credits())
             mark += end
             _write_mark(path, mark)
@@ -200,8 +222,12 @@ class Ledger:
 
 
 def _open_locked(path: Path) -> IO[bytes]:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a fresh name: nobody else holds it
+    """The spool, created under a name the orphan scan ignores and locked before it takes its own name: another
+    replica's scan can never find it unlocked."""
+    tmp = path.with_name(path.name + ".new")
+    fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.replace(tmp, path)
     return os.fdopen(fd, "ab", buffering=0)
 
 

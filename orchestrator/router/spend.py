@@ -59,6 +59,8 @@ class _Lease:
 
 #: A slice returns to the store after this long without a request taking from it, so other replicas may use it.
 IDLE_RETURN_S = 2.0
+#: How long a request waits for the store to grant a slice before the store counts as unavailable.
+STORE_DEADLINE_S = 2.0
 
 
 def _chunk(limit: int) -> Callable[[int], int]:
@@ -101,12 +103,14 @@ class Spend:
         self.ledger.start()
         self._returner = asyncio.get_running_loop().create_task(self._return_idle_forever())
 
-    async def reserve(self, tenant: str, route: Route, body: Mapping[str, Any]) -> Reservation | None:
+    async def reserve(self, tenant: str, route: Route, body: dict[str, Any]) -> Reservation | None:
         """Hold the request's share of every budget it falls under, or raise the 429 (or the 503) it gets."""
         applying = self.budgets.applying(tenant, route.deployments)
         if not applying:
             return None
         now = self.clock()
+        if any(b.tokens_per_minute is not None or b.usd_per_month is not None for b in applying):
+            bg.bound_answer(body, self.settings.default_max_tokens)  # else the estimate would bound nothing
         tokens = bg.estimate_tokens(body, self.settings.default_max_tokens)
         usd = bg.usd_micros(tokens, bg.highest_price(route.backends))
         charges = tuple(bg.charges(applying, tokens, usd, now))
@@ -118,11 +122,12 @@ class Spend:
         except StoreUnavailable as exc:
             self._put_back(taken)
             self.unavailable += 1
+            log.warning("budget check failed: %s", exc)  # the details are for the operator, not the caller
             if self.settings.on_unavailable == "open":
                 self.unchecked += 1
                 return Reservation(charges, checked=False, tokens=tokens)
-            raise SpendUnavailable(f"budgets cannot be checked: {exc}; nothing was sent (org.yaml spend."
-                                   "on_unavailable: closed)") from None
+            raise SpendUnavailable("budgets cannot be checked: the spend store is unavailable; nothing was sent "
+                                   "(the router's log and /metrics say more)") from None
         except BaseException:
             self._put_back(taken)
             raise
@@ -143,15 +148,25 @@ class Spend:
         async with lock:  # one slice request per counter at a time; the others wait for its answer
             while lease.used + c.amount > lease.granted:
                 need = lease.used + c.amount - lease.granted
-                got = await asyncio.get_running_loop().run_in_executor(
+                future = asyncio.get_running_loop().run_in_executor(
                     self.pool, self.store.lease, c.scope, c.metric, c.window, need, c.limit, _chunk(c.limit))
+                # Credited when the store answers, even if this request is cancelled or gives up waiting first:
+                # a slice the store granted is never lost to the replica (it goes back when idle).
+                future.add_done_callback(lambda f, lease=lease: self._granted(f, lease))
+                try:
+                    got = await asyncio.wait_for(asyncio.shield(future), STORE_DEADLINE_S)
+                except TimeoutError:
+                    raise StoreUnavailable(f"the spend store did not answer in {STORE_DEADLINE_S:g} s") from None
                 if isinstance(got, Refusal):
                     error = bg.refusal_error(Refusal(c, got.used), now)
                     self.refused[error.code] = self.refused.get(error.code, 0) + 1
                     raise error
-                lease.granted += got[0]
-                self.leases_taken += 1
             lease.used += c.amount
+
+    def _granted(self, future: asyncio.Future, lease: _Lease) -> None:
+        if not future.cancelled() and future.exception() is None and isinstance(got := future.result(), tuple):
+            lease.granted += got[0]
+            self.leases_taken += 1
 
     def _put_back(self, taken: Sequence[Charge]) -> None:
         for c in taken:
@@ -188,27 +203,41 @@ class Spend:
         elif adjust:
             self.pool.submit(_quietly, self.store.release, adjust)
 
-    def _unused(self, idle_s: float | None) -> list[tuple[str, str, str, int]]:
-        """Take back the unused part of slices (idle ones, or all) and forget those of past windows."""
+    def _unused(self, idle_s: float | None) -> list[tuple[tuple[str, str, str], _Lease, int]]:
+        """Set aside the unused part of slices (idle ones, or all) so no request takes it while it goes back, and
+        forget the slices of past windows."""
         now, moment = time.monotonic(), self.clock()
         current = {bg.minute(moment), bg.month(moment)}
         out = []
         for key, lease in list(self._leases.items()):
-            if key[2] not in current and lease.used <= 0:
+            lock = self._locks.get(key)
+            if key[2] not in current and lease.used <= 0 and not (lock is not None and lock.locked()):
                 del self._leases[key]
                 self._locks.pop(key, None)
                 continue
-            if (idle_s is None or now - lease.last >= idle_s) and lease.granted > max(lease.used, 0):
-                out.append((*key, -(lease.granted - max(lease.used, 0))))
-                lease.granted = max(lease.used, 0)
+            spare = lease.granted - max(lease.used, 0)
+            if spare > 0 and (idle_s is None or now - lease.last >= idle_s):
+                lease.granted -= spare
+                out.append((key, lease, spare))
         return out
 
+    def _give_back(self, unused: list[tuple[tuple[str, str, str], _Lease, int]]) -> bool:
+        """Return set-aside slices to the store; on failure they are the replica's again (nothing is lost)."""
+        try:
+            self.store.release(sorted((*key, -spare) for key, _, spare in unused))
+            return True
+        except Exception as exc:  # noqa: BLE001  (kept, retried when next idle)
+            log.warning("could not return unused budget slices: %s", exc)
+            return False
+
     async def _return_idle_forever(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(IDLE_RETURN_S / 2)
             unused = self._unused(IDLE_RETURN_S)
-            if unused:
-                self.pool.submit(_quietly, self.store.release, unused)
+            if unused and not await loop.run_in_executor(self.pool, self._give_back, unused):
+                for _, lease, spare in unused:
+                    lease.granted += spare
 
     def close(self) -> None:
         """Return every slice's unused part, write what is spooled, release the store."""
@@ -216,7 +245,7 @@ class Spend:
             self._returner.cancel()
         unused = self._unused(None)
         if unused:
-            _quietly(self.store.release, unused)
+            self._give_back(unused)
         self.ledger.close()
         self.pool.shutdown(wait=False)
         self.store.close()
@@ -255,11 +284,10 @@ def entries_of(record: AuditRecord, backends: Sequence[Backend], held: Reservati
         source = "capacity" if not price else "list"
         if attempt is served:
             t_in, t_out = record.prompt_tokens, record.completion_tokens
-            if not (t_in or t_out):  # no usage reported: count what was reserved, never nothing
-                t_in = held.tokens if held is not None else 0
-                source += ", estimated (no usage reported)"
-        else:
-            source += ", unreported (no answer)"
+        if not (t_in or t_out):  # no usage reported (a cancelled stream, a timeout, a failover): the backend may
+            # have done and billed the work, so count what was reserved, never nothing
+            t_in = held.tokens if held is not None else 0
+            source += ", estimated (no usage reported)" if held is not None else ", unreported (no usage, no budget)"
         usd = bg.usd_micros(t_in + t_out, price)
         total_tokens, total_usd = total_tokens + t_in + t_out, total_usd + usd
         out.append(Entry(

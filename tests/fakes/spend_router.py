@@ -55,8 +55,8 @@ def _naive_lease(self, scope, metric, window, need, limit, chunk):
     room = limit - used
     if need > room:
         return ledger_store.Refusal(ledger_store.Charge(scope, metric, window, need, limit), used)
-    grant = min(room, max(need, chunk(room)))
-    time.sleep(0.002)  # a PostgreSQL round trip's worth of time between the read and the write
+    grant = need  # per request, as a naive budget check does: every request reads, decides, writes
+    time.sleep(0.005)  # a few PostgreSQL round trips' worth of time between the read and the write
     with self._transaction():
         self._run("INSERT INTO spend_counters (scope, metric, window_start, used) VALUES (?, ?, ?, ?) "
                   "ON CONFLICT (scope, metric, window_start) DO UPDATE SET used = excluded.used",

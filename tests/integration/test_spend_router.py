@@ -147,6 +147,7 @@ def test_store_down_fails_closed_by_default_and_sends_nothing(tmp_path, backend,
                               json={"model": "chat", "messages": HI})
             assert down.status_code == 503 and down.json()["error"]["code"] == "spend_unavailable"
             assert "nothing was sent" in down.json()["error"]["message"]
+            assert "PostgreSQL at" not in down.text and "127.0.0.1" not in down.text  # no store details to callers
             assert "password" not in down.text and dsn.split("@")[0].split(":")[-1] not in down.text
             assert len(fake.received) == before
             postgres_own.start()

@@ -57,8 +57,10 @@ def test_up_refuses_budgets_on_sqlite_when_router_replicas_span_nodes():
         deploy.refuse_node_local_budgets("ray://head", _inputs(budgets=budgets), None, nodes=3)
     with pytest.raises(DeployError, match="store: postgres"):
         deploy.refuse_node_local_budgets("ray://head", _inputs(budgets=budgets), RouterScale(replicas=2), nodes=2)
-    # one node, one replica, PostgreSQL, or no budgets: nothing to refuse
-    deploy.refuse_node_local_budgets("local", _inputs(budgets=budgets), None, nodes=1)
+    with pytest.raises(DeployError, match="may run replicas on several nodes"):  # one node now, more later
+        deploy.refuse_node_local_budgets("ray://head", _inputs(budgets=budgets), None, nodes=1)
+    # the local Ray, one pinned replica, PostgreSQL, or no budgets: nothing to refuse
+    deploy.refuse_node_local_budgets(deploy.LOCAL, _inputs(budgets=budgets), None, nodes=1)
     deploy.refuse_node_local_budgets("ray://head", _inputs(budgets=budgets), RouterScale(replicas=1), nodes=3)
     deploy.refuse_node_local_budgets("ray://head", _inputs(budgets=budgets, spend={"store": "postgres"}), None, 3)
     deploy.refuse_node_local_budgets("ray://head", _inputs(), None, nodes=3)

@@ -1,0 +1,141 @@
+"""What the adversarial review of the spend path found, each pinned by a test on a real store: work a backend may
+have billed is never counted as nothing, a slice the store granted is never lost, a torn spool line does not stop
+the ledger, a slow store is an error in seconds, and a batch written twice at once counts once."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+
+import pytest
+
+from sovra.core.api_errors import SpendUnavailable
+from sovra.core.backends import RoutingTable
+from sovra.core.place import Place
+from sovra.core.spec.spend import Budget, SpendSettings
+from sovra.infra.ledger.store import Entry, SpendStore
+from sovra.orchestrator.router import budgets as bg
+from sovra.orchestrator.router import spend as spend_mod
+from sovra.orchestrator.router.audit import Attempt, AuditRecord
+from sovra.orchestrator.router.budgets import BudgetIndex
+from sovra.orchestrator.router.ledger import Ledger
+from sovra.orchestrator.router.spend import Reservation, Spend, entries_of
+from tests import factories
+
+BACKEND = factories.backend("paris-1", Place("EU", "FR", "FR", "self"), deployment="chat", model="chat",
+                            kind="openai-compatible", address="http://127.0.0.1:9").model_copy(
+    update={"cloud": "azure", "usd_per_1k_tokens": 1.0})
+ROUTE = RoutingTable.of([BACKEND]).resolve("chat")
+
+
+class SlowStore(SpendStore):
+    """The real SQLite store, answering slice requests late (a store under load)."""
+
+    delay_s = 0.3
+
+    def lease(self, *args, **kwargs):
+        time.sleep(self.delay_s)
+        return super().lease(*args, **kwargs)
+
+
+def _spend(tmp_path, store=None, budgets=(Budget(tenant="acme", tokens_per_minute=100_000),)) -> Spend:
+    store = store or SpendStore.sqlite(tmp_path / "l.db")
+    return Spend(store, Ledger(store, tmp_path / "spool", "t"), BudgetIndex(tuple(budgets)), SpendSettings())
+
+
+def test_work_a_backend_may_have_billed_is_charged_its_reservation_not_nothing():
+    record = AuditRecord(time="2026-12-07T00:00:00Z", request_id="r1", tenant="acme", deployment="chat",
+                         model="chat", residency="EU", attempts=(Attempt("paris-1", "EU", "FR", "timeout"),
+                                                                 Attempt("paris-1", "EU", "FR", "cancelled")),
+                         status=499, outcome="cancelled", latency_ms=1.0)
+    held = Reservation((), checked=True, tokens=4_107)
+    entries, actual = entries_of(record, [BACKEND], held, iter(["a", "b"]).__next__)
+    assert [e.tokens_in for e in entries] == [4_107, 4_107] and actual[bg.TOKENS] == 8_214
+    assert all("estimated" in e.price_source for e in entries)
+
+
+def test_a_request_under_a_token_budget_names_its_max_and_n_multiplies_the_estimate():
+    body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "n": 3}
+    bg.bound_answer(body, 100)
+    assert body["max_tokens"] == 100  # the reservation is an upper bound: the backend cannot answer more
+    assert bg.estimate_tokens(body, 100) == 11 + 300
+    kept = {"messages": [], "max_completion_tokens": 7}
+    bg.bound_answer(kept, 100)
+    assert "max_tokens" not in kept
+
+
+def test_a_slice_granted_while_its_request_was_cancelled_is_not_lost(tmp_path):
+    store = SlowStore(SpendStore.sqlite(tmp_path / "l.db").dialect, SpendStore.sqlite(tmp_path / "l.db")._connect,
+                      "test")
+    spend = _spend(tmp_path, store)
+    body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
+
+    async def run():
+        task = asyncio.create_task(spend.reserve("acme", ROUTE, body))
+        await asyncio.sleep(0.05)
+        task.cancel()  # Serve cancels a request whose client went away
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(SlowStore.delay_s + 0.2)  # the store answers after all
+
+    asyncio.run(run())
+    [(key, lease)] = spend._leases.items()
+    in_store = store.used(*key)
+    assert in_store > 0 and lease.granted == in_store and lease.used == 0  # the replica knows what it holds
+    assert spend._give_back(spend._unused(None))
+    assert store.used(*key) == 0  # and it all went back
+
+
+def test_a_slow_store_is_unavailable_in_seconds_not_a_hung_request(tmp_path, monkeypatch):
+    monkeypatch.setattr(spend_mod, "STORE_DEADLINE_S", 0.1)
+    store = SlowStore(SpendStore.sqlite(tmp_path / "l.db").dialect, SpendStore.sqlite(tmp_path / "l.db")._connect,
+                      "test")
+    spend = _spend(tmp_path, store)
+    t0 = time.perf_counter()
+    with pytest.raises(SpendUnavailable) as e:
+        asyncio.run(spend.reserve("acme", ROUTE, {"model": "chat", "messages": [], "max_tokens": 5}))
+    assert time.perf_counter() - t0 < SlowStore.delay_s  # it did not wait for the store
+    assert "PostgreSQL" not in e.value.message and "l.db" not in e.value.message  # no store details to callers
+
+
+def _entry(n: int, adjust=()) -> Entry:
+    return Entry(f"w:{n}", f"r{n}", "2026-12-07T00:00:00Z", "acme", "chat", "paris-1", "azure", "x", "ok", 3, 2,
+                 "list", 5_000, adjust=adjust)
+
+
+def test_a_torn_spool_line_is_skipped_and_the_ledger_goes_on(tmp_path):
+    store = SpendStore.sqlite(tmp_path / "l.db")
+    ledger = Ledger(store, tmp_path / "spool", "t")
+    ledger.add([_entry(1)])
+    with open(ledger.path, "ab") as f:
+        f.write(b'{"entry_id": "w:2", "torn\n')  # a line cut short by a crash, then a complete one after it
+    ledger.add([_entry(3)])
+    assert ledger.flush()
+    assert [e.entry_id for e in store.entries()] == ["w:1", "w:3"] and ledger.corrupt == 1
+    ledger.add([_entry(4)])
+    assert ledger.flush() and len(store.entries()) == 3
+    ledger.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_one_batch_written_twice_at_once_counts_once(tmp_path, request, kind):
+    store = (SpendStore.sqlite(tmp_path / "l.db") if kind == "sqlite"
+             else SpendStore.postgres(request.getfixturevalue("postgres_dsn")))
+    store.migrate()
+    batch = [_entry(i, adjust=(("tenant=acme", "tokens", "2026-12-07T00:00", 5),)) for i in range(200)]
+    start = threading.Barrier(2)
+
+    def write(_):
+        own = SpendStore(store.dialect, store._connect, store.where)
+        start.wait()
+        try:
+            return own.record(batch)
+        finally:
+            own.close()
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        written = list(pool.map(write, range(2)))
+    assert sum(written) == 200 and len(store.entries()) == 200
+    assert store.used("tenant=acme", "tokens", "2026-12-07T00:00") == 200 * 5  # adjusted once per entry
