@@ -332,6 +332,15 @@ class SpendStore:
         with self._transaction():
             self._many(_ADD, [(s, m, w, d) for s, m, w, d in adjust if d])
 
+    def prune(self, before_minute: str) -> int:
+        """Delete per-minute counters of windows before `before_minute` (`YYYY-MM-DDTHH:MM`): a quota's minute is
+        over, and a row per minute per scope would grow forever. Monthly counters and the ledger are kept."""
+        self._ready()
+        with self._transaction():
+            rows = self._run("DELETE FROM spend_counters WHERE metric IN ('tokens', 'requests') AND window_start < ? "
+                             "RETURNING scope", (before_minute,))
+        return len(rows)
+
     def used(self, scope: str, metric: str, window: str) -> int:
         rows = self._read(_USED, (scope, metric, window))
         return int(rows[0][0]) if rows else 0
@@ -374,10 +383,10 @@ class SpendStore:
         sql = (f"INSERT INTO ledger ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
                "ON CONFLICT (entry_id) DO NOTHING RETURNING entry_id")
         conn, inserted = self._conn(), set()
-        if self.dialect is _SQLITE:  # local and fast: one statement per row
-            for e in fresh:
-                inserted.update(r[0] for r in conn.execute(sql, e.row(0)).fetchall())
-        else:  # pipelined by psycopg
+        if self.dialect is _SQLITE:  # BEGIN IMMEDIATE holds the file's write lock: none of `fresh` can appear
+            conn.executemany(sql.removesuffix(" RETURNING entry_id"), [e.row(0) for e in fresh])
+            return list(fresh)
+        else:  # pipelined by psycopg; another transaction may insert the same ids meanwhile
             with conn.cursor() as cur:
                 cur.executemany(self.dialect.convert(sql), [e.row(0) for e in fresh], returning=True)
                 while True:

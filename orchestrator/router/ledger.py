@@ -31,6 +31,7 @@ SPOOL_SUFFIX = ".spool"
 ROTATE_BYTES = 4 * 1024 * 1024
 BATCH_BYTES = 2 * 1024 * 1024
 ORPHAN_SCAN_EVERY_S = 10.0
+PRUNE_EVERY_S = 600.0
 
 
 class Ledger:
@@ -48,6 +49,7 @@ class Ledger:
         self._flushing = threading.Lock()
         self.corrupt = 0  # spool lines that could not be read (skipped, logged)
         self._file: IO[bytes] = _open_locked(self.path)
+        self._size = 0  # the spool's length: every write and the emptying go through `_lock`
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -57,6 +59,7 @@ class Ledger:
         self.written = 0  # entries the store took
         self._memory: list[Entry] = []
         self._next_scan = 0.0
+        self._next_prune = 0.0
         #: clouds whose credits had room this month at the last flush (all credited clouds until one is read)
         self.credited: frozenset[str] = frozenset(self.credits())
 
@@ -74,19 +77,17 @@ class Ledger:
         if not data:
             return
         with self._lock:
-            start = None
             try:
-                start = os.fstat(self._file.fileno()).st_size
                 view = memoryview(data)
                 while view:
                     view = view[self._file.write(view):]
+                self._size += len(data)
             except (OSError, ValueError) as exc:  # disk full, or closed: keep them for the flusher, lose none
                 self.spool_failures += 1
                 log.error("ledger spool %s cannot be written (%s); entries kept in memory until the store has them",
                           self.path, exc)
-                if start is not None:  # no torn line left behind for the next append to glue onto
-                    with contextlib.suppress(OSError, ValueError):
-                        os.ftruncate(self._file.fileno(), start)
+                with contextlib.suppress(OSError, ValueError):  # no torn line for the next append to glue onto
+                    os.ftruncate(self._file.fileno(), self._size)
                 self._memory.extend(entries)
         if len(data) > BATCH_BYTES // 4:
             self._wake.set()
@@ -124,6 +125,7 @@ class Ledger:
             self._drain(self.path, self._file, own=True)
             self._orphans()
             self._read_credit_room()
+            self._prune()
         except StoreUnavailable as exc:
             self.failures += 1
             if self.healthy:
@@ -171,6 +173,7 @@ class Ledger:
                 if os.fstat(fh.fileno()).st_size == mark:  # nothing appended since: empty it
                     _write_mark(path, 0)
                     os.ftruncate(fh.fileno(), 0)
+                    self._size = 0
 
     def _orphans(self) -> None:
         """Replay spools whose writers are gone (their flock is free), then remove them."""
@@ -197,6 +200,17 @@ class Ledger:
                 with contextlib.suppress(OSError):
                     _mark_path(path).unlink()
                 path.unlink()
+
+    def _prune(self) -> None:
+        """Now and then, drop per-minute quota counters more than an hour old."""
+        import datetime as dt
+        import time
+
+        if time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + PRUNE_EVERY_S
+        hour_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+        self.store.prune(hour_ago.strftime("%Y-%m-%dT%H:%M"))
 
     def _read_credit_room(self) -> None:
         caps = self.credits()

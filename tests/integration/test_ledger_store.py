@@ -174,3 +174,12 @@ def test_slices_granted_never_add_up_past_the_limit(store, needs, limit, eighth)
         else:  # refused only when the need did not fit what was left
             assert got.used == granted and need > limit - granted
     assert granted == store.used("s", "tokens", window) <= limit
+
+
+def test_minute_counters_of_past_hours_are_pruned_months_kept(store):
+    for window in ("2026-12-07T01:00", "2026-12-07T03:41"):
+        assert store.reserve([Charge("s", "tokens", window, 1, 10), Charge("s", "requests", window, 1, 10)]) is None
+    assert store.reserve([Charge("s", "usd_micros", "2026-11", 1, 10)]) is None
+    assert store.prune("2026-12-07T02:41") == 2
+    assert [c[1:3] for c in store.counters("s")] == [("requests", "2026-12-07T03:41"), ("tokens", "2026-12-07T03:41"),
+                                                    ("usd_micros", "2026-11")]
