@@ -50,6 +50,9 @@ class Backend(BaseModel):
     capacity: int | None = Field(default=None, ge=1)
     cloud: str | None = None  # the billing account family (credits are per cloud); None in tables before 0.2
     over_budget: Literal["refuse", "spill"] = "refuse"  # the deployment's `routing.over_budget`
+    #: owned capacity's replica-hour spread over the tokens the org says a replica serves an hour (ledger only: the
+    #: capacity is paid for either way, so it stays on the paid-for rung and burns no credit per answer)
+    amortised_usd_per_1k_tokens: float | None = Field(default=None, ge=0)
     usd_per_1k_tokens: float | None = Field(default=None, ge=0)  # list price per token; None: capacity paid for
 
     def __hash__(self) -> int:  # `params` is a dict; equal backends share an id, so the id is a sound hash

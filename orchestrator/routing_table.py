@@ -44,7 +44,15 @@ def backend_entry(rp: RayPlacement, http: ServeHttp | None = None) -> Backend:
     return Backend(id=name, deployment=d.name, model=d.spec.model.name, target=t.id, place=Place.of(t),
                    residency=d.spec.residency, policy=d.spec.routing.policy, cost=round(unit, 6), kind="ray",
                    address=name, params=params, capacity=replica_ceiling(rp) * MAX_ONGOING_PER_REPLICA,
-                   cloud=t.cloud, over_budget=d.spec.routing.over_budget)
+                   cloud=t.cloud, over_budget=d.spec.routing.over_budget,
+                   amortised_usd_per_1k_tokens=_amortised(unit, getattr(t, "tokens_per_replica_hour", None)))
+
+
+def _amortised(usd_per_replica_hour: float, tokens_per_hour: int | None) -> float | None:
+    """A replica-hour's price per 1,000 of the tokens the org says a replica serves in an hour."""
+    if not tokens_per_hour:
+        return None
+    return round(usd_per_replica_hour / tokens_per_hour * 1000, 9)
 
 
 def routed_entry(d: Deployment, p: Placement, t: Target, connection: Mapping[str, Any]) -> Backend:

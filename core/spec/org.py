@@ -101,6 +101,11 @@ class Cluster(Target):
         "head node). A non-loopback host needs tenants in org.yaml: with none the router is open. Clusters sharing "
         "an address share one router, so they must agree.")
     router_port: int = Field(default=8000, ge=1, le=65535, description="The router's port on that cluster.")
+    tokens_per_replica_hour: int | None = Field(
+        default=None, ge=1, description="Tokens one replica serves in an hour at its usual load: the ledger then "
+        "prices each answer here at the replica-hour's price divided by it (price source `amortised`), so `sovra "
+        "spend` shows what owned capacity costs per tenant. Omitted: answers here cost 0 USD in the ledger (the "
+        "capacity is paid for whatever it serves).")
     router: RouterScale | None = Field(
         default=None, description="Router replicas on this Ray cluster: {replicas: N} or {autoscaling: {min, max}}. "
         "Default: 2, spread over different nodes, on a cluster with several alive nodes; 1 on a single node.")

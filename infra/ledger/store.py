@@ -399,6 +399,7 @@ class SpendStore:
         """entry_id -> micro-USD its cloud's credits pay, in order, up to each cap (rows locked until commit)."""
         out: dict[str, int] = {}
         room: dict[str, int] = {}
+        new = [e for e in new if e.price_source.startswith("list")]  # amortised capacity is billed by the hour
         for cloud in sorted({e.cloud for e in new if e.usd_list_micros > 0 and e.cloud in credits}):
             cap = credits[cloud]
             self._run("INSERT INTO spend_counters (scope, metric, window_start, used) VALUES (?, 'usd_micros', ?, 0) "

@@ -280,8 +280,11 @@ def entries_of(record: AuditRecord, backends: Sequence[Backend], held: Reservati
             continue
         backend = by_target.get(attempt.target)
         price = backend.usd_per_1k_tokens if backend is not None else None
+        source = "list"
+        if not price:
+            price = backend.amortised_usd_per_1k_tokens if backend is not None else None
+            source = "amortised" if price else "capacity"
         t_in = t_out = 0
-        source = "capacity" if not price else "list"
         if attempt is served:
             t_in, t_out = record.prompt_tokens, record.completion_tokens
         if not (t_in or t_out):  # no usage reported (a cancelled stream, a timeout, a failover): the backend may

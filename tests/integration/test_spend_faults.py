@@ -139,3 +139,17 @@ def test_one_batch_written_twice_at_once_counts_once(tmp_path, request, kind):
         written = list(pool.map(write, range(2)))
     assert sum(written) == 200 and len(store.entries()) == 200
     assert store.used("tenant=acme", "tokens", "2026-12-07T00:00") == 200 * 5  # adjusted once per entry
+
+
+def test_amortised_capacity_is_priced_per_token_and_burns_no_credit(tmp_path):
+    from sovra.infra.ledger.store import CreditCap
+
+    owned = BACKEND.model_copy(update={"usd_per_1k_tokens": None, "amortised_usd_per_1k_tokens": 2.0})
+    record = AuditRecord(time="2026-12-07T00:00:00Z", request_id="r1", tenant="acme", deployment="chat",
+                         model="chat", residency="EU", attempts=(Attempt("paris-1", "EU", "FR", "ok"),),
+                         status=200, outcome="ok", latency_ms=1.0, prompt_tokens=300, completion_tokens=200)
+    [entry], _ = entries_of(record, [owned], None, lambda: "a:1")
+    assert (entry.price_source, entry.usd_list_micros) == ("amortised", 1_000_000)  # 500 tokens at $2/1k
+    store = SpendStore.sqlite(tmp_path / "l.db")
+    store.record([entry], {"azure": CreditCap("azure", "2026-12", 10**9)})
+    assert [e.credit_micros for e in store.entries()] == [0]  # its replica-hours are billed (and credited) by the hour

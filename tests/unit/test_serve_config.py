@@ -190,3 +190,22 @@ def test_router_scale_takes_one_form_and_sane_bounds():
                        ({"replicas": 0}, "greater than or equal to 1")):
         with pytest.raises(pydantic.ValidationError, match=words.replace("(", r"\(").replace(")", r"\)")):
             RouterScale.model_validate(bad)
+
+
+def test_owned_capacity_is_priced_per_token_in_the_ledger_only_where_the_org_says_how():
+    from sovra.core.spec.org import Cluster
+
+    def cluster(**extra):
+        return Cluster.model_validate({
+            "id": "onprem-paris", "provider": "ray", "country": "FR", "zone": "EU",
+            "operator": {"name": "self", "jurisdiction": "FR"},
+            "accelerators": [{"sku": "a100", "gpus": 1, "gpu_memory_gb": 2, "usd_per_hour": 1.46, "available": 4}],
+            **extra})
+
+    [plain] = _rps(_dep(), [cluster()])
+    assert rt.backend_entry(plain).amortised_usd_per_1k_tokens is None  # paid for whatever it serves: 0 USD
+    [said] = _rps(_dep(), [cluster(tokens_per_replica_hour=730_000)])
+    b = rt.backend_entry(said)
+    assert b.amortised_usd_per_1k_tokens == pytest.approx(1.46 / 730_000 * 1000)
+    assert b.usd_per_1k_tokens is None  # still capacity already paid for: a spill's rung, no credit burnt per answer
+    assert Backend.from_wire(b.to_wire()) == b
