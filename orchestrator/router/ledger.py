@@ -10,6 +10,7 @@ commit and the spool's mark counts once.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import json
@@ -30,6 +31,7 @@ SPOOL_SUFFIX = ".spool"
 #: A fully written spool longer than this is emptied (its mark first, so a crash in between only replays).
 ROTATE_BYTES = 4 * 1024 * 1024
 BATCH_BYTES = 2 * 1024 * 1024
+BATCH_ENTRIES = 2000
 ORPHAN_SCAN_EVERY_S = 10.0
 PRUNE_EVERY_S = 600.0
 
@@ -57,7 +59,9 @@ class Ledger:
         self.failures = 0  # store writes that failed
         self.spool_failures = 0  # entries that could not be spooled (kept in memory until written)
         self.written = 0  # entries the store took
-        self._memory: list[Entry] = []
+        #: (entries, the spool's length after them; None: they could not be spooled) waiting for the store
+        self._queue: collections.deque[tuple[list[Entry], int | None]] = collections.deque()
+        self._mark = 0  # the spool's bytes the store has
         self._next_scan = 0.0
         self._next_prune = 0.0
         #: clouds whose credits had room this month at the last flush (all credited clouds until one is read)
@@ -82,13 +86,15 @@ class Ledger:
                 while view:
                     view = view[self._file.write(view):]
                 self._size += len(data)
+                self._queue.append((entries, self._size))  # the flusher writes them from memory; the spool is
+                # read back only by whoever finds it orphaned
             except (OSError, ValueError) as exc:  # disk full, or closed: keep them for the flusher, lose none
                 self.spool_failures += 1
                 log.error("ledger spool %s cannot be written (%s); entries kept in memory until the store has them",
                           self.path, exc)
                 with contextlib.suppress(OSError, ValueError):  # no torn line for the next append to glue onto
                     os.ftruncate(self._file.fileno(), self._size)
-                self._memory.extend(entries)
+                self._queue.append((entries, None))
         if len(data) > BATCH_BYTES // 4:
             self._wake.set()
 
@@ -113,16 +119,7 @@ class Ledger:
 
     def _flush(self) -> bool:
         try:
-            if self._memory:
-                with self._lock:
-                    batch, self._memory = self._memory, []
-                try:
-                    self.written += self.store.record(batch, self.credits())
-                except BaseException:
-                    with self._lock:
-                        self._memory[:0] = batch
-                    raise
-            self._drain(self.path, self._file, own=True)
+            self._flush_own()
             self._orphans()
             self._read_credit_room()
             self._prune()
@@ -140,7 +137,33 @@ class Ledger:
         self.healthy = True
         return True
 
-    def _drain(self, path: Path, fh: IO[bytes], *, own: bool) -> None:
+    def _flush_own(self) -> None:
+        """This replica's entries, from memory in batches; after each, the spool's mark moves past them."""
+        while True:
+            with self._lock:
+                taken = []
+                while self._queue and sum(len(es) for es, _ in taken) < BATCH_ENTRIES:
+                    taken.append(self._queue.popleft())
+            if not taken:
+                break
+            try:
+                self.written += self.store.record([e for es, _ in taken for e in es], self.credits())
+            except BaseException:
+                with self._lock:
+                    self._queue.extendleft(reversed(taken))
+                raise
+            ends = [end for _, end in taken if end is not None]
+            if ends:
+                self._mark = ends[-1]
+                _write_mark(self.path, self._mark)
+        with self._lock:  # everything written: empty a long spool (its mark first, so a crash only replays)
+            if not self._queue and self._size >= ROTATE_BYTES and self._mark == self._size:
+                _write_mark(self.path, 0)
+                os.ftruncate(self._file.fileno(), 0)
+                self._size = self._mark = 0
+
+    def _drain(self, path: Path, fh: IO[bytes]) -> None:
+        """Replay an orphaned spool from its mark, batch by batch."""
         mark = _read_mark(path)
         while True:
             size = os.fstat(fh.fileno()).st_size
@@ -153,7 +176,7 @@ class Ledger:
                 chunk = f.read(BATCH_BYTES)
             end = chunk.rfind(b"\n") + 1
             if end == 0:  # a torn last line (a crash mid-write) never completes once its writer is gone
-                if not own and len(chunk) < BATCH_BYTES:
+                if len(chunk) < BATCH_BYTES:
                     mark = size
                     _write_mark(path, mark)
                 break
@@ -168,12 +191,6 @@ class Ledger:
             self.written += self.store.record(entries, self.credits())
             mark += end
             _write_mark(path, mark)
-        if own and mark >= ROTATE_BYTES:
-            with self._lock:
-                if os.fstat(fh.fileno()).st_size == mark:  # nothing appended since: empty it
-                    _write_mark(path, 0)
-                    os.ftruncate(fh.fileno(), 0)
-                    self._size = 0
 
     def _orphans(self) -> None:
         """Replay spools whose writers are gone (their flock is free), then remove them."""
@@ -195,7 +212,7 @@ class Ledger:
                     fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
                     continue  # its writer is alive
-                self._drain(path, fh, own=False)
+                self._drain(path, fh)
                 log.info("ledger: replayed the orphaned spool %s", path.name)
                 with contextlib.suppress(OSError):
                     _mark_path(path).unlink()
@@ -220,10 +237,11 @@ class Ledger:
     @property
     def pending_bytes(self) -> int:
         """Spooled bytes the store does not have yet (this replica's spool)."""
-        try:
-            return max(0, os.fstat(self._file.fileno()).st_size - _read_mark(self.path))
-        except OSError:
-            return 0
+        return max(0, self._size - self._mark)
+
+    @property
+    def pending_entries(self) -> int:
+        return sum(len(es) for es, _ in list(self._queue))
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop the thread and write what is pending (what the store will not take now stays spooled)."""

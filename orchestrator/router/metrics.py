@@ -46,6 +46,8 @@ class RouterMetrics:
         for name, doc, read in (
                 ("sovra_ledger_pending_bytes", "Ledger entries spooled on this node, not yet in the store",
                  lambda: ledger.pending_bytes),
+                ("sovra_ledger_pending_entries", "Ledger entries waiting for the store (this replica)",
+                 lambda: ledger.pending_entries),
                 ("sovra_ledger_written_total", "Ledger entries this replica wrote to the store",
                  lambda: ledger.written),
                 ("sovra_ledger_store_failures_total", "Writes to the spend store that failed",

@@ -107,16 +107,18 @@ def _entry(n: int, adjust=()) -> Entry:
 
 def test_a_torn_spool_line_is_skipped_and_the_ledger_goes_on(tmp_path):
     store = SpendStore.sqlite(tmp_path / "l.db")
-    ledger = Ledger(store, tmp_path / "spool", "t")
-    ledger.add([_entry(1)])
-    with open(ledger.path, "ab") as f:
+    dead = Ledger(store, tmp_path / "spool", "dead")
+    dead.add([_entry(1)])
+    with open(dead.path, "ab") as f:
         f.write(b'{"entry_id": "w:2", "torn\n')  # a line cut short by a crash, then a complete one after it
-    ledger.add([_entry(3)])
-    assert ledger.flush()
-    assert [e.entry_id for e in store.entries()] == ["w:1", "w:3"] and ledger.corrupt == 1
-    ledger.add([_entry(4)])
-    assert ledger.flush() and len(store.entries()) == 3
-    ledger.close()
+    dead.add([_entry(3)])
+    dead._file.close()  # killed: never flushed, its spool no longer locked
+    alive = Ledger(store, tmp_path / "spool", "alive")
+    assert alive.flush()  # finds the orphan, skips the bad line, writes the rest
+    assert [e.entry_id for e in store.entries()] == ["w:1", "w:3"] and alive.corrupt == 1
+    alive.add([_entry(4)])
+    assert alive.flush() and len(store.entries()) == 3 and alive.pending_bytes == 0
+    alive.close()
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
