@@ -1,9 +1,10 @@
 """A router process built by the real composition root (`build_router_state_app`, as a Serve replica builds it),
 for tests that need several router processes over one spend store.
 
-    python -m tests.fakes.spend_router CONFIG.json PORT [--naive]
+    python -m tests.fakes.spend_router CONFIG.json PORT [--naive] [--clock ISO-TIME]
 
-`--naive` swaps the store's atomic slice grant (`SpendStore.lease`) for a read-then-write one (a SELECT, a round trip's pause, an
+`--naive` swaps the store's atomic slice grant (`SpendStore.lease`) for a read-then-write one, asked by every
+request (no slices, no single flight: `Spend._take`) (a SELECT, a round trip's pause, an
 UPDATE): the race the concurrency tests must be able to see. Test code only.
 """
 
@@ -64,10 +65,48 @@ def _naive_lease(self, scope, metric, window, need, limit, chunk):
     return grant, used + grant
 
 
+async def _naive_take(self, c, now):
+    """`Spend._take` without slices or single flight: every request asks the store, as a naive check does."""
+    import asyncio
+
+    from sovra.orchestrator.router import budgets as bg
+    from sovra.orchestrator.router import spend as spend_mod
+
+    lease = self._leases.setdefault((c.scope, c.metric, c.window), spend_mod._Lease())
+    got = await asyncio.get_running_loop().run_in_executor(
+        self.pool, self.store.lease, c.scope, c.metric, c.window, c.amount, c.limit, lambda room: 0)
+    if isinstance(got, ledger_store.Refusal):
+        raise bg.refusal_error(ledger_store.Refusal(c, got.used), now)
+    lease.granted += got[0]
+    lease.used += c.amount
+
+
+def _pin_clock(at: str) -> None:
+    """Every router built from here on reads `at` as the time (a quota's minute cannot turn during a test)."""
+    import datetime as dt
+
+    from sovra.orchestrator.router import app as app_module
+
+    when = dt.datetime.fromisoformat(at)
+    original = app_module.create_app
+
+    def create_app(state):
+        if state.spend is not None:
+            state.spend.clock = lambda: when
+        return original(state)
+
+    app_module.create_app = create_app
+
+
 def main(argv: list[str]) -> None:
     cfg = json.loads(open(argv[0]).read())
+    if "--clock" in argv:
+        _pin_clock(argv[argv.index("--clock") + 1])
     if "--naive" in argv:
+        from sovra.orchestrator.router.spend import Spend
+
         ledger_store.SpendStore.lease = _naive_lease  # type: ignore[method-assign]
+        Spend._take = _naive_take  # type: ignore[method-assign]
     uvicorn.run(build_router_state_app(cfg), host="127.0.0.1", port=int(argv[1]), log_level="warning",
                 lifespan="on")
 

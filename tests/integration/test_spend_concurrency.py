@@ -22,6 +22,9 @@ from tests.fakes.spend_router import KEY, config
 
 ROOT = Path(__file__).resolve().parents[2]
 BUDGET_TOKENS = 600  # at $1 per 1k tokens: $0.60
+#: the same bound twice: 600 tokens in the minute (the routers' clocks are pinned, so it cannot turn) and $0.60
+BUDGETS = [{"tenant": "acme", "tokens_per_minute": BUDGET_TOKENS},
+           {"deployment": "chat", "usd_per_month": BUDGET_TOKENS / 1000}]
 USAGE = 5  # tokens the fake backend reports per answer (3 in, 2 out)
 CLIENTS, REQUESTS = 64, 448  # demand: 448 x 5 = 2,240 tokens
 
@@ -41,11 +44,11 @@ def _run(tmp: Path, store_settings: dict, env: dict[str, str], naive: bool) -> t
         procs, urls = [], []
         for name in ("r1", "r2"):
             cfg = tmp / f"{name}.json"
-            cfg.write_text(json.dumps(config(tmp, {"onprem-paris": backend.url}, store_settings, name,
-                                             [{"tenant": "acme", "usd_per_month": BUDGET_TOKENS / 1000}])))
+            cfg.write_text(json.dumps(config(tmp, {"onprem-paris": backend.url}, store_settings, name, BUDGETS)))
             port = _free_port()
             procs.append(subprocess.Popen([sys.executable, "-m", "tests.fakes.spend_router", str(cfg), str(port),
-                                           *(["--naive"] if naive else [])], cwd=ROOT, env={**os.environ, **env}))
+                                           "--clock", "2026-12-07T03:41:30+00:00", *(["--naive"] if naive else [])],
+                                          cwd=ROOT, env={**os.environ, **env}))
             urls.append(f"http://127.0.0.1:{port}")
         try:
             for url in urls:
@@ -114,8 +117,9 @@ def test_two_routers_never_serve_past_the_budget(tmp_path, spend_store):
     # the store have left together is below one reservation (15 tokens), and the other replica holds at most one
     # slice (at most a twentieth of the budget, 30 tokens, or one reservation)
     assert BUDGET_TOKENS - tokens < 15 + max(15, BUDGET_TOKENS // 20)
-    month = [c for c in store.counters("tenant=acme") if c[1] == "usd_micros"]
-    assert month and month[0][3] == usd  # reconciled: the counter holds exactly what was served
+    # reconciled, the slices given back at shutdown: each counter holds exactly what was served
+    assert store.used("deployment=chat", "usd_micros", "2026-12") == usd
+    assert store.used("tenant=acme", "tokens", "2026-12-07T03:41") == tokens
     store.close()
 
 
