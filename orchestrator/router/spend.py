@@ -60,13 +60,18 @@ class _Lease:
 #: A slice returns to the store after this long without a request taking from it, so other replicas may use it.
 IDLE_RETURN_S = 2.0
 #: How long a request waits for the store to grant a slice before the store counts as unavailable.
-STORE_DEADLINE_S = 2.0
+STORE_DEADLINE_S = 5.0
+
+
+#: A slice is at most this share of a limit: what a replica killed before returning its slice takes from a
+#: monthly budget until the month ends (and what other replicas may hold when one is refused).
+SLICE_SHARE = 50
 
 
 def _chunk(limit: int) -> Callable[[int], int]:
-    """How big a slice to ask for when `room` is left of `limit`: an eighth of the room, at most a twentieth of the
-    limit. Slices shrink as the budget runs out, so what other replicas hold near the end is small."""
-    cap = max(1, limit // 20)
+    """How big a slice to ask for when `room` is left of `limit`: an eighth of the room, at most 1/SLICE_SHARE of
+    the limit. Slices shrink as the budget runs out, so what other replicas hold near the end is small."""
+    cap = max(1, limit // SLICE_SHARE)
     return lambda room: min(room // 8, cap)
 
 
@@ -102,6 +107,7 @@ class Spend:
         """Start the ledger's writer and, on the running loop, the return of idle slices."""
         self.ledger.start()
         self._returner = asyncio.get_running_loop().create_task(self._return_idle_forever())
+        self.pool.submit(_quietly, self.store.migrate)  # the schema and a connection before the first request
 
     async def reserve(self, tenant: str, route: Route, body: dict[str, Any]) -> Reservation | None:
         """Hold the request's share of every budget it falls under, or raise the 429 (or the 503) it gets."""
@@ -306,5 +312,5 @@ def entries_of(record: AuditRecord, backends: Sequence[Backend], held: Reservati
 def _quietly(call: Callable[..., Any], *args: Any) -> None:
     try:
         call(*args)
-    except Exception as exc:  # noqa: BLE001  (a reservation not given back only holds budget until the window ends)
-        log.warning("could not give a reservation back: %s", exc)
+    except Exception as exc:  # noqa: BLE001  (the request path retries what it needs)
+        log.warning("spend store: %s", exc)

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from sovra.infra.ledger.store import SpendStore
+from sovra.orchestrator.router.spend import SLICE_SHARE
 from tests.fakes.openai_backend import FakeBackend, ServerThread
 from tests.fakes.spend_router import KEY, config
 
@@ -115,8 +116,8 @@ def test_two_routers_never_serve_past_the_budget(tmp_path, spend_store):
     assert usd <= BUDGET_TOKENS * 1000 and tokens <= BUDGET_TOKENS
     # and the budget is used, not refused early: when the last request is refused, what its replica's slice and
     # the store have left together is below one reservation (15 tokens), and the other replica holds at most one
-    # slice (at most a twentieth of the budget, 30 tokens, or one reservation)
-    assert BUDGET_TOKENS - tokens < 15 + max(15, BUDGET_TOKENS // 20)
+    # slice (1/50 of the budget, or one reservation: 15 tokens)
+    assert BUDGET_TOKENS - tokens < 15 + max(15, BUDGET_TOKENS // SLICE_SHARE)
     # reconciled, the slices given back at shutdown: each counter holds exactly what was served
     assert store.used("deployment=chat", "usd_micros", "2026-12") == usd
     assert store.used("tenant=acme", "tokens", "2026-12-07T03:41") == tokens
