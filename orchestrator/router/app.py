@@ -531,7 +531,8 @@ def _finish(state: RouterState, ctx: RequestContext, served: list[Backend], end:
             log.exception("audit write failed for request %s", ctx.request_id)
     if state.spend is not None:
         try:
-            state.spend.settle(record, held[1], held[0])
+            # the backends that answered first: a by-model route may hold one target under two deployments
+            state.spend.settle(record, (*served, *held[1]), held[0])
         except Exception:  # the answer is decided; a reservation not reconciled only holds budget longer
             log.exception("ledger entry failed for request %s", ctx.request_id)
 

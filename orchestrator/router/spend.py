@@ -274,7 +274,9 @@ def credit_caps(credits: Sequence[Credit], clock: Callable[[], dt.datetime] = _u
 def entries_of(record: AuditRecord, backends: Sequence[Backend], held: Reservation | None,
                next_id: Callable[[], str]) -> tuple[list[Entry], dict[str, int]]:
     """One entry per attempt that may have cost money (the answering one carries the reported usage or, when
-    none was reported, the reservation's estimate), and what the request used per budget metric."""
+    none was reported, the reservation's estimate), and what the request used per budget metric. `backends`:
+    where each attempt's target is found, the first of a target winning (the caller lists the answering ones
+    first)."""
     by_target = {}
     for b in backends:
         by_target.setdefault(b.target, b)

@@ -155,3 +155,13 @@ def test_amortised_capacity_is_priced_per_token_and_burns_no_credit(tmp_path):
     store = SpendStore.sqlite(tmp_path / "l.db")
     store.record([entry], {"azure": CreditCap("azure", "2026-12", 10**9)})
     assert [e.credit_micros for e in store.entries()] == [0]  # its replica-hours are billed (and credited) by the hour
+
+
+def test_an_entry_names_the_deployment_that_answered_when_two_share_a_target():
+    other = BACKEND.model_copy(update={"id": "support@paris-1", "deployment": "support", "usd_per_1k_tokens": 9.0})
+    record = AuditRecord(time="2026-12-07T00:00:00Z", request_id="r1", tenant="acme", deployment="m", model="m",
+                         residency="EU", attempts=(Attempt("paris-1", "EU", "FR", "ok"),), status=200, outcome="ok",
+                         latency_ms=1.0, prompt_tokens=600, completion_tokens=400)
+    # the route by model name lists `chat@paris-1` before `support@paris-1`; `support` answered
+    [entry], _ = entries_of(record, [other, BACKEND, other], None, lambda: "a:1")
+    assert (entry.deployment, entry.usd_list_micros) == ("support", 9_000_000)
