@@ -54,6 +54,9 @@ class Backend(BaseModel):
     #: capacity is paid for either way, so it stays on the paid-for rung and burns no credit per answer)
     amortised_usd_per_1k_tokens: float | None = Field(default=None, ge=0)
     usd_per_1k_tokens: float | None = Field(default=None, ge=0)  # list price per token; None: capacity paid for
+    #: a locale's variant (`spec.locales`): the deployment it varies and its BCP 47 locale; reached only through it
+    variant_of: str | None = None
+    locale: str | None = None
 
     def __hash__(self) -> int:  # `params` is a dict; equal backends share an id, so the id is a sound hash
         return hash(self.id)
@@ -98,6 +101,10 @@ class Route:
     backends: tuple[Backend, ...]
     over_budget: str = "refuse"
     paid_only: bool = False  # narrowed to capacity already paid for (a spill over a USD budget)
+    #: on a deployment with locale variants: locale -> the variant's route name (`RoutingTable.variant`)
+    variants: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
+    variant_of: str | None = None  # on a variant's route: the deployment it varies
+    locale: str | None = None
 
     def spill(self) -> Route | None:
         """This route narrowed to the backends already paid for (no per-token price), where its deployment spills
@@ -128,16 +135,28 @@ class RoutingTable:
             grouped.setdefault(b.deployment, []).append(b)
         routes: dict[str, Route] = {}
         by_model: dict[str, list[str]] = {}
+        variants: dict[str, dict[str, str]] = {}
         for name, bs in sorted(grouped.items()):
             first = bs[0]
-            odd = [b.id for b in bs if (b.model, b.residency, b.policy, b.over_budget) != (
-                first.model, first.residency, first.policy, first.over_budget)]
+            odd = [b.id for b in bs if (b.model, b.residency, b.policy, b.over_budget, b.variant_of, b.locale) != (
+                first.model, first.residency, first.policy, first.over_budget, first.variant_of, first.locale)]
             if odd:
                 raise ValueError(f"deployment {name!r}: backends {', '.join(odd)} disagree with {first.id} on model, "
-                                 "residency, policy or over_budget; one deployment has one of each")
+                                 "residency, policy, over_budget or variant; one deployment has one of each")
+            if first.variant_of is not None and first.locale is not None:
+                # a variant's budgets are its base's too: both names are the deployments it may land on
+                routes[name] = Route(name, (name, first.variant_of), first.model, first.residency, first.policy,
+                                     tuple(sorted(bs, key=lambda b: b.id)), first.over_budget,
+                                     variant_of=first.variant_of, locale=first.locale)
+                variants.setdefault(first.variant_of, {})[first.locale] = name
+                continue
             routes[name] = Route(name, (name,), first.model, first.residency, first.policy,
                                  tuple(sorted(bs, key=lambda b: b.id)), first.over_budget)
             by_model.setdefault(first.model, []).append(name)
+        for base, of in variants.items():  # a variant whose deployment has no backend is unreachable: dropped
+            if base in routes:
+                routes[base] = dataclasses.replace(routes[base], variants=MappingProxyType(dict(sorted(of.items()))))
+        routes = {n: r for n, r in routes.items() if r.variant_of is None or r.variant_of in routes}
         return cls(MappingProxyType(routes), MappingProxyType({m: tuple(ds) for m, ds in by_model.items()}))
 
     @property
@@ -145,8 +164,9 @@ class RoutingTable:
         return tuple(b for r in self.routes.values() for b in r.backends)
 
     def names(self, visible: Collection[str] | None = None) -> tuple[str, ...]:
-        """The deployments a caller limited to `visible` (None = all) can address."""
-        return tuple(n for n in self.routes if visible is None or n in visible)
+        """The deployments a caller limited to `visible` (None = all) can address (a locale's variant only
+        through the deployment it varies)."""
+        return tuple(n for n, r in self.routes.items() if r.variant_of is None and (visible is None or n in visible))
 
     def resolve(self, name: str, visible: frozenset[str] | None = None) -> Route:
         """The route for a request's `model`: a deployment's name, or a bare model name that is unambiguous.
@@ -170,7 +190,7 @@ class RoutingTable:
 
     def _resolve(self, name: str, visible: frozenset[str] | None) -> Route:
         route = self.routes.get(name)
-        if route is not None and (visible is None or name in visible):
+        if route is not None and route.variant_of is None and (visible is None or name in visible):
             return route
         serving = [self.routes[d] for d in self.by_model.get(name, ()) if visible is None or d in visible]
         if not serving:

@@ -28,7 +28,8 @@ class Inputs:
 
 
 def load_deployments(paths: Sequence[str | Path]) -> tuple[Deployment, ...]:
-    """Every Deployment in the files (a file may hold several YAML documents); all errors reported together."""
+    """Every Deployment in the files (a file may hold several YAML documents), each followed by its locale variants
+    (`Deployment.expanded`: planned like any deployment); all errors reported together."""
     out: list[Deployment] = []
     issues: list[SpecIssue] = []
     for path in paths:
@@ -46,7 +47,7 @@ def load_deployments(paths: Sequence[str | Path]) -> tuple[Deployment, ...]:
             issues.append(SpecIssue(str(path), None, None, "", "file holds no Deployment"))
         for doc in docs:
             try:
-                out.append(validate(Deployment, doc))
+                out.extend(validate(Deployment, doc).expanded())
             except SpecError as exc:
                 issues.extend(exc.issues)
     names = [d.name for d in out]

@@ -41,11 +41,18 @@ def backend_entry(rp: RayPlacement, http: ServeHttp | None = None) -> Backend:
     name = app_name(d.name, t.id)
     params = ({"url": f"http://127.0.0.1:{http.port}{http.route(name)}", "api_key_env": REPLICA_KEY_ENV}
               if http is not None else {})
-    return Backend(id=name, deployment=d.name, model=d.spec.model.name, target=t.id, place=Place.of(t),
+    return Backend(id=name, deployment=d.name, model=d.spec.served_model, target=t.id, place=Place.of(t),
                    residency=d.spec.residency, policy=d.spec.routing.policy, cost=round(unit, 6), kind="ray",
                    address=name, params=params, capacity=replica_ceiling(rp) * MAX_ONGOING_PER_REPLICA,
                    cloud=t.cloud, over_budget=d.spec.routing.over_budget,
-                   amortised_usd_per_1k_tokens=_amortised(unit, getattr(t, "tokens_per_replica_hour", None)))
+                   amortised_usd_per_1k_tokens=_amortised(unit, getattr(t, "tokens_per_replica_hour", None)),
+                   **_variant(d))
+
+
+def _variant(d: Deployment) -> dict[str, str]:
+    """A locale variant's link to the deployment it varies (the router reaches it only through that one)."""
+    v = d.spec.variant_of
+    return {"variant_of": v.base, "locale": v.locale} if v is not None else {}
 
 
 def _amortised(usd_per_replica_hour: float, tokens_per_hour: int | None) -> float | None:
@@ -71,12 +78,15 @@ def routed_entry(d: Deployment, p: Placement, t: Target, connection: Mapping[str
     where = adapter.locate(t, d.spec.model.name, adapter.connection(connection))
     price = t.model_price(d.spec.model.name)
     own = isinstance(t, Endpoint)
-    return Backend(id=f"{d.name}@{t.id}", deployment=d.name, model=d.spec.model.name, target=t.id,
+    params = dict(where.params)
+    if d.spec.variant_of is not None and d.spec.variant_of.adapter:  # the engine selects a LoRA adapter by `model`
+        params["served_model"] = d.spec.variant_of.adapter
+    return Backend(id=f"{d.name}@{t.id}", deployment=d.name, model=d.spec.served_model, target=t.id,
                    place=Place.of(t), residency=d.spec.residency, policy=d.spec.routing.policy,
                    cost=round(price.usd_per_1k_tokens, 6) if price else 0.0, kind=t.provider,
-                   address=where.address, params=dict(where.params), tier=0 if own else 1,
+                   address=where.address, params=params, tier=0 if own else 1,
                    capacity=getattr(t, "capacity", None), cloud=t.cloud, over_budget=d.spec.routing.over_budget,
-                   usd_per_1k_tokens=price.usd_per_1k_tokens if price else None)
+                   usd_per_1k_tokens=price.usd_per_1k_tokens if price else None, **_variant(d))
 
 
 class StaleRouterError(ValueError):
@@ -95,4 +105,5 @@ def router_backends(current_router: Mapping[str, Any] | None, deployments: Colle
                 f"the router on this cluster lists backend {raw.get('id')!r} in a form this Sovra cannot read "
                 f"(deployed by an earlier version?): {exc}. Run `sovra down` for its deployments, then `sovra up`."
             ) from None
-    return [b for b in old if b.deployment not in deployments] + list(new_backends)
+    # a redeployed deployment's variants go with it: a locale dropped from its file leaves no stale variant
+    return [b for b in old if b.deployment not in deployments and b.variant_of not in deployments] + list(new_backends)

@@ -15,7 +15,7 @@ import re
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # imported where used: `sovra plan` loads the provider regist
     import httpx
 
 from sovra.core.backends import Backend
+from sovra.core.trace_context import outgoing
 from sovra.core.api_errors import (
     AttemptFailed,
     Failed,
@@ -42,6 +43,9 @@ MAX_ANSWER_BYTES = 64 * 1_048_576
 
 class BackendClient(abc.ABC):
     """Invoke a backend's OpenAI-compatible operations; failures are `errors.AttemptFailed` verdicts."""
+
+    #: the OpenTelemetry GenAI `gen_ai.system` of what this client calls (a well-known value where there is one)
+    gen_ai_system: ClassVar[str] = "openai"
 
     @abc.abstractmethod
     async def chat(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
@@ -392,6 +396,14 @@ def _answer(target: str, status: int, content: bytes, retry_after: str | None = 
     return data
 
 
+def _traced(headers: dict[str, str] | None) -> dict[str, str] | None:
+    """The call's headers with the W3C trace context of the send in progress (none when tracing is off)."""
+    trace = outgoing()
+    if not trace:
+        return headers
+    return {**trace, **headers} if headers else dict(trace)
+
+
 class HttpClient(BackendClient):
     """OpenAI-compatible HTTP backends over one pooled keep-alive client: the `httpx.AsyncClient` passed in (the
     SDK shares its own), else aiohttp where installed (it comes with ray[serve]), else a new httpx client.
@@ -436,7 +448,7 @@ class HttpClient(BackendClient):
 
     async def _post(self, backend: Backend, op: str, body: dict[str, Any], *, stream: bool | None) -> dict[str, Any]:
         url, payload = self._request(backend, op, body, stream=stream)
-        resp = await self._transport.post(url, payload, stream=False, headers=await self.headers(backend))
+        resp = await self._transport.post(url, payload, stream=False, headers=_traced(await self.headers(backend)))
         try:
             content = await resp.read(MAX_ANSWER_BYTES)
         finally:
@@ -455,7 +467,7 @@ class HttpClient(BackendClient):
 
     async def chat_stream(self, backend: Backend, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         url, payload = self._request(backend, "chat", body, stream=True)
-        resp = await self._transport.post(url, payload, stream=True, headers=await self.headers(backend))
+        resp = await self._transport.post(url, payload, stream=True, headers=_traced(await self.headers(backend)))
         if resp.status >= 300:
             try:
                 content = await resp.read(MAX_ANSWER_BYTES)

@@ -14,7 +14,7 @@ from pydantic import (
     model_validator,
 )
 
-from sovra.core.spec.zones import GLOBAL, normalize_country, normalize_span, normalize_zone
+from sovra.core.spec.zones import COUNTRY_ZONE, GLOBAL, normalize_country, normalize_span, normalize_zone
 
 
 class Frozen(BaseModel):
@@ -33,7 +33,7 @@ Usd = Annotated[float, Field(ge=0)]
 
 #: The router's routing policies, by name (`orchestrator.router.balancing` registers one class for each; a test
 #: holds the two equal). Named here so a deployment and a routing table can be checked without the router.
-ROUTING_POLICIES = ("commitments", "cost", "latency", "least_load")
+ROUTING_POLICIES = ("commitments", "cost", "latency", "least_load", "prefix", "session")
 
 
 def routing_policy(name: str) -> str:
@@ -75,6 +75,19 @@ class Residency(Frozen):
     def unrestricted(self) -> bool:
         """True when any place, GLOBAL offerings included, is allowed."""
         return (not self.zones and not self.countries) or GLOBAL in self.zones
+
+    def wider_than(self, bound: Residency) -> list[str]:
+        """The zones and countries of this residency that `bound` does not allow (empty when this one only narrows
+        it), and `sovereign` when `bound` asks for it and this one drops it: what a narrower residency must not add."""
+        if bound.unrestricted:
+            return []
+        if self.unrestricted:
+            return ["unrestricted"]
+        wider = [z for z in self.zones if z == GLOBAL or z not in bound.zones]
+        wider += [c for c in self.countries if c not in bound.countries and COUNTRY_ZONE.get(c) not in bound.zones]
+        if bound.sovereign and not self.sovereign:
+            wider.append("sovereign: false")
+        return wider
 
     def describe(self) -> str:
         """Short human form, e.g. `zones [EU], sovereign`."""

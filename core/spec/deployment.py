@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from sovra.core.spec.common import Frozen, Name, Residency, Usd, routing_policy
+from sovra.core.spec.locales import normalize_locale
+
+Locale = Annotated[str, AfterValidator(normalize_locale)]
 
 
 class Model(Frozen):
@@ -102,6 +105,36 @@ class Serving(Frozen):
         default_factory=dict, description="Engine options, e.g. model_path, n_threads, max_model_len.")
 
 
+class Variant(Frozen):
+    """A locale's own model or LoRA adapter (a French-tuned model for French users), placed like a deployment of its
+    own: `up` plans it as `<deployment>.<locale>`, and the router sends a request in that locale to it when a
+    backend of it is inside the request's bound, else to the base deployment."""
+
+    locale: Locale = Field(description="BCP 47 tag, e.g. fr, fr-CA, ar, de-CH; a request in fr-CA falls back to fr.")
+    model: Model | None = Field(default=None, description="The variant's own model; default: the deployment's.")
+    adapter: str | None = Field(
+        default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$",
+        description="A LoRA adapter on the model: requests name it as their model, as vLLM and NIM select one "
+        "(the engine must load it, e.g. vLLM's --lora-modules).")
+    residency: Residency | None = Field(
+        default=None, description="Narrower than the deployment's (never wider); default: the deployment's.")
+    replicas: Replicas | None = Field(default=None, description="Replica bounds; default: the deployment's.")
+
+    @model_validator(mode="after")
+    def _something(self) -> Variant:
+        if self.model is None and self.adapter is None:
+            raise ValueError(f"locale {self.locale}: give the variant's `model` or its LoRA `adapter` (or both)")
+        return self
+
+
+class VariantOf(Frozen):
+    """Set by Sovra on the deployment it plans for a variant (never written in a file)."""
+
+    base: str
+    locale: str
+    adapter: str | None = None
+
+
 class DeploymentSpec(Frozen):
     """The body of a Deployment."""
 
@@ -115,6 +148,35 @@ class DeploymentSpec(Frozen):
     placement: Placement = Placement()
     routing: Routing = Routing()
     serving: Serving = Serving()
+    locales: tuple[Variant, ...] = Field(
+        default=(), description="Per-locale variants: a model or LoRA adapter per BCP 47 locale, each placed like "
+        "a deployment (its residency may be narrower). See `Variant`.")
+    variant_of: VariantOf | None = Field(default=None, description="Set by Sovra; not for files.")
+
+    @field_validator("variant_of")
+    @classmethod
+    def _not_in_files(cls, value: VariantOf | None) -> None:
+        if value is not None:
+            raise ValueError("set by Sovra for a locale's variant; declare variants under `locales:`")
+        return None
+
+    @model_validator(mode="after")
+    def _variants(self) -> DeploymentSpec:
+        seen: set[str] = set()
+        for i, v in enumerate(self.locales):
+            if v.locale in seen:
+                raise ValueError(f"locales[{i}]: locale {v.locale} is declared twice")
+            seen.add(v.locale)
+            wider = v.residency.wider_than(self.residency) if v.residency is not None else []
+            if wider:
+                raise ValueError(f"locales[{i}] ({v.locale}): its residency may only narrow the deployment's "
+                                 f"({self.residency.describe()}), but adds {', '.join(wider)}")
+        return self
+
+    @property
+    def served_model(self) -> str:
+        """The name requests carry to the engine: the LoRA adapter of a variant that has one, else the model."""
+        return (self.variant_of.adapter if self.variant_of else None) or self.model.name
 
 
 class Metadata(Frozen):
@@ -133,7 +195,36 @@ class Deployment(Frozen):
     metadata: Metadata
     spec: DeploymentSpec
 
+    @model_validator(mode="after")
+    def _variant_names(self) -> Deployment:
+        for v in self.spec.locales:
+            if len(variant_name(self.metadata.name, v.locale)) > 63:
+                raise ValueError(f"the variant of locale {v.locale} would be named "
+                                 f"{variant_name(self.metadata.name, v.locale)!r}, over 63 characters; shorten "
+                                 "metadata.name")
+        return self
+
     @property
     def name(self) -> str:
         """The deployment's name."""
         return self.metadata.name
+
+    def expanded(self) -> tuple[Deployment, ...]:
+        """This deployment and one deployment per locale variant (`<name>.<locale>`), each planned, provisioned and
+        routed like any other; the variant's residency is its own (already checked to be within this one's)."""
+        out = [self]
+        for v in self.spec.locales:
+            spec = self.spec.model_copy(update={
+                "model": v.model or self.spec.model,
+                "residency": v.residency or self.spec.residency,
+                "replicas": v.replicas or self.spec.replicas,
+                "locales": (),
+                "variant_of": VariantOf(base=self.name, locale=v.locale, adapter=v.adapter)})
+            meta = self.metadata.model_copy(update={"name": variant_name(self.name, v.locale)})
+            out.append(self.model_copy(update={"metadata": meta, "spec": spec}))
+        return tuple(out)
+
+
+def variant_name(base: str, locale: str) -> str:
+    """The name of a locale's variant deployment: `support.fr-ca` for `support` in fr-CA."""
+    return f"{base}.{locale.lower()}"

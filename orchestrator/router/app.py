@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from sovra.orchestrator.router import completions, direct_report, responses
+from sovra.orchestrator.router import affinity, completions, direct_report, responses
 from sovra.orchestrator.router.access import Access, ReadinessView, cross_site, preflight
 from sovra.orchestrator.router.audit import CLIENT_CLOSED, AuditLog, RequestContext
 from sovra.core.backends import Backend, Route as TableRoute
@@ -29,14 +29,17 @@ if TYPE_CHECKING:  # the interface only: the router is handed its clients and im
     from sovra.providers.clients import BackendClient
 from sovra.orchestrator.router.body import json_object, refuse_declared, refuse_over
 from sovra.orchestrator.router.dispatch import Dispatcher
-from sovra.core.api_errors import BadRequest, BudgetExceeded, RouterError
+from sovra.core.api_errors import BadRequest, BudgetExceeded, NoAllowedBackend, RouterError, Saturated
+from sovra.orchestrator.router.balancing import get_policy
 from sovra.orchestrator.router.gate import RequestResidency
 from sovra.orchestrator.router.limits import TenantLimits
+from sovra.orchestrator.router.locales import Choice, Locales, has_variants
 from sovra.orchestrator.router.metrics import RouterMetrics
 from sovra.orchestrator.router.probe import Prober
 from sovra.orchestrator.router.requests import ChatRequest, EmbeddingRequest, Translated
 from sovra.orchestrator.router.spend import Spend
 from sovra.orchestrator.router.tenants import TenantDirectory
+from sovra.orchestrator.router.tracing import RequestTrace, Tracing
 from sovra.core.spec.org import Tenant
 from sovra.policies.residency import allows
 
@@ -60,6 +63,8 @@ class RouterState:
     access: Access = field(default_factory=Access)  # admins' and the metrics scraper's keys
     direct_mode: bool = True  # org.yaml `router.direct_mode`: may tenants route client-side?
     spend: Spend | None = None  # budgets and the ledger (orchestrator.router.spend); None: neither
+    locales: Locales = field(default_factory=Locales)  # which locale variant answers (orchestrator.router.locales)
+    tracing: Tracing | None = None  # OpenTelemetry spans (orchestrator.router.tracing); None: off
     #: what a tenant's direct-mode client may see of a backend, None when only the router can call it (from the
     #: providers, handed in by the composition root: `providers.base.direct_view`); by default none is direct
     direct_view: Callable[[Backend], Backend | None] = field(default=lambda _: None)
@@ -123,6 +128,8 @@ def create_app(state: RouterState) -> Callable:
         prober = asyncio.create_task(Prober(state.dispatcher, state.clients).run()) if state.probe else None
         if state.spend is not None:
             state.spend.start()
+        if has_variants(state.dispatcher.table.backends):  # the language model loads once, not on a request
+            await asyncio.to_thread(state.locales.detector.load)
         try:
             yield
         finally:
@@ -134,6 +141,8 @@ def create_app(state: RouterState) -> Callable:
                 await client.aclose()
             if state.audit is not None:  # the chain ends cleanly: the strangers' count, then a `close` line
                 state.audit.close()
+            if state.tracing is not None:
+                state.tracing.close()
 
     slow = Starlette(lifespan=lifespan, routes=[
         Route("/v1/chat/completions", _Payload(state, "chat"), methods=["POST"]),
@@ -290,6 +299,7 @@ class _Outcome:
     status: int = CLIENT_CLOSED  # until proven otherwise: the client went away
     outcome: str = "cancelled"
     usage: Any = None
+    model: Any = None  # the answer's `model` (the span's gen_ai.response.model)
 
 
 async def _serve(state: RouterState, scope: dict[str, Any], receive: Callable, send: Callable, op: str) -> None:
@@ -310,8 +320,10 @@ async def _serve(state: RouterState, scope: dict[str, Any], receive: Callable, s
     recorded = False
     release: Callable[[], None] = _nothing  # the tenant's in-flight slot, once taken
     held: list[Any] = [None, ()]  # the budget reservation and the route's backends, for the ledger
+    trace = state.tracing.request(op, headers) if state.tracing is not None else None
     try:
         answer: _Answer | None = None
+        extra: dict[str, str] = {}  # X-Sovra-Variant and X-Sovra-Locale on a deployment with variants
         try:
             tenant = state.tenants.authenticate(headers.get("authorization"))
             ctx.tenant = tenant.name
@@ -324,41 +336,55 @@ async def _serve(state: RouterState, scope: dict[str, Any], receive: Callable, s
                 shape = _TRANSLATED[op](body)
                 body, op = shape.chat, "chat"
             parsed = _validate(ChatRequest if op == "chat" else EmbeddingRequest, body)
-            route = state.dispatcher.table.resolve(parsed.model, state.tenants.visible(tenant))
+            route = base = state.dispatcher.table.resolve(parsed.model, state.tenants.visible(tenant))
             ctx.deployment, ctx.model, label = route.name, route.model, route.name
+            if route.variants:  # a locale's variant, when one has a backend inside the bound; else the base
+                choice = _variant(state, route, residency, headers, body)
+                route, label = choice.route, choice.route.name
+                ctx.locale, ctx.locale_source, ctx.variant, ctx.model = (
+                    choice.locale, choice.source, choice.variant, route.model)
+                extra = {"X-Sovra-Variant": route.name, **({"X-Sovra-Locale": choice.locale} if choice.locale else {})}
             ctx.residency = residency.bound_by(route.residency).describe()
-            observe, before = _observer(ctx, served), _write_ahead(state, ctx)
+            if trace is not None:
+                trace.routed(_span_facts(ctx, route))
+            observe, before = _observer(ctx, served, trace), _write_ahead(state, ctx, trace)
             if state.spend is not None:
                 route = await _reserve(state.spend, tenant.name, route, body, held)
+            key = affinity.key(get_policy(route.policy).affinity, headers, body)
             if op == "chat" and parsed.stream:
-                stream, backend = await state.dispatcher.send_stream(
-                    route, residency, timer.wrap(lambda b: state.client(b).chat_stream(b, body)), observe, before)
+                stream, backend = await _sent(
+                    state, route, base, lambda r: state.dispatcher.send_stream(
+                        r, residency, timer.wrap(lambda b: state.client(b).chat_stream(b, body)), observe, before,
+                        key), ctx, extra)
                 events = _sse(stream, end) if shape is None else _translated_sse(stream, end, shape)
                 answer = StreamingResponse(events, media_type="text/event-stream",
-                                           headers=_where(backend, timer.overhead_ms(start)))
+                                           headers={**_where(backend, timer.overhead_ms(start)), **extra})
             else:
                 call: Callable = (lambda b: state.client(b).chat(b, body)) if op == "chat" else (
                     lambda b: state.client(b).embed(b, body))
-                result, backend = await state.dispatcher.send(route, residency, timer.wrap(call), observe, before)
+                result, backend = await _sent(
+                    state, route, base, lambda r: state.dispatcher.send(
+                        r, residency, timer.wrap(call), observe, before, key), ctx, extra)
                 end.usage = result.get("usage")
+                end.model = result.get("model")
                 if shape is not None:
                     result = shape.answer(result)
                 end.status, end.outcome = 200, "ok"
                 overhead = timer.overhead_ms(start)
                 state.metrics.overhead(overhead / 1000)
-                answer = _Json(200, result, _where(backend, overhead))
+                answer = _Json(200, result, {**_where(backend, overhead), **extra})
         except _ClientGone:
             return  # recorded as cancelled (499) below; there is no one to answer
         except RouterError as exc:
             end.status, end.outcome = exc.status, exc.code or exc.type
-            answer = _error(exc)
+            answer = _error(exc, extra)
         except Exception:  # never let one request take the router down; the client still gets JSON
             log.exception("request %s failed", rid)
             end.status, end.outcome = 500, "internal_error"
             answer = _error(RouterError("internal router error; see the router log for request id " + rid))
         if stream is None:  # a whole answer is on record before the client has it, like every refusal
             recorded = True
-            _finish(state, ctx, served, end, start, label, held)
+            _finish(state, ctx, served, end, start, label, held, trace)
         await answer(scope, receive, send)
     finally:  # cancellation included
         release()
@@ -367,7 +393,7 @@ async def _serve(state: RouterState, scope: dict[str, Any], receive: Callable, s
                 with contextlib.suppress(Exception):
                     await stream.aclose()
         if not recorded:
-            _finish(state, ctx, served, end, start, label, held)
+            _finish(state, ctx, served, end, start, label, held, trace)
 
 
 def _nothing() -> None:
@@ -392,21 +418,59 @@ async def _reserve(spend: Spend, tenant: str, route: TableRoute, body: dict[str,
     return paid
 
 
-def _write_ahead(state: RouterState, ctx: RequestContext) -> Callable[[Backend], None]:
-    """Before each send: the trail's `send` line (raising `AuditUnavailable` stops the send), then the attempt."""
+def _variant(state: RouterState, route: TableRoute, residency: RequestResidency, headers: Mapping[str, str],
+             body: Mapping[str, Any]) -> Choice:
+    """The locale's variant of `route` when it has a live backend inside this request's bound, else `route`."""
+    table = state.dispatcher.table
+    return state.locales.choose(route, headers, body,
+                                lambda r: state.dispatcher.reachable(r, residency, state.down), table.routes)
+
+
+async def _sent(state: RouterState, route: TableRoute, base: TableRoute, send: Callable[[TableRoute], Awaitable[Any]],
+                ctx: RequestContext, extra: dict[str, str]) -> Any:
+    """`send(route)`; a variant that turns out to have no backend able to take the request (every one refused or
+    unreachable, so nothing was processed there) hands it to its base deployment, inside the same bound."""
+    try:
+        return await send(route)
+    except (NoAllowedBackend, Saturated):
+        if route.variant_of is None or route.variant_of != base.name or route.paid_only:
+            raise
+    log.info("request %s: variant %s could not take it; its deployment %s serves", ctx.request_id, route.name,
+             base.name)
+    ctx.variant, ctx.model = None, base.model
+    extra["X-Sovra-Variant"] = base.name
+    return await send(base)
+
+
+def _span_facts(ctx: RequestContext, route: TableRoute) -> dict[str, Any]:
+    """The request span's routing attributes: the audit's facts, never the payload."""
+    return {"gen_ai.request.model": route.model, "sovra.deployment": ctx.deployment, "sovra.tenant": ctx.tenant,
+            "sovra.residency": ctx.residency, "sovra.variant": ctx.variant, "sovra.locale": ctx.locale,
+            "sovra.locale_source": ctx.locale_source}
+
+
+def _write_ahead(state: RouterState, ctx: RequestContext, trace: RequestTrace | None = None
+                 ) -> Callable[[Backend], None]:
+    """Before each send: the trail's `send` line (raising `AuditUnavailable` stops the send), then the attempt
+    (and its span, whose trace context the transport carries to the backend)."""
     audit = state.audit
 
     def before(backend: Backend) -> None:
         country = backend.place.country
         seq = audit.sending(ctx, backend.target, backend.zone, country) if audit is not None else None
         ctx.sending(backend.target, backend.zone, country, seq)
+        if trace is not None:
+            trace.sending(backend, state.client(backend).gen_ai_system)
 
     return before
 
 
-def _observer(ctx: RequestContext, served: list[Backend]) -> Callable[[Backend, str], None]:
+def _observer(ctx: RequestContext, served: list[Backend], trace: RequestTrace | None = None
+              ) -> Callable[[Backend, str], None]:
     def observe(backend: Backend, outcome: str) -> None:
         ctx.ended(backend.target, backend.zone, backend.place.country, outcome)
+        if trace is not None:
+            trace.ended(outcome)
         if outcome == "ok":
             served.append(backend)
 
@@ -462,6 +526,7 @@ async def _sse(stream: AsyncIterator[dict[str, Any]], end: _Outcome) -> AsyncIte
     try:
         async for chunk in stream:
             end.usage = chunk.get("usage") or end.usage
+            end.model = end.model or chunk.get("model")
             yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
         end.status, end.outcome = 200, "ok"
         yield b"data: [DONE]\n\n"
@@ -490,6 +555,7 @@ async def _translated_sse(stream: AsyncIterator[dict[str, Any]], end: _Outcome, 
             yield event
         async for chunk in stream:
             end.usage = chunk.get("usage") or end.usage
+            end.model = end.model or chunk.get("model")
             for event in shape.feed(chunk):
                 yield event
         end.status, end.outcome = 200, "ok"
@@ -511,11 +577,13 @@ async def _translated_sse(stream: AsyncIterator[dict[str, Any]], end: _Outcome, 
 
 
 def _finish(state: RouterState, ctx: RequestContext, served: list[Backend], end: _Outcome, start: float,
-            label: str, held: Sequence[Any] = (None, ())) -> None:
+            label: str, held: Sequence[Any] = (None, ()), trace: RequestTrace | None = None) -> None:
     latency = time.perf_counter() - start
     where = served[-1] if served else None
     state.metrics.observe(label, where.target if where else "none", where.zone if where else "none", end.status,
                           latency)
+    if trace is not None:
+        _end_trace(trace, ctx, end, where)
     if state.audit is None and state.spend is None:
         return
     if end.status == 401 and ctx.tenant == "-":  # never authenticated: counted, so strangers cannot flush the trail
@@ -565,8 +633,21 @@ def _where(backend: Backend | None, overhead_ms: float | None = None) -> dict[st
     return headers
 
 
-def _error(exc: RouterError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, headers={**_where(None), **exc.headers})
+def _end_trace(trace: RequestTrace, ctx: RequestContext, end: _Outcome, where: Backend | None) -> None:
+    """End the request's spans; never let tracing fail a request."""
+    try:
+        ctx.usage(end.usage)
+        tokens = (ctx.prompt_tokens, ctx.completion_tokens)
+        price = where.usd_per_1k_tokens if where is not None else None
+        trace.finish(status=end.status, outcome=end.outcome, usage=tokens,
+                     response_model=end.model if isinstance(end.model, str) else None, served=where,
+                     cost_usd=round(sum(tokens) * price / 1000, 9) if price else (0.0 if where else None))
+    except Exception:  # noqa: BLE001
+        log.warning("ending the trace of request %s failed", ctx.request_id, exc_info=True)
+
+
+def _error(exc: RouterError, extra: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers={**_where(None), **exc.headers, **(extra or {})})
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:

@@ -97,6 +97,11 @@ class AuditRecord:
     latency_ms: float
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: a deployment with locale variants: the request's locale, where it came from (header, metadata, detected),
+    #: and the variant's deployment when one served (never the text the locale was detected in)
+    locale: str | None = None
+    locale_source: str | None = None
+    variant: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attempts", tuple(self.attempts))
@@ -122,13 +127,16 @@ class AuditRecord:
     def to_json(self) -> dict[str, Any]:
         """The line's fields: flat `target`/`zone`/`country` (the served attempt) for filters, all attempts."""
         served = self.served  # once: this runs for every request
-        return {"time": self.time, "request_id": self.request_id, "tenant": self.tenant,
-                "deployment": self.deployment, "model": self.model, "residency": self.residency,
-                "target": served.target if served else None, "zone": served.zone if served else None,
-                "country": served.country if served else None,
-                "attempts": [_attempt_json(a) for a in self.attempts],
-                "status": self.status, "outcome": self.outcome, "latency_ms": self.latency_ms,
-                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+        out = {"time": self.time, "request_id": self.request_id, "tenant": self.tenant,
+               "deployment": self.deployment, "model": self.model, "residency": self.residency,
+               "target": served.target if served else None, "zone": served.zone if served else None,
+               "country": served.country if served else None,
+               "attempts": [_attempt_json(a) for a in self.attempts],
+               "status": self.status, "outcome": self.outcome, "latency_ms": self.latency_ms,
+               "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+        if self.locale is not None or self.variant is not None:  # only deployments with variants: lines stay short
+            out.update(locale=self.locale, locale_source=self.locale_source, variant=self.variant)
+        return out
 
 
 def _attempt_json(a: Attempt) -> dict[str, Any]:
@@ -157,6 +165,9 @@ class RequestContext:
     completion_tokens: int = 0
     status: int | None = None
     outcome: str | None = None
+    locale: str | None = None
+    locale_source: str | None = None
+    variant: str | None = None
     # [target, zone, country, outcome]; outcome None while the send is in flight
     _attempts: list[list[Any]] = field(default_factory=list, init=False, repr=False)
     _started: float = field(init=False, repr=False)
@@ -216,7 +227,8 @@ class RequestContext:
                            attempts=self.attempts, status=status, outcome=outcome,
                            latency_ms=latency_ms if latency_ms is not None else round(
                                (self.clock() - self._started) * 1000, 3),
-                           prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens)
+                           prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+                           locale=self.locale, locale_source=self.locale_source, variant=self.variant)
 
 
 def _count(value: object, default: int) -> int:

@@ -112,19 +112,28 @@ class Dispatcher:
         return [b for b in backends if not self.breaker.is_open(b.id)]
 
     async def send(self, route: Route, residency: RequestResidency, call: Callable[[Backend], Awaitable[T]],
-                   observe: Observer = _ignore, before: Before = _nothing) -> tuple[T, Backend]:
-        """Run `call` on the best allowed backend; resend only undelivered attempts; fail closed when none is left."""
-        return await self._dispatch(route, residency, call, observe, before, stream=False)
+                   observe: Observer = _ignore, before: Before = _nothing, key: bytes | None = None
+                   ) -> tuple[T, Backend]:
+        """Run `call` on the best allowed backend; resend only undelivered attempts; fail closed when none is left.
+        `key` is the request's affinity key for policies that want one (`RoutingPolicy.affinity`)."""
+        return await self._dispatch(route, residency, call, observe, before, key, stream=False)
 
     async def send_stream(self, route: Route, residency: RequestResidency,
                           call: Callable[[Backend], Awaitable[AsyncIterator[Any]]], observe: Observer = _ignore,
-                          before: Before = _nothing) -> tuple[AsyncIterator[Any], Backend]:
+                          before: Before = _nothing, key: bytes | None = None) -> tuple[AsyncIterator[Any], Backend]:
         """As `send`, for a call returning a stream: the stream stays in flight (and under the idle-chunk timeout)
         until it ends, and its outcome is observed then."""
-        return await self._dispatch(route, residency, call, observe, before, stream=True)
+        return await self._dispatch(route, residency, call, observe, before, key, stream=True)
+
+    def reachable(self, route: Route, residency: RequestResidency, down: Callable[[Backend], bool]) -> bool:
+        """Whether `route` has a backend inside the request's bound whose circuit admits a request and that its
+        client does not know to be down (a locale's variant is chosen only then; else its base serves)."""
+        plan = self.plan(route, residency.bound_by(route.residency))
+        return any(self.breaker.available(b.id) and not down(b) for b in plan.allowed)
 
     async def _dispatch(self, route: Route, residency: RequestResidency, call: Callable[[Backend], Awaitable[Any]],
-                        observe: Observer, before: Before, *, stream: bool) -> tuple[Any, Backend]:
+                        observe: Observer, before: Before, key: bytes | None, *, stream: bool
+                        ) -> tuple[Any, Backend]:
         bound = residency.bound_by(route.residency)
         plan = self.plan(route, bound)
         if not plan.allowed:
@@ -142,7 +151,7 @@ class Dispatcher:
         # attempts a live one further down the ladder needs.
         attempt, free_steps = 0, len(plan.allowed) - 1
         while attempt < self.max_attempts:
-            backend = self._choose(route, plan, ranker, tried, unable)
+            backend = self._choose(route, plan, ranker, tried, unable, key)
             if backend is None:
                 break
             if not bound.permits(backend.place):  # defence in depth: never send outside the gate
@@ -291,7 +300,7 @@ class Dispatcher:
         self.latency_ms[bid] = elapsed if prev is None else prev + self.ewma_alpha * (elapsed - prev)
 
     def _choose(self, route: Route, plan: _Plan, ranker: RoutingPolicy, tried: set[str],
-                unable: Collection[str] = ()) -> Backend | None:
+                unable: Collection[str] = (), key: bytes | None = None) -> Backend | None:
         """The policy's choice among the allowed backends whose circuit admits a request, untried ones first (once
         none is left a tried one may be retried: a Serve app has several replicas, so a retry after one replica's
         undelivered failure usually lands on a live one), below `max_in_flight`; never one in `unable` (its vendor
@@ -311,7 +320,7 @@ class Dispatcher:
                 free = [Candidate(b, n, latency.get(b.id), b.cloud in clouds) for b in ok
                         if (n := in_flight.get(b.id, 0)) < (b.capacity or default_cap)]
                 if free:
-                    return ranker.choose(free, self.rng).backend
+                    return ranker.choose(free, self.rng, key).backend
             if healthy:
                 raise Saturated(f"all {healthy} allowed backends of {route.name!r} are at capacity", retry_after_s=1)
         return None

@@ -131,6 +131,7 @@ def build_router_state_app(cfg: dict[str, Any]):
     from sovra.orchestrator.router.dispatch import Dispatcher
     from sovra.orchestrator.router.limits import TenantLimits
     from sovra.orchestrator.router.tenants import TenantDirectory
+    from sovra.orchestrator.router.tracing import Tracing
     from sovra.orchestrator.serving.model_http import FROM_RAY_TOKEN, install_replica_key
     from sovra.core.spec.org import Admin, AuditSettings, RouterSettings, Tenant
 
@@ -161,7 +162,7 @@ def build_router_state_app(cfg: dict[str, Any]):
                         extra_routes=audit_routes(audit, admins, open_router=tenants.open, tenants=tenant_list,
                                                   signer=signer),
                         access=Access.of(admins, settings), direct_mode=settings.direct_mode,
-                        direct_view=base.direct_view, spend=spend)
+                        direct_view=base.direct_view, spend=spend, tracing=Tracing.from_env())
     return create_app(state)
 
 

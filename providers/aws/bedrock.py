@@ -270,6 +270,8 @@ def needs_profile(address: str, profiles: list[str], where: str, zone: str | Non
 class BedrockClient(BackendClient):
     """Bedrock backends: `address` is the model or profile id, `params` the region (and AWS profile)."""
 
+    gen_ai_system = "aws.bedrock"
+
     def __init__(self, clients: aws.AwsClients | None = None):
         self._clients = clients or aws.AwsClients()
 

@@ -197,6 +197,8 @@ def _embeddings(model: str, data: Any) -> dict[str, Any]:
 class SageMakerClient(BackendClient):
     """SageMaker backends: `address` is the endpoint name, `params` its region (and AWS profile, streaming)."""
 
+    gen_ai_system = "aws.sagemaker"
+
     def __init__(self, clients: aws.AwsClients | None = None):
         self._clients = clients or aws.AwsClients()
 

@@ -44,6 +44,8 @@ class _Resolved:
 class AzureFoundryClient(ResolvingClient[_Resolved]):
     """HttpClient for Foundry deployments; `arm()` makes the (blocking) ARM reader, injectable for tests."""
 
+    gen_ai_system = "az.ai.inference"
+
     def __init__(self, client: httpx.AsyncClient | None = None, *, arm: Callable[[], farm.Arm] = farm.Arm,
                  clock: Callable[[], float] = time.time):
         super().__init__(client)

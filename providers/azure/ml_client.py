@@ -61,6 +61,8 @@ class AzureMLClient(ResolvingClient[_Resolved]):
     """HttpClient for Azure ML endpoints; `ml_client(workspace, credential)` builds the MLClient (injectable, as is
     the credential factory), one per workspace, made on first use."""
 
+    gen_ai_system = "az.ai.inference"
+
     def __init__(self, client: httpx.AsyncClient | None = None, *,
                  ml_client: Callable[[arm.Workspace, Any], Any] = arm.ml_client,
                  credential: Callable[[], Any] = arm.credential):

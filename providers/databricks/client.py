@@ -134,6 +134,8 @@ class DatabricksClient(HttpClient):
     `HttpClient` sees it: the shared client keeps the sending, the SSE parsing and the 2xx handling, and this
     adapter owns only what Databricks' statuses mean (Retry-After included, which `HttpClient` cannot see)."""
 
+    gen_ai_system = "databricks"
+
     def __init__(self, *, credentials: SdkCredentials | None = None, read_timeout_s: float | None = None,
                  connect_timeout_s: float = 2.0):
         # No read timeout by default: the dispatcher bounds answers and chunks, as for every backend.

@@ -162,6 +162,8 @@ class RayClient(BackendClient):
     cannot be proven undelivered (it answers 500 both for "no server" and for a server lost mid-request), so a
     failure there is a 502 that is not resent; the breaker then ejects the backend."""
 
+    gen_ai_system = "ray_serve"
+
     def __init__(self, watch: ReplicaWatch | None = None, assign_check_s: float = 0.2, http_watch_s: float = 0.5):
         self._handles: dict[str, Any] = {}
         self._http: BackendClient | None = None

@@ -172,6 +172,8 @@ class CortexClient(BackendClient):
     """Snowflake Cortex behind the router's OpenAI operations. `connect` (the connector's) and `http` are injected
     for tests; the defaults are the real ones, made on first use."""
 
+    gen_ai_system = "snowflake.cortex"
+
     def __init__(self, *, connect: Callable[..., Any] | None = None, http: httpx.AsyncClient | None = None):
         self._connect, self._http = connect, http
         self._accounts: dict[tuple, _Account] = {}

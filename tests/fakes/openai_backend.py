@@ -27,6 +27,7 @@ class FakeBackend:
     name: str
     received: list[dict] = field(default_factory=list)
     authorization: list[str | None] = field(default_factory=list)  # the Authorization header of each request
+    traceparent: list[str | None] = field(default_factory=list)  # the W3C trace context of each request
     failing: bool = False
     delay_s: float = 0.0
     chunk_gap_s: float = 0.0  # pause between streamed chunks
@@ -45,6 +46,7 @@ class FakeBackend:
             body = await request.json()
             self.received.append(body)
             self.authorization.append(request.headers.get("authorization"))
+            self.traceparent.append(request.headers.get("traceparent"))
             if self.failing:
                 return JSONResponse(OVERLOADED, status_code=503)
             if self.status is not None:
@@ -75,6 +77,7 @@ class FakeBackend:
             body = await request.json()
             self.received.append(body)
             self.authorization.append(request.headers.get("authorization"))
+            self.traceparent.append(request.headers.get("traceparent"))
             if self.failing:
                 return JSONResponse(OVERLOADED, status_code=503)
             if self.status is not None:
