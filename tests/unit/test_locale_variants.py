@@ -1,0 +1,153 @@
+"""Locale variants in the deployment spec and the routing table (issue 22): BCP 47 tags in one spelling, variants
+planned as deployments of their own whose residency may only narrow, errors that name the file and the field, the
+table linking each variant to its base (and only reachable through it), and a redeploy that drops a removed locale."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sovra.core.api_errors import ModelNotFound
+from sovra.core.backends import RoutingTable
+from sovra.core.errors import SpecError
+from sovra.core.place import Place
+from sovra.core.spec.locales import lookup, normalize_locale, parse_locale
+from sovra.core.spec.org import Endpoint, Org, connection_for
+from sovra.orchestrator import routing_table as rt
+from sovra.orchestrator.planning import load_deployments
+from sovra.orchestrator.router.locales import Detector, Locales, prompt_text
+from sovra.policies.plan import Placement
+from tests import factories
+
+SPEC = """\
+apiVersion: sovra/v1
+kind: Deployment
+metadata: {name: support}
+spec:
+  model: {name: mistral-small}
+  residency: {zones: [EU, MEA]}
+  locales:
+    - locale: FR
+      model: {name: mistral-small-fr}
+      residency: {countries: [FR]}
+    - locale: ar
+      adapter: gulf-arabic-lora
+      residency: {countries: [AE, SA]}
+"""
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "deployment.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.mark.parametrize("raw, tag", [("fr", "fr"), ("FR-ca", "fr-CA"), ("zh_hant_tw", "zh-Hant-TW"),
+                                      ("es-419", "es-419"), (" de-CH ", "de-CH"), ("ara", "ara")])
+def test_a_tag_has_one_spelling(raw, tag):
+    assert normalize_locale(raw) == tag
+
+
+@pytest.mark.parametrize("raw", ["", "f", "french", "fr-", "fr-CAN1", "fr!!CA", "12"])
+def test_a_malformed_tag_is_refused_with_examples(raw):
+    with pytest.raises(ValueError, match="BCP 47"):
+        normalize_locale(raw)
+    assert parse_locale(raw) is None
+
+
+@given(st.from_regex(r"\A[a-zA-Z]{2,3}([-_][a-zA-Z]{4})?([-_]([a-zA-Z]{2}|[0-9]{3}))?\Z"))
+def test_normalising_is_idempotent_and_lookup_falls_back_to_parents(raw):
+    tag = normalize_locale(raw)
+    assert normalize_locale(tag) == tag
+    language = tag.split("-")[0]
+    assert lookup(tag, {language: "base-language"}) == (language, "base-language")
+    assert lookup(tag, {"xx-YY": "other"}) is None or tag == "xx-YY"
+
+
+def test_variants_are_planned_as_deployments_of_their_own(tmp_path):
+    base, fr, ar = load_deployments([write(tmp_path, SPEC)])
+    assert [d.name for d in (base, fr, ar)] == ["support", "support.fr", "support.ar"]
+    assert (fr.spec.model.name, fr.spec.served_model, fr.spec.residency.countries) == (
+        "mistral-small-fr", "mistral-small-fr", ("FR",))
+    assert (ar.spec.model.name, ar.spec.served_model, ar.spec.residency.countries) == (
+        "mistral-small", "gulf-arabic-lora", ("AE", "SA"))  # placed as the base model, asked for by adapter
+    assert fr.spec.variant_of.base == "support" and ar.spec.variant_of.locale == "ar"
+    assert not fr.spec.locales and base.spec.variant_of is None
+
+
+def test_a_variant_may_not_widen_the_residency_and_the_error_names_the_file_and_field(tmp_path):
+    path = write(tmp_path, SPEC.replace("countries: [AE, SA]", "countries: [AE, US]"))
+    with pytest.raises(SpecError) as err:
+        load_deployments([path])
+    text = str(err.value)
+    assert str(path) in text and "locales[1] (ar)" in text and "adds US" in text
+
+
+@pytest.mark.parametrize("change, words", [
+    (("adapter: gulf-arabic-lora", "replicas: {min: 1}"), "give the variant's `model` or its LoRA `adapter`"),
+    (("locale: ar", "locale: fr"), "declared twice"),
+    (("locale: ar", "locale: not a tag"), "BCP 47"),
+    (("  locales:", "  variant_of: {base: x, locale: fr}\n  locales:"), "set by Sovra"),
+])
+def test_what_a_file_may_not_say_about_variants(tmp_path, change, words):
+    with pytest.raises(SpecError, match=words.replace("`", ".").replace("'", ".")):
+        load_deployments([write(tmp_path, SPEC.replace(*change))])
+
+
+def _endpoint(tid: str, country: str, zone: str, model: str) -> Endpoint:
+    return Endpoint.model_validate({
+        "id": tid, "provider": "openai-compatible", "cloud": "onprem", "region": tid, "country": country,
+        "zone": zone, "operator": {"name": "self", "jurisdiction": country},
+        "models": [{"name": model, "usd_per_1k_tokens": 0.0}], "connection": {"url": f"http://127.0.0.1/{tid}"}})
+
+
+def _table(tmp_path) -> RoutingTable:
+    base, fr, ar = load_deployments([write(tmp_path, SPEC)])
+    entries = []
+    for d, t in ((base, _endpoint("berlin", "DE", "EU", "mistral-small")),
+                 (fr, _endpoint("paris", "FR", "EU", "mistral-small-fr")),
+                 (ar, _endpoint("dubai", "AE", "MEA", "mistral-small"))):
+        p = Placement(t.id, t.provider, t.zone, t.country, 0, None, 0.0, 0.0, 0.0, 1.0)
+        entries.append(rt.routed_entry(d, p, t, connection_for(Org(endpoints=(t,)), t)))
+    return RoutingTable.of(entries)
+
+
+def test_the_table_links_each_variant_to_its_base_and_hides_it(tmp_path):
+    table = _table(tmp_path)
+    assert dict(table.routes["support"].variants) == {"ar": "support.ar", "fr": "support.fr"}
+    ar = table.routes["support.ar"]
+    assert (ar.variant_of, ar.locale, ar.deployments) == ("support", "ar", ("support.ar", "support"))
+    assert ar.backends[0].params["served_model"] == "gulf-arabic-lora"  # the engine selects the adapter by name
+    assert table.names() == ("support",)
+    with pytest.raises(ModelNotFound):
+        table.resolve("support.fr")
+    with pytest.raises(ModelNotFound):
+        table.resolve("mistral-small-fr")  # a variant's model is not a way in either
+    assert table.resolve("mistral-small").name == "support"
+
+
+def test_a_redeploy_drops_the_variants_of_what_it_redeploys(tmp_path):
+    table = _table(tmp_path)
+    current = {"args": {"backends": [b.to_wire() for b in table.backends]}}
+    kept = rt.router_backends(current, {"support"}, [b for b in table.backends if b.variant_of is None])
+    assert {b.deployment for b in kept} == {"support"}
+    other = rt.router_backends(current, {"another"}, [])
+    assert {b.deployment for b in other} == {"support", "support.fr", "support.ar"}
+
+
+def test_a_variant_without_its_base_in_the_table_is_unreachable_and_dropped():
+    lone = factories.backend("paris", Place("EU", "FR", "FR", "self"), deployment="support.fr").model_copy(
+        update={"variant_of": "support", "locale": "fr"})
+    assert dict(RoutingTable.of([lone]).routes) == {}
+
+
+def test_detection_reads_the_last_user_turn_only_and_not_short_text():
+    body = {"messages": [{"role": "system", "content": "Réponds toujours en français, avec précision."},
+                         {"role": "user", "content": [{"type": "text", "text": "What is the capital of Australia?"}]},
+                         {"role": "assistant", "content": "Canberra."}]}
+    assert prompt_text(body) == "What is the capital of Australia?"
+    assert Locales().locale_of({}, body) == ("en", "detected")
+    assert Detector().detect("Bonjour") is None  # under 20 characters: the deployment serves
