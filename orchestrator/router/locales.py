@@ -21,8 +21,9 @@ from sovra.core.spec.locales import language, lookup, parse_locale
 
 log = logging.getLogger("sovra.router")
 
-#: Detection reads at most this many characters of the prompt: enough for a sure answer, bounded in time.
-DETECT_CHARS = 400
+#: Detection reads at most this many characters of the prompt: as accurate as 200 or the whole on the shipped set
+#: (60 to 200 all miss the same one prompt of 350), and the time grows with it (~45 µs here; py3langid loops per byte).
+DETECT_CHARS = 100
 #: Below this many characters detection is unreliable (measured: bench/langdetect.py): the deployment serves.
 MIN_DETECT_CHARS = 20
 
@@ -39,10 +40,13 @@ class Choice:
 
 
 class Detector:
-    """The prompt's language (ISO 639-1) or None when unsure. py3langid (see bench/results/langdetect.md for the
-    comparison): its model ships in the wheel (no download), loads once per replica, runs in tens of µs."""
+    """The prompt's language (ISO 639-1) or None when unsure. py3langid over all its 97 languages (chosen over lingua,
+    fastText and langdetect in bench/results/langdetect.md: ≥ 96 % per language on prompts of 20+ characters,
+    tens of µs, a 4.5 MB wheel holding its model, no download). Below `min_probability` (its normalised score; 0.3
+    keeps every right answer of the shipped set but the one it gets wrong) it abstains and the deployment serves.
+    Loaded once per replica; `classify` only reads the model, so one object serves every request."""
 
-    def __init__(self, min_probability: float = 0.5):
+    def __init__(self, min_probability: float = 0.3):
         self.min_probability = min_probability
         self._identify: Callable[[str], tuple[str, float]] | None = None
         self._lock = threading.Lock()
