@@ -210,7 +210,8 @@ async def _refreshed(state: RouterState) -> None:
 
 
 def _readiness(state: RouterState, view: ReadinessView) -> Response:
-    """Ready when every deployment has a backend its own residency allows that is neither ejected nor known down.
+    """Ready when every deployment (locale variants aside) has a backend its own residency allows that is neither
+    ejected nor known down.
     The aggregate is everyone's; per deployment, admins see all, a tenant its own (within its bound), others none."""
     table = state.dispatcher.table
 
@@ -229,7 +230,8 @@ def _readiness(state: RouterState, view: ReadinessView) -> Response:
                    for b in route.backends if b.target in every[name]["down"]}
             if why:
                 every[name]["why"] = why
-    ready = bool(every) and all(d["ready"] for d in every.values())
+    # a locale's variant without a live backend is not unready: its base deployment serves its locale meanwhile
+    ready = bool(every) and all(d["ready"] for name, d in every.items() if table.routes[name].variant_of is None)
     audit = _audit_state(state.audit)
     ready = ready and audit != "failing"
     body: dict[str, Any] = {"status": "ready" if ready else "not_ready", "audit": audit}

@@ -205,3 +205,15 @@ def _header(value: str) -> Residency:
 def _variant_wanted(name: str, locale: str | None, lang: str) -> bool:
     want = (locale or lang).split("-")[0]
     return VARIANT_OF[name][1] == want
+
+
+def test_a_variant_without_a_live_backend_does_not_make_the_router_unready(stack):
+    assert stack["http"].get("/readyz").status_code == 200
+    stack["state"].dispatcher.breaker.trip("support.fr@paris-fr")  # as after its failures: ejected
+    r = stack["http"].get("/readyz")
+    assert r.status_code == 200, r.text  # its base serves French meanwhile
+    assert ask(stack, "eu", long("fr")[0]).headers["x-sovra-variant"] == "support"
+    stack["state"].dispatcher.breaker.trip("support@paris")
+    stack["state"].dispatcher.breaker.trip("support@frankfurt")
+    stack["state"].dispatcher.breaker.trip("support@riyadh")
+    assert stack["http"].get("/readyz").status_code == 503  # the deployment itself has none: not ready

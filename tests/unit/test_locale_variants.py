@@ -168,3 +168,14 @@ def test_the_routers_detector_meets_the_goal_on_the_shipped_set_per_language():
             right[p["lang"]] += detector.detect(p["text"]) == p["lang"]
     assert len(seen) >= 14 and all(n >= 25 for n in seen.values())
     assert {lang: right[lang] / n for lang, n in seen.items() if right[lang] / n < 0.95} == {}
+
+
+def test_a_deployments_budget_covers_its_variants(tmp_path):
+    from sovra.core.spec.spend import Budget
+    from sovra.orchestrator.router.budgets import BudgetIndex
+
+    table = _table(tmp_path)
+    index = BudgetIndex((Budget(deployment="support", tokens_per_minute=1000),
+                         Budget(deployment="support.fr", tokens_per_minute=10)))
+    assert {b.tokens_per_minute for b in index.applying("t", table.routes["support.fr"].deployments)} == {1000, 10}
+    assert {b.tokens_per_minute for b in index.applying("t", table.routes["support.ar"].deployments)} == {1000}
