@@ -50,7 +50,7 @@ def explain_target(inputs: Inputs, target_id: str, deployment: str | None = None
         breakdown["compute"] = (f"{acc.sku}: ${acc.usd_per_hour:g}/h × {costs.HOURS_PER_MONTH} h = "
                                 f"${cand.unit_usd:,.2f} per replica-month")
     else:
-        offer = target.model_price(dep.spec.model.name)
+        offer = target.model_price(dep.spec.served_model)
         t = dep.spec.traffic
         breakdown["compute"] = (f"{t.requests_per_second:g} req/s × {costs.SECONDS_PER_MONTH:,} s × "
                                 f"{t.tokens_per_request:g} tokens / 1000 × ${offer.usd_per_1k_tokens:g} = "

@@ -75,12 +75,11 @@ def routed_entry(d: Deployment, p: Placement, t: Target, connection: Mapping[str
             f"it (skipped with --ray-only, or its stack failed); run `sovra up` without --ray-only, or name an "
             f"existing endpoint serving {d.spec.model.name} under `endpoints:` in org.yaml")
     adapter = base.get(t.provider)
-    where = adapter.locate(t, d.spec.model.name, adapter.connection(connection))
-    price = t.model_price(d.spec.model.name)
+    served = d.spec.served_model  # a locale's LoRA adapter: the endpoint's engine selects it by `model`
+    where = adapter.locate(t, served, adapter.connection(connection))
+    price = t.model_price(served)
     own = isinstance(t, Endpoint)
     params = dict(where.params)
-    if d.spec.variant_of is not None and d.spec.variant_of.adapter:  # the engine selects a LoRA adapter by `model`
-        params["served_model"] = d.spec.variant_of.adapter
     return Backend(id=f"{d.name}@{t.id}", deployment=d.name, model=d.spec.served_model, target=t.id,
                    place=Place.of(t), residency=d.spec.residency, policy=d.spec.routing.policy,
                    cost=round(price.usd_per_1k_tokens, 6) if price else 0.0, kind=t.provider,

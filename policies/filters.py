@@ -67,13 +67,20 @@ def evaluate(
 
     accelerator: Accelerator | None = None
     unit = 0.0
+    adapter = spec.variant_of.adapter if spec.variant_of is not None else None
     if target.managed:
-        offer = target.model_price(spec.model.name)
+        # a locale's LoRA adapter is served where the endpoint lists it (its engine loads it: vLLM --lora-modules)
+        offer = target.model_price(spec.served_model)
         if offer is None:
             offered = ", ".join(m.name for m in target.models)
-            reasons.append(f"model: {spec.model.name} is not offered here (offers: {offered})")
+            what = f"the LoRA adapter {adapter} (on {spec.model.name})" if adapter else spec.model.name
+            reasons.append(f"model: {what} is not offered here (offers: {offered})")
         else:
             unit = costs.managed_monthly_usd(offer, spec.traffic)
+    elif adapter is not None:
+        reasons.append(f"model: the LoRA adapter {adapter} needs an endpoint that loads it (org.yaml `endpoints:` "
+                       "listing it in `models`, e.g. vLLM's server with --lora-modules, or NIM); Sovra's own engines "
+                       "on Ray targets do not load adapters")
     elif spec.model.gpu_memory_gb is None:
         reasons.append("model: gpu_memory_gb is not declared, so the model cannot be self-hosted here")
     else:

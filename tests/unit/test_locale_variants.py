@@ -97,11 +97,12 @@ def test_what_a_file_may_not_say_about_variants(tmp_path, change, words):
         load_deployments([write(tmp_path, SPEC.replace(*change))])
 
 
-def _endpoint(tid: str, country: str, zone: str, model: str) -> Endpoint:
+def _endpoint(tid: str, country: str, zone: str, *models: str) -> Endpoint:
     return Endpoint.model_validate({
         "id": tid, "provider": "openai-compatible", "cloud": "onprem", "region": tid, "country": country,
         "zone": zone, "operator": {"name": "self", "jurisdiction": country},
-        "models": [{"name": model, "usd_per_1k_tokens": 0.0}], "connection": {"url": f"http://127.0.0.1/{tid}"}})
+        "models": [{"name": m, "usd_per_1k_tokens": 0.0} for m in models],
+        "connection": {"url": f"http://127.0.0.1/{tid}"}})
 
 
 def _table(tmp_path) -> RoutingTable:
@@ -109,7 +110,7 @@ def _table(tmp_path) -> RoutingTable:
     entries = []
     for d, t in ((base, _endpoint("berlin", "DE", "EU", "mistral-small")),
                  (fr, _endpoint("paris", "FR", "EU", "mistral-small-fr")),
-                 (ar, _endpoint("dubai", "AE", "MEA", "mistral-small"))):
+                 (ar, _endpoint("dubai", "AE", "MEA", "mistral-small", "gulf-arabic-lora"))):
         p = Placement(t.id, t.provider, t.zone, t.country, 0, None, 0.0, 0.0, 0.0, 1.0)
         entries.append(rt.routed_entry(d, p, t, connection_for(Org(endpoints=(t,)), t)))
     return RoutingTable.of(entries)
@@ -120,7 +121,7 @@ def test_the_table_links_each_variant_to_its_base_and_hides_it(tmp_path):
     assert dict(table.routes["support"].variants) == {"ar": "support.ar", "fr": "support.fr"}
     ar = table.routes["support.ar"]
     assert (ar.variant_of, ar.locale, ar.deployments) == ("support", "ar", ("support.ar", "support"))
-    assert ar.backends[0].params["served_model"] == "gulf-arabic-lora"  # the engine selects the adapter by name
+    assert ar.backends[0].model == "gulf-arabic-lora"  # what requests name: the engine selects the adapter by it
     assert table.names() == ("support",)
     with pytest.raises(ModelNotFound):
         table.resolve("support.fr")
@@ -179,3 +180,27 @@ def test_a_deployments_budget_covers_its_variants(tmp_path):
                          Budget(deployment="support.fr", tokens_per_minute=10)))
     assert {b.tokens_per_minute for b in index.applying("t", table.routes["support.fr"].deployments)} == {1000, 10}
     assert {b.tokens_per_minute for b in index.applying("t", table.routes["support.ar"].deployments)} == {1000}
+
+
+def test_an_adapter_variant_is_placed_only_where_an_endpoint_lists_the_adapter(tmp_path):
+    """The planner's hard rules, explained: a Ray target (Sovra's engines load no adapters) and an endpoint that
+    does not list the adapter are rejected with reasons; an endpoint listing it is a candidate."""
+    from sovra.core.spec import Target
+    from sovra.policies.filters import evaluate
+    from sovra.policies.licenses import license_pack
+    from sovra.policies.plan import Candidate, Rejection
+
+    ar = load_deployments([write(tmp_path, SPEC.replace("model: {name: mistral-small}",
+                                                         "model: {name: mistral-small, gpu_memory_gb: 40}"))])[2]
+    ray = Target.model_validate({
+        "id": "onprem/dubai", "provider": "onprem-ray", "cloud": "onprem", "region": "dubai", "country": "AE",
+        "zone": "MEA", "operator": {"name": "self", "jurisdiction": "AE"},
+        "accelerators": [{"sku": "h100", "gpus": 1, "gpu_memory_gb": 80, "usd_per_hour": 2.0}]})
+    pack = license_pack(Org().policy)
+    rejected = evaluate(ar, ray, pack, {})
+    assert isinstance(rejected, Rejection) and "needs an endpoint that loads it" in " ".join(rejected.reasons)
+    plain = evaluate(ar, _endpoint("dubai", "AE", "MEA", "mistral-small"), pack, {})
+    assert isinstance(plain, Rejection) and "the LoRA adapter gulf-arabic-lora (on mistral-small) is not offered" in (
+        " ".join(plain.reasons))
+    assert isinstance(evaluate(ar, _endpoint("dubai", "AE", "MEA", "mistral-small", "gulf-arabic-lora"), pack, {}),
+                      Candidate)
