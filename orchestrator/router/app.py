@@ -638,6 +638,8 @@ def _where(backend: Backend | None, overhead_ms: float | None = None) -> dict[st
 def _end_trace(trace: RequestTrace, ctx: RequestContext, end: _Outcome, where: Backend | None) -> None:
     """End the request's spans; never let tracing fail a request."""
     try:
+        if ctx.locale is not None:  # the deployment that served its locale: the variant, or the base after all
+            trace.span.set_attribute("sovra.variant", ctx.variant or ctx.deployment or "")
         ctx.usage(end.usage)
         tokens = (ctx.prompt_tokens, ctx.completion_tokens)
         price = where.usd_per_1k_tokens if where is not None else None

@@ -10,8 +10,8 @@ import re
 import subprocess
 
 import pytest
-
 from sovra.infra.ray_cluster import free_port
+
 from tests.integration.conftest import ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -36,9 +36,9 @@ def test_the_walkthrough_serves_each_locale_inside_its_bound(tmp_path):
     out = r.stdout
 
     # the plan: three deployments, each inside its own residency
-    assert re.search(r"^support +residency zones \[EU, MEA\] +-> vllm-frankfurt \(EU/DE\)$", out, re.M), out
-    assert re.search(r"^support\.fr +residency countries \[FR\] +-> vllm-paris \(EU/FR\)$", out, re.M), out
-    assert re.search(r"^support\.ar +residency countries \[AE, SA\] +-> vllm-dubai \(MEA/AE\)$", out, re.M), out
+    assert re.search(r"^support +residency zones \[EU, MEA\] +-> vllm-frankfurt \(EU/DE\)$", out, re.MULTILINE), out
+    assert re.search(r"^support\.fr +residency countries \[FR\] +-> vllm-paris \(EU/FR\)$", out, re.MULTILINE), out
+    assert re.search(r"^support\.ar +residency countries \[AE, SA\] +-> vllm-dubai \(MEA/AE\)$", out, re.MULTILINE), out
 
     fr = section(out, "French (detected)")
     assert (fr["x-sovra-variant"], fr["x-sovra-locale"], fr["x-sovra-target"]) == ("support.fr", "fr", "vllm-paris")
@@ -55,10 +55,10 @@ def test_the_walkthrough_serves_each_locale_inside_its_bound(tmp_path):
 
     audit = out.split("== sovra audit", 1)[1].strip().splitlines()
     assert audit == [
-        "tenant=eu-helpdesk deployment=support locale=fr locale_source=detected variant=support.fr "
-        "target=vllm-paris zone=EU status=200",
-        "tenant=gulf-helpdesk deployment=support locale=ar-AE locale_source=header variant=support.ar "
-        "target=vllm-dubai zone=MEA status=200",
-        "tenant=eu-helpdesk deployment=support locale=ar locale_source=detected variant=None "
-        "target=vllm-frankfurt zone=EU status=200",
+        ("tenant=eu-helpdesk deployment=support locale=fr locale_source=detected variant=support.fr "
+         "target=vllm-paris zone=EU status=200"),
+        ("tenant=gulf-helpdesk deployment=support locale=ar-AE locale_source=header variant=support.ar "
+         "target=vllm-dubai zone=MEA status=200"),
+        ("tenant=eu-helpdesk deployment=support locale=ar locale_source=detected variant=None "
+         "target=vllm-frankfurt zone=EU status=200"),
     ], out

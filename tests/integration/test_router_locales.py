@@ -217,3 +217,14 @@ def test_a_variant_without_a_live_backend_does_not_make_the_router_unready(stack
     stack["state"].dispatcher.breaker.trip("support@frankfurt")
     stack["state"].dispatcher.breaker.trip("support@riyadh")
     assert stack["http"].get("/readyz").status_code == 503  # the deployment itself has none: not ready
+
+
+def test_sovra_audit_shows_the_locale_and_the_variant_that_served(stack):
+    from typer.testing import CliRunner
+
+    from sovra.orchestrator.cli import app
+
+    ask(stack, "eu", long("fr")[2])
+    result = CliRunner().invoke(app, ["audit", "--file", str(stack["trail"]), "-n", "1"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert "fr (detected) → support.fr" in result.output and "paris-fr" in result.output
