@@ -33,7 +33,6 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -79,7 +78,7 @@ def _app(tmp: Path, name: str, detector: Detector):
         from opentelemetry.sdk.trace.export import SpanExportResult, SpanExporter
 
         class Drop(SpanExporter):
-            def export(self, spans):  # noqa: ARG002
+            def export(self, spans):
                 return SpanExportResult.SUCCESS
 
         tracing = Tracing.with_exporter(Drop())

@@ -517,8 +517,8 @@ def audit(
     table = Table("time", "tenant", "deployment", "model", *(("locale → variant",) if localised else ()), "attempts",
                   "zone", "status", "outcome", "ms", "tokens in/out")
     for r in trail.records:
-        variant = (f"{r.get('locale') or '-'} ({r.get('locale_source') or 'none'}) → "
-                   f"{r.get('variant') or r.get('deployment') or '-'}",) if localised else ()
+        variant = ((f"{r.get('locale') or '-'} ({r.get('locale_source') or 'none'}) → "
+                    f"{r.get('variant') or r.get('deployment') or '-'}"),) if localised else ()
         table.add_row(r.get("time"), r.get("tenant"), r.get("deployment") or "-", r.get("model") or "-", *variant,
                       ac.attempts_text(r), r.get("zone") or "-", str(r.get("status")), r.get("outcome"),
                       f"{r.get('latency_ms', 0):.1f}", f"{r.get('prompt_tokens', 0)}/{r.get('completion_tokens', 0)}")

@@ -158,7 +158,6 @@ class DeploymentSpec(Frozen):
     def _not_in_files(cls, value: VariantOf | None) -> None:
         if value is not None:
             raise ValueError("set by Sovra for a locale's variant; declare variants under `locales:`")
-        return None
 
     @model_validator(mode="after")
     def _variants(self) -> DeploymentSpec:

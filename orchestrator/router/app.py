@@ -646,7 +646,7 @@ def _end_trace(trace: RequestTrace, ctx: RequestContext, end: _Outcome, where: B
         trace.finish(status=end.status, outcome=end.outcome, usage=tokens,
                      response_model=end.model if isinstance(end.model, str) else None, served=where,
                      cost_usd=round(sum(tokens) * price / 1000, 9) if price else (0.0 if where else None))
-    except Exception:  # noqa: BLE001
+    except Exception:
         log.warning("ending the trace of request %s failed", ctx.request_id, exc_info=True)
 
 

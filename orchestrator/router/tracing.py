@@ -94,7 +94,7 @@ class Tracing:
         """Export what is buffered (a replica stopping)."""
         try:
             self.provider.shutdown()
-        except Exception:  # noqa: BLE001  (a collector that is down must not stop the replica's shutdown)
+        except Exception:  # a collector that is down must not stop the replica's shutdown
             log.warning("flushing traces at shutdown failed", exc_info=True)
 
 

@@ -94,7 +94,7 @@ def _round(http: httpx.Client, per: int = 3) -> dict[str, list[str]]:
 
 
 def test_sessions_stay_move_only_inside_the_bound_and_rung_and_come_back(fleet):
-    router, state = _router(fleet, "session")
+    router, _ = _router(fleet, "session")
     try:
         with httpx.Client(base_url=router.url, timeout=10) as http:
             warm = _round(http)

@@ -176,7 +176,7 @@ class _Collector(http.server.BaseHTTPRequestHandler):
 
     received: list[tuple[str, bytes]] = []
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         type(self).received.append((self.path, body))
         self.send_response(200)
