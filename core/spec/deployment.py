@@ -119,6 +119,12 @@ class Variant(Frozen):
     residency: Residency | None = Field(
         default=None, description="Narrower than the deployment's (never wider); default: the deployment's.")
     replicas: Replicas | None = Field(default=None, description="Replica bounds; default: the deployment's.")
+    traffic: Traffic | None = Field(
+        default=None, description="This locale's share of the load (prices managed offerings); default: the "
+        "deployment's whole traffic, an upper bound that overstates the variant's per-token cost.")
+    placement: Placement | None = Field(
+        default=None, description="How to place the variant; default: the deployment's objective on one target "
+        "(its narrower residency may not hold as many targets as the deployment's `min_targets`).")
 
     @model_validator(mode="after")
     def _something(self) -> Variant:
@@ -217,6 +223,8 @@ class Deployment(Frozen):
                 "model": v.model or self.spec.model,
                 "residency": v.residency or self.spec.residency,
                 "replicas": v.replicas or self.spec.replicas,
+                "traffic": v.traffic or self.spec.traffic,
+                "placement": v.placement or Placement(objective=self.spec.placement.objective),
                 "locales": (),
                 "variant_of": VariantOf(base=self.name, locale=v.locale, adapter=v.adapter)})
             meta = self.metadata.model_copy(update={"name": variant_name(self.name, v.locale)})

@@ -36,7 +36,8 @@ def test_the_walkthrough_serves_each_locale_inside_its_bound(tmp_path):
     out = r.stdout
 
     # the plan: three deployments, each inside its own residency
-    assert re.search(r"^support +residency zones \[EU, MEA\] +-> vllm-frankfurt \(EU/DE\)$", out, re.MULTILINE), out
+    assert re.search(r"^support +residency zones \[EU, MEA\] +-> vllm-dubai \(MEA/AE\), vllm-frankfurt \(EU/DE\)$",
+                     out, re.MULTILINE), out  # min_targets 2: a base in each tenant's bound
     assert re.search(r"^support\.fr +residency countries \[FR\] +-> vllm-paris \(EU/FR\)$", out, re.MULTILINE), out
     assert re.search(r"^support\.ar +residency countries \[AE, SA\] +-> vllm-dubai \(MEA/AE\)$", out, re.MULTILINE), out
 
@@ -53,6 +54,9 @@ def test_the_walkthrough_serves_each_locale_inside_its_bound(tmp_path):
     assert (eu["x-sovra-variant"], eu["x-sovra-locale"], eu["x-sovra-target"]) == ("support", "ar", "vllm-frankfurt")
     assert eu["answer"] == "'served-by vllm-frankfurt', model received: mistral-small-3.1", eu
 
+    gulf = section(out, "English from the Gulf tenant (detected)")  # no English variant: the base, inside the Gulf
+    assert (gulf["x-sovra-variant"], gulf["x-sovra-locale"], gulf["x-sovra-target"]) == ("support", "en", "vllm-dubai")
+
     audit = out.split("== sovra audit", 1)[1].strip().splitlines()
     assert audit == [
         ("tenant=eu-helpdesk deployment=support locale=fr locale_source=detected variant=support.fr "
@@ -61,4 +65,6 @@ def test_the_walkthrough_serves_each_locale_inside_its_bound(tmp_path):
          "target=vllm-dubai zone=MEA status=200"),
         ("tenant=eu-helpdesk deployment=support locale=ar locale_source=detected variant=None "
          "target=vllm-frankfurt zone=EU status=200"),
+        ("tenant=gulf-helpdesk deployment=support locale=en locale_source=detected variant=None "
+         "target=vllm-dubai zone=MEA status=200"),
     ], out

@@ -204,3 +204,13 @@ def test_an_adapter_variant_is_placed_only_where_an_endpoint_lists_the_adapter(t
         " ".join(plain.reasons))
     assert isinstance(evaluate(ar, _endpoint("dubai", "AE", "MEA", "mistral-small", "gulf-arabic-lora"), pack, {}),
                       Candidate)
+
+
+def test_a_variant_places_on_one_target_and_prices_its_own_traffic_unless_told(tmp_path):
+    spec = SPEC.replace("  residency: {zones: [EU, MEA]}\n", "  residency: {zones: [EU, MEA]}\n"
+                        "  placement: {min_targets: 2}\n  traffic: {requests_per_second: 5, tokens_per_request: 100}\n")
+    spec = spec.replace("      residency: {countries: [FR]}\n", "      residency: {countries: [FR]}\n"
+                        "      traffic: {requests_per_second: 1, tokens_per_request: 100}\n")
+    base, fr, ar = load_deployments([write(tmp_path, spec)])
+    assert base.spec.placement.min_targets == 2 and fr.spec.placement.min_targets == ar.spec.placement.min_targets == 1
+    assert (fr.spec.traffic.requests_per_second, ar.spec.traffic.requests_per_second) == (1, 5)
