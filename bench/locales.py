@@ -9,6 +9,7 @@ variant sending the same prompts (the shipped multilingual set, 20+ characters, 
 - session    policy `session`, `X-Session-Id` per request (rendezvous hashing over 4 backends)
 - prefix     policy `prefix` (a digest of the first 1,024 characters of the prompt)
 - locales    a French and an Arabic variant: every request's language detected, its variant chosen
+- header     the same variants, the locale given by `X-Sovra-Locale` (no detection): locales − header = detection
 - both       locales + session affinity (what `examples/localised` with `session` would run)
 - traced     `off` with OpenTelemetry on (spans to an exporter that drops them: the SDK's own cost)
 
@@ -53,7 +54,7 @@ KEY = "sk-bench-locale"
 OUT = Path(__file__).resolve().parent / "results"
 PROMPTS = [json.loads(line) for line in (Path(__file__).resolve().parents[1] / "tests" / "data" /
                                          "multilingual_prompts.jsonl").read_text("utf-8").splitlines() if line]
-VARIANTS = ("off", "session", "prefix", "locales", "both", "traced")
+VARIANTS = ("off", "session", "prefix", "locales", "header", "both", "traced")
 
 
 def _backends(policy: str, variants: bool) -> list[Backend]:
@@ -82,7 +83,7 @@ def _app(tmp: Path, name: str, detector: Detector):
                 return SpanExportResult.SUCCESS
 
         tracing = Tracing.with_exporter(Drop())
-    state = RouterState(Dispatcher(RoutingTable.of(_backends(policy, name in ("locales", "both")))), tenants,
+    state = RouterState(Dispatcher(RoutingTable.of(_backends(policy, name in ("locales", "header", "both")))), tenants,
                         {"ray": Instant()}, AuditLog(tmp / name / "audit", writer="bench"), probe=False,
                         locales=Locales(detector), tracing=tracing)
     return create_app(state), tracing
@@ -95,7 +96,7 @@ def _bodies() -> list[bytes]:
         ensure_ascii=False).encode() for t in texts]
 
 
-async def _one(app, body: bytes, session: bytes) -> float:
+async def _one(app, body: bytes, session: bytes, locale: bytes | None = None) -> float:
     sent = iter([{"type": "http.request", "body": body, "more_body": False}])
     overhead, status = -1.0, 0
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
@@ -103,7 +104,7 @@ async def _one(app, body: bytes, session: bytes) -> float:
              "query_string": b"", "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 50000),
              "headers": [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json"),
                          (b"content-length", str(len(body)).encode()), (b"authorization", f"Bearer {KEY}".encode()),
-                         (b"x-session-id", session)]}
+                         (b"x-session-id", session), *(((b"x-sovra-locale", locale),) if locale else ())]}
 
     async def receive():
         return next(sent, {"type": "http.disconnect"})
@@ -120,11 +121,11 @@ async def _one(app, body: bytes, session: bytes) -> float:
     return overhead
 
 
-async def _round(app, bodies: list[bytes], n: int, c: int) -> dict[str, float]:
+async def _round(app, bodies: list[bytes], n: int, c: int, locale: bytes | None = None) -> dict[str, float]:
     per_task = n // c
 
     async def worker(w: int) -> list[float]:
-        return [await _one(app, bodies[(w * per_task + i) % len(bodies)], b"s-%d" % ((w * 31 + i) % 64))
+        return [await _one(app, bodies[(w * per_task + i) % len(bodies)], b"s-%d" % ((w * 31 + i) % 64), locale)
                 for i in range(per_task)]
 
     t0, w0 = time.process_time(), time.perf_counter()
@@ -139,14 +140,15 @@ async def hot_path(n: int, rounds: int, c: int, tmp: Path) -> dict[str, dict[str
     detector.load()
     apps = {name: _app(tmp, name, detector) for name in VARIANTS}
     bodies = _bodies()
-    for app, _ in apps.values():
-        await _round(app, bodies, min(n, 400), c)  # warm
+    locale = {"header": b"fr"}
+    for k, (app, _) in apps.items():
+        await _round(app, bodies, min(n, 400), c, locale.get(k))  # warm
     out: dict[str, list[dict[str, float]]] = {k: [] for k in apps}
     for _ in range(rounds):
         order = list(apps)
         random.shuffle(order)
         for k in order:
-            out[k].append(await _round(apps[k][0], bodies, n, c))
+            out[k].append(await _round(apps[k][0], bodies, n, c, locale.get(k)))
     for _, tracing in apps.values():
         if tracing is not None:
             tracing.close()
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 NAMES = {"off": "off: cost policy, no variants", "session": "session affinity", "prefix": "prefix affinity",
-         "locales": "locales (detected)", "both": "locales + session affinity", "traced": "off + OpenTelemetry"}
+         "locales": "locales (detected)", "header": "locales (X-Sovra-Locale)", "both": "locales + session affinity", "traced": "off + OpenTelemetry"}
 
 
 def report(hot: dict[str, dict[str, float]], acc: dict[str, dict[str, float]], args: argparse.Namespace) -> None:

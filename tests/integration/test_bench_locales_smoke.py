@@ -16,7 +16,7 @@ def test_locales_bench_quick_measures_every_variant_and_reports_accuracy_per_lan
     r = subprocess.run([sys.executable, "bench/locales.py", "--quick"], cwd=ROOT, capture_output=True, text=True,
                        timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
-    for variant in ("off: cost policy", "session affinity", "prefix affinity", "locales (detected)",
+    for variant in ("off: cost policy", "session affinity", "prefix affinity", "locales (detected)", "locales (X-Sovra-Locale)",
                     "locales + session affinity", "off + OpenTelemetry"):
         assert variant in r.stdout, r.stdout
     rates = dict(re.findall(r"│ ([a-z]{2}) +│ ([0-9.]+)%", r.stdout))
