@@ -101,7 +101,7 @@ class Route:
     backends: tuple[Backend, ...]
     over_budget: str = "refuse"
     paid_only: bool = False  # narrowed to capacity already paid for (a spill over a USD budget)
-    #: on a deployment with locale variants: locale -> the variant's route name (`RoutingTable.variant`)
+    #: on a deployment with locale variants: locale -> the variant's route name (in `RoutingTable.routes`)
     variants: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
     variant_of: str | None = None  # on a variant's route: the deployment it varies
     locale: str | None = None

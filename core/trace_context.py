@@ -2,7 +2,8 @@
 
 The router sets it immediately before each send (`orchestrator.router.tracing`); an HTTP transport adds it to the
 headers of the request it makes for that send. It lives in the ground package so that providers can read it without
-importing the router. Only `traceparent` and `tracestate` travel: trace ids, never payload or keys.
+importing the router. Only `traceparent` travels (a caller's `tracestate` is not forwarded): trace ids, never
+payload or keys.
 """
 
 from __future__ import annotations

@@ -104,5 +104,20 @@ def router_backends(current_router: Mapping[str, Any] | None, deployments: Colle
                 f"the router on this cluster lists backend {raw.get('id')!r} in a form this Sovra cannot read "
                 f"(deployed by an earlier version?): {exc}. Run `sovra down` for its deployments, then `sovra up`."
             ) from None
+    _no_name_clash(old, deployments, new_backends)
     # a redeployed deployment's variants go with it: a locale dropped from its file leaves no stale variant
     return [b for b in old if b.deployment not in deployments and b.variant_of not in deployments] + list(new_backends)
+
+
+def _no_name_clash(old: Sequence[Backend], deployments: Collection[str], new: Sequence[Backend]) -> None:
+    """A deployment named like another's locale variant (`support.fr` beside `support`'s fr variant) would take
+    its routes, silently: refused, naming both, unless the deployment being redeployed is the one that owns it."""
+    was = {b.deployment: b.variant_of for b in old}
+    for b in new:
+        if b.deployment in was and was[b.deployment] != b.variant_of:
+            owner = (f"the {b.deployment.rsplit('.', 1)[-1]} variant of {was[b.deployment]!r}"
+                     if was[b.deployment] else "a deployment of its own")
+            now = f"a variant of {b.variant_of!r}" if b.variant_of else "a deployment of its own"
+            raise StaleRouterError(
+                f"{b.deployment!r} on this router is {owner}; this `up` would replace it with {now}. Rename one, or "
+                f"run `sovra down` for the one on the router first")

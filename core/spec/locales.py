@@ -23,9 +23,11 @@ def normalize_locale(value: str) -> str:
 
 
 def parse_locale(value: str) -> str | None:
-    """`normalize_locale` for text from a request: None instead of an error (an unknown locale serves the base)."""
+    """`normalize_locale` for text from a request: None instead of an error (the caller is told it is malformed)."""
+    if len(value) > 40:  # longer than any tag of this form: refused whole, never cut to something that parses
+        return None
     try:
-        return normalize_locale(value[:32])
+        return normalize_locale(value)
     except ValueError:
         return None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import re
@@ -322,13 +323,15 @@ async def _serve(state: RouterState, scope: dict[str, Any], receive: Callable, s
     recorded = False
     release: Callable[[], None] = _nothing  # the tenant's in-flight slot, once taken
     held: list[Any] = [None, ()]  # the budget reservation and the route's backends, for the ledger
-    trace = state.tracing.request(op, headers) if state.tracing is not None else None
+    trace: RequestTrace | None = None  # opened once the caller is known: strangers make no spans
     try:
         answer: _Answer | None = None
         extra: dict[str, str] = {}  # X-Sovra-Variant and X-Sovra-Locale on a deployment with variants
         try:
             tenant = state.tenants.authenticate(headers.get("authorization"))
             ctx.tenant = tenant.name
+            if state.tracing is not None:
+                trace = state.tracing.request(op, headers)
             release = state.limits.acquire(tenant)  # freed in the `finally` below, however the request ends
             residency = RequestResidency.build(tenant.residency, _every(scope, b"x-sovra-residency") or None)
             ctx.residency = residency.describe()
@@ -342,7 +345,7 @@ async def _serve(state: RouterState, scope: dict[str, Any], receive: Callable, s
             ctx.deployment, ctx.model, label = route.name, route.model, route.name
             if route.variants:  # a locale's variant, when one has a backend inside the bound; else the base
                 choice = _variant(state, route, residency, headers, body)
-                route, label = choice.route, choice.route.name
+                route = choice.route  # the metrics' label: `ctx.variant or label`, as it stands at the end
                 ctx.locale, ctx.locale_source, ctx.variant, ctx.model = (
                     choice.locale, choice.source, choice.variant, route.model)
                 extra = {"X-Sovra-Variant": route.name, **({"X-Sovra-Locale": choice.locale} if choice.locale else {})}
@@ -351,13 +354,15 @@ async def _serve(state: RouterState, scope: dict[str, Any], receive: Callable, s
                 trace.routed(_span_facts(ctx, route))
             observe, before = _observer(ctx, served, trace), _write_ahead(state, ctx, trace)
             if state.spend is not None:
-                route = await _reserve(state.spend, tenant.name, route, body, held)
+                route = await _reserve(state.spend, tenant.name, route, body, held, base)
+                if route.variant_of is None and ctx.variant is not None:  # spilled: the base's paid-for capacity
+                    _to_base(ctx, base, residency, extra)
             key = affinity.key(get_policy(route.policy).affinity, headers, body)
             if op == "chat" and parsed.stream:
                 stream, backend = await _sent(
                     state, route, base, lambda r: state.dispatcher.send_stream(
                         r, residency, timer.wrap(lambda b: state.client(b).chat_stream(b, body)), observe, before,
-                        key), ctx, extra)
+                        key), ctx, extra, residency)
                 events = _sse(stream, end) if shape is None else _translated_sse(stream, end, shape)
                 answer = StreamingResponse(events, media_type="text/event-stream",
                                            headers={**_where(backend, timer.overhead_ms(start)), **extra})
@@ -366,7 +371,7 @@ async def _serve(state: RouterState, scope: dict[str, Any], receive: Callable, s
                     lambda b: state.client(b).embed(b, body))
                 result, backend = await _sent(
                     state, route, base, lambda r: state.dispatcher.send(
-                        r, residency, timer.wrap(call), observe, before, key), ctx, extra)
+                        r, residency, timer.wrap(call), observe, before, key), ctx, extra, residency)
                 end.usage = result.get("usage")
                 end.model = result.get("model")
                 if shape is not None:
@@ -402,16 +407,21 @@ def _nothing() -> None:
     return None
 
 
-async def _reserve(spend: Spend, tenant: str, route: TableRoute, body: dict[str, Any], held: list[Any]
-                   ) -> TableRoute:
+async def _reserve(spend: Spend, tenant: str, route: TableRoute, body: dict[str, Any], held: list[Any],
+                   base: TableRoute | None = None) -> TableRoute:
     """Reserve the request's budgets (into `held`); over a USD budget, a deployment that spills is served from its
-    capacity already paid for, inside the same bound: the route narrowed to it is what the request goes to."""
-    held[1] = route.backends
+    capacity already paid for, inside the same bound: the route narrowed to it is what the request goes to.
+
+    A locale's variant may still hand the request to its `base` (`_sent`), so its reservation is priced at the
+    dearer of both and held under both deployments' budgets; a spill goes to the base's paid-for capacity."""
+    priced = route if base is None or base is route else dataclasses.replace(
+        route, backends=(*route.backends, *base.backends))
+    held[1] = priced.backends
     try:
-        held[0] = await spend.reserve(tenant, route, body)
+        held[0] = await spend.reserve(tenant, priced, body)
         return route
     except BudgetExceeded as exc:
-        paid = route.spill() if exc.code == "budget_exceeded" else None
+        paid = (base or route).spill() if exc.code == "budget_exceeded" else None
         if paid is None:
             raise
     held[1] = paid.backends
@@ -429,9 +439,10 @@ def _variant(state: RouterState, route: TableRoute, residency: RequestResidency,
 
 
 async def _sent(state: RouterState, route: TableRoute, base: TableRoute, send: Callable[[TableRoute], Awaitable[Any]],
-                ctx: RequestContext, extra: dict[str, str]) -> Any:
+                ctx: RequestContext, extra: dict[str, str], residency: RequestResidency) -> Any:
     """`send(route)`; a variant that turns out to have no backend able to take the request (every one refused or
-    unreachable, so nothing was processed there) hands it to its base deployment, inside the same bound."""
+    unreachable, so nothing was processed there) hands it to its base deployment, inside the same bound (its
+    reservation already covers the base: `_reserve`)."""
     try:
         return await send(route)
     except (NoAllowedBackend, Saturated):
@@ -439,9 +450,16 @@ async def _sent(state: RouterState, route: TableRoute, base: TableRoute, send: C
             raise
     log.info("request %s: variant %s could not take it; its deployment %s serves", ctx.request_id, route.name,
              base.name)
-    ctx.variant, ctx.model = None, base.model
-    extra["X-Sovra-Variant"] = base.name
+    _to_base(ctx, base, residency, extra)
     return await send(base)
+
+
+def _to_base(ctx: RequestContext, base: TableRoute, residency: RequestResidency, extra: dict[str, str]) -> None:
+    """The request goes to its base deployment after all: the trail's bound (the `send` lines after this one and the
+    record) is the base's, as is what the answer says served it."""
+    ctx.variant, ctx.model = None, base.model
+    ctx.residency = residency.bound_by(base.residency).describe()
+    extra["X-Sovra-Variant"] = base.name
 
 
 def _span_facts(ctx: RequestContext, route: TableRoute) -> dict[str, Any]:
@@ -582,6 +600,7 @@ def _finish(state: RouterState, ctx: RequestContext, served: list[Backend], end:
             label: str, held: Sequence[Any] = (None, ()), trace: RequestTrace | None = None) -> None:
     latency = time.perf_counter() - start
     where = served[-1] if served else None
+    label = ctx.variant or label  # the variant that served, else the deployment
     state.metrics.observe(label, where.target if where else "none", where.zone if where else "none", end.status,
                           latency)
     if trace is not None:
@@ -640,14 +659,23 @@ def _end_trace(trace: RequestTrace, ctx: RequestContext, end: _Outcome, where: B
     try:
         if ctx.locale is not None:  # the deployment that served its locale: the variant, or the base after all
             trace.span.set_attribute("sovra.variant", ctx.variant or ctx.deployment or "")
+        trace.span.set_attribute("sovra.residency", ctx.residency)  # the bound applied, after a fallback too
         ctx.usage(end.usage)
         tokens = (ctx.prompt_tokens, ctx.completion_tokens)
         price = where.usd_per_1k_tokens if where is not None else None
-        trace.finish(status=end.status, outcome=end.outcome, usage=tokens,
-                     response_model=end.model if isinstance(end.model, str) else None, served=where,
+        trace.finish(status=end.status, outcome=end.outcome, usage=tokens, response_model=_model_name(end.model),
+                     served=where,
                      cost_usd=round(sum(tokens) * price / 1000, 9) if price else (0.0 if where else None))
     except Exception:
         log.warning("ending the trace of request %s failed", ctx.request_id, exc_info=True)
+
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
+
+
+def _model_name(value: Any) -> str | None:
+    """The answer's `model` as a span may carry it: a model's name, or nothing (it is the backend's text)."""
+    return value if isinstance(value, str) and _MODEL_NAME.match(value) else None
 
 
 def _error(exc: RouterError, extra: Mapping[str, str] | None = None) -> JSONResponse:

@@ -45,10 +45,11 @@ class Tracing:
     def with_exporter(cls, exporter: SpanExporter, *, batch: bool = True, service: str = "sovra-router") -> Tracing:
         """Spans to `exporter` (an in-memory one in tests: `batch=False` exports each span as it ends)."""
         from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace import SpanLimits, TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
-        provider = TracerProvider(resource=Resource.create({"service.name": service}))
+        provider = TracerProvider(resource=Resource.create({"service.name": service}), sampler=_sampler(),
+                                  span_limits=SpanLimits(max_span_attribute_length=256))
         provider.add_span_processor(BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter))
         return cls(provider)
 
@@ -82,9 +83,11 @@ class Tracing:
         return cls.with_exporter(exporter, service=env.get("OTEL_SERVICE_NAME") or "sovra-router")
 
     def request(self, op: str, headers: Mapping[str, str]) -> RequestTrace:
-        """The SERVER span of one request, continuing the caller's trace when it sent a W3C `traceparent`."""
-        carrier = {k: headers[k] for k in ("traceparent", "tracestate") if k in headers}
-        parent = self._propagator.extract(carrier) if carrier else None
+        """The SERVER span of one (authenticated) request, continuing the caller's trace when it sent a W3C
+        `traceparent`. Never its `tracestate`: that is the caller's free text (up to 32 members), which would travel
+        on to every backend; nor its sampling flag, which the operator's sampler decides (`_sampler`)."""
+        value = headers.get("traceparent")
+        parent = self._propagator.extract({"traceparent": value}) if value and len(value) <= 64 else None
         span = self.tracer.start_span(op, context=parent, kind=self._trace.SpanKind.SERVER,
                                       attributes={"gen_ai.operation.name": _OPERATIONS.get(op, op),
                                                   "sovra.surface": op})
@@ -100,6 +103,27 @@ class Tracing:
 
 #: the router's surfaces -> `gen_ai.operation.name` (responses and completions are sent as the chat they become)
 _OPERATIONS = {"chat": "chat", "embed": "embeddings", "responses": "chat", "completions": "text_completion"}
+
+
+def _sampler(env: Mapping[str, str] | None = None) -> Any:
+    """The operator's sampler (`OTEL_TRACES_SAMPLER`: always_on, always_off, traceidratio with
+    `OTEL_TRACES_SAMPLER_ARG`; a `parentbased_*` form means the same here) for every request span, whatever the
+    caller's `traceparent` says is sampled: a caller can neither switch the operator's traces off nor force them on.
+    Attempt spans follow their request span."""
+    from opentelemetry.sdk.trace import sampling
+
+    env = os.environ if env is None else env
+    name = env.get("OTEL_TRACES_SAMPLER", "").strip().lower().removeprefix("parentbased_")
+    root: Any = sampling.ALWAYS_ON
+    if name == "always_off":
+        root = sampling.ALWAYS_OFF
+    elif name == "traceidratio":
+        try:
+            ratio = float(env.get("OTEL_TRACES_SAMPLER_ARG", "1.0"))
+        except ValueError:
+            ratio = 1.0
+        root = sampling.TraceIdRatioBased(min(max(ratio, 0.0), 1.0))
+    return sampling.ParentBased(root=root, remote_parent_sampled=root, remote_parent_not_sampled=root)
 
 
 def _exporter(chosen: str, env: Mapping[str, str]) -> SpanExporter:

@@ -28,6 +28,8 @@ class FakeBackend:
     received: list[dict] = field(default_factory=list)
     authorization: list[str | None] = field(default_factory=list)  # the Authorization header of each request
     traceparent: list[str | None] = field(default_factory=list)  # the W3C trace context of each request
+    tracestate: list[str | None] = field(default_factory=list)
+    model_name: str | None = None  # answer with this `model` instead of the one asked for (a hostile backend's text)
     failing: bool = False
     delay_s: float = 0.0
     chunk_gap_s: float = 0.0  # pause between streamed chunks
@@ -47,6 +49,7 @@ class FakeBackend:
             self.received.append(body)
             self.authorization.append(request.headers.get("authorization"))
             self.traceparent.append(request.headers.get("traceparent"))
+            self.tracestate.append(request.headers.get("tracestate"))
             if self.failing:
                 return JSONResponse(OVERLOADED, status_code=503)
             if self.status is not None:
@@ -71,13 +74,14 @@ class FakeBackend:
             if body.get("logprobs") and not calls:
                 choice["logprobs"] = {"content": [_logprob(w, body) for w in _words(text)]}
             return JSONResponse({"id": "c1", "object": "chat.completion", "created": int(time.time()),
-                                 "model": body["model"], "usage": usage, "choices": [choice]})
+                                 "model": self.model_name or body["model"], "usage": usage, "choices": [choice]})
 
         async def embeddings(request: Request):
             body = await request.json()
             self.received.append(body)
             self.authorization.append(request.headers.get("authorization"))
             self.traceparent.append(request.headers.get("traceparent"))
+            self.tracestate.append(request.headers.get("tracestate"))
             if self.failing:
                 return JSONResponse(OVERLOADED, status_code=503)
             if self.status is not None:

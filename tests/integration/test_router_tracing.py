@@ -67,7 +67,7 @@ def stack():
 @pytest.fixture(autouse=True)
 def fresh(stack):
     for f in stack["fakes"].values():
-        f.failing = False
+        f.failing, f.model_name = False, None
     stack["state"].dispatcher.breaker = Breaker()
     stack["exporter"].clear()
     yield
@@ -160,6 +160,29 @@ def test_a_callers_trace_is_continued(stack):
     root, _ = tree(stack)
     assert f"{root.context.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
     assert f"{root.parent.span_id:016x}" == "b7ad6b7169203331"
+
+
+def test_the_caller_neither_forwards_its_tracestate_nor_decides_the_sampling(stack):
+    """A caller's `tracestate` is its own free text (up to 32 members): forwarded, it would reach every backend (and
+    could make a shared one refuse the router's requests); its sampling flag would switch the operator's traces off."""
+    unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+    r = chat(stack, traceparent=unsampled, tracestate="acme=" + "x" * 240 + ",other=caller-data")
+    assert r.status_code == 200
+    root, (attempt,) = tree(stack)  # recorded all the same
+    assert f"{root.context.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"  # still the caller's trace
+    assert stack["fakes"]["paris"].tracestate[-1] is None
+    assert stack["fakes"]["paris"].traceparent[-1].endswith("-01")
+
+
+def test_strangers_make_no_spans_and_a_backends_model_text_is_not_shipped(stack):
+    r = stack["http"].post("/v1/chat/completions", json={"model": "m", "messages": []},
+                           headers={"Authorization": "Bearer sk-nobody"})
+    assert r.status_code == 401 and not stack["exporter"].get_finished_spans()
+    stack["fakes"]["paris"].model_name = f"a model, then the answer's text: {CANARY} " * 100
+    assert chat(stack).status_code == 200
+    root, (attempt,) = tree(stack)
+    assert "gen_ai.response.model" not in root.attributes and "gen_ai.response.model" not in attempt.attributes
+    _no_secrets(stack)
 
 
 def test_tracing_is_off_unless_the_environment_says_where_spans_go():

@@ -214,3 +214,21 @@ def test_a_variant_places_on_one_target_and_prices_its_own_traffic_unless_told(t
     base, fr, ar = load_deployments([write(tmp_path, spec)])
     assert base.spec.placement.min_targets == 2 and fr.spec.placement.min_targets == ar.spec.placement.min_targets == 1
     assert (fr.spec.traffic.requests_per_second, ar.spec.traffic.requests_per_second) == (1, 5)
+
+
+def test_a_deployment_named_like_a_live_variant_is_refused_both_ways(tmp_path):
+    """`Name` allows dots, so a deployment may be called `support.fr`: its `up` would take the variant's routes."""
+    table = _table(tmp_path)
+    live = {"args": {"backends": [b.to_wire() for b in table.backends]}}
+    plain = factories.backend("lyon", Place("EU", "FR", "FR", "self"), deployment="support.fr")
+    with pytest.raises(rt.StaleRouterError, match="'support.fr' on this router is the fr variant of 'support'"):
+        rt.router_backends(live, {"support.fr"}, [plain])
+    theirs = {"args": {"backends": [plain.to_wire(), *(b.to_wire() for b in table.backends
+                                                       if b.deployment != "support.fr")]}}
+    with pytest.raises(rt.StaleRouterError, match="is a deployment of its own"):
+        rt.router_backends(theirs, {"support", "support.fr", "support.ar"}, list(table.backends))
+
+
+def test_a_request_locale_is_never_cut_to_something_that_parses():
+    assert parse_locale("fr" + " " * 30 + "garbage") is None and parse_locale("fr-" + "x" * 60) is None
+    assert parse_locale("fr-ca") == "fr-CA"
