@@ -388,6 +388,9 @@ def _answer(target: str, status: int, content: bytes, retry_after: str | None = 
     try:
         data = json.loads(content)
     except ValueError:
+        if 400 <= status < 500:  # e.g. a front proxy's HTML 413: the request was refused as sent, not the backend's
+            # failure (counted, one tenant's odd request would eject a backend every tenant shares)
+            raise _Upstream4xx(status, None) from None
         raise Failed(f"HTTP {status} with a body that is not JSON") from None
     if status >= 400:
         raise _Upstream4xx(status, data)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 
@@ -36,9 +36,12 @@ class FakeBackend:
     odd_error: bool = False   # answer 400 with `{"error": "text"}`, a shape some servers send
     status: int | None = None  # answer this status with a plain error body (a bare 503, a gateway's 504, ...)
     error_body: dict | None = None  # ... or with this body
+    error_html: str | None = None  # ... or with this HTML page, as a proxy in front of a server answers (nginx's 413)
     retry_after: str | None = None  # ... with this Retry-After header
 
-    def _error(self) -> JSONResponse:
+    def _error(self) -> Response:
+        if self.error_html is not None:
+            return HTMLResponse(self.error_html, status_code=self.status or 500)
         body = self.error_body or {"error": {"message": f"HTTP {self.status}", "type": "api_error"}}
         headers = {"Retry-After": self.retry_after} if self.retry_after else None
         return JSONResponse(body, status_code=self.status or 500, headers=headers)

@@ -82,6 +82,7 @@ def fresh(stack):
     for f in stack["fakes"].values():
         f.received.clear()
         f.failing, f.status, f.error_body, f.retry_after, f.delay_s, f.chunk_gap_s = False, None, None, None, 0, 0
+        f.error_html = None
     d = stack["state"].dispatcher
     d.breaker._states.clear()
     yield stack
@@ -502,3 +503,18 @@ def test_sagemaker_container_statuses_become_verdicts(aws_fake):
             with aws_fake.failing(fault), pytest.raises(kind):
                 asyncio.run(SageMakerClient(aws.AwsClients()).chat(b, CHAT))
 
+
+
+def test_a_proxys_html_4xx_is_the_requests_refusal_not_the_backends_failure(fresh):
+    """A front proxy refusing one tenant's request with an HTML page (nginx's 413 for a body over its limit) is that
+    request's answer; counted against the breaker, three of them would eject the backend for every tenant."""
+    paris = fresh["fakes"]["paris"]
+    paris.status, paris.error_html = 413, "<html><body><h1>413 Request Entity Too Large</h1></body></html>"
+    for i in range(4):
+        r = post(fresh, CHAT, rid=f"html-413-{i}")
+        assert r.status_code == 413 and r.json()["error"]["code"] == "upstream_rejected", r.text
+        assert not fresh["fakes"]["frankfurt"].received  # the backend refused the request itself: not resent
+    assert not fresh["state"].dispatcher.breaker.any_open()
+    paris.status, paris.error_html = None, None
+    r = post(fresh, CHAT, key=QUIET_KEY)
+    assert r.status_code == 200 and r.headers["x-sovra-target"] == "paris"  # still in service for everyone
