@@ -29,6 +29,7 @@ class Trail:
     records: list[dict[str, Any]]
     torn: int
     source: str
+    incomplete: str = ""  # the router could not read some nodes' chains: which, and why
 
 
 def default_router() -> str:
@@ -46,7 +47,8 @@ def from_router(router: str, key_env: str, filters: Mapping[str, Any], limit: in
     """`GET /v1/audit` with the admin key read from the environment variable `key_env`."""
     params = {k: str(v) for k, v in filters.items() if v is not None} | {"limit": str(limit)}
     data = _get(router, "/v1/audit", key_env, params)
-    return Trail(list(data["records"]), int(data["torn"]), f"{router} ({data['file']})")
+    return Trail(list(data["records"]), int(data["torn"]), f"{router} ({data['file']})",
+                 str(data.get("incomplete") or ""))
 
 
 def verify_router(router: str, key_env: str, checkpoint: Mapping[str, Any] | None = None) -> dict[str, Any]:

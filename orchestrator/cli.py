@@ -508,6 +508,8 @@ def audit(
     except SovraError as exc:
         _fail(exc)
     torn = f"{trail.torn} torn line(s) skipped" if trail.torn else ""
+    if trail.incomplete:  # some node's chains are missing from this answer: never a silently partial trail
+        err.print(f"[yellow]warning:[/] {trail.incomplete}", highlight=False)
     if output is not Output.table:
         _emit(trail.records, output)
         if torn:

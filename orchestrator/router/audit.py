@@ -42,7 +42,7 @@ from sovra.core.api_errors import AuditUnavailable
 log = logging.getLogger("sovra.audit")
 
 __all__ = ["OUTCOMES", "Attempt", "AuditLog", "AuditRecord", "Filter", "Head", "ReadResult", "RequestContext",
-           "VerifyResult", "now_iso", "read", "verify"]
+           "VerifyResult", "now_iso", "read", "read_writers", "verify"]
 
 OUTCOMES = frozenset({"ok", "not_sent", "refused", "rejected", "failed", "timeout", "cancelled",
                       "stream_interrupted"})
@@ -493,6 +493,11 @@ def verify(path: str | Path, *, expect: Mapping[str, Head] | None = None) -> Ver
     """Check every chain of the trail `path` (a directory, or one of its segment files)."""
     with opened(trail_dir(Path(path))) as chains:
         return verify_chains(chains, expect=expect)
+
+
+def read_writers(chains: Mapping[str, list[Part]], flt: Filter, limit: int | None) -> dict[str, ReadResult]:
+    """`read`, one result per writer's chain (what several nodes' trails merge by: `audit_nodes`)."""
+    return {writer: _read_chains({writer: parts}, flt, limit) for writer, parts in chains.items()}
 
 
 def _read_chains(chains: Mapping[str, list[Part]], flt: Filter, limit: int | None) -> ReadResult:

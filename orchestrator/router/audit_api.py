@@ -19,7 +19,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sovra.orchestrator.router.audit import AuditLog, Filter, now_iso
-from sovra.orchestrator.router.audit_sign import CheckpointError, Signer, check
+from sovra.orchestrator.router.audit_nodes import ClusterTrail, FanOut, other_nodes_missing
+from sovra.orchestrator.router.audit_sign import CheckpointError, Signer, check, fingerprint
 from sovra.core.api_errors import BadRequest, RouterError, Unauthorized
 from sovra.orchestrator.router.tenants import bearer_digest
 from sovra.core.spec.org import Admin, Tenant
@@ -39,6 +40,10 @@ class NoAdmins(RouterError):
 
 class AuditDisabled(RouterError):
     status, type, code = 503, "service_unavailable", "audit_not_configured"
+
+
+class AuditIncomplete(RouterError):
+    status, type, code = 503, "service_unavailable", "audit_incomplete"
 
 
 @dataclass(frozen=True)
@@ -76,21 +81,25 @@ def _any_equal(digest: str, digests: tuple[str, ...]) -> bool:
 
 
 def audit_routes(log: AuditLog | None, admins: Sequence[Admin], *, open_router: bool,
-                 tenants: Sequence[Tenant] = (), signer: Signer | None = None) -> list[Route]:
+                 tenants: Sequence[Tenant] = (), signer: Signer | None = None,
+                 fan_out: FanOut | None = None) -> list[Route]:
     """The routes, to mount in the router app. `tenants` lets a tenant's key get 403 rather than 401; without a
-    `signer` the router signs no checkpoints."""
+    `signer` the router signs no checkpoints; `fan_out` reads the other nodes' chains (`audit_nodes`)."""
     guard = AdminGuard.of(admins, tenants, open_router=open_router)
+    cluster = (ClusterTrail(log, signer.public_key if signer else None, **({"fan_out": fan_out} if fan_out else {}))
+               if log is not None else None)
 
     async def records(request: Request) -> Response:
         try:
             trail = _authorized(guard, log, request)
             flt, limit = _query(request.query_params)
-            result = await run_in_threadpool(trail.read, flt, limit=limit)  # file I/O off the event loop
+            assert cluster is not None
+            result, missing = await run_in_threadpool(cluster.read, flt, limit)  # file I/O off the event loop
         except RouterError as exc:
             return _error(exc)
         return JSONResponse({"file": str(trail.path), "torn": result.torn, "files": list(result.files),
-                             "unauthenticated": result.unauthenticated, "records": list(result.records)},
-                            headers=_NO_TARGET)
+                             "unauthenticated": result.unauthenticated, "records": list(result.records),
+                             "incomplete": other_nodes_missing(missing)}, headers=_NO_TARGET)
 
     async def verify(request: Request) -> Response:
         try:
@@ -98,9 +107,11 @@ def audit_routes(log: AuditLog | None, admins: Sequence[Admin], *, open_router: 
             if request.query_params:
                 raise BadRequest(f"unknown query parameter(s): {', '.join(sorted(request.query_params))}")
             expect = None
+            assert cluster is not None
             if request.method == "POST":
-                expect = _checkpoint_heads(await request.body(), signer)
-            result = await run_in_threadpool(trail.verify, expect)
+                body = await request.body()
+                expect = _checkpoint_heads(body, signer, await run_in_threadpool(cluster.public_keys))
+            result = await run_in_threadpool(cluster.verify, expect)
         except RouterError as exc:
             return _error(exc)
         return JSONResponse({"file": str(trail.path), "writer": trail.writer, **result.to_json()},
@@ -111,7 +122,10 @@ def audit_routes(log: AuditLog | None, admins: Sequence[Admin], *, open_router: 
             trail = _authorized(guard, log, request)
             if signer is None:
                 raise AuditDisabled("this router has no checkpoint key: it signs no checkpoints")
-            heads = await run_in_threadpool(trail.heads)
+            assert cluster is not None
+            heads, missing = await run_in_threadpool(cluster.heads)
+            if missing:  # a checkpoint that leaves out a node's chains would prove nothing about them
+                raise AuditIncomplete(f"cannot sign a checkpoint of the whole trail: {other_nodes_missing(missing)}")
         except RouterError as exc:
             return _error(exc)
         return JSONResponse(signer.sign(heads, time=now_iso()), headers=_NO_TARGET)
@@ -124,18 +138,25 @@ def audit_routes(log: AuditLog | None, admins: Sequence[Admin], *, open_router: 
 MAX_CHECKPOINT_BYTES = 1_048_576
 
 
-def _checkpoint_heads(raw: bytes, signer: Signer | None) -> dict:
-    """The heads of a posted checkpoint, which this router's own key must have signed."""
+def _checkpoint_heads(raw: bytes, signer: Signer | None, keys: set[str]) -> dict:
+    """The heads of a posted checkpoint, which the key of a router of this cluster must have signed (`keys`: each
+    node's router has its own)."""
     if signer is None:
         raise AuditDisabled("this router has no checkpoint key, so it cannot check a checkpoint")
     if len(raw) > MAX_CHECKPOINT_BYTES:
         raise BadRequest(f"a checkpoint is at most {MAX_CHECKPOINT_BYTES} bytes")
     try:
-        return check(json.loads(raw), public_key=signer.public_key)
+        data = json.loads(raw)
+        heads = check(data)
     except ValueError:
         raise BadRequest("the body is not a JSON checkpoint (from `sovra audit checkpoint`)") from None
     except CheckpointError as exc:
         raise BadRequest(str(exc)) from None
+    if data.get("public_key") not in keys:
+        known = ", ".join(sorted(fingerprint(k) for k in keys))
+        raise BadRequest(f"the checkpoint was signed by key {fingerprint(str(data.get('public_key')))}, not by this "
+                         f"trail's router (no router of this cluster holds it; theirs: {known})")
+    return heads
 
 
 def _authorized(guard: AdminGuard, log: AuditLog | None, request: Request) -> AuditLog:

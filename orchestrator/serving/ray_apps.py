@@ -125,6 +125,7 @@ def build_router_state_app(cfg: dict[str, Any]):
     from sovra.orchestrator.router.app import RouterState, create_app
     from sovra.orchestrator.router.audit import AuditLog
     from sovra.orchestrator.router.audit_api import audit_routes
+    from sovra.orchestrator.router.audit_nodes import ray_fan_out
     from sovra.orchestrator.router.audit_sign import Signer
     from sovra.core.backends import Backend, RoutingTable
     from sovra.providers.clients import ClientSet
@@ -160,7 +161,7 @@ def build_router_state_app(cfg: dict[str, Any]):
     limits = TenantLimits(settings.tenant_max_concurrent)  # a tenant's own `max_concurrent` comes with it
     state = RouterState(Dispatcher(table, credited=lambda: spend.ledger.credited), tenants, ClientSet(), audit, limits=limits,
                         extra_routes=audit_routes(audit, admins, open_router=tenants.open, tenants=tenant_list,
-                                                  signer=signer),
+                                                  signer=signer, fan_out=ray_fan_out(cfg.get("audit_path"))),
                         access=Access.of(admins, settings), direct_mode=settings.direct_mode,
                         direct_view=base.direct_view, spend=spend, tracing=Tracing.from_env())
     return create_app(state)

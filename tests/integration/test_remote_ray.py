@@ -65,8 +65,8 @@ def _tenant(name: str, key: str, zone: str) -> str:
             f"residency: {{zones: [{zone}]}}}}\n")
 
 
-def _sovra(*args: str | Path, home: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SOVRA_HOME": str(home), "COLUMNS": "200", "NO_COLOR": "1"}
+def _sovra(*args: str | Path, home: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SOVRA_HOME": str(home), "COLUMNS": "200", "NO_COLOR": "1", **(env or {})}
     return subprocess.run([str(SOVRA), *map(str, args)], cwd=ROOT, capture_output=True, text=True, env=env,
                           timeout=600, check=False)
 

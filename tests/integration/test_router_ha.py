@@ -4,12 +4,15 @@ ingress as Sovra's local Ray does), named in org.yaml by its dashboard address. 
 - the default puts 2 router replicas on different nodes, each writing its own audit chain;
 - `sovra serve` after a tenant change and `sovra up` after a routing-table change fail no request;
 - SIGKILL of one router replica fails only the requests it held, each one in the trail as sent and unfinished (never
-  sent twice), and requests started a second after the kill all reach the other replica.
+  sent twice), and requests started a second after the kill all reach the other replica;
+- each node has a home of its own, so each replica's chain lies on its node only: `sovra audit`, verify and a
+  checkpoint through either router replica cover both nodes' chains.
 
 Counts are printed (`-s`) for the issue's note: sent, failed, audited."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -43,6 +46,7 @@ from tests.integration.test_remote_ray import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 EU = "eu-paris"
 KEY = "sk-test-ha-eu"
+ADMIN_KEY = "sk-test-ha-auditor"
 DEPLOYMENT = """\
 apiVersion: sovra/v1
 kind: Deployment
@@ -57,7 +61,7 @@ spec:
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory):
     """Both nodes carry the EU target's resource (model replicas on both) and run Serve with HAProxy; the trail of
-    each router replica goes under SOVRA_HOME of its node (one directory here: both nodes share this machine)."""
+    each router replica goes under SOVRA_HOME of its node, a directory of its own for each (as on two machines)."""
     import secrets
 
     binary = haproxy_binary()
@@ -92,9 +96,10 @@ def two_nodes(tmp_path_factory):
         api = ServeApi(f"http://127.0.0.1:{dash}", token=token_file.read_text(), timeout_s=5)
         _wait(lambda: len(_alive_nodes(api)) == 1, 90, "the head node", d / "head.log")
         procs.append(_ray_start(["--address", f"127.0.0.1:{gcs}", "--num-cpus", "2", "--resources", resources],
-                                d / "worker.log", env))
+                                d / "worker.log", {**env, "SOVRA_HOME": str(d / "worker-home")}))
         _wait(lambda: len(_alive_nodes(api)) == 2, 90, "the worker node", d / "worker.log")
-        yield TwoNodes(api.dashboard, token_file, procs[0], procs[1]), d / "node-home" / "audit"
+        yield TwoNodes(api.dashboard, token_file, procs[0], procs[1]), (d / "node-home" / "audit",
+                                                                         d / "worker-home" / "audit")
     finally:
         for proc in reversed(procs):
             _kill_node(proc)
@@ -154,20 +159,26 @@ class Load:
 
 @pytest.fixture(scope="module")
 def deployed(two_nodes, tmp_path_factory):
-    nodes, trail = two_nodes
+    nodes, trails = two_nodes
     d = tmp_path_factory.mktemp("ha-org")
     router_port = free_port()
     extra = f"\n     auth_token_file: '{nodes.token_file}', router_host: 127.0.0.1, router_port: {router_port},"
     org = d / "org.yaml"
     org.write_text("apiVersion: sovra/v1\nkind: Org\nclusters:\n" + _cluster(EU, "FR", 0.1, nodes.dashboard, extra)
-                   + "tenants:\n" + _tenant("eu", KEY, "EU"))
+                   + "tenants:\n" + _tenant("eu", KEY, "EU")
+                   + f"admins:\n  - {{name: auditor, key_sha256: {hashlib.sha256(ADMIN_KEY.encode()).hexdigest()}}}\n")
     spec = d / "m.yaml"
     spec.write_text(DEPLOYMENT.format(name="m"))
     home = d / "sovra-home"
     up = _sovra("up", spec, "--org", org, home=home)
     assert up.returncode == 0, up.stdout + up.stderr
     yield {"url": f"http://127.0.0.1:{router_port}", "api": ServeApi(nodes.dashboard, token=nodes.token),
-           "nodes": nodes, "org": org, "spec": spec, "home": home, "trail": trail, "dir": d}
+           "nodes": nodes, "org": org, "spec": spec, "home": home, "trails": trails, "dir": d}
+
+
+def _records(deployed) -> list[dict]:
+    """Both nodes' trails, read from their directories (what `sovra audit` must show through either router)."""
+    return [rec for trail in deployed["trails"] for rec in read_trail(trail)]
 
 
 def _routers(api: ServeApi) -> list[dict]:
@@ -190,8 +201,9 @@ def test_the_default_spreads_two_router_replicas_over_the_two_nodes_each_with_it
         r = httpx.post(f"{deployed['url']}/v1/chat/completions", timeout=30,
                        headers={"Authorization": f"Bearer {KEY}", "X-Request-Id": f"spread-{i}"}, json={"model": "m", "messages": [{"role": "user", "content": f"spread {i}"}]})
         assert r.status_code == 200 and r.headers["X-Sovra-Target"] == EU, r.text
-    writers = {rec["writer"] for rec in read_trail(deployed["trail"]) if rec["request_id"].startswith("spread")}
-    assert len(writers) == 2, writers  # both replicas answered, each into its own chain
+    by_node = [{rec["writer"] for rec in read_trail(t) if rec["request_id"].startswith("spread")}
+               for t in deployed["trails"]]
+    assert all(len(w) == 1 for w in by_node) and by_node[0] != by_node[1], by_node  # a chain on each node
 
 
 def test_serve_after_a_tenant_change_and_up_after_a_table_change_fail_no_request(deployed):
@@ -229,7 +241,7 @@ def test_killing_one_router_replica_fails_only_what_it_held_and_the_other_takes_
     assert not late, f"requests started more than 1 s after the kill failed: {late[:5]}"
     assert all(s.start <= killed_at + 1.0 and s.end >= killed_at for s in failed), failed[:5]  # held at the kill
     assert len(failed) <= 6 + 2, failed  # at most what the clients had in flight, plus the next few at the cut
-    kill_records = [rec for rec in read_trail(deployed["trail"]) if str(rec["request_id"]).startswith("kill-")]
+    kill_records = [rec for rec in _records(deployed) if str(rec["request_id"]).startswith("kill-")]
     per_request = Counter(rec["request_id"] for rec in kill_records)
     assert max(per_request.values()) == 1, [r for r, n in per_request.items() if n > 1][:5]  # never sent twice
     records = {rec["request_id"]: rec for rec in kill_records}
@@ -246,3 +258,38 @@ def test_killing_one_router_replica_fails_only_what_it_held_and_the_other_takes_
     assert ok and all(s.rid in records and records[s.rid]["status"] == 200 for s in ok)  # every answer audited
     _report("SIGKILL of one router replica", load, audited=len(unfinished))
     _wait(lambda: len(_routers(api)) == 2, 120, "Serve to replace the killed router replica")
+
+
+def test_the_trail_through_either_router_replica_holds_both_nodes_chains(deployed):
+    """Each replica's chain lies on its own node; whichever replica answers, records, verification and a signed
+    checkpoint cover both (the answering replica reads the other node's through a Ray task pinned there)."""
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    for i in range(20):
+        r = httpx.post(f"{deployed['url']}/v1/chat/completions", timeout=30,
+                       headers={"Authorization": f"Bearer {KEY}", "X-Request-Id": f"nodes-{i}"},
+                       json={"model": "m", "messages": [{"role": "user", "content": f"nodes {i}"}]})
+        assert r.status_code == 200, r.text
+    on_disk = {rec["writer"] for rec in _records(deployed) if rec["request_id"].startswith("nodes-")}
+    assert len(on_disk) == 2, on_disk
+    answered_by = set()
+    checkpoint = None
+    url = deployed["url"]
+    for _ in range(8):  # a connection per call: HAProxy spreads them over both replicas
+        body = httpx.get(f"{url}/v1/audit", params={"limit": 100_000}, headers=admin, timeout=60).json()
+        answered_by.add(body["file"])
+        assert not body["incomplete"], body["incomplete"]
+        assert {r["writer"] for r in body["records"] if r["request_id"].startswith("nodes-")} == on_disk
+        result = httpx.get(f"{url}/v1/audit/verify", headers=admin, timeout=60).json()
+        assert result["ok"] and on_disk <= {c["writer"] for c in result["chains"]}, result["message"]
+        if checkpoint is None:
+            checkpoint = httpx.get(f"{url}/v1/audit/checkpoint", headers=admin, timeout=60).json()
+            assert on_disk <= {h["writer"] for h in checkpoint["heads"]}
+        result = httpx.post(f"{url}/v1/audit/verify", content=json.dumps(checkpoint), headers=admin,
+                            timeout=60).json()
+        assert result["ok"] and result["checkpoint"], result["message"]
+    print(f"\n[router HA] the trail through {len(answered_by)} router replica(s): {len(on_disk)} chains, both nodes")
+    assert len(answered_by) == 2, answered_by  # both replicas answered, each from its own node's home
+    cli = _sovra("audit", "--router", deployed["url"], "-o", "json", "-n", "1000", home=deployed["home"],
+                 env={"SOVRA_ADMIN_KEY": ADMIN_KEY})
+    assert cli.returncode == 0 and "incomplete" not in cli.stderr, cli.stderr
+    assert {r["writer"] for r in json.loads(cli.stdout) if r["request_id"].startswith("nodes-")} == on_disk
