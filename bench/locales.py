@@ -38,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import print_rows
-from bench.router_cpu import Instant
+from bench.router_cpu import Instant, overhead_ms
 from sovra.core.backends import Backend, RoutingTable
 from sovra.core.place import Place
 from sovra.core.spec import Residency
@@ -97,28 +97,13 @@ def _bodies() -> list[bytes]:
 
 
 async def _one(app, body: bytes, session: bytes, locale: bytes | None = None) -> float:
-    sent = iter([{"type": "http.request", "body": body, "more_body": False}])
-    overhead, status = -1.0, 0
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
              "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "root_path": "",
              "query_string": b"", "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 50000),
              "headers": [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json"),
                          (b"content-length", str(len(body)).encode()), (b"authorization", f"Bearer {KEY}".encode()),
                          (b"x-session-id", session), *(((b"x-sovra-locale", locale),) if locale else ())]}
-
-    async def receive():
-        return next(sent, {"type": "http.disconnect"})
-
-    async def send(message):
-        nonlocal overhead, status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-            overhead = float(dict(message["headers"]).get(b"x-sovra-overhead-ms", b"-1"))
-        elif status != 200:
-            raise SystemExit(f"benchmark request answered {status}, not 200: {message.get('body', b'')[:300]!r}")
-
-    await app(scope, receive, send)
-    return overhead
+    return await overhead_ms(app, scope, body)
 
 
 async def _round(app, bodies: list[bytes], n: int, c: int, locale: bytes | None = None) -> dict[str, float]:

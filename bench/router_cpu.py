@@ -109,6 +109,27 @@ def _scope() -> dict[str, Any]:
                         (b"x-sovra-residency", b"EU")]}
 
 
+async def overhead_ms(app, scope: dict[str, Any], body: bytes) -> float:
+    """One request through the router app as Serve calls it: the `X-Sovra-Overhead-Ms` it answers (the router's own
+    time); anything but a 200 stops the benchmark, with the answer."""
+    sent = iter([{"type": "http.request", "body": body, "more_body": False}])
+    overhead, status = -1.0, 0
+
+    async def receive():
+        return next(sent, {"type": "http.disconnect"})
+
+    async def send(message):
+        nonlocal overhead, status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            overhead = float(dict(message["headers"]).get(b"x-sovra-overhead-ms", b"-1"))
+        elif status != 200:
+            raise SystemExit(f"benchmark request answered {status}, not 200: {message.get('body', b'')[:300]!r}")
+
+    await app(scope, receive, send)
+    return overhead
+
+
 async def _one(app) -> int:
     sent = iter([{"type": "http.request", "body": BODY, "more_body": False}])
     status = 0

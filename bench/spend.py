@@ -32,12 +32,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import print_rows
-from bench.router_cpu import BODY, Instant, _scope
+from bench.router_cpu import BODY, Instant, _scope, overhead_ms
 from sovra.core.backends import Backend, RoutingTable
 from sovra.core.place import Place
 from sovra.core.spec import Residency
@@ -77,22 +76,7 @@ def _app(tmp: Path, name: str, store: SpendStore | None, budgets: tuple[Budget, 
 
 
 async def _one(app) -> float:
-    sent = iter([{"type": "http.request", "body": BODY, "more_body": False}])
-    overhead, status = -1.0, 0
-
-    async def receive():
-        return next(sent, {"type": "http.disconnect"})
-
-    async def send(message):
-        nonlocal overhead, status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-            overhead = float(dict(message["headers"]).get(b"x-sovra-overhead-ms", b"-1"))
-        elif status != 200:
-            raise SystemExit(f"benchmark request answered {status}, not 200: {message.get('body', b'')[:300]!r}")
-
-    await app(_scope(), receive, send)
-    return overhead
+    return await overhead_ms(app, _scope(), BODY)
 
 
 async def _round(app, n: int, c: int) -> dict[str, float]:
