@@ -165,8 +165,8 @@ def deployed(two_nodes, tmp_path_factory):
     extra = f"\n     auth_token_file: '{nodes.token_file}', router_host: 127.0.0.1, router_port: {router_port},"
     org = d / "org.yaml"
     org.write_text("apiVersion: sovra/v1\nkind: Org\nclusters:\n" + _cluster(EU, "FR", 0.1, nodes.dashboard, extra)
-                   + "tenants:\n" + _tenant("eu", KEY, "EU")
-                   + f"admins:\n  - {{name: auditor, key_sha256: {hashlib.sha256(ADMIN_KEY.encode()).hexdigest()}}}\n")
+                   + f"admins:\n  - {{name: auditor, key_sha256: {hashlib.sha256(ADMIN_KEY.encode()).hexdigest()}}}\n"
+                   + "tenants:\n" + _tenant("eu", KEY, "EU"))  # last: a test appends a tenant
     spec = d / "m.yaml"
     spec.write_text(DEPLOYMENT.format(name="m"))
     home = d / "sovra-home"
