@@ -119,7 +119,9 @@ def plan(
     except SovraError as exc:
         _fail(exc)
     if output is Output.table:
-        render.print_plan(result, out, all_rejected=all_rejected)
+        variants = {d.name: f"locale {d.spec.variant_of.locale} of {d.spec.variant_of.base}"
+                    for d in inputs.deployments if d.spec.variant_of is not None}
+        render.print_plan(result, out, all_rejected=all_rejected, notes=variants)
     else:
         _emit(render.plan_json(result), output)
     raise typer.Exit(0 if result.feasible else 1)

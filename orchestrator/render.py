@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console
@@ -67,11 +68,14 @@ def plan_json(plan: FleetPlan) -> dict[str, Any]:
     }
 
 
-def print_plan(plan: FleetPlan, console: Console, *, all_rejected: bool = False) -> None:
-    """Human view: placements with cost split, totals, and why targets were rejected."""
+def print_plan(plan: FleetPlan, console: Console, *, all_rejected: bool = False,
+               notes: Mapping[str, str] | None = None) -> None:
+    """Human view: placements with cost split, totals, and why targets were rejected; `notes` by deployment (a
+    locale variant says whose)."""
     for d in plan.deployments:
         status = "[green]feasible[/]" if d.feasible else "[red]infeasible[/]"
-        console.print(f"\n[bold]{d.deployment}[/]: {status}, ${d.monthly_usd:,.2f}/month "
+        note = f" ({(notes or {})[d.deployment]})" if d.deployment in (notes or {}) else ""
+        console.print(f"\n[bold]{d.deployment}[/]{note}: {status}, ${d.monthly_usd:,.2f}/month "
                       f"(compute ${d.compute_usd:,.2f} − credits ${d.credits_usd:,.2f} + egress ${d.egress_usd:,.2f})")
         if d.placements:
             t = Table(show_edge=False, header_style="bold")

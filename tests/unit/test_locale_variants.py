@@ -5,6 +5,7 @@ table linking each variant to its base (and only reachable through it), and a re
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -232,3 +233,16 @@ def test_a_deployment_named_like_a_live_variant_is_refused_both_ways(tmp_path):
 def test_a_request_locale_is_never_cut_to_something_that_parses():
     assert parse_locale("fr" + " " * 30 + "garbage") is None and parse_locale("fr-" + "x" * 60) is None
     assert parse_locale("fr-ca") == "fr-CA"
+
+
+def test_sovra_plan_says_whose_locale_each_variant_is():
+    from typer.testing import CliRunner
+
+    from sovra.orchestrator.cli import app
+
+    example = Path(__file__).parents[2] / "examples" / "localised"
+    result = CliRunner().invoke(app, ["plan", str(example / "deployment.yaml"), "--org", str(example / "org.yaml")],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "support.fr (locale fr of support): feasible" in result.output
+    assert "support.ar (locale ar of support): feasible" in result.output
