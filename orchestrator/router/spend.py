@@ -246,14 +246,18 @@ class Spend:
                     lease.granted += spare
 
     def close(self) -> None:
-        """Return every slice's unused part, write what is spooled, release the store."""
+        """Return every slice's unused part, write what is spooled, release the store.
+
+        What the pool is doing finishes first: an idle slice on its way back (set aside from the slice, so not
+        returned again here) or a reconciliation; closing the store under it would lose it, and the counter would
+        keep it until its window ends (seen: a minute counter 10 tokens over what was served)."""
         if self._returner is not None:
             self._returner.cancel()
+        self.pool.shutdown(wait=True)  # store calls are bounded by its timeouts
         unused = self._unused(None)
         if unused:
             self._give_back(unused)
         self.ledger.close()
-        self.pool.shutdown(wait=False)
         self.store.close()
 
 

@@ -40,6 +40,16 @@ class SlowStore(SpendStore):
         return super().lease(*args, **kwargs)
 
 
+class SlowReturns(SpendStore):
+    """The real SQLite store, taking slices back late (a store under load when an idle slice goes back)."""
+
+    delay_s = 0.3
+
+    def release(self, *args, **kwargs):
+        time.sleep(self.delay_s)
+        return super().release(*args, **kwargs)
+
+
 def _spend(tmp_path, store=None, budgets=(Budget(tenant="acme", tokens_per_minute=100_000),)) -> Spend:
     store = store or SpendStore.sqlite(tmp_path / "l.db")
     return Spend(store, Ledger(store, tmp_path / "spool", "t"), BudgetIndex(tuple(budgets)), SpendSettings())
@@ -86,6 +96,28 @@ def test_a_slice_granted_while_its_request_was_cancelled_is_not_lost(tmp_path):
     assert in_store > 0 and lease.granted == in_store and lease.used == 0  # the replica knows what it holds
     assert spend._give_back(spend._unused(None))
     assert store.used(*key) == 0  # and it all went back
+
+
+def test_a_slice_on_its_way_back_when_the_replica_stops_still_goes_back(tmp_path, monkeypatch):
+    """Seen in CI: an idle slice was being returned in the pool when the replica stopped; closing the store under it
+    lost it, and the minute counter kept 10 tokens nobody used."""
+    monkeypatch.setattr(spend_mod, "IDLE_RETURN_S", 0.1)
+    base = SpendStore.sqlite(tmp_path / "l.db")
+    store = SlowReturns(base.dialect, base._connect, "test")
+    spend = _spend(tmp_path, store)
+    body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
+
+    async def run():
+        spend.start()
+        held = await spend.reserve("acme", ROUTE, body)
+        spend._put_back(held.charges)  # the request ended without using it: the whole slice is spare
+        await asyncio.sleep(0.25)  # idle: its return is under way in the pool (the store answers in 0.3 s)
+        keys = list(spend._leases)
+        spend.close()  # the replica stops meanwhile
+        return keys
+
+    keys = asyncio.run(run())
+    assert keys and [SpendStore.sqlite(tmp_path / "l.db").used(*key) for key in keys] == [0] * len(keys)
 
 
 def test_a_slow_store_is_unavailable_in_seconds_not_a_hung_request(tmp_path, monkeypatch):
