@@ -419,6 +419,11 @@ def down(
     for r in results:
         out.print(f"[green]down[/]: {r.cluster}: {'removed' if r.changed else 'nothing to remove'}; "
                   f"left: {', '.join(sorted(r.apps)) or 'nothing'}")
+    if not results:  # e.g. run with another $SOVRA_HOME (or HOME) than the `up`, which holds the local Ray's record
+        from sovra.infra.home import sovra_home
+
+        out.print(f"down: nothing deployed from {sovra_home()} is running for these deployments (an `up` from another "
+                  "SOVRA_HOME or HOME keeps its own record of the local Ray)", highlight=False)
 
 
 @app.command()

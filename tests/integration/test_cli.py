@@ -188,3 +188,17 @@ def test_status_with_no_local_ray_says_how_to_start_one(sovra, tmp_path, monkeyp
     r = sovra("status", "-o", "json")
     assert r.returncode == 0
     assert json.loads(r.stdout)[0]["message"] == "local Ray is not running (run `sovra up`)"
+
+
+def test_down_with_nothing_running_says_so_and_where_it_looked(tmp_path):
+    """Not a silent exit: a `down` run under another SOVRA_HOME than its `up` would otherwise look like success.
+    Its own SOVRA_HOME, so it cannot touch what other tests deployed."""
+    import os
+
+    r = subprocess.run([str(ROOT / ".venv" / "bin" / "sovra"), "down", str(ROOT / "examples" / "quickstart" /
+                        "deployment.yaml"), "--org", str(ROOT / "examples" / "quickstart" / "org.yaml"), "--stop-ray"],
+                       cwd=ROOT, capture_output=True, text=True, check=False, timeout=120,
+                       env={**os.environ, "SOVRA_HOME": str(tmp_path / "home"), "COLUMNS": "200", "NO_COLOR": "1"})
+    assert r.returncode == 0, r.stderr
+    assert str(tmp_path / "home") in r.stdout
+    assert "nothing deployed from" in r.stdout and "keeps its own record of the local Ray" in r.stdout
