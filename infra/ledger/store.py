@@ -132,6 +132,23 @@ _ADD = ("INSERT INTO spend_counters (scope, metric, window_start, used) VALUES (
 _USED = "SELECT used FROM spend_counters WHERE scope = ? AND metric = ? AND window_start = ?"
 
 
+def _create_private(path: Path) -> None:
+    """Create the database file readable by this user only, before SQLite opens it; never open it when it exists.
+
+    Closing any descriptor of a file drops every POSIX lock the process holds on it, SQLite's included: another
+    process closing its last connection would then believe itself alone, checkpoint and delete the WAL, and this
+    process's next commits would go into the deleted file (lost). So an existing file is left to SQLite alone."""
+    with _CREATING:  # a thread finding the file made waits until its creator has closed it
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return
+        os.close(fd)  # no connection of this process holds a lock on a file that did not exist
+
+
+_CREATING = threading.Lock()
+
+
 @dataclass
 class SpendStore:
     """One spend store. Build with `SpendStore.sqlite(path)` or `SpendStore.postgres(dsn)`; `migrate()` first."""
@@ -151,8 +168,7 @@ class SpendStore:
 
         def connect() -> Any:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # created private, before SQLite opens it
-            os.close(fd)
+            _create_private(path)
             conn = sqlite3.connect(path, isolation_level=None, timeout=10, check_same_thread=False)
             for attempt in range(100):  # switching to WAL takes the file's lock without waiting for it
                 try:

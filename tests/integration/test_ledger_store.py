@@ -152,6 +152,43 @@ def test_the_sqlite_file_is_private(tmp_path):
     assert sqlite3.connect(tmp_path / "spend" / "ledger.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+_OTHER_REPLICA = """
+import sys
+from sovra.infra.ledger.store import SpendStore
+s = SpendStore.sqlite(sys.argv[1])
+s.release([("tenant=acme", "tokens", sys.argv[2], 1)])
+s.close()
+"""
+
+
+def test_a_replica_opening_a_connection_never_loses_another_process_s_writes(tmp_path):
+    """Two router processes on one SQLite file, one of them opening a connection per thread as its pool grows.
+    Opening the database file outside SQLite (to create it private) and closing it dropped every POSIX lock this
+    process held on it; the other process, closing its last connection, then thought itself alone, checkpointed
+    and deleted the WAL, and this process's next commits went into the deleted file: lost (seen as a minute's
+    counter 10 tokens over what was served, the slice given back at shutdown gone)."""
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    path = tmp_path / "spend" / "ledger.db"
+    s = SpendStore.sqlite(path)
+    s.migrate()
+    root = Path(__file__).resolve().parents[2]
+    for _ in range(5):
+        s.release([("tenant=acme", "tokens", MINUTE, 10)])  # this thread's connection, held open
+        other = threading.Thread(target=s.used, args=("tenant=acme", "tokens", MINUTE))  # a new thread: a
+        other.start()  # connection of its own, opened while the first one holds its locks
+        other.join()
+        subprocess.run([sys.executable, "-c", _OTHER_REPLICA, str(path), MINUTE], cwd=root, check=True)
+        s.release([("tenant=acme", "tokens", MINUTE, 10)])
+    s.close()
+    again = SpendStore.sqlite(path)
+    assert again.used("tenant=acme", "tokens", MINUTE) == 5 * 21
+    again.close()
+
+
 def _is_root() -> bool:
     import os
 
