@@ -11,31 +11,52 @@ the router could not tell "no live replica: HAProxy connected to none, nothing w
 connection attempts, or with every server down) from "the replica died holding the request" (502). With the 503
 page of `NO_SERVER_PAGE`, the router fails such a request over inside its bound and takes the backend out at once
 (`providers.clients`), where a 500 would have been a 502 to the client, and /readyz stayed ready meanwhile.
+HAProxy's 502 (the replica holding the request closed or reset its connection: it may have processed it) and 504
+(it did not answer in time) get OpenAI-style pages with their own status too, not a 500 in plain text: a client of
+the router whose replica was killed mid-request reads what happened, and that it was not sent again.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 REAL_ENV, HOST_ENV = "SOVRA_HAPROXY_REAL", "SOVRA_HAPROXY_BIND"
 _SECTION = re.compile(r"^(global|defaults|frontend|backend|listen|peers|resolvers|userlist|program|cache)\b\s*(\S*)")
 _BIND = re.compile(r"^(\s+bind\s+)(?:\*|0\.0\.0\.0|\[::\]|::)?:(\d+)(.*)$")
 _INTERNAL = {("listen", "stats"), ("frontend", "prometheus")}
-_ERRORFILE_503 = re.compile(r"^(\s+errorfile\s+503\s+)\S+(.*)$")
+_ERRORFILE = re.compile(r"^(\s+errorfile\s+)(\d{3})(\s+)\S+(.*)$")
 #: The marker the router looks for (`providers.clients.NO_LIVE_REPLICA`): HAProxy sent nothing to any replica.
 NO_LIVE_REPLICA = "sovra-no-live-replica"
-_BODY = ('{"error": {"message": "No server is available to handle this request: no live replica behind Serve\'s '
-         'HAProxy ingress", "type": "service_unavailable", "code": "' + NO_LIVE_REPLICA + '"}}')
-NO_SERVER_PAGE = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nCache-Control: no-cache\r\n"
-                  f"Connection: close\r\nContent-Length: {len(_BODY)}\r\n\r\n{_BODY}")
 
 
-def rewrite(config: str, host: str, no_server_page: str | None = None) -> str:
-    """`config` with the binds of the stats and Prometheus sections on `host` and, with `no_server_page` (a file),
-    HAProxy's 503 answered with that page; every other line as it was."""
+def _page(status: str, message: str, kind: str, code: str) -> str:
+    body = json.dumps({"error": {"message": message, "type": kind, "code": code}})
+    return (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nCache-Control: no-cache\r\n"
+            f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n{body}")
+
+
+NO_SERVER_PAGE = _page("503 Service Unavailable", "No server is available to handle this request: no live replica "
+                       "behind Serve's HAProxy ingress", "service_unavailable", NO_LIVE_REPLICA)
+REPLICA_LOST_PAGE = _page("502 Bad Gateway", "The replica behind Serve's HAProxy ingress that held this request "
+                          "stopped before answering. It may have been processed, so it was not sent again.",
+                          "api_error", "replica_lost")
+REPLICA_TIMEOUT_PAGE = _page("504 Gateway Timeout", "The replica behind Serve's HAProxy ingress did not answer in "
+                             "time. It may still be processing the request, so it was not sent again.",
+                             "api_error", "replica_timeout")
+#: status -> (file name beside HAProxy's config, page)
+PAGES = {"502": ("sovra-502.http", REPLICA_LOST_PAGE), "503": ("sovra-503.http", NO_SERVER_PAGE),
+         "504": ("sovra-504.http", REPLICA_TIMEOUT_PAGE)}
+
+
+def rewrite(config: str, host: str, pages: Mapping[str, str] | None = None) -> str:
+    """`config` with the binds of the stats and Prometheus sections on `host` and HAProxy's error answers with
+    `pages` (status -> file) where given; every other line as it was."""
+    pages = pages or {}
     out, section = [], None
     for line in config.splitlines(keepends=True):
         head = _SECTION.match(line)
@@ -43,8 +64,8 @@ def rewrite(config: str, host: str, no_server_page: str | None = None) -> str:
             section = (head[1], head[2])
         elif section in _INTERNAL and (m := _BIND.match(line.rstrip("\n"))):
             line = f"{m[1]}{host}:{m[2]}{m[3]}\n"
-        elif no_server_page and (m := _ERRORFILE_503.match(line.rstrip("\n"))):
-            line = f"{m[1]}{no_server_page}{m[2]}\n"
+        elif (m := _ERRORFILE.match(line.rstrip("\n"))) and m[2] in pages:
+            line = f"{m[1]}{m[2]}{m[3]}{pages[m[2]]}{m[4]}\n"
         out.append(line)
     return "".join(out)
 
@@ -75,11 +96,14 @@ def main(argv: list[str]) -> None:
     real, host = os.environ[REAL_ENV], os.environ[HOST_ENV]
     if "-f" in argv[:-1]:
         path = Path(argv[argv.index("-f") + 1])
-        page = path.with_name("sovra-503.http")
-        if not page.exists():
-            page.write_text(NO_SERVER_PAGE)
+        pages = {}
+        for status, (name, page) in PAGES.items():
+            file = path.with_name(name)
+            if not file.exists() or file.read_text() != page:
+                file.write_text(page)
+            pages[status] = str(file)
         text = path.read_text()
-        bound = rewrite(text, host, str(page))
+        bound = rewrite(text, host, pages)
         if bound != text:
             tmp = path.with_name(path.name + ".sovra-tmp")
             tmp.write_text(bound)

@@ -40,25 +40,38 @@ def test_the_router_frontend_keeps_the_orgs_host_and_a_rewritten_config_is_stabl
     assert rewrite(bound, "127.0.0.1") == bound
 
 
-def test_haproxys_503_gets_a_page_of_its_own_that_the_router_reads_as_no_replica_got_it():
-    """Ray answers 502, 503 and 504 with one 500 page; the rewrite gives 503 (HAProxy connected to no replica)
-    Sovra's page, whose marker the router's HTTP client turns into a refusal that takes the backend out."""
+def test_haproxys_errors_get_pages_of_their_own_that_the_router_reads_for_what_they_mean():
+    """Ray answers 502, 503 and 504 with one 500 page; the rewrite gives each Sovra's own page with its status. 503
+    (HAProxy connected to no replica) carries the marker the router's HTTP client turns into a refusal that takes
+    the backend out; 502 (the replica holding it went away) and 504 (it did not answer in time) stay failures that
+    may have been processed, never resent; a client reads each as an OpenAI-style error."""
+    import json
+
     import pytest
 
-    from sovra.core.api_errors import Failed, Refused
+    from sovra.core.api_errors import Failed, Refused, TimedOut
+    from sovra.infra.haproxy_bind import PAGES, REPLICA_LOST_PAGE, REPLICA_TIMEOUT_PAGE
     from sovra.providers.clients import _answer
 
     original = _rendered("*")
     errorfiles = [line.split() for line in original.splitlines() if line.strip().startswith("errorfile")]
     assert errorfiles == [["errorfile", code, "/ray/500.http"] for code in ("502", "503", "504")]
-    bound = rewrite(original, "127.0.0.1", "/home/haproxy/sovra-503.http")
+    bound = rewrite(original, "127.0.0.1", {code: f"/home/haproxy/{name}" for code, (name, _) in PAGES.items()})
     errorfiles = [line.split() for line in bound.splitlines() if line.strip().startswith("errorfile")]
-    assert errorfiles == [["errorfile", "502", "/ray/500.http"], ["errorfile", "503", "/home/haproxy/sovra-503.http"],
-                          ["errorfile", "504", "/ray/500.http"]]  # a replica lost mid-request stays a failure
-    head, body = NO_SERVER_PAGE.split("\r\n\r\n", 1)
-    assert head.startswith("HTTP/1.1 503 ") and f"Content-Length: {len(body)}" in head
+    assert errorfiles == [["errorfile", code, f"/home/haproxy/sovra-{code}.http"] for code in ("502", "503", "504")]
+    assert rewrite(original, "127.0.0.1", {"503": "/x/sovra-503.http"}).count("/ray/500.http") == 2  # only those given
+    for status, page in (("503", NO_SERVER_PAGE), ("502", REPLICA_LOST_PAGE), ("504", REPLICA_TIMEOUT_PAGE)):
+        head, body = page.split("\r\n\r\n", 1)
+        assert head.startswith(f"HTTP/1.1 {status} ") and f"Content-Length: {len(body.encode())}" in head
+        assert "Content-Type: application/json" in head
+        assert set(json.loads(body)["error"]) == {"message", "type", "code"}
+    body = NO_SERVER_PAGE.split("\r\n\r\n", 1)[1].encode()
     with pytest.raises(Refused) as exc:
-        _answer("onprem-paris", 503, body.encode())
+        _answer("onprem-paris", 503, body)
     assert exc.value.down and exc.value.outcome == "refused"
-    with pytest.raises(Failed):  # Ray's 500 page: the replica may have had it
+    with pytest.raises(Failed):  # the replica may have had it
+        _answer("onprem-paris", 502, REPLICA_LOST_PAGE.split("\r\n\r\n", 1)[1].encode())
+    with pytest.raises(TimedOut):
+        _answer("onprem-paris", 504, REPLICA_TIMEOUT_PAGE.split("\r\n\r\n", 1)[1].encode())
+    with pytest.raises(Failed):  # Ray's 500 page (a cluster Sovra did not start): the replica may have had it
         _answer("onprem-paris", 500, b"Internal Server Error")
