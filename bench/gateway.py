@@ -57,6 +57,7 @@ from gateway_peers import (
     NGINX_HINT,
     Backend,
     Direct,
+    Floor,
     Gateway,
     LiteLLM,
     Nginx,
@@ -74,7 +75,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 GOALS = {"added_p50_ms": 1.0, "rps_over_direct": 0.7, "rps_over_litellm": 5.0, "added_ttfc_ms": 2.0,
          "router_rss_mb": 200.0}
 SHAPES = {"c1": (1, False), "c16": (16, False), "stream": (1, True)}  # shape -> (concurrency, streamed)
-LABELS = {"direct": "servers called directly", "litellm": "LiteLLM proxy", "nginx": "nginx reverse proxy"}
+LABELS = {"floor": "Ray Serve's floor: Sovra's Ray and HAProxy ingress, a replica that only forwards (aiohttp), no "
+                   "Sovra code (bench/serve_floor.py)",
+          "direct": "servers called directly", "litellm": "LiteLLM proxy", "nginx": "nginx reverse proxy"}
 BACKEND_TITLES = {"fastapi": "FastAPI/uvicorn servers, as vLLM's (the issue's setup)",
                   "raw": "raw asyncio servers (a stress case: far faster than any real server)"}
 
@@ -279,6 +282,14 @@ def _f(x: float | None, fmt: str = ".2f") -> str:
     return "n/a" if x is None else format(x, fmt)
 
 
+def _sub(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
 def label(name: str, res: dict[str, Any]) -> str:
     if name == "sovra-before":
         return f"{name}: Sovra with Serve's own proxy (README command 1 before issue 20; SOVRA_SERVE_HAPROXY=0)"
@@ -340,6 +351,14 @@ def lines(res: dict[str, Any], der: dict[str, Any]) -> list[str]:
             out.append(f"{kind}: {name}: router's own time (X-Sovra-Overhead-Ms) p50 C=1 "
                        f"{_f(m['c1']['router_overhead_p50_ms'], '.3f')} ms, C=16 "
                        f"{_f(m['c16']['router_overhead_p50_ms'], '.3f')} ms")
+        if "floor" in d["vs_direct"]:  # the platform's share, and Sovra's own over it
+            f = d["vs_direct"]["floor"]
+            for name in (n for n in d["vs_direct"] if n.startswith("sovra") and n != "sovra-before"):
+                x = d["vs_direct"][name]
+                out.append(f"{kind}: Ray Serve's floor adds {_f(f['added_p50_ms_c1'], '+.2f')} ms p50 at C=1 and "
+                           f"reaches {_f(f['rps_c16_over_direct'], '.3f')} x direct's req/s at C=16; {name} adds "
+                           f"{_f(_sub(x['added_p50_ms_c1'], f['added_p50_ms_c1']), '+.2f')} ms over it and reaches "
+                           f"{_f(_div(x['rps_c16_over_direct'], f['rps_c16_over_direct']), '.2f')} x its req/s")
         for name, seen in res["served_by"].items():
             out.append(f"{kind}: {name}: requests spread over {seen[kind]}")
         for name, v in res["results"][kind].items():
@@ -375,6 +394,10 @@ HOW = """\
   own pair (the "spread over" lines check it); the local cluster is declared as in examples/quickstart; no tenants
   (the router is open, on 127.0.0.1); the audit trail on, as by default; `up` sends its first request as usual.
   One router serves both deployments. Torn down with `sovra down ... --stop-ray`.
+- **floor** (`--floor`): on the Ray of the first Sovra, behind its HAProxy ingress, a Serve app built as the router
+  is (`serve.ingress` over a raw ASGI app, 0.25 CPU, the router's Serve settings) that forwards each request to its
+  backend's servers round-robin with the router's aiohttp client settings and does nothing else
+  (`bench/serve_floor.py`): what any router on Ray Serve costs before its own work. Sovra minus floor is Sovra's.
 - **direct**: the same payload and key to the servers, each measurement split in two halves, one per server,
   loaded together (C=8 each at C=16; one after the other at C=1).
 - **litellm**: the proxy's CLI (`litellm --config`, no database, no master key), one model name per backend, each
@@ -487,6 +510,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
             gateways[name] = g  # registered first: torn down even if `up` fails half-way
             g.start()
             res["sovra"][name] = {"router_replicas": n, "up_s": g.up_s, "url": g.url, "dropped_env": g.dropped}
+        if args.floor:  # on the first Sovra's Ray, behind its ingress: measured like a gateway of its own
+            gateways["floor"] = Floor(gateways["sovra" if len(replicas) == 1 else f"sovra-r{replicas[0]}"],
+                                      backends, log)
         if args.before:  # what README command 1 deployed before issue 20: Serve's own proxy, one router replica
             g = Sovra("sovra-before", workdir, backends, None, log, extra_env={"SOVRA_SERVE_HAPROXY": "0"})
             gateways["sovra-before"] = g
@@ -563,6 +589,8 @@ def command(args: argparse.Namespace) -> str:
         flags.append("--router-replicas " + " ".join(map(str, args.router_replicas)))
     if args.before:
         flags.append("--before")
+    if args.floor:
+        flags.append("--floor")
     return " ".join([".venv/bin/python bench/gateway.py", *flags])
 
 
@@ -589,6 +617,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--before", action="store_true",
                     help="also Sovra with Serve's own proxy (SOVRA_SERVE_HAPROXY=0), what README command 1 deployed "
                          "before issue 20, in its own Ray, measured in the same run")
+    ap.add_argument("--floor", action="store_true",
+                    help="also Ray Serve's floor on Sovra's Ray: a replica behind the same HAProxy ingress that only "
+                         "forwards (bench/serve_floor.py), so the platform's cost and Sovra's own are told apart")
     ap.add_argument("--out", default=str(RESULTS), help="results folder (default bench/results)")
     args = ap.parse_args(argv)
     if args.router_replicas and len(set(args.router_replicas)) != len(args.router_replicas):

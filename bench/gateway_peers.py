@@ -328,6 +328,53 @@ class Sovra(Gateway):
         self.log(f"  {self.name}: torn down in {time.perf_counter() - t0:.1f} s")
 
 
+class Floor(Gateway):
+    """The floor of a router on Ray Serve (`bench/serve_floor.py`): on the Ray a `Sovra` gateway started, behind the
+    same HAProxy ingress, a replica that only forwards. Added to Serve's config next to Sovra's apps (`up` keeps
+    applications it does not own); gone with that Ray."""
+
+    name = "floor"
+    APP = "bench-floor"
+
+    def __init__(self, sovra: Sovra, backends: list[Backend], log: Log):
+        from sovra.infra import serve_config as sc
+        from sovra.infra.ray_cluster import LocalRay
+        from sovra.infra.serve_api import ServeApi
+
+        self.sovra, self.url, self.headers = sovra, sovra.url + "/floor", {}
+        local = LocalRay(sovra.home)
+        rec = local.record()
+        if rec is None:
+            raise RuntimeError(f"no local Ray recorded under {sovra.home}")
+        api = ServeApi(rec.dashboard, token=local.token())
+        current = [dict(a.config) for a in api.apps().values() if a.config and a.config.get("name") != self.APP]
+        root = str(Path(__file__).resolve().parents[1])
+        app = {"name": self.APP, "route_prefix": "/floor", "import_path": "bench.serve_floor:floor_app",
+               "args": {"models": {b.model: list(b.urls) for b in backends}, "key": KEY},
+               "runtime_env": {"env_vars": {**sc.ROUTER_SERVE_ENV, "PYTHONPATH": root}}}
+        api.apply(sc.serve_config([*current, app], host="127.0.0.1", port=int(sovra.url.rsplit(":", 1)[1])))
+        api.wait(lambda apps: self.APP in apps and all(a.status == "RUNNING" for a in apps.values()),
+                 timeout_s=300, what="the floor application to run")
+        log(f"  floor: running on {sovra.name}'s Ray, {self.url}")
+
+    @property
+    def session(self) -> int | None:
+        return None  # the Sovra gateway's session: counted there once
+
+    def processes(self) -> dict[str, list[int]]:
+        """The floor's replica, and the ingress it shares with Sovra (HAProxy and its manager)."""
+        out: dict[str, list[int]] = {}
+        for role, pids in self.sovra.processes().items():
+            if role != "router replica":
+                out[role] = pids
+        if self.sovra.ray_pid is not None:
+            for proc in session_processes(self.sovra.ray_pid):
+                cmd = proc.info["cmdline"] or []
+                if cmd and cmd[0].startswith(f"ray::ServeReplica:{self.APP}:"):
+                    out.setdefault("floor replica", []).append(proc.pid)
+        return out
+
+
 def deployments_yaml(backends: list[Backend]) -> str:
     """One deployment per backend, each placed on that backend's two endpoints (min_targets 2; the org's endpoints
     offer each model on its own pair only); no gpu_memory_gb: per-token offerings only."""

@@ -98,9 +98,11 @@ def main(argv: list[str]) -> None:
         path = Path(argv[argv.index("-f") + 1])
         pages = {}
         for status, (name, page) in PAGES.items():
-            file = path.with_name(name)
-            if not file.exists() or file.read_text() != page:
-                file.write_text(page)
+            file, data = path.with_name(name), page.encode()
+            if not file.exists() or file.read_bytes() != data:  # bytes: the page's CRLFs read back as they are
+                tmp = file.with_name(file.name + ".sovra-tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, file)  # a HAProxy starting meanwhile reads the old page or the new, never half
             pages[status] = str(file)
         text = path.read_text()
         bound = rewrite(text, host, pages)

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 
 from sovra.infra.home import sovra_home
 from sovra.infra.ray_ports import RayPorts, free_port, parse_range  # noqa: F401  (free_port: tests use it from here)
@@ -122,6 +121,8 @@ def auth_headers(token: str | None) -> dict[str, str]:
 
 def dashboard_alive(url: str, token: str | None, timeout: float = 1.0) -> bool:
     """True when the dashboard at `url` answers and accepts `token`."""
+    import httpx  # here, not at import: a router replica imports this module for its home only (httpx brings rich)
+
     try:
         return httpx.get(f"{url}/api/version", timeout=timeout, headers=auth_headers(token)).status_code == 200
     except httpx.HTTPError:
@@ -149,6 +150,8 @@ def alive_nodes(body: Mapping[str, Any]) -> list[Node]:
 
 def _node_registered(url: str, token: str | None) -> bool:
     """True once the dashboard lists an alive node: it answers a little before the raylet has registered."""
+    import httpx
+
     try:
         resp = httpx.get(f"{url}{NODES_PATH}", timeout=2.0, headers=auth_headers(token))
         return resp.status_code == 200 and bool(alive_nodes(resp.json()))
@@ -201,7 +204,12 @@ def ingress_env(home: Path, ports: RayPorts, *, haproxy: bool) -> dict[str, str]
     HAProxy's stats and Prometheus listeners, which Ray's template binds to every interface, are bound to 127.0.0.1
     (`infra.haproxy_bind`). Its config, admin socket and server-state files go in a private folder (`haproxy_dir`): Ray's
     defaults are in /tmp/haproxy-serve, shared by every Ray on the machine, with the admin socket mode 666 — any local
-    user could re-point a backend server there, and two Rays would overwrite each other's config."""
+    user could re-point a backend server there, and two Rays would overwrite each other's config.
+
+    HAProxy retries only a connection that failed (`conn-failure`, Ray's default, pinned here against an inherited
+    RAY_SERVE_HAPROXY_*RETRY_ON): any other retry (`empty-response`, `response-timeout`) would resend a request a
+    replica may have processed, and the router would then read HAProxy's last answer (its 503 page: nothing sent)
+    as a refusal and send it once more."""
     env = ports.serve_env()
     if not haproxy:
         return env
@@ -215,7 +223,8 @@ def ingress_env(home: Path, ports: RayPorts, *, haproxy: bool) -> dict[str, str]
                RAY_SERVE_HAPROXY_CONFIG_FILE_LOC=str(state / "haproxy.cfg"),
                RAY_SERVE_HAPROXY_SOCKET_PATH=str(state / "admin.sock"),
                RAY_SERVE_HAPROXY_SERVER_STATE_BASE=str(state),
-               RAY_SERVE_HAPROXY_SERVER_STATE_FILE=str(state / "server-state"))
+               RAY_SERVE_HAPROXY_SERVER_STATE_FILE=str(state / "server-state"),
+               RAY_SERVE_HAPROXY_RETRY_ON="conn-failure", RAY_SERVE_HAPROXY_INGRESS_RETRY_ON="conn-failure")
     return env
 
 

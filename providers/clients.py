@@ -226,7 +226,7 @@ class _AiohttpTransport(_Transport):
             self._proxies = urllib.request.getproxies_environment()
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=512, limit_per_host=0, keepalive_timeout=4.0,
-                                               ssl=_httpx().create_ssl_context()),
+                                               ssl=_ssl_context()),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout_s),
                 cookie_jar=aiohttp.DummyCookieJar(),  # a backend's cookies must not follow another tenant's call
                 read_bufsize=2 ** 16, max_line_size=MAX_SSE_LINE, max_field_size=65536)
@@ -315,10 +315,20 @@ async def sse_lines(chunks: AsyncIterator[bytes], limit: int = MAX_SSE_LINE) -> 
         yield pending.decode(errors="replace").rstrip("\r")
 
 
-def _httpx():
-    import httpx
+def _ssl_context() -> Any:
+    """The TLS context for backend calls, as httpx builds its default (SSL_CERT_FILE or SSL_CERT_DIR where set, else
+    certifi's bundle), without importing httpx: its package imports its command line and with it rich and pygments,
+    about 10 MB in every router replica that calls no backend through httpx."""
+    import os
+    import ssl
 
-    return httpx
+    if os.environ.get("SSL_CERT_FILE"):
+        return ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+    if os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
+    import certifi
+
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 def _default_transport() -> _Transport:

@@ -142,8 +142,28 @@ def _create_private(path: Path) -> None:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
+            _check_private(path)
             return
         os.close(fd)  # no connection of this process holds a lock on a file that did not exist
+
+
+def _check_private(path: Path) -> None:
+    """An existing database file (and its WAL files) must be this user's own plain file: a link planted in a shared
+    folder, or another user's file, would let them read tenants' spend or move budget counters. Too open a mode is
+    narrowed (by name: no descriptor, so no lock is dropped)."""
+    import stat
+
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            raise StoreUnavailable(f"refusing the spend store's file {p}: it is "
+                                   + ("not a plain file (a link?)" if not stat.S_ISREG(st.st_mode)
+                                      else "owned by another user") + "; move it away or set spend.path elsewhere")
+        if st.st_mode & 0o077:
+            os.chmod(p, 0o600)
 
 
 _CREATING = threading.Lock()

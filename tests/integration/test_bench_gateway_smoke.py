@@ -1,5 +1,6 @@
-"""The gateway benchmark runs end to end in its quick mode (Sovra and the servers called directly, in front of both
-backends: FastAPI/uvicorn servers and raw asyncio ones); its numbers are reported, never asserted on time."""
+"""The gateway benchmark runs end to end in its quick mode (Sovra, Ray Serve's floor on Sovra's Ray, and the servers
+called directly, in front of both backends: FastAPI/uvicorn servers and raw asyncio ones); its numbers are reported,
+never asserted on time."""
 
 import json
 import subprocess
@@ -16,7 +17,7 @@ BACKENDS = ("fastapi", "raw")
 
 
 def test_gateway_bench_quick_measures_sovra_as_up_deploys_it_against_the_servers_called_directly(tmp_path):
-    r = subprocess.run([sys.executable, "bench/gateway.py", "--quick", "--no-litellm", "--no-nginx",
+    r = subprocess.run([sys.executable, "bench/gateway.py", "--quick", "--no-litellm", "--no-nginx", "--floor",
                         "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=420, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     data = json.loads((tmp_path / "gateway-quick.json").read_text())
@@ -25,7 +26,7 @@ def test_gateway_bench_quick_measures_sovra_as_up_deploys_it_against_the_servers
     assert data["skipped"] == {"litellm": "--no-litellm", "nginx": "--no-nginx"}
     assert "FastAPI" in data["backends"]["fastapi"] and "uvicorn" in data["backends"]["fastapi"], data["backends"]
     for kind in BACKENDS:
-        assert set(results[kind]) == {"sovra", "direct"}, (kind, set(results[kind]))
+        assert set(results[kind]) == {"sovra", "direct", "floor"}, (kind, set(results[kind]))
         for name, shapes in results[kind].items():
             assert set(shapes) == {"c1", "c16", "stream"}, (kind, name)
             for shape, m in shapes.items():
@@ -45,6 +46,12 @@ def test_gateway_bench_quick_measures_sovra_as_up_deploys_it_against_the_servers
         assert goals["sovra: req/s at C=16 / LiteLLM"]["met"] is None  # not measured: --no-litellm
     assert data["sovra"]["sovra"]["router_replicas"] is None and data["sovra"]["sovra"]["up_s"] > 0
     assert data["rss_mb"]["sovra"]["router replica"], data["rss_mb"]  # the router's replica process was found
+    # Ray Serve's floor ran on Sovra's Ray, behind its ingress, forwarding to the same pairs (no Sovra header)
+    assert data["rss_mb"]["floor"]["floor replica"] and "haproxy" in data["rss_mb"]["floor"], data["rss_mb"]
+    for kind in BACKENDS:
+        assert set(data["served_by"]["floor"][kind]) == {f"{kind}-a", f"{kind}-b"}, data["served_by"]
+        assert results[kind]["floor"]["c1"]["router_overhead_p50_ms"] is None, kind
+        assert f"{kind}: Ray Serve's floor adds" in r.stdout, kind
     for token in ("Gateway benchmark", "the issue's goals", "FastAPI/uvicorn servers, as vLLM's", "stress case",
                   "servers called directly", "litellm skipped: --no-litellm"):
         assert token in r.stdout, token

@@ -178,15 +178,40 @@ def test_a_replica_opening_a_connection_never_loses_another_process_s_writes(tmp
     root = Path(__file__).resolve().parents[2]
     for _ in range(5):
         s.release([("tenant=acme", "tokens", MINUTE, 10)])  # this thread's connection, held open
-        other = threading.Thread(target=s.used, args=("tenant=acme", "tokens", MINUTE))  # a new thread: a
-        other.start()  # connection of its own, opened while the first one holds its locks
+        seen: list[int] = []
+        other = threading.Thread(target=lambda: seen.append(s.used("tenant=acme", "tokens", MINUTE)))  # a new
+        other.start()  # thread: a connection of its own, opened while the first one holds its locks
         other.join()
+        assert seen, "the other thread's read failed"
         subprocess.run([sys.executable, "-c", _OTHER_REPLICA, str(path), MINUTE], cwd=root, check=True)
         s.release([("tenant=acme", "tokens", MINUTE, 10)])
     s.close()
     again = SpendStore.sqlite(path)
     assert again.used("tenant=acme", "tokens", MINUTE) == 5 * 21
     again.close()
+
+
+def test_a_link_in_place_of_the_database_is_refused_and_a_too_open_file_narrowed(tmp_path):
+    """In a shared folder another user could plant a link where the store will be, to read tenants' spend or move
+    budget counters: refused with a sentence. A file of ours readable by others is made private."""
+    import os
+
+    target = tmp_path / "elsewhere.db"
+    sqlite3.connect(target).close()
+    (tmp_path / "spend").mkdir()
+    (tmp_path / "spend" / "ledger.db").symlink_to(target)
+    linked = SpendStore.sqlite(tmp_path / "spend" / "ledger.db")
+    with pytest.raises(StoreUnavailable, match="not a plain file"):
+        linked.migrate()
+    linked.close()
+    (tmp_path / "open").mkdir()
+    path = tmp_path / "open" / "ledger.db"
+    sqlite3.connect(path).close()
+    os.chmod(path, 0o644)
+    s = SpendStore.sqlite(path)
+    s.migrate()
+    s.close()
+    assert path.stat().st_mode & 0o777 == 0o600
 
 
 def _is_root() -> bool:

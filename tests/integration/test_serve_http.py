@@ -198,7 +198,10 @@ def test_readyz_over_haproxy_says_the_eu_target_is_down_while_serve_runs_no_eu_r
     import threading
 
     stop, polls, running = threading.Event(), [], []
-    assert _eu_running() > 0  # Serve's modules imported here, before threads race to import them
+    deadline = time.time() + 60  # the test before killed the EU set: Serve's replacements first (Serve's modules
+    while _eu_running() == 0:  # imported here too, before threads race to import them)
+        assert time.time() < deadline, "Serve did not replace the EU replicas the test before killed"
+        time.sleep(0.2)
     t0 = time.monotonic()
 
     def kill() -> None:
@@ -236,10 +239,13 @@ def test_readyz_over_haproxy_says_the_eu_target_is_down_while_serve_runs_no_eu_r
     print(f"\n/readyz over HAProxy, EU set held dead 8 s: {len(polls)} polls; Serve first reported no RUNNING EU "
           f"replica at {serve_none} s, /readyz first named onprem-paris down at {first_down} s, then up in "
           f"{up_after} poll(s); Serve's samples with a RUNNING EU replica: {sum(1 for _, n in running if n)}")
-    assert first_down is not None and len(running) > 40, (polls, running)
+    assert first_down is not None and serve_none is not None and len(running) > 10, (polls, running)
+    # named down soon after Serve said so: /readyz asks Serve for a view at most 1 s old and waits 0.5 s for it
+    assert first_down - serve_none < 3.0, (first_down, serve_none)
     for t, down in polls:
-        if t > first_down and not down:  # said up: Serve must have run an EU replica just before
-            assert any(t - 1.6 <= at <= t + 0.1 and n > 0 for at, n in running), (t, polls, running)
+        if t > first_down and not down:  # said up: Serve must have run an EU replica just before (a replica may
+            # run for less than a sample's 0.1 s: the window is wide)
+            assert any(t - 2.0 <= at <= t + 0.3 and n > 0 for at, n in running), (t, polls, running)
     deadline = time.time() + 60
     while _eu_running() == 0:
         assert time.time() < deadline, "Serve did not replace the EU replicas"

@@ -75,3 +75,41 @@ def test_haproxys_errors_get_pages_of_their_own_that_the_router_reads_for_what_t
         _answer("onprem-paris", 504, REPLICA_TIMEOUT_PAGE.split("\r\n\r\n", 1)[1].encode())
     with pytest.raises(Failed):  # Ray's 500 page (a cluster Sovra did not start): the replica may have had it
         _answer("onprem-paris", 500, b"Internal Server Error")
+
+
+def test_the_local_ray_pins_haproxys_retries_to_connections_that_failed(tmp_path, monkeypatch):
+    """Only a connection that failed is retried (nothing was sent): an inherited `empty-response` or
+    `response-timeout` would resend what a replica may have processed, and the router would read HAProxy's last
+    answer (the no-live-replica page) as a refusal and send it once more."""
+    from sovra.infra.ray_cluster import ingress_env
+    from sovra.infra.ray_ports import RayPorts
+
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_RETRY_ON", "conn-failure empty-response response-timeout")
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_INGRESS_RETRY_ON", "all-retryable-errors")
+    ports = RayPorts.choose(router=28000, gcs=26379, dashboard=28265, workers=(10002, 19999))
+    env = ingress_env(tmp_path, ports, haproxy=True)
+    assert env["RAY_SERVE_HAPROXY_RETRY_ON"] == env["RAY_SERVE_HAPROXY_INGRESS_RETRY_ON"] == "conn-failure"
+    assert "RAY_SERVE_HAPROXY_RETRY_ON" not in ingress_env(tmp_path, ports, haproxy=False)  # Serve's own proxy
+
+
+def test_the_wrapper_writes_its_pages_once_byte_for_byte(tmp_path, monkeypatch):
+    """Serve reloads HAProxy on every replica change: the pages are written when missing or different (compared as
+    bytes: their CRLFs), atomically, and the config's error lines point at them."""
+    import os
+
+    from sovra.infra import haproxy_bind
+
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(_rendered("127.0.0.1"))
+    calls = []
+    monkeypatch.setattr(os, "execv", lambda real, argv: calls.append(argv))  # the real binary is not run here
+    monkeypatch.setenv(haproxy_bind.REAL_ENV, "/bin/true")
+    monkeypatch.setenv(haproxy_bind.HOST_ENV, "127.0.0.1")
+    haproxy_bind.main(["-f", str(config)])
+    stamps = {name: (tmp_path / name).stat().st_mtime_ns for name, _ in haproxy_bind.PAGES.values()}
+    for code, (name, page) in haproxy_bind.PAGES.items():
+        assert (tmp_path / name).read_bytes() == page.encode()
+        assert f"errorfile {code} {tmp_path / name}" in config.read_text()
+    haproxy_bind.main(["-f", str(config)])
+    assert {name: (tmp_path / name).stat().st_mtime_ns for name, _ in haproxy_bind.PAGES.values()} == stamps
+    assert calls == [["/bin/true", "-f", str(config)]] * 2
