@@ -376,9 +376,12 @@ def refused_503(content: bytes, retry_after: str | None) -> bool:
 NO_LIVE_REPLICA = b"sovra-no-live-replica"
 
 
-def _answer(target: str, status: int, content: bytes, retry_after: str | None = None) -> dict[str, Any]:
-    """A backend's HTTP answer -> its JSON object, or the verdict / client error it amounts to."""
-    if status == 503 and NO_LIVE_REPLICA in content[:4096]:
+def _answer(target: str, status: int, content: bytes, retry_after: str | None = None, *, ingress: bool = False
+            ) -> dict[str, Any]:
+    """A backend's HTTP answer -> its JSON object, or the verdict / client error it amounts to. `ingress`: the
+    backend is behind Serve's HAProxy as Sovra's local Ray runs it, the only place its no-live-replica page comes
+    from (any other backend could write the marker into a 503 and have itself taken out for every tenant)."""
+    if ingress and status == 503 and NO_LIVE_REPLICA in content[:4096]:
         # The ingress took the request and forwarded it to no replica: a refusal (nothing processed), and the
         # backend is out until a replica is back (its breaker, so /readyz says so at once).
         raise Refused("HTTP 503: no live replica behind Serve's ingress; no replica got the request", down=True)
@@ -426,6 +429,9 @@ class HttpClient(BackendClient):
 
     #: operation -> path under the backend's address
     paths = {"chat": "/v1/chat/completions", "embed": "/v1/embeddings", "health": "/v1/models"}
+    #: Whether its backends sit behind Serve's HAProxy ingress as Sovra runs it (`infra.haproxy_bind`), so that the
+    #: ingress's no-live-replica page may be believed (`_answer`)
+    behind_ingress: ClassVar[bool] = False
 
     def __init__(self, client: httpx.AsyncClient | None = None):
         self._transport = _HttpxTransport(client) if client is not None else _default_transport()
@@ -466,7 +472,7 @@ class HttpClient(BackendClient):
             content = await resp.read(MAX_ANSWER_BYTES)
         finally:
             await resp.aclose()
-        return _answer(backend.target, resp.status, content, resp.retry_after)
+        return _answer(backend.target, resp.status, content, resp.retry_after, ingress=self.behind_ingress)
 
     async def chat(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
         return await self._post(backend, "chat", body, stream=False)
@@ -486,7 +492,7 @@ class HttpClient(BackendClient):
                 content = await resp.read(MAX_ANSWER_BYTES)
             finally:
                 await resp.aclose()
-            _answer(backend.target, resp.status, content, resp.retry_after)
+            _answer(backend.target, resp.status, content, resp.retry_after, ingress=self.behind_ingress)
         events = _events(sse_lines(resp.chunks()))
         try:
             first = await anext(events, None)

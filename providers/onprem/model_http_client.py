@@ -15,6 +15,7 @@ class ModelHttpClient(HttpClient):
     backend's address names its Serve app), else its address (KubeRay's is the URL)."""
 
     paths: ClassVar[dict[str, str]] = {**HttpClient.paths, "health": "/healthz"}
+    behind_ingress: ClassVar[bool] = True  # on a Ray Sovra started, Serve's HAProxy answers in front of it
 
     def url(self, backend: Backend, op: str) -> str:
         return backend.params.get("url", backend.address) + self.paths[op]

@@ -67,8 +67,11 @@ def test_haproxys_errors_get_pages_of_their_own_that_the_router_reads_for_what_t
         assert set(json.loads(body)["error"]) == {"message", "type", "code"}
     body = NO_SERVER_PAGE.split("\r\n\r\n", 1)[1].encode()
     with pytest.raises(Refused) as exc:
-        _answer("onprem-paris", 503, body)
+        _answer("onprem-paris", 503, body, ingress=True)
     assert exc.value.down and exc.value.outcome == "refused"
+    with pytest.raises(Refused) as exc:  # any other backend writing the marker: a plain refusal, not taken out
+        _answer("azure-foundry/westeurope", 503, body)
+    assert not exc.value.down
     with pytest.raises(Failed):  # the replica may have had it
         _answer("onprem-paris", 502, REPLICA_LOST_PAGE.split("\r\n\r\n", 1)[1].encode())
     with pytest.raises(TimedOut):
