@@ -14,14 +14,7 @@ import itertools
 import json
 from typing import Any
 
-
-async def _body(receive) -> bytes:
-    body, more = b"", True
-    while more:
-        message = await receive()
-        body += message.get("body", b"")
-        more = message.get("more_body", False)
-    return body
+from bench.serve_ingress import request_body
 
 
 def floor_app(args: dict[str, Any]):
@@ -45,7 +38,7 @@ def floor_app(args: dict[str, Any]):
                 session = aiohttp.ClientSession(
                     connector=aiohttp.TCPConnector(limit=512, limit_per_host=0, keepalive_timeout=4.0),
                     timeout=aiohttp.ClientTimeout(total=None, sock_connect=5), cookie_jar=aiohttp.DummyCookieJar())
-            body = await _body(receive)
+            body = await request_body(receive)
             url = next(models[json.loads(body)["model"]]) + "/v1/chat/completions"
             async with session.post(url, data=body, allow_redirects=False, headers={
                     "Authorization": auth, "Content-Type": "application/json"}) as resp:

@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 
-async def _body(receive) -> bytes:
+async def request_body(receive) -> bytes:
     """The whole request body from ASGI `receive` messages."""
     body, more = b"", True
     while more:
@@ -42,7 +42,7 @@ def bare_ingress(args: dict[str, Any]):
         async def app(scope, receive, send):
             if scope["type"] != "http":
                 return
-            body = await _body(receive)
+            body = await request_body(receive)
             request = json.loads(body)
             if request.get("stream"):
                 await send({"type": "http.response.start", "status": 200,
@@ -79,7 +79,7 @@ def handle_caller(args: dict[str, Any]):
         async def app(scope, receive, send):
             if scope["type"] != "http":
                 return
-            body = await _body(receive)
+            body = await request_body(receive)
             result = await measure({**json.loads(body), "kind": "handle", "app": model_app})
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"application/json")]})
