@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-
 from sovra.infra.home import sovra_home
 from sovra.infra.ray_ports import RayPorts, free_port, parse_range  # noqa: F401  (free_port: tests use it from here)
 from sovra.core.errors import SovraError

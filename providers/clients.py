@@ -318,8 +318,7 @@ async def sse_lines(chunks: AsyncIterator[bytes], limit: int = MAX_SSE_LINE) -> 
 def _ssl_context() -> Any:
     """The TLS context for backend calls, as httpx builds its default (SSL_CERT_FILE or SSL_CERT_DIR where set, else
     certifi's bundle), without importing httpx: its package imports its command line and with it rich and pygments,
-    about 10 MB in every router replica that calls no backend through httpx."""
-    import os
+    about 4 MB and 90 modules in every router replica that calls no backend through httpx."""
     import ssl
 
     if os.environ.get("SSL_CERT_FILE"):
