@@ -563,6 +563,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
             except Exception as exc:  # noqa: BLE001  (every other process must still be stopped)
                 log(f"  {name}: stopping failed: {exc}")
 
+        if "floor" in gateways:  # its app first: Sovra's `down` stops a Ray only once nothing else runs on it
+            stop("floor", gateways.pop("floor"))
         with cf.ThreadPoolExecutor(max(1, len(gateways))) as threads:  # `sovra down` waits on Serve: together
             list(threads.map(stop, gateways, gateways.values()))
         for b in backends:

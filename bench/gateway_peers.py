@@ -324,6 +324,9 @@ class Sovra(Gateway):
             self.log(f"  {self.name}: sovra down did not finish in 180 s")
         if self.ray_pid is not None:
             kill_group(self.ray_pid)  # a no-op when `down --stop-ray` stopped it
+        from sovra.infra.ray_cluster import haproxy_dir, stop_haproxy
+
+        stop_haproxy(haproxy_dir(self.home))  # Serve's HAProxy runs in a session of its own: never left behind
         shutil.rmtree(self.home, ignore_errors=True)
         self.log(f"  {self.name}: torn down in {time.perf_counter() - t0:.1f} s")
 
@@ -352,10 +355,20 @@ class Floor(Gateway):
         app = {"name": self.APP, "route_prefix": "/floor", "import_path": "bench.serve_floor:floor_app",
                "args": {"models": {b.model: list(b.urls) for b in backends}, "key": KEY},
                "runtime_env": {"env_vars": {**sc.ROUTER_SERVE_ENV, "PYTHONPATH": root}}}
-        api.apply(sc.serve_config([*current, app], host="127.0.0.1", port=int(sovra.url.rsplit(":", 1)[1])))
+        self.api, self.port = api, int(sovra.url.rsplit(":", 1)[1])
+        api.apply(sc.serve_config([*current, app], host="127.0.0.1", port=self.port))
         api.wait(lambda apps: self.APP in apps and all(a.status == "RUNNING" for a in apps.values()),
                  timeout_s=300, what="the floor application to run")
         log(f"  floor: running on {sovra.name}'s Ray, {self.url}")
+
+    def stop(self) -> None:
+        """Remove the floor's app before Sovra's `down`: with an application it does not own still running,
+        `down --stop-ray` leaves the Ray up (and the bench's fallback kill would leave Serve's HAProxy behind)."""
+        from sovra.infra import serve_config as sc
+
+        current = [dict(a.config) for a in self.api.apps().values() if a.config and a.config.get("name") != self.APP]
+        self.api.apply(sc.serve_config(current, host="127.0.0.1", port=self.port))
+        self.api.wait(lambda apps: self.APP not in apps, timeout_s=120, what="the floor application to go")
 
     @property
     def session(self) -> int | None:

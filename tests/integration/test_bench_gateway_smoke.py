@@ -16,10 +16,26 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BACKENDS = ("fastapi", "raw")
 
 
+def _haproxies() -> set[int]:
+    from pathlib import Path
+
+    out = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if cmdline.read_bytes().split(b"\0")[0].endswith(b"haproxy"):
+                out.add(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return out
+
+
 def test_gateway_bench_quick_measures_sovra_as_up_deploys_it_against_the_servers_called_directly(tmp_path):
+    before = _haproxies()
     r = subprocess.run([sys.executable, "bench/gateway.py", "--quick", "--no-litellm", "--no-nginx", "--floor",
                         "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=420, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
+    # torn down: no HAProxy of the bench's Ray left running (the floor's app once kept `down` from stopping it)
+    assert not _haproxies() - before, r.stderr[-3000:]
     data = json.loads((tmp_path / "gateway-quick.json").read_text())
     results = data["results"]
     assert list(results) == list(BACKENDS), list(results)  # the setup (FastAPI) first
