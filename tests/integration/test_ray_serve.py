@@ -333,7 +333,8 @@ def test_streams_abandoned_before_their_first_byte_are_all_recorded(deployed):
         time.sleep(0.5)
     assert not unfinished, f"sent, and never recorded how it ended: {unfinished}"
     assert mine, "no request reached the router: the test proves nothing"
-    assert all(r["status"] in (200, 499) for r in mine), [(r["status"], r["outcome"]) for r in mine]
+    odd = [(r["status"], r["outcome"], r.get("error"), r["attempts"]) for r in mine if r["status"] not in (200, 499)]
+    assert not odd, odd  # (seen once in CI, 2026-12-07, with its detail cut off: now the odd records themselves)
     ok = client(deployed).chat.completions.create(model="m", messages=[{"role": "user", "content": "eu-secret"}])
     assert ok.choices[0].message.content == "served-by onprem-paris"
 

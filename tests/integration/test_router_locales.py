@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sovra.core.backends import Backend, RoutingTable
@@ -73,10 +73,12 @@ def stack(tmp_path_factory):
         s.__exit__()
 
 
-def ask(stack, tenant: str, text: str, **headers: str) -> httpx.Response:
+def ask(stack, tenant: str, text: str, canary: str = "", **headers: str) -> httpx.Response:
+    """`canary` rides in the system message: the last user turn, whose language is detected, stays the prompt
+    (40 hex digits after a short prompt flipped about 1 detection in 5, e.g. Arabic to Moroccan Arabic)."""
     return stack["http"].post("/v1/chat/completions", json={"model": "support", "messages": [
-        {"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": text}]},
-        headers={"Authorization": f"Bearer {KEYS[tenant]}", **headers})
+        {"role": "system", "content": f"You are a helpful assistant. {canary}".strip()},
+        {"role": "user", "content": text}]}, headers={"Authorization": f"Bearer {KEYS[tenant]}", **headers})
 
 
 def record(stack, rid: str) -> dict:
@@ -170,6 +172,7 @@ LOCALES = st.sampled_from([None, "fr", "fr-CA", "ar", "ar-SA", "de", "en", "zh-H
 @given(tenant=st.sampled_from(sorted(KEYS)), header=HEADERS, locale=LOCALES,
        lang=st.sampled_from(["fr", "ar", "de", "en", "ja"]), n=st.integers(0, 20),
        failing=st.sets(st.sampled_from(sorted(PLACES))))
+@example(tenant="any", header="AE", locale=None, lang="ar", n=8, failing=set())  # CI: the canary flipped detection
 def test_no_answer_ever_comes_from_outside_the_bound(stack, tenant, header, locale, lang, n, failing):
     for name, fake in stack["fakes"].items():
         fake.failing = name in failing
@@ -177,7 +180,7 @@ def test_no_answer_ever_comes_from_outside_the_bound(stack, tenant, header, loca
     canary = f"canary-{hashlib.sha1(repr((tenant, header, locale, lang, n, sorted(failing))).encode()).hexdigest()}"
     texts = long(lang)
     extra = {k: v for k, v in (("X-Sovra-Residency", header), ("X-Sovra-Locale", locale)) if v}
-    r = ask(stack, tenant, f"{texts[n % len(texts)]} {canary}", **extra)
+    r = ask(stack, tenant, texts[n % len(texts)], canary=canary, **extra)
     bound = [BOUNDS[tenant], BASE] + ([_header(header)] if header else [])
     allowed = {name for name, place in PLACES.items() if all(allows(b, place) for b in bound)}
     if r.status_code == 403:  # the header tried to widen the tenant's bound: refused before anything was sent
